@@ -1,0 +1,48 @@
+# t2v-fleet — every entry point a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+ENV := source scripts/env.sh &&
+FIXTURES := $(CURDIR)/build/fixtures
+
+.PHONY: help deps up down build lint fixtures test test-rust chart-test demo bench bench-gpu schemas clean-stack
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+deps: ## install every tool the build and tests need (apt, PyTorch venv, Kafka jars, Garage, helm); safe to re-run
+	@bash scripts/deps.sh
+
+up: deps ## start Kafka (KRaft) and Garage (S3) on loopback, create topics and the bucket; idempotent
+	@bash scripts/stack.sh up
+
+down: ## stop exactly what `make up` started
+	@bash scripts/stack.sh down
+
+build: deps ## build every crate (debug)
+	@$(ENV) cargo build --workspace --all-targets
+
+lint: deps ## rustfmt and clippy, warnings are errors
+	@$(ENV) cargo fmt --all --check
+	@$(ENV) cargo clippy --workspace --all-targets -- -D warnings
+
+fixtures: deps ## write the diffusers/transformers reference outputs the parity tests compare against
+	@$(ENV) mkdir -p $(FIXTURES) && for script in pipeline/parity/*.py; do \
+	  stamp="$(FIXTURES)/.$$(basename $$script).sha"; sum=$$(sha256sum $$script | cut -c1-64); \
+	  if [ "$$(cat $$stamp 2>/dev/null)" != "$$sum" ]; then \
+	    echo "fixtures: $$script"; python "$$script" --out $(FIXTURES) && echo "$$sum" > "$$stamp"; fi; done
+
+test: up lint fixtures ## the whole suite: lint, parity vs diffusers, integration on real Kafka + S3, chart tests
+	@$(ENV) T2V_FIXTURES=$(FIXTURES) cargo test --workspace --no-fail-fast
+	@$(MAKE) --no-print-directory chart-test
+
+chart-test: deps ## helm lint/template and tests over the rendered manifests
+	@$(ENV) bash helm/tests/run.sh
+
+bench: up ## producer throughput against the local broker
+	@$(ENV) cargo run --release -p t2v-producer --example submit_throughput
+
+demo: up ## local stack + tiny random-weight model + a CPU worker + one submitted prompt
+	@bash scripts/demo.sh
+
+schemas: ## regenerate the committed JSON Schemas from the proto files
+	@$(ENV) T2V_WRITE_SCHEMAS=1 cargo test -p t2v-proto --test json_schemas

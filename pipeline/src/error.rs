@@ -1,0 +1,67 @@
+//! One error type for the whole crate. Every variant's message names the cause and, where
+//! there is one, the fix — these lines reach users through `t2v-worker` unchanged.
+use std::path::PathBuf;
+
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A file the checkpoint layout requires is absent.
+    #[error("missing {what}: expected {path} — is the model directory complete? Re-download or re-sync it")]
+    MissingFile { what: String, path: PathBuf },
+
+    /// A tensor the model needs is not in any shard.
+    #[error("missing tensor `{key}` in {dir} — the checkpoint is incomplete or for another model")]
+    MissingTensor { key: String, dir: PathBuf },
+
+    /// A tensor exists with the wrong shape.
+    #[error("tensor `{key}` in {file} has shape {found:?}, the config expects {expected:?} — config.json and the weights disagree")]
+    ShapeMismatch {
+        key: String,
+        file: PathBuf,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+
+    /// A config file could not be parsed (unknown field, wrong type, bad JSON).
+    #[error("invalid config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    /// A user-supplied generation setting is out of range.
+    #[error("invalid {field}: {message}")]
+    InvalidInput { field: String, message: String },
+
+    /// The per-step callback asked the loop to stop.
+    #[error("canceled at step {step}")]
+    Canceled { step: usize },
+
+    /// GPU (or host) memory ran out.
+    #[error("out of memory: {message}")]
+    OutOfMemory { message: String },
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+impl PipelineError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `t2v-producer`: submit text-to-video jobs to a t2v-fleet and follow them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), t2v_producer::SubmitError> {
+//! use t2v_producer::{Submitter, SubmitterConfig};
+//! use t2v_proto::v1::GenerationRequest;
+//! let submitter = Submitter::new(SubmitterConfig::default())?;
+//! submitter.check_brokers().await?;
+//! let req = GenerationRequest { model: "wan2.2-t2v-a14b".into(), prompt: "a red fox in snow".into(), ..Default::default() };
+//! let mut watch = submitter.watch_job("fox-1").await?; // before submitting: no event is missed
+//! submitter.submit(GenerationRequest { job_id: "fox-1".into(), ..req }).await?;
+//! let terminal = watch.wait_terminal(None, |p| println!("step {}/{}", p.step, p.total_steps)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`submitter`]: `Submitter` — validate, assign ULID job ids, produce idempotently (acks=all), cancel.
+//! - [`validate`]: the documented bounds of a request; shared with the worker.
+//! - [`headers`]: record headers (content-type, t2v-schema, W3C trace context).
+//! - [`watch`]: follow a job's events to its terminal one.
+//! - [`topics`]: schemas/topics.yaml and `topics apply`.
+//! - [`json`]: the protobuf JSON form of the messages (batch files, `watch` output).
+//!
+//! The `t2v` CLI (src/main.rs) is a thin layer over these.
+
+pub mod headers;
+pub mod json;
+pub mod submitter;
+pub mod topics;
+pub mod validate;
+pub mod watch;
+
+pub use submitter::{SubmitError, Submitted, Submitter, SubmitterConfig};
+pub use validate::InvalidRequest;
+pub use watch::{JobWatch, StartAt, Terminal};

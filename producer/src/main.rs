@@ -1,0 +1,410 @@
+//! `t2v`: submit text-to-video jobs, watch their events, cancel them, manage the topics.
+//!
+//! Exit codes: 0 ok · 2 invalid input (nothing produced) · 3 brokers unreachable or topic
+//! missing · 4 the job failed · 5 the job was canceled · 6 --wait timed out · 1 anything else.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use t2v_proto::schema;
+use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest, Sampler};
+use t2v_producer::topics::{self, Outcome};
+use t2v_producer::{json, validate, InvalidRequest, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal};
+
+#[derive(Parser)]
+#[command(name = "t2v", version, about = "Submit text-to-video jobs to a t2v-fleet and follow them")]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, global = true, env = "T2V_BROKERS", default_value = "localhost:9092")]
+    brokers: String,
+    /// Topic of generation requests.
+    #[arg(long, global = true, env = "T2V_REQUESTS_TOPIC", default_value = "t2v.requests.v1")]
+    requests_topic: String,
+    /// Topic of job events.
+    #[arg(long, global = true, env = "T2V_EVENTS_TOPIC", default_value = "t2v.events.v1")]
+    events_topic: String,
+    /// Topic of control commands (cancel).
+    #[arg(long, global = true, env = "T2V_CONTROL_TOPIC", default_value = "t2v.control.v1")]
+    control_topic: String,
+    /// Seconds to wait for the brokers before failing with exit code 3.
+    #[arg(long, global = true, env = "T2V_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    connect_timeout_secs: u64,
+    /// Extra librdkafka properties, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE")]
+    kafka_properties: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a prompt (or a JSON-lines batch) as generation requests.
+    Submit(SubmitArgs),
+    /// Print job events as JSON lines.
+    Watch {
+        /// Only this job's events.
+        #[arg(long = "job")]
+        job_id: Option<String>,
+        /// Start from the oldest retained event instead of now.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this job's terminal event (needs --job).
+        #[arg(long, requires = "job_id")]
+        until_done: bool,
+    },
+    /// Ask the fleet to cancel a job (honoured before it starts and between denoising steps).
+    Cancel {
+        job_id: String,
+        #[arg(long, default_value = "canceled by user")]
+        reason: String,
+    },
+    /// Manage the topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the topics of schemas/topics.yaml, or check and align existing ones. Idempotent.
+    Apply {
+        #[arg(long, default_value = "schemas/topics.yaml")]
+        file: PathBuf,
+        /// Replication factor for every topic (overrides the file; use 3 in production).
+        #[arg(long)]
+        replication_factor: Option<i32>,
+    },
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// The prompt. Omit with --batch.
+    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+    prompt: Option<String>,
+    /// JSON-lines file of requests in the protobuf JSON form (one GenerationRequest per line;
+    /// see schemas/generation_request.schema.json). Every line is validated before anything is sent.
+    #[arg(long)]
+    batch: Option<PathBuf>,
+    /// Model id the fleet serves.
+    #[arg(long, env = "T2V_MODEL", default_value = "wan2.2-t2v-a14b")]
+    model: String,
+    /// Idempotency key; a ULID is assigned when omitted.
+    #[arg(long)]
+    job_id: Option<String>,
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// WIDTHxHEIGHT in pixels, each 64..=1920 and a multiple of 16 (default: the model's, 832x480).
+    #[arg(long, value_name = "WxH")]
+    size: Option<String>,
+    /// Number of frames, 1..=241 with frames % 4 == 1 (default: the model's, 81).
+    #[arg(long)]
+    frames: Option<u32>,
+    /// Frames per second of the MP4, 1..=60 (default: the model's, 16).
+    #[arg(long)]
+    fps: Option<u32>,
+    /// Denoising steps, 1..=200 (default: the model's, 40).
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Guidance scale (high-noise expert), 0..=30.
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// Guidance scale of the low-noise expert, 0..=30.
+    #[arg(long)]
+    guidance_2: Option<f32>,
+    /// Flow shift, 0.1..=50 (default: the scheduler config's).
+    #[arg(long)]
+    shift: Option<f32>,
+    /// unipc or euler (default: the model's, unipc).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Seed for the initial noise (default: the worker picks one and reports it).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// 0 (lowest) ..= 9.
+    #[arg(long, default_value_t = 0)]
+    priority: u32,
+    /// KEY=VALUE labels copied to the events and manifest (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Wait for the job to finish, with a progress bar, then print the artifact URIs.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds (exit code 6).
+    #[arg(long, default_value_t = 3600)]
+    wait_timeout_secs: u64,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<SubmitError> for Failure {
+    fn from(e: SubmitError) -> Self {
+        let code = match e {
+            SubmitError::Invalid(_) => 2,
+            SubmitError::BrokersUnreachable { .. } | SubmitError::TopicMissing { .. } => 3,
+            _ => 1,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<InvalidRequest> for Failure {
+    fn from(e: InvalidRequest) -> Self {
+        Failure { code: 2, message: e.to_string() }
+    }
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("T2V_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("t2v: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
+    let mut kafka = std::collections::BTreeMap::new();
+    for prop in &args.kafka_properties {
+        let (k, v) = prop
+            .split_once('=')
+            .ok_or_else(|| fail(2, format!("invalid --kafka-property {prop:?}: expected KEY=VALUE")))?;
+        kafka.insert(k.to_string(), v.to_string());
+    }
+    let timeout = Duration::from_secs(args.connect_timeout_secs.max(1));
+    Ok(SubmitterConfig {
+        brokers: args.brokers.clone(),
+        requests_topic: args.requests_topic.clone(),
+        events_topic: args.events_topic.clone(),
+        control_topic: args.control_topic.clone(),
+        connect_timeout: timeout,
+        delivery_timeout: timeout.max(Duration::from_secs(10)),
+        kafka,
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let cfg = submitter_config(&cli.kafka)?;
+    match cli.command {
+        Command::Submit(args) => submit(cfg, args).await,
+        Command::Watch { job_id, from_beginning, until_done } => {
+            if let Some(id) = &job_id {
+                validate::job_id(id)?;
+            }
+            let start = if from_beginning { StartAt::Beginning } else { StartAt::Now };
+            let mut watch = t2v_producer::JobWatch::start_at(&cfg, job_id, start).await?;
+            loop {
+                let event = watch.next_event().await?;
+                println!("{}", json::to_json(schema::GENERATION_EVENT, &event));
+                if until_done && t2v_producer::watch::is_terminal(&event) {
+                    return Ok(());
+                }
+            }
+        }
+        Command::Cancel { job_id, reason } => {
+            let submitter = Submitter::new(cfg)?;
+            submitter.cancel(&job_id, &reason).await?;
+            println!("cancel requested for {job_id}");
+            Ok(())
+        }
+        Command::Topics { command: TopicsCommand::Apply { file, replication_factor } } => {
+            let specs = topics::load(&file).map_err(|e| fail(2, e.to_string()))?;
+            let outcomes = topics::apply(cfg.client_config(), &specs, replication_factor, cfg.connect_timeout, &cfg.brokers)
+                .await
+                .map_err(|e| match e {
+                    topics::TopicsError::Kafka(k) => Failure::from(k),
+                    other => fail(1, other.to_string()),
+                })?;
+            for (name, outcome) in outcomes {
+                match outcome {
+                    Outcome::Created => println!("{name}: created"),
+                    Outcome::Unchanged => println!("{name}: ok"),
+                    Outcome::Updated(changes) => println!("{name}: updated ({})", changes.join(", ")),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Builds the request from the flags. Explicit values must be in range (0 is not "default" here:
+/// omit the flag for the model's default).
+fn request_from_flags(args: &SubmitArgs, prompt: String) -> Result<GenerationRequest, Failure> {
+    let mut req = GenerationRequest {
+        job_id: args.job_id.clone().unwrap_or_default(),
+        model: args.model.clone(),
+        prompt,
+        negative_prompt: args.negative_prompt.clone().unwrap_or_default(),
+        guidance_scale: args.guidance,
+        guidance_scale_2: args.guidance_2,
+        shift: args.shift,
+        seed: args.seed,
+        priority: args.priority,
+        ..Default::default()
+    };
+    if let Some(size) = &args.size {
+        let (w, h) = size
+            .split_once(['x', 'X'])
+            .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
+            .ok_or_else(|| fail(2, format!("invalid size: expected WIDTHxHEIGHT such as 1280x720, got {size:?}")))?;
+        for (field, v) in [("width", w), ("height", h)] {
+            if v == 0 {
+                return Err(fail(2, format!("invalid {field}: must be {}..={}, got 0", validate::MIN_SIDE, validate::MAX_SIDE)));
+            }
+        }
+        req.width = w;
+        req.height = h;
+    }
+    for (field, value, max) in [
+        ("num_frames", args.frames, validate::MAX_FRAMES),
+        ("fps", args.fps, validate::MAX_FPS),
+        ("num_inference_steps", args.steps, validate::MAX_STEPS),
+    ] {
+        if value == Some(0) {
+            return Err(fail(2, format!("invalid {field}: must be 1..={max}, got 0 (omit the flag for the model default)")));
+        }
+    }
+    req.num_frames = args.frames.unwrap_or(0);
+    req.fps = args.fps.unwrap_or(0);
+    req.num_inference_steps = args.steps.unwrap_or(0);
+    req.sampler = match args.sampler.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Sampler::Unspecified,
+        Some("unipc") => Sampler::Unipc,
+        Some("euler" | "flow-euler" | "flow_euler") => Sampler::FlowEuler,
+        Some(other) => return Err(fail(2, format!("invalid sampler: must be unipc or euler, got {other:?}"))),
+    } as i32;
+    for label in &args.labels {
+        let (k, v) = label
+            .split_once('=')
+            .ok_or_else(|| fail(2, format!("invalid labels: expected KEY=VALUE, got {label:?}")))?;
+        req.labels.insert(k.to_string(), v.to_string());
+    }
+    validate::request(&req)?;
+    Ok(req)
+}
+
+fn read_batch(path: &PathBuf) -> Result<Vec<GenerationRequest>, Failure> {
+    let file = std::fs::File::open(path).map_err(|e| fail(2, format!("cannot read --batch {}: {e}", path.display())))?;
+    let mut requests = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| fail(2, format!("cannot read {}: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: GenerationRequest = json::from_json(schema::GENERATION_REQUEST, &line)
+            .map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
+        validate::request(&req).map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
+        requests.push(req);
+    }
+    if requests.is_empty() {
+        return Err(fail(2, format!("{} holds no requests", path.display())));
+    }
+    Ok(requests)
+}
+
+async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
+    // Validate everything before touching the network: bad input exits 2 with nothing produced.
+    let requests = match (&args.batch, &args.prompt) {
+        (Some(path), _) => read_batch(path)?,
+        (None, Some(prompt)) => vec![request_from_flags(&args, prompt.clone())?],
+        (None, None) => return Err(fail(2, "give a prompt or --batch FILE")),
+    };
+    let submitter = Submitter::new(cfg)?;
+    submitter.check_brokers().await?;
+    if let Some(path) = &args.batch {
+        let submitted = submitter.submit_many(requests).await?;
+        for s in &submitted {
+            println!("submitted {} (partition {}, offset {})", s.job_id, s.partition, s.offset);
+        }
+        eprintln!("t2v: {} requests from {} submitted", submitted.len(), path.display());
+        return Ok(());
+    }
+    let req = submitter.prepare(requests.into_iter().next().expect("one request"))?;
+    let mut watch = if args.wait { Some(submitter.watch_job(&req.job_id).await?) } else { None };
+    let submitted = submitter.submit(req).await?;
+    println!("submitted {} (partition {}, offset {}, trace {})", submitted.job_id, submitted.partition, submitted.offset, submitted.trace.trace_id_hex());
+    let Some(watch) = watch.as_mut() else { return Ok(()) };
+
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] step {pos}/{len} · ETA {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(submitted.job_id.clone());
+    bar.set_message("waiting for a worker");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let terminal = watch
+        .wait_terminal(Some(Duration::from_secs(args.wait_timeout_secs)), |p| {
+            bar.set_length(u64::from(p.total_steps.max(1)));
+            bar.set_position(u64::from(p.step));
+            bar.set_message(format!("{:.0}s", p.eta_ms as f64 / 1000.0));
+            if !bar.is_hidden() {
+                return;
+            }
+            // No terminal attached: a plain line per update keeps logs readable.
+            eprintln!("{}: step {}/{}", submitted.job_id, p.step, p.total_steps);
+        })
+        .await?;
+    bar.finish_and_clear();
+    report_terminal(terminal, args.wait_timeout_secs)
+}
+
+fn report_terminal(terminal: Option<Terminal>, timeout_secs: u64) -> Result<(), Failure> {
+    match terminal {
+        Some(Terminal::Completed(GenerationEvent { job_id, kind: Some(Kind::Completed(c)), .. })) => {
+            println!("completed {job_id} (seed {})", c.seed);
+            for (name, artifact) in [("video", &c.video), ("thumbnail", &c.thumbnail), ("manifest", &c.manifest)] {
+                if let Some(a) = artifact {
+                    println!("  {name:9} {} ({} bytes, sha256 {})", a.uri, a.size_bytes, a.sha256);
+                }
+            }
+            if let Some(t) = &c.timings {
+                println!(
+                    "  timings   total {:.1}s: text {:.1}s, denoise {:.1}s, decode {:.1}s, encode {:.1}s, upload {:.1}s",
+                    t.total_ms as f64 / 1e3,
+                    t.text_encode_ms as f64 / 1e3,
+                    t.denoise_ms as f64 / 1e3,
+                    t.vae_decode_ms as f64 / 1e3,
+                    t.encode_ms as f64 / 1e3,
+                    t.upload_ms as f64 / 1e3
+                );
+            }
+            Ok(())
+        }
+        Some(Terminal::Failed(GenerationEvent { job_id, kind: Some(Kind::Failed(f)), .. })) => {
+            let code = t2v_proto::v1::ErrorCode::try_from(f.code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN");
+            Err(fail(4, format!("job {job_id} failed ({code}{}): {}", if f.retryable { ", retryable" } else { "" }, f.message)))
+        }
+        Some(Terminal::Canceled(GenerationEvent { job_id, kind: Some(Kind::Canceled(c)), .. })) => {
+            Err(fail(5, format!("job {job_id} was canceled at step {}: {}", c.at_step, c.reason)))
+        }
+        Some(_) => Err(fail(1, "unexpected terminal event")),
+        None => Err(fail(6, format!("no terminal event within {timeout_secs}s; the job may still be queued — follow it with `t2v watch --job ID`"))),
+    }
+}

@@ -1,0 +1,252 @@
+//! The documented bounds of a `GenerationRequest` (see proto/t2v/v1/request.proto), checked
+//! before a request leaves the process and again by the worker before any GPU work.
+//! Every error names the field and the allowed range in one line.
+
+use t2v_proto::v1::{GenerationRequest, Sampler};
+
+/// A request field outside its documented bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct InvalidRequest {
+    /// The proto field name, e.g. `num_frames`.
+    pub field: &'static str,
+    /// What is allowed and what was given.
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> InvalidRequest {
+    InvalidRequest {
+        field,
+        message: message.into(),
+    }
+}
+
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_PROMPT_BYTES: usize = 8192;
+pub const MIN_SIDE: u32 = 64;
+pub const MAX_SIDE: u32 = 1920;
+pub const SIDE_MULTIPLE: u32 = 16;
+pub const MAX_FRAMES: u32 = 241;
+pub const MAX_FPS: u32 = 60;
+pub const MAX_STEPS: u32 = 200;
+pub const MAX_GUIDANCE: f32 = 30.0;
+pub const SHIFT_RANGE: (f32, f32) = (0.1, 50.0);
+pub const MAX_PRIORITY: u32 = 9;
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+pub const MAX_ATTEMPT: u32 = 100;
+
+/// Checks a job id (also used for Cancel): 1..=128 chars of `[A-Za-z0-9._-]`.
+pub fn job_id(id: &str) -> Result<(), InvalidRequest> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(invalid(
+            "job_id",
+            format!("must be 1..={MAX_ID_LEN} characters, got {}", id.len()),
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            "job_id",
+            format!("may contain only A-Z a-z 0-9 . _ -, found {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Width or height: 0 (model default) or 64..=1920 in steps of 16.
+pub fn side(field: &'static str, value: u32) -> Result<(), InvalidRequest> {
+    if value == 0 {
+        return Ok(());
+    }
+    if !(MIN_SIDE..=MAX_SIDE).contains(&value) || value % SIDE_MULTIPLE != 0 {
+        return Err(invalid(
+            field,
+            format!("must be {MIN_SIDE}..={MAX_SIDE} and a multiple of {SIDE_MULTIPLE} (0 = model default), got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Frames: 0 (model default) or 1..=241 with frames % 4 == 1 (the VAE's temporal stride).
+pub fn num_frames(value: u32) -> Result<(), InvalidRequest> {
+    if value != 0 && (value > MAX_FRAMES || value % 4 != 1) {
+        return Err(invalid(
+            "num_frames",
+            format!("must be 1..={MAX_FRAMES} with num_frames % 4 == 1, e.g. 81 (0 = model default), got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn up_to(field: &'static str, value: u32, max: u32) -> Result<(), InvalidRequest> {
+    if value > max {
+        return Err(invalid(
+            field,
+            format!("must be 1..={max} (0 = model default), got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn guidance(field: &'static str, value: Option<f32>) -> Result<(), InvalidRequest> {
+    match value {
+        Some(g) if !(g.is_finite() && (0.0..=MAX_GUIDANCE).contains(&g)) => Err(invalid(
+            field,
+            format!("must be 0.0..={MAX_GUIDANCE} (unset = model default), got {g}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks every documented bound. `job_id` may be empty here: the submitter assigns one.
+pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
+    if !req.job_id.is_empty() {
+        job_id(&req.job_id)?;
+    }
+    if req.model.is_empty() || req.model.len() > MAX_ID_LEN {
+        return Err(invalid(
+            "model",
+            format!("must be 1..={MAX_ID_LEN} characters, got {}", req.model.len()),
+        ));
+    }
+    if let Some(bad) = req
+        .model
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+    {
+        return Err(invalid(
+            "model",
+            format!("may contain only A-Z a-z 0-9 . _ - /, found {bad:?}"),
+        ));
+    }
+    if req.prompt.trim().is_empty() {
+        return Err(invalid("prompt", "must not be empty or only whitespace"));
+    }
+    for (field, text) in [
+        ("prompt", &req.prompt),
+        ("negative_prompt", &req.negative_prompt),
+    ] {
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(invalid(
+                field,
+                format!(
+                    "must be at most {MAX_PROMPT_BYTES} bytes of UTF-8, got {}",
+                    text.len()
+                ),
+            ));
+        }
+    }
+    side("width", req.width)?;
+    side("height", req.height)?;
+    num_frames(req.num_frames)?;
+    up_to("fps", req.fps, MAX_FPS)?;
+    up_to("num_inference_steps", req.num_inference_steps, MAX_STEPS)?;
+    guidance("guidance_scale", req.guidance_scale)?;
+    guidance("guidance_scale_2", req.guidance_scale_2)?;
+    if let Some(shift) = req.shift {
+        let (lo, hi) = SHIFT_RANGE;
+        if !(shift.is_finite() && (lo..=hi).contains(&shift)) {
+            return Err(invalid(
+                "shift",
+                format!("must be {lo}..={hi} (unset = scheduler default), got {shift}"),
+            ));
+        }
+    }
+    if Sampler::try_from(req.sampler).is_err() {
+        return Err(invalid(
+            "sampler",
+            format!(
+                "must be SAMPLER_UNSPECIFIED, SAMPLER_UNIPC or SAMPLER_FLOW_EULER, got {}",
+                req.sampler
+            ),
+        ));
+    }
+    if req.priority > MAX_PRIORITY {
+        return Err(invalid(
+            "priority",
+            format!("must be 0..={MAX_PRIORITY}, got {}", req.priority),
+        ));
+    }
+    if req.labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "labels",
+            format!("at most {MAX_LABELS} entries, got {}", req.labels.len()),
+        ));
+    }
+    for (key, value) in &req.labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || value.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(invalid(
+                "labels",
+                format!("keys must be 1..={MAX_LABEL_KEY_BYTES} bytes and values at most {MAX_LABEL_VALUE_BYTES}; label {key:?} breaks this"),
+            ));
+        }
+    }
+    if req.attempt > MAX_ATTEMPT {
+        return Err(invalid(
+            "attempt",
+            format!("must be 0..={MAX_ATTEMPT}, got {}", req.attempt),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> GenerationRequest {
+        GenerationRequest {
+            job_id: "job-1".into(),
+            model: "wan2.2-t2v-a14b".into(),
+            prompt: "a cat surfing".into(),
+            width: 832,
+            height: 480,
+            num_frames: 81,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_typical_request_passes() {
+        assert_eq!(request(&valid()), Ok(()));
+        let defaults = GenerationRequest {
+            model: "m".into(),
+            prompt: "p".into(),
+            ..Default::default()
+        };
+        assert_eq!(request(&defaults), Ok(()));
+    }
+
+    #[test]
+    fn each_bound_names_its_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut GenerationRequest)>)> = vec![
+            ("prompt", Box::new(|r| r.prompt = "   ".into())),
+            ("prompt", Box::new(|r| r.prompt = "x".repeat(MAX_PROMPT_BYTES + 1))),
+            ("width", Box::new(|r| r.width = 99999)),
+            ("width", Box::new(|r| r.width = 840)),
+            ("height", Box::new(|r| r.height = 1)),
+            ("num_frames", Box::new(|r| r.num_frames = 80)),
+            ("num_frames", Box::new(|r| r.num_frames = 245)),
+            ("num_inference_steps", Box::new(|r| r.num_inference_steps = 201)),
+            ("guidance_scale", Box::new(|r| r.guidance_scale = Some(f32::NAN))),
+            ("guidance_scale_2", Box::new(|r| r.guidance_scale_2 = Some(-1.0))),
+            ("shift", Box::new(|r| r.shift = Some(0.0))),
+            ("sampler", Box::new(|r| r.sampler = 42)),
+            ("job_id", Box::new(|r| r.job_id = "has space".into())),
+            ("model", Box::new(|r| r.model = String::new())),
+            ("priority", Box::new(|r| r.priority = 10)),
+            ("fps", Box::new(|r| r.fps = 61)),
+        ];
+        for (field, break_it) in cases {
+            let mut req = valid();
+            break_it(&mut req);
+            let err = request(&req).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().starts_with(&format!("invalid {field}: ")));
+        }
+    }
+}

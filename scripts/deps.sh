@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs every tool the build, tests and demo need. Safe to re-run: each step
+# checks for its result first. Everything lands under $T2V_CACHE (outside the
+# clone) so fresh clones and CI reuse it.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+step() { printf '\n== deps: %s\n' "$*"; }
+
+# 1. Debian packages: ffmpeg (MP4/thumbnail + ffprobe in tests), build tools for librdkafka.
+need_apt=()
+for pkg in ffmpeg cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  step "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# 2. Python venv with PyTorch (libtorch for tch) and the reference implementation.
+if ! "$T2V_VENV/bin/python" -c "import torch, diffusers, transformers; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
+  step "python venv at $T2V_VENV (torch $TORCH_VERSION, diffusers $DIFFUSERS_VERSION, transformers $TRANSFORMERS_VERSION)"
+  python3 -m venv "$T2V_VENV"
+  "$T2V_VENV/bin/pip" install -q --upgrade pip
+  "$T2V_VENV/bin/pip" install -q "torch==$TORCH_VERSION" "diffusers==$DIFFUSERS_VERSION" \
+    "transformers==$TRANSFORMERS_VERSION" "numpy<3" safetensors accelerate sentencepiece tokenizers protobuf ftfy pyyaml jsonschema
+fi
+
+# 3. Apache Kafka broker jars (KRaft), from Maven Central.
+if [ ! -f "$KAFKA_LIB/.complete" ]; then
+  step "Kafka $KAFKA_VERSION jars into $KAFKA_LIB"
+  mkdir -p "$KAFKA_LIB"
+  tmp=$(mktemp -d)
+  cat > "$tmp/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>t2v</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version></dependency>
+  </dependencies>
+</project>
+POM
+  (cd "$tmp" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIB" -DincludeScope=runtime)
+  rm -rf "$tmp"
+  touch "$KAFKA_LIB/.complete"
+fi
+
+# 4. Garage, the S3-compatible server (single node, sqlite metadata).
+if [ ! -x "$T2V_TOOLS/bin/garage" ]; then
+  step "cargo install garage $GARAGE_VERSION (about 15 min on 2 cores, once)"
+  cargo install --quiet --locked --root "$T2V_TOOLS" garage --version "$GARAGE_VERSION"
+fi
+
+# 5. helm, for chart lint/template tests.
+if [ ! -x "$T2V_TOOLS/bin/helm" ]; then
+  step "go install helm $HELM_VERSION"
+  GOBIN="$T2V_TOOLS/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+
+echo "deps: all present"

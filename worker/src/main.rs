@@ -1,0 +1,2 @@
+//! t2v-worker (in progress).
+fn main() {}
