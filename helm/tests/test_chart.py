@@ -1,0 +1,355 @@
+"""Unit tests over the rendered chart: the settings whose mistakes only show in production.
+
+Each test renders the chart (defaults and every ci/*-values.yaml) and checks one thing a
+broken template would get wrong: a missing or unsized /dev/shm, no GPU limit, a
+ScaledObject on the wrong topic or group or above the partition count, a grace period
+that kills the checkpoint, probes on a port the worker does not serve, credentials in a
+ConfigMap, two releases that overwrite or select each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+import values_doc
+import yaml
+
+from conftest import (
+    CHART,
+    REQUESTS_TOPIC,
+    SCENARIOS,
+    chart_values,
+    helm,
+    KUBE_VERSION,
+    is_hook,
+    of_kind,
+    one,
+    render,
+    render_error,
+    topic_partitions,
+    values_args,
+    worker_container,
+    worker_toml,
+)
+
+BINARY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(q) -> int:
+    m = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti)?", str(q))
+    assert m, f"unexpected quantity {q!r}"
+    return int(m.group(1)) * BINARY_UNITS.get(m.group(2) or "", 1)
+
+
+def pod_specs(docs):
+    """(name, pod spec) of the Deployment's template and of every hook pod."""
+    yield "deployment", one(docs, "Deployment")["spec"]["template"]["spec"]
+    for pod in of_kind(docs, "Pod"):
+        yield pod["metadata"]["name"], pod["spec"]
+
+
+def labels_match(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- lint --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_lint_strict(scenario):
+    helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *values_args(scenario))
+
+
+# --- /dev/shm and GPU ----------------------------------------------------------------------
+
+
+def test_shm_is_memory_backed_sized_and_mounted(scenario, docs):
+    want = quantity_bytes(chart_values(scenario)["shm"]["sizeLimit"])
+    assert want >= 2**30, "a /dev/shm under 1 GiB breaks pinned-memory transfers"
+    for name, spec in pod_specs(docs):
+        shm_volumes = {v["name"]: v for v in spec["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"}
+        mounts = [m for c in spec["containers"] for m in c.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
+        assert mounts, f"{name}: nothing mounted at /dev/shm (the container default is 64 MiB)"
+        for m in mounts:
+            assert m["name"] in shm_volumes, f"{name}: /dev/shm is not a memory-backed emptyDir"
+            assert quantity_bytes(shm_volumes[m["name"]]["emptyDir"]["sizeLimit"]) == want, f"{name}: /dev/shm size"
+
+
+def test_gpu_limit_set(scenario, docs):
+    values = chart_values(scenario)
+    resource, count = values["gpu"]["resourceName"], values["gpu"]["count"]
+    assert count >= 1
+    for name, spec in pod_specs(docs):
+        for c in spec["containers"]:
+            limits = c.get("resources", {}).get("limits", {})
+            assert int(limits.get(resource, 0)) == count, f"{name}/{c['name']}: {resource} limit"
+            requests = c.get("resources", {}).get("requests", {})
+            if resource in requests:
+                assert int(requests[resource]) == count, f"{name}/{c['name']}: GPU request differs from limit"
+
+
+# --- autoscaling ---------------------------------------------------------------------------
+
+
+def test_scaler_targets_requests_topic_and_group(scenario, docs):
+    mode = chart_values(scenario)["autoscaling"]["mode"]
+    toml = worker_toml(docs)
+    deployment = one(docs, "Deployment")
+    if mode == "keda":
+        so = one(docs, "ScaledObject")
+        assert so["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        [trigger] = so["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert trigger["type"] == "kafka"
+        assert meta["topic"] == REQUESTS_TOPIC
+        assert meta["consumerGroup"] == toml["kafka"]["group_id"], "KEDA must watch the group the workers join"
+        assert meta["bootstrapServers"] == toml["kafka"]["brokers"]
+        assert meta["allowIdleConsumers"] == "false"
+        assert not of_kind(docs, "HorizontalPodAutoscaler"), "KEDA owns the HPA; a second one would fight it"
+        assert "replicas" not in deployment["spec"], "a fixed replica count resets KEDA's on every upgrade"
+    elif mode == "hpa":
+        hpa = one(docs, "HorizontalPodAutoscaler")
+        assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        [metric] = hpa["spec"]["metrics"]
+        labels = metric["external"]["metric"]["selector"]["matchLabels"]
+        assert labels == {"consumergroup": toml["kafka"]["group_id"], "topic": REQUESTS_TOPIC}
+        assert hpa["spec"]["minReplicas"] >= 1
+        assert not of_kind(docs, "ScaledObject")
+        assert "replicas" not in deployment["spec"]
+    else:
+        assert not of_kind(docs, "ScaledObject") and not of_kind(docs, "HorizontalPodAutoscaler")
+
+
+def test_max_replicas_within_partitions_of_topics_yaml(scenario, docs):
+    partitions = topic_partitions(REQUESTS_TOPIC)
+    for so in of_kind(docs, "ScaledObject"):
+        assert 0 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= partitions
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["maxReplicas"] <= partitions
+    assert one(docs, "Deployment")["spec"].get("replicas", 0) <= partitions
+
+
+def test_chart_partition_count_matches_topics_yaml():
+    assert chart_values("defaults")["worker"]["kafka"]["requestsPartitions"] == topic_partitions(REQUESTS_TOPIC), (
+        "worker.kafka.requestsPartitions drifted from schemas/topics.yaml"
+    )
+
+
+def test_replicas_above_partitions_are_refused():
+    partitions = chart_values("defaults")["worker"]["kafka"]["requestsPartitions"]
+    err = render_error("defaults", "--set", f"autoscaling.maxReplicas={partitions + 1}")
+    assert "exceeds" in err and "partitions" in err
+    err = render_error("defaults", "--set", "autoscaling.mode=none", "--set", f"replicaCount={partitions + 1}")
+    assert "exceeds" in err and "partitions" in err
+
+
+def test_scale_down_is_slow_and_stabilised(scenario, docs):
+    for so in of_kind(docs, "ScaledObject"):
+        behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        down = behavior["scaleDown"]
+        assert down["stabilizationWindowSeconds"] >= 300, "GPU replicas must outlive short lulls"
+        assert all(p["type"] == "Pods" and p["value"] <= 2 for p in down["policies"])
+        assert so["spec"]["cooldownPeriod"] >= 300
+
+
+def test_aws_spot_example_scales_to_zero_on_spot():
+    docs = render("aws-karpenter-spot-values.yaml")
+    assert one(docs, "ScaledObject")["spec"]["minReplicaCount"] == 0
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"key": "karpenter.sh/capacity-type", "operator": "Equal", "value": "spot", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+    assert spec["nodeSelector"]["karpenter.sh/capacity-type"] == "spot"
+
+
+def test_kafka_auth_reaches_keda(scenario, docs):
+    values = chart_values(scenario)
+    if values["autoscaling"]["mode"] != "keda" or not values["worker"]["kafka"]["securityProtocol"].startswith("SASL_"):
+        return
+    trigger = one(docs, "ScaledObject")["spec"]["triggers"][0]
+    auth = one(docs, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    params = {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]}
+    assert {"username", "password"} <= params
+    assert trigger["metadata"]["sasl"].startswith(("plaintext", "scram_sha"))
+
+
+# --- shutdown ------------------------------------------------------------------------------
+
+
+def test_grace_period_covers_drain_and_checkpoint(scenario, docs):
+    toml = worker_toml(docs)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pre_stop = worker_container(one(docs, "Deployment")).get("lifecycle", {}).get("preStop", {})
+    pre_stop_secs = pre_stop.get("sleep", {}).get("seconds", 0)
+    needed = pre_stop_secs + toml["shutdown"]["drain_deadline_secs"] + toml["checkpoint"]["max_write_secs"]
+    assert spec["terminationGracePeriodSeconds"] > needed, (
+        f"grace {spec['terminationGracePeriodSeconds']} s <= preStop {pre_stop_secs} + drain + checkpoint = {needed} s"
+    )
+
+
+def test_short_grace_period_is_refused():
+    err = render_error("defaults", "--set", "terminationGracePeriodSeconds=30")
+    assert "terminationGracePeriodSeconds=30" in err
+
+
+def test_static_membership_uses_pod_name(scenario, docs):
+    if not chart_values(scenario)["worker"]["kafka"]["staticMembership"]:
+        return
+    env = {e["name"]: e for e in worker_container(one(docs, "Deployment"))["env"]}
+    assert env["T2V_KAFKA__INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+# --- probes and ports ----------------------------------------------------------------------
+
+
+def test_probes_and_metrics_point_at_the_worker_port(scenario, docs):
+    port = worker_toml(docs)["http"]["port"]
+    container = worker_container(one(docs, "Deployment"))
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    def resolve(p):
+        return named[p] if isinstance(p, str) else p
+
+    assert port in named.values(), "the container does not declare the port the worker serves"
+    for probe, path in [("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        get = container[probe]["httpGet"]
+        assert (resolve(get["port"]), get["path"]) == (port, path), probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "weight loading needs minutes"
+    for svc in of_kind(docs, "Service"):
+        for sp in svc["spec"]["ports"]:
+            assert resolve(sp["targetPort"]) == port
+        for sm in of_kind(docs, "ServiceMonitor"):
+            names = {sp["name"] for sp in svc["spec"]["ports"]}
+            assert all(ep["port"] in names and ep["path"] == "/metrics" for ep in sm["spec"]["endpoints"])
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def secret_strings(docs) -> set[str]:
+    found = set()
+    for s in of_kind(docs, "Secret"):
+        found |= {base64.b64decode(v).decode() for v in (s.get("data") or {}).values()}
+        found |= set((s.get("stringData") or {}).values())
+    return {v for v in found if len(v) >= 4}
+
+
+def test_secrets_never_inlined_outside_secrets(scenario, docs):
+    sentinels = set(re.findall(r"SENTINEL-[A-Za-z0-9-]+", yaml.safe_dump(chart_values(scenario))))
+    secrets = secret_strings(docs)
+    assert sentinels <= secrets, "an inline credential did not end up in a Secret"
+    forbidden = secrets | sentinels
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(doc)
+        leaked = [s for s in forbidden if s in text]
+        assert not leaked, f"{doc['kind']}/{doc['metadata']['name']} contains credentials {leaked}"
+    toml_text = yaml.safe_dump(worker_toml(docs))
+    assert not re.search(r"(?i)password|secret_access|sasl_username", toml_text)
+
+
+def test_credentials_in_extra_config_are_refused():
+    err = render_error("defaults", "--set-string", "worker.extraConfig=[kafka]\nsasl_password = \"x\"")
+    assert "credentials" in err
+
+
+# --- security ------------------------------------------------------------------------------
+
+
+def test_pods_run_non_root_with_read_only_root(scenario, docs):
+    for name, spec in pod_specs(docs):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] != 0, name
+        assert spec.get("automountServiceAccountToken") is False, name
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert "ALL" in sc["capabilities"]["drop"], c["name"]
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), f"{c['name']}: no writable /tmp"
+
+
+def test_model_weights_mounted_where_config_points(scenario, docs):
+    model_dir = worker_toml(docs)["model"]["dir"]
+    mounts = worker_container(one(docs, "Deployment"))["volumeMounts"]
+    assert any(model_dir.startswith(m["mountPath"].rstrip("/") + "/") and m["readOnly"] for m in mounts), (
+        "model.dir is not under a read-only mount"
+    )
+
+
+# --- two releases ----------------------------------------------------------------------------
+
+
+def test_two_releases_in_one_namespace_do_not_collide(scenario):
+    a, b = render(scenario, release="alpha"), render(scenario, release="beta")
+    names_a = {(d["kind"], d["metadata"]["name"]) for d in a}
+    names_b = {(d["kind"], d["metadata"]["name"]) for d in b}
+    assert not names_a & names_b, f"both releases create {names_a & names_b}"
+    pods_b = [one(b, "Deployment")["spec"]["template"]["metadata"]["labels"]] + [p["metadata"]["labels"] for p in of_kind(b, "Pod")]
+    for doc in a:
+        spec = doc.get("spec", {})
+        selector = spec.get("selector", {})
+        selector = selector.get("matchLabels", selector) if doc["kind"] != "Service" else selector
+        if doc["kind"] == "NetworkPolicy":
+            selector = spec["podSelector"]["matchLabels"]
+        if not selector or doc["kind"] == "ServiceMonitor":
+            continue
+        assert set(selector) != {"app"}, f"{doc['kind']} selects on a bare app label"
+        assert not any(labels_match(selector, labels) for labels in pods_b), f"alpha's {doc['kind']} selects beta's pods"
+    services_b = [svc["metadata"]["labels"] for svc in of_kind(b, "Service")]
+    for sm in of_kind(a, "ServiceMonitor"):
+        assert not any(labels_match(sm["spec"]["selector"]["matchLabels"], labels) for labels in services_b)
+    for so in of_kind(a, "ScaledObject"):
+        assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"] not in {
+            s["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"] for s in of_kind(b, "ScaledObject")
+        }
+    uids = [yaml.safe_load(list(cm["data"].values())[0])["uid"] for cm in of_kind(a + b, "ConfigMap") if "grafana_dashboard" in cm["metadata"]["labels"]]
+    assert len(uids) == len(set(uids)), "two dashboards with one Grafana uid overwrite each other"
+
+
+def test_doctor_pod_is_not_selected_by_the_fleet(scenario, docs):
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    for pod in of_kind(docs, "Pod"):
+        assert is_hook(pod)
+        assert not labels_match(selector, pod["metadata"]["labels"]), "the Service/PDB would count the doctor pod"
+        assert pod["spec"]["containers"][0]["args"][0] == "doctor"
+
+
+# --- values documentation ------------------------------------------------------------------
+
+
+def test_every_values_key_is_documented():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    assert lines[0] == "# yaml-language-server: $schema=values.schema.json"
+    undocumented = []
+    list_indent = None  # keys inside list items (e.g. tolerations) are data, not values keys
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if re.match(r"^\s*- ", line):
+            list_indent = indent if list_indent is None else min(list_indent, indent)
+            continue
+        if not re.match(r"^\s*[A-Za-z0-9_./-]+:", line):
+            continue
+        if list_indent is not None and indent > list_indent:
+            continue
+        list_indent = None
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
+            j -= 1
+        if j < 0 or not lines[j].strip().startswith("# --"):
+            undocumented.append(f"line {i + 1}: {line.strip()}")
+    assert not undocumented, "keys without a `# --` comment:\n" + "\n".join(undocumented)
+
+
+def test_readme_values_table_is_current():
+    readme = (CHART / "README.md").read_text()
+    assert values_doc.table() in readme, "README values table is stale: python helm/tests/values_doc.py --write"
+
+
+def test_values_schema_rejects_unknown_keys():
+    err = render_error("defaults", "--set", "worker.kafka.gruopId=typo")
+    assert "gruopId" in err
