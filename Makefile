@@ -39,7 +39,7 @@ chart-test: deps ## helm lint/template and tests over the rendered manifests
 	@$(ENV) bash helm/tests/run.sh
 
 bench: up ## producer throughput against the local broker
-	@$(ENV) cargo run --release -p t2v-producer --example submit_throughput
+	@$(ENV) set -a; source .stack/env; set +a; cargo run -q -p t2v-producer --example submit_throughput
 
 demo: up ## local stack + tiny random-weight model + a CPU worker + one submitted prompt
 	@bash scripts/demo.sh

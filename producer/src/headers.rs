@@ -91,7 +91,7 @@ pub fn record_headers(schema: &str, trace: &TraceContext) -> OwnedHeaders {
 }
 
 /// The value of header `key` as UTF-8, if present.
-pub fn header_str<'a, H: Headers + ?Sized>(headers: &'a H, key: &str) -> Option<&'a str> {
+pub fn header_str<'a, H: Headers>(headers: &'a H, key: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|h| h.key == key)
@@ -100,7 +100,7 @@ pub fn header_str<'a, H: Headers + ?Sized>(headers: &'a H, key: &str) -> Option<
 }
 
 /// The trace context carried by a record, if any.
-pub fn trace_context<H: Headers + ?Sized>(headers: &H) -> Option<TraceContext> {
+pub fn trace_context<H: Headers>(headers: &H) -> Option<TraceContext> {
     let mut ctx = TraceContext::parse(header_str(headers, TRACEPARENT)?)?;
     ctx.tracestate = header_str(headers, TRACESTATE).map(str::to_owned);
     Some(ctx)

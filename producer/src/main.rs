@@ -175,7 +175,10 @@ fn fail(code: u8, message: impl Into<String>) -> Failure {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("T2V_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("T2V_LOG").unwrap_or_else(|_| {
+            // librdkafka logs every failed connection attempt; the CLI reports the outcome in one line instead.
+            "warn,librdkafka=off,rdkafka::client=off".into()
+        }))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -183,7 +183,7 @@ impl Submitter {
     pub fn prepare(&self, mut req: GenerationRequest) -> Result<GenerationRequest, InvalidRequest> {
         validate::request(&req)?;
         if req.job_id.is_empty() {
-            req.job_id = ulid::Ulid::new().to_string();
+            req.job_id = ulid::Ulid::generate().to_string();
         }
         if req.submitted_at_unix_ms == 0 {
             req.submitted_at_unix_ms = now_unix_ms();

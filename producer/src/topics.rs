@@ -102,7 +102,11 @@ pub async fn apply(
         })?;
     let mut outcomes = Vec::new();
     for spec in specs {
-        let existing = metadata.topics().iter().find(|t| t.name() == spec.name && t.error().is_none());
+        // A topic that is still electing leaders reports an error but exists all the same.
+        let existing = metadata.topics().iter().find(|t| {
+            t.name() == spec.name
+                && !matches!(t.error(), Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART))
+        });
         let retention = spec.retention_ms.to_string();
         let Some(existing) = existing else {
             let replication = replication_override.unwrap_or(spec.replication_factor);
@@ -110,10 +114,15 @@ pub async fn apply(
                 .set("cleanup.policy", &spec.cleanup_policy)
                 .set("retention.ms", &retention);
             for result in admin.create_topics([&topic], &options).await.map_err(SubmitError::from)? {
-                result.map_err(|(topic, code)| TopicsError::Apply {
-                    topic,
-                    reason: format!("create failed: {code}"),
-                })?;
+                match result {
+                    Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(TopicsError::Apply {
+                            topic,
+                            reason: format!("create failed: {code}"),
+                        })
+                    }
+                }
             }
             outcomes.push((spec.name.clone(), Outcome::Created));
             continue;
