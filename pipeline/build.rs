@@ -8,8 +8,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=T2V_VENV");
     let candidates = [
-        std::env::var("DEP_TCH_LIBTORCH_LIB").ok().map(PathBuf::from),
-        std::env::var("LIBTORCH").ok().map(|p| PathBuf::from(p).join("lib")),
+        std::env::var("DEP_TCH_LIBTORCH_LIB")
+            .ok()
+            .map(PathBuf::from),
+        std::env::var("LIBTORCH")
+            .ok()
+            .map(|p| PathBuf::from(p).join("lib")),
         torch_lib_in_venv(),
     ];
     if candidates

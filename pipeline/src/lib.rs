@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`error`]: the crate's error type; every message names the cause and the fix.
+//! - [`model_dir`]: a diffusers-format model directory: model_index.json, components, completeness.
 //! - [`loader`]: diffusers-format directories: `model_index.json`, configs, sharded safetensors.
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.

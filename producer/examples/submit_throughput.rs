@@ -13,9 +13,19 @@ use t2v_proto::v1::GenerationRequest;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let brokers = std::env::var("T2V_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let total: usize = std::env::var("T2V_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let topic = format!("bench.requests.{}", ulid::Ulid::generate().to_string().to_lowercase());
-    let cfg = SubmitterConfig { brokers: brokers.clone(), requests_topic: topic.clone(), ..Default::default() };
+    let total: usize = std::env::var("T2V_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let topic = format!(
+        "bench.requests.{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
+    let cfg = SubmitterConfig {
+        brokers: brokers.clone(),
+        requests_topic: topic.clone(),
+        ..Default::default()
+    };
     let spec = TopicSpec {
         name: topic.clone(),
         key: "job_id".into(),
@@ -25,7 +35,14 @@ async fn main() -> anyhow::Result<()> {
         cleanup_policy: "delete".into(),
         retention_ms: 3_600_000,
     };
-    topics::apply(cfg.client_config(), &[spec], None, cfg.connect_timeout, &brokers).await?;
+    topics::apply(
+        cfg.client_config(),
+        &[spec],
+        None,
+        cfg.connect_timeout,
+        &brokers,
+    )
+    .await?;
     let submitter = Submitter::new(cfg)?;
     submitter.check_brokers().await?;
 
@@ -46,12 +63,16 @@ async fn main() -> anyhow::Result<()> {
         let mut sent = 0;
         while sent < total {
             let n = batch.min(total - sent);
-            submitter.submit_many((sent..sent + n).map(request).collect()).await?;
+            submitter
+                .submit_many((sent..sent + n).map(request).collect())
+                .await?;
             sent += n;
         }
         let secs = start.elapsed().as_secs_f64();
         let rate = total as f64 / secs;
-        println!("round {round}: {total} requests acknowledged in {secs:.2} s = {rate:.0} requests/s");
+        println!(
+            "round {round}: {total} requests acknowledged in {secs:.2} s = {rate:.0} requests/s"
+        );
         rates.push(rate);
     }
     rates.sort_by(|a, b| a.total_cmp(b));

@@ -45,7 +45,12 @@ impl TraceContext {
         let mut parts = traceparent.trim().split('-');
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        if version.len() != 2
+            || version == "ff"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
             return None;
         }
         let trace_id = u128::from_str_radix(trace, 16).ok()?;
@@ -130,7 +135,8 @@ mod tests {
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad}");
         }
-        let ok = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let ok =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(ok.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

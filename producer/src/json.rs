@@ -8,7 +8,10 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
     #[error("not a valid {schema} in JSON form: {reason}")]
-    Parse { schema: &'static str, reason: String },
+    Parse {
+        schema: &'static str,
+        reason: String,
+    },
 }
 
 fn descriptor(full_name: &str) -> prost_reflect::MessageDescriptor {
@@ -79,8 +82,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = from_json::<GenerationRequest>(GENERATION_REQUEST, r#"{"prompt":"x","frames":3}"#)
-            .unwrap_err();
+        let err =
+            from_json::<GenerationRequest>(GENERATION_REQUEST, r#"{"prompt":"x","frames":3}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("frames"), "{err}");
     }
 }

@@ -10,13 +10,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use t2v_producer::topics::{self, Outcome};
+use t2v_producer::{
+    json, validate, InvalidRequest, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
+};
 use t2v_proto::schema;
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest, Sampler};
-use t2v_producer::topics::{self, Outcome};
-use t2v_producer::{json, validate, InvalidRequest, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal};
 
 #[derive(Parser)]
-#[command(name = "t2v", version, about = "Submit text-to-video jobs to a t2v-fleet and follow them")]
+#[command(
+    name = "t2v",
+    version,
+    about = "Submit text-to-video jobs to a t2v-fleet and follow them"
+)]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -27,19 +33,44 @@ struct Cli {
 #[derive(Args)]
 struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, global = true, env = "T2V_BROKERS", default_value = "localhost:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "T2V_BROKERS",
+        default_value = "localhost:9092"
+    )]
     brokers: String,
     /// Topic of generation requests.
-    #[arg(long, global = true, env = "T2V_REQUESTS_TOPIC", default_value = "t2v.requests.v1")]
+    #[arg(
+        long,
+        global = true,
+        env = "T2V_REQUESTS_TOPIC",
+        default_value = "t2v.requests.v1"
+    )]
     requests_topic: String,
     /// Topic of job events.
-    #[arg(long, global = true, env = "T2V_EVENTS_TOPIC", default_value = "t2v.events.v1")]
+    #[arg(
+        long,
+        global = true,
+        env = "T2V_EVENTS_TOPIC",
+        default_value = "t2v.events.v1"
+    )]
     events_topic: String,
     /// Topic of control commands (cancel).
-    #[arg(long, global = true, env = "T2V_CONTROL_TOPIC", default_value = "t2v.control.v1")]
+    #[arg(
+        long,
+        global = true,
+        env = "T2V_CONTROL_TOPIC",
+        default_value = "t2v.control.v1"
+    )]
     control_topic: String,
     /// Seconds to wait for the brokers before failing with exit code 3.
-    #[arg(long, global = true, env = "T2V_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "T2V_CONNECT_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
     connect_timeout_secs: u64,
     /// Extra librdkafka properties, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE")]
@@ -49,7 +80,7 @@ struct KafkaArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Submit a prompt (or a JSON-lines batch) as generation requests.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Print job events as JSON lines.
     Watch {
         /// Only this job's events.
@@ -158,27 +189,38 @@ impl From<SubmitError> for Failure {
             SubmitError::BrokersUnreachable { .. } | SubmitError::TopicMissing { .. } => 3,
             _ => 1,
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<InvalidRequest> for Failure {
     fn from(e: InvalidRequest) -> Self {
-        Failure { code: 2, message: e.to_string() }
+        Failure {
+            code: 2,
+            message: e.to_string(),
+        }
     }
 }
 
 fn fail(code: u8, message: impl Into<String>) -> Failure {
-    Failure { code, message: message.into() }
+    Failure {
+        code,
+        message: message.into(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("T2V_LOG").unwrap_or_else(|_| {
-            // librdkafka logs every failed connection attempt; the CLI reports the outcome in one line instead.
-            "warn,librdkafka=off,rdkafka::client=off".into()
-        }))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("T2V_LOG").unwrap_or_else(|_| {
+                // librdkafka logs every failed connection attempt; the CLI reports the outcome in one line instead.
+                "warn,librdkafka=off,rdkafka::client=off".into()
+            }),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -194,9 +236,12 @@ async fn main() -> ExitCode {
 fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
     let mut kafka = std::collections::BTreeMap::new();
     for prop in &args.kafka_properties {
-        let (k, v) = prop
-            .split_once('=')
-            .ok_or_else(|| fail(2, format!("invalid --kafka-property {prop:?}: expected KEY=VALUE")))?;
+        let (k, v) = prop.split_once('=').ok_or_else(|| {
+            fail(
+                2,
+                format!("invalid --kafka-property {prop:?}: expected KEY=VALUE"),
+            )
+        })?;
         kafka.insert(k.to_string(), v.to_string());
     }
     let timeout = Duration::from_secs(args.connect_timeout_secs.max(1));
@@ -214,12 +259,20 @@ fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let cfg = submitter_config(&cli.kafka)?;
     match cli.command {
-        Command::Submit(args) => submit(cfg, args).await,
-        Command::Watch { job_id, from_beginning, until_done } => {
+        Command::Submit(args) => submit(cfg, *args).await,
+        Command::Watch {
+            job_id,
+            from_beginning,
+            until_done,
+        } => {
             if let Some(id) = &job_id {
                 validate::job_id(id)?;
             }
-            let start = if from_beginning { StartAt::Beginning } else { StartAt::Now };
+            let start = if from_beginning {
+                StartAt::Beginning
+            } else {
+                StartAt::Now
+            };
             let mut watch = t2v_producer::JobWatch::start_at(&cfg, job_id, start).await?;
             loop {
                 let event = watch.next_event().await?;
@@ -235,19 +288,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("cancel requested for {job_id}");
             Ok(())
         }
-        Command::Topics { command: TopicsCommand::Apply { file, replication_factor } } => {
+        Command::Topics {
+            command:
+                TopicsCommand::Apply {
+                    file,
+                    replication_factor,
+                },
+        } => {
             let specs = topics::load(&file).map_err(|e| fail(2, e.to_string()))?;
-            let outcomes = topics::apply(cfg.client_config(), &specs, replication_factor, cfg.connect_timeout, &cfg.brokers)
-                .await
-                .map_err(|e| match e {
-                    topics::TopicsError::Kafka(k) => Failure::from(k),
-                    other => fail(1, other.to_string()),
-                })?;
+            let outcomes = topics::apply(
+                cfg.client_config(),
+                &specs,
+                replication_factor,
+                cfg.connect_timeout,
+                &cfg.brokers,
+            )
+            .await
+            .map_err(|e| match e {
+                topics::TopicsError::Kafka(k) => Failure::from(k),
+                other => fail(1, other.to_string()),
+            })?;
             for (name, outcome) in outcomes {
                 match outcome {
                     Outcome::Created => println!("{name}: created"),
                     Outcome::Unchanged => println!("{name}: ok"),
-                    Outcome::Updated(changes) => println!("{name}: updated ({})", changes.join(", ")),
+                    Outcome::Updated(changes) => {
+                        println!("{name}: updated ({})", changes.join(", "))
+                    }
                 }
             }
             Ok(())
@@ -274,10 +341,22 @@ fn request_from_flags(args: &SubmitArgs, prompt: String) -> Result<GenerationReq
         let (w, h) = size
             .split_once(['x', 'X'])
             .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
-            .ok_or_else(|| fail(2, format!("invalid size: expected WIDTHxHEIGHT such as 1280x720, got {size:?}")))?;
+            .ok_or_else(|| {
+                fail(
+                    2,
+                    format!("invalid size: expected WIDTHxHEIGHT such as 1280x720, got {size:?}"),
+                )
+            })?;
         for (field, v) in [("width", w), ("height", h)] {
             if v == 0 {
-                return Err(fail(2, format!("invalid {field}: must be {}..={}, got 0", validate::MIN_SIDE, validate::MAX_SIDE)));
+                return Err(fail(
+                    2,
+                    format!(
+                        "invalid {field}: must be {}..={}, got 0",
+                        validate::MIN_SIDE,
+                        validate::MAX_SIDE
+                    ),
+                ));
             }
         }
         req.width = w;
@@ -295,16 +374,29 @@ fn request_from_flags(args: &SubmitArgs, prompt: String) -> Result<GenerationReq
     req.num_frames = args.frames.unwrap_or(0);
     req.fps = args.fps.unwrap_or(0);
     req.num_inference_steps = args.steps.unwrap_or(0);
-    req.sampler = match args.sampler.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    req.sampler = match args
+        .sampler
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None => Sampler::Unspecified,
         Some("unipc") => Sampler::Unipc,
         Some("euler" | "flow-euler" | "flow_euler") => Sampler::FlowEuler,
-        Some(other) => return Err(fail(2, format!("invalid sampler: must be unipc or euler, got {other:?}"))),
+        Some(other) => {
+            return Err(fail(
+                2,
+                format!("invalid sampler: must be unipc or euler, got {other:?}"),
+            ))
+        }
     } as i32;
     for label in &args.labels {
-        let (k, v) = label
-            .split_once('=')
-            .ok_or_else(|| fail(2, format!("invalid labels: expected KEY=VALUE, got {label:?}")))?;
+        let (k, v) = label.split_once('=').ok_or_else(|| {
+            fail(
+                2,
+                format!("invalid labels: expected KEY=VALUE, got {label:?}"),
+            )
+        })?;
         req.labels.insert(k.to_string(), v.to_string());
     }
     validate::request(&req)?;
@@ -312,7 +404,8 @@ fn request_from_flags(args: &SubmitArgs, prompt: String) -> Result<GenerationReq
 }
 
 fn read_batch(path: &PathBuf) -> Result<Vec<GenerationRequest>, Failure> {
-    let file = std::fs::File::open(path).map_err(|e| fail(2, format!("cannot read --batch {}: {e}", path.display())))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| fail(2, format!("cannot read --batch {}: {e}", path.display())))?;
     let mut requests = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| fail(2, format!("cannot read {}: {e}", path.display())))?;
@@ -321,7 +414,8 @@ fn read_batch(path: &PathBuf) -> Result<Vec<GenerationRequest>, Failure> {
         }
         let req: GenerationRequest = json::from_json(schema::GENERATION_REQUEST, &line)
             .map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
-        validate::request(&req).map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
+        validate::request(&req)
+            .map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
         requests.push(req);
     }
     if requests.is_empty() {
@@ -342,16 +436,35 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
     if let Some(path) = &args.batch {
         let submitted = submitter.submit_many(requests).await?;
         for s in &submitted {
-            println!("submitted {} (partition {}, offset {})", s.job_id, s.partition, s.offset);
+            println!(
+                "submitted {} (partition {}, offset {})",
+                s.job_id, s.partition, s.offset
+            );
         }
-        eprintln!("t2v: {} requests from {} submitted", submitted.len(), path.display());
+        eprintln!(
+            "t2v: {} requests from {} submitted",
+            submitted.len(),
+            path.display()
+        );
         return Ok(());
     }
     let req = submitter.prepare(requests.into_iter().next().expect("one request"))?;
-    let mut watch = if args.wait { Some(submitter.watch_job(&req.job_id).await?) } else { None };
+    let mut watch = if args.wait {
+        Some(submitter.watch_job(&req.job_id).await?)
+    } else {
+        None
+    };
     let submitted = submitter.submit(req).await?;
-    println!("submitted {} (partition {}, offset {}, trace {})", submitted.job_id, submitted.partition, submitted.offset, submitted.trace.trace_id_hex());
-    let Some(watch) = watch.as_mut() else { return Ok(()) };
+    println!(
+        "submitted {} (partition {}, offset {}, trace {})",
+        submitted.job_id,
+        submitted.partition,
+        submitted.offset,
+        submitted.trace.trace_id_hex()
+    );
+    let Some(watch) = watch.as_mut() else {
+        return Ok(());
+    };
 
     let bar = ProgressBar::new(1);
     bar.set_style(

@@ -192,7 +192,11 @@ impl Submitter {
     }
 
     /// Enqueues one prepared request; the returned future resolves when the brokers acknowledge it.
-    fn enqueue(&self, req: &GenerationRequest, trace: &TraceContext) -> Result<DeliveryFuture, SubmitError> {
+    fn enqueue(
+        &self,
+        req: &GenerationRequest,
+        trace: &TraceContext,
+    ) -> Result<DeliveryFuture, SubmitError> {
         let payload = req.encode_to_vec();
         let mut record = FutureRecord::to(&self.cfg.requests_topic)
             .key(req.job_id.as_bytes())
@@ -216,7 +220,11 @@ impl Submitter {
         }
     }
 
-    async fn acknowledged(job_id: String, trace: TraceContext, delivery: DeliveryFuture) -> Result<Submitted, SubmitError> {
+    async fn acknowledged(
+        job_id: String,
+        trace: TraceContext,
+        delivery: DeliveryFuture,
+    ) -> Result<Submitted, SubmitError> {
         match delivery.await {
             Ok(Ok(delivered)) => Ok(Submitted {
                 job_id,
@@ -238,7 +246,11 @@ impl Submitter {
     }
 
     /// As [`Submitter::submit`], continuing the caller's trace.
-    pub async fn submit_traced(&self, req: GenerationRequest, trace: TraceContext) -> Result<Submitted, SubmitError> {
+    pub async fn submit_traced(
+        &self,
+        req: GenerationRequest,
+        trace: TraceContext,
+    ) -> Result<Submitted, SubmitError> {
         let req = self.prepare(req)?;
         let delivery = self.enqueue(&req, &trace)?;
         Self::acknowledged(req.job_id, trace, delivery).await
@@ -246,7 +258,10 @@ impl Submitter {
 
     /// Validates every request first (nothing is produced when one is invalid), then publishes all
     /// of them pipelined, returning once all are acknowledged, in input order.
-    pub async fn submit_many(&self, reqs: Vec<GenerationRequest>) -> Result<Vec<Submitted>, SubmitError> {
+    pub async fn submit_many(
+        &self,
+        reqs: Vec<GenerationRequest>,
+    ) -> Result<Vec<Submitted>, SubmitError> {
         let prepared = reqs
             .into_iter()
             .map(|r| self.prepare(r))
@@ -274,14 +289,17 @@ impl Submitter {
         let record = FutureRecord::to(&self.cfg.control_topic)
             .key(job_id.as_bytes())
             .payload(&payload)
-            .headers(record_headers(schema::CONTROL_COMMAND, &TraceContext::new_root()));
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(source, _)| SubmitError::Delivery {
-                job_id: job_id.to_string(),
-                source,
-            })?;
+            .headers(record_headers(
+                schema::CONTROL_COMMAND,
+                &TraceContext::new_root(),
+            ));
+        let delivery =
+            self.producer
+                .send_result(record)
+                .map_err(|(source, _)| SubmitError::Delivery {
+                    job_id: job_id.to_string(),
+                    source,
+                })?;
         Self::acknowledged(job_id.to_string(), TraceContext::new_root(), delivery)
             .await
             .map(|_| ())

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -64,10 +65,19 @@ fn parse(text: &str) -> Result<Vec<TopicSpec>, String> {
     let file: TopicsFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     for t in &file.topics {
         if t.partitions < 1 || t.replication_factor < 1 {
-            return Err(format!("{}: partitions and replication_factor must be >= 1", t.name));
+            return Err(format!(
+                "{}: partitions and replication_factor must be >= 1",
+                t.name
+            ));
         }
-        if !matches!(t.cleanup_policy.as_str(), "delete" | "compact" | "compact,delete") {
-            return Err(format!("{}: cleanup_policy must be delete, compact or compact,delete", t.name));
+        if !matches!(
+            t.cleanup_policy.as_str(),
+            "delete" | "compact" | "compact,delete"
+        ) {
+            return Err(format!(
+                "{}: cleanup_policy must be delete, compact or compact,delete",
+                t.name
+            ));
         }
     }
     Ok(file.topics)
@@ -91,7 +101,9 @@ pub async fn apply(
     brokers: &str,
 ) -> Result<Vec<(String, Outcome)>, TopicsError> {
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(SubmitError::from)?;
-    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout))).request_timeout(Some(timeout));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Timeout::After(timeout)))
+        .request_timeout(Some(timeout));
     let metadata = admin
         .inner()
         .fetch_metadata(None, Timeout::After(timeout))
@@ -105,15 +117,26 @@ pub async fn apply(
         // A topic that is still electing leaders reports an error but exists all the same.
         let existing = metadata.topics().iter().find(|t| {
             t.name() == spec.name
-                && !matches!(t.error(), Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART))
+                && !matches!(
+                    t.error(),
+                    Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                )
         });
         let retention = spec.retention_ms.to_string();
         let Some(existing) = existing else {
             let replication = replication_override.unwrap_or(spec.replication_factor);
-            let topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication))
-                .set("cleanup.policy", &spec.cleanup_policy)
-                .set("retention.ms", &retention);
-            for result in admin.create_topics([&topic], &options).await.map_err(SubmitError::from)? {
+            let topic = NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(replication),
+            )
+            .set("cleanup.policy", &spec.cleanup_policy)
+            .set("retention.ms", &retention);
+            for result in admin
+                .create_topics([&topic], &options)
+                .await
+                .map_err(SubmitError::from)?
+            {
                 match result {
                     Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((topic, code)) => {
@@ -131,7 +154,11 @@ pub async fn apply(
         let have = existing.partitions().len() as i32;
         if have < spec.partitions {
             let grow = NewPartitions::new(&spec.name, spec.partitions as usize);
-            for result in admin.create_partitions([&grow], &options).await.map_err(SubmitError::from)? {
+            for result in admin
+                .create_partitions([&grow], &options)
+                .await
+                .map_err(SubmitError::from)?
+            {
                 result.map_err(|(topic, code)| TopicsError::Apply {
                     topic,
                     reason: format!("growing partitions failed: {code}"),
@@ -146,7 +173,10 @@ pub async fn apply(
             );
         }
         let resource = ResourceSpecifier::Topic(&spec.name);
-        let described = admin.describe_configs([&resource], &options).await.map_err(SubmitError::from)?;
+        let described = admin
+            .describe_configs([&resource], &options)
+            .await
+            .map_err(SubmitError::from)?;
         let mut current = std::collections::HashMap::new();
         for result in described {
             let config = result.map_err(|code| TopicsError::Apply {
@@ -159,7 +189,10 @@ pub async fn apply(
                 }
             }
         }
-        let wanted = [("cleanup.policy", spec.cleanup_policy.as_str()), ("retention.ms", retention.as_str())];
+        let wanted = [
+            ("cleanup.policy", spec.cleanup_policy.as_str()),
+            ("retention.ms", retention.as_str()),
+        ];
         let differing: Vec<_> = wanted
             .iter()
             .filter(|(k, v)| current.get(*k).map(String::as_str) != Some(*v))
@@ -167,23 +200,34 @@ pub async fn apply(
         if !differing.is_empty() {
             // Incremental alter is not exposed by rdkafka; a plain alter replaces the topic's
             // dynamic configs, so send every config we own.
-            let mut alter = AlterConfig::new(resource.clone());
+            let mut alter = AlterConfig::new(resource);
             for (k, v) in wanted {
                 alter = alter.set(k, v);
             }
-            for result in admin.alter_configs([&alter], &options).await.map_err(SubmitError::from)? {
+            for result in admin
+                .alter_configs([&alter], &options)
+                .await
+                .map_err(SubmitError::from)?
+            {
                 result.map_err(|(_, code)| TopicsError::Apply {
                     topic: spec.name.clone(),
                     reason: format!("alter configs failed: {code}"),
                 })?;
             }
             for (k, v) in differing {
-                changes.push(format!("{k} {} -> {v}", current.get(*k).map(String::as_str).unwrap_or("unset")));
+                changes.push(format!(
+                    "{k} {} -> {v}",
+                    current.get(*k).map(String::as_str).unwrap_or("unset")
+                ));
             }
         }
         outcomes.push((
             spec.name.clone(),
-            if changes.is_empty() { Outcome::Unchanged } else { Outcome::Updated(changes) },
+            if changes.is_empty() {
+                Outcome::Unchanged
+            } else {
+                Outcome::Updated(changes)
+            },
         ));
     }
     Ok(outcomes)
@@ -198,7 +242,15 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/topics.yaml");
         let specs = load(&path).unwrap();
         let names: Vec<_> = specs.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["t2v.requests.v1", "t2v.events.v1", "t2v.control.v1", "t2v.dlq.v1"]);
+        assert_eq!(
+            names,
+            [
+                "t2v.requests.v1",
+                "t2v.events.v1",
+                "t2v.control.v1",
+                "t2v.dlq.v1"
+            ]
+        );
         let control = &specs[2];
         assert_eq!(control.cleanup_policy, "compact");
     }

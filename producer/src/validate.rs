@@ -62,7 +62,7 @@ pub fn side(field: &'static str, value: u32) -> Result<(), InvalidRequest> {
     if value == 0 {
         return Ok(());
     }
-    if !(MIN_SIDE..=MAX_SIDE).contains(&value) || value % SIDE_MULTIPLE != 0 {
+    if !(MIN_SIDE..=MAX_SIDE).contains(&value) || !value.is_multiple_of(SIDE_MULTIPLE) {
         return Err(invalid(
             field,
             format!("must be {MIN_SIDE}..={MAX_SIDE} and a multiple of {SIDE_MULTIPLE} (0 = model default), got {value}"),
@@ -110,7 +110,10 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
     if req.model.is_empty() || req.model.len() > MAX_ID_LEN {
         return Err(invalid(
             "model",
-            format!("must be 1..={MAX_ID_LEN} characters, got {}", req.model.len()),
+            format!(
+                "must be 1..={MAX_ID_LEN} characters, got {}",
+                req.model.len()
+            ),
         ));
     }
     if let Some(bad) = req
@@ -178,7 +181,8 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
         ));
     }
     for (key, value) in &req.labels {
-        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || value.len() > MAX_LABEL_VALUE_BYTES {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || value.len() > MAX_LABEL_VALUE_BYTES
+        {
             return Err(invalid(
                 "labels",
                 format!("keys must be 1..={MAX_LABEL_KEY_BYTES} bytes and values at most {MAX_LABEL_VALUE_BYTES}; label {key:?} breaks this"),
@@ -223,17 +227,30 @@ mod tests {
 
     #[test]
     fn each_bound_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut GenerationRequest)>)> = vec![
+        type BreakIt = Box<dyn Fn(&mut GenerationRequest)>;
+        let cases: Vec<(&str, BreakIt)> = vec![
             ("prompt", Box::new(|r| r.prompt = "   ".into())),
-            ("prompt", Box::new(|r| r.prompt = "x".repeat(MAX_PROMPT_BYTES + 1))),
+            (
+                "prompt",
+                Box::new(|r| r.prompt = "x".repeat(MAX_PROMPT_BYTES + 1)),
+            ),
             ("width", Box::new(|r| r.width = 99999)),
             ("width", Box::new(|r| r.width = 840)),
             ("height", Box::new(|r| r.height = 1)),
             ("num_frames", Box::new(|r| r.num_frames = 80)),
             ("num_frames", Box::new(|r| r.num_frames = 245)),
-            ("num_inference_steps", Box::new(|r| r.num_inference_steps = 201)),
-            ("guidance_scale", Box::new(|r| r.guidance_scale = Some(f32::NAN))),
-            ("guidance_scale_2", Box::new(|r| r.guidance_scale_2 = Some(-1.0))),
+            (
+                "num_inference_steps",
+                Box::new(|r| r.num_inference_steps = 201),
+            ),
+            (
+                "guidance_scale",
+                Box::new(|r| r.guidance_scale = Some(f32::NAN)),
+            ),
+            (
+                "guidance_scale_2",
+                Box::new(|r| r.guidance_scale_2 = Some(-1.0)),
+            ),
             ("shift", Box::new(|r| r.shift = Some(0.0))),
             ("sampler", Box::new(|r| r.sampler = 42)),
             ("job_id", Box::new(|r| r.job_id = "has space".into())),

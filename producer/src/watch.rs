@@ -50,7 +50,11 @@ impl JobWatch {
         Self::start_at(cfg, job_id, StartAt::Now).await
     }
 
-    pub async fn start_at(cfg: &SubmitterConfig, job_id: Option<String>, start: StartAt) -> Result<Self, SubmitError> {
+    pub async fn start_at(
+        cfg: &SubmitterConfig,
+        job_id: Option<String>,
+        start: StartAt,
+    ) -> Result<Self, SubmitError> {
         let mut client = cfg.client_config();
         client
             .set("group.id", "t2v-watch-unused")
@@ -63,38 +67,40 @@ impl JobWatch {
         let brokers = cfg.brokers.clone();
         // Metadata and watermarks are blocking calls: resolve the assignment off the runtime.
         let probe: BaseConsumer = cfg.client_config().create()?;
-        let assignment = tokio::task::spawn_blocking(move || -> Result<TopicPartitionList, SubmitError> {
-            let metadata = probe
-                .fetch_metadata(Some(&topic), Timeout::After(timeout))
-                .map_err(|e| SubmitError::BrokersUnreachable {
-                    brokers: brokers.clone(),
-                    timeout,
-                    reason: e.to_string(),
-                })?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Err(SubmitError::TopicMissing { topic, brokers });
-            }
-            let mut list = TopicPartitionList::new();
-            for p in partitions {
-                let offset = match start {
-                    StartAt::Beginning => Offset::Beginning,
-                    StartAt::Now => {
-                        let (_, high) = probe.fetch_watermarks(&topic, p, Timeout::After(timeout))?;
-                        Offset::Offset(high)
-                    }
-                };
-                list.add_partition_offset(&topic, p, offset)?;
-            }
-            Ok(list)
-        })
-        .await
-        .expect("assignment task does not panic")?;
+        let assignment =
+            tokio::task::spawn_blocking(move || -> Result<TopicPartitionList, SubmitError> {
+                let metadata = probe
+                    .fetch_metadata(Some(&topic), Timeout::After(timeout))
+                    .map_err(|e| SubmitError::BrokersUnreachable {
+                        brokers: brokers.clone(),
+                        timeout,
+                        reason: e.to_string(),
+                    })?;
+                let partitions: Vec<i32> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if partitions.is_empty() {
+                    return Err(SubmitError::TopicMissing { topic, brokers });
+                }
+                let mut list = TopicPartitionList::new();
+                for p in partitions {
+                    let offset = match start {
+                        StartAt::Beginning => Offset::Beginning,
+                        StartAt::Now => {
+                            let (_, high) =
+                                probe.fetch_watermarks(&topic, p, Timeout::After(timeout))?;
+                            Offset::Offset(high)
+                        }
+                    };
+                    list.add_partition_offset(&topic, p, offset)?;
+                }
+                Ok(list)
+            })
+            .await
+            .expect("assignment task does not panic")?;
         consumer.assign(&assignment)?;
         Ok(Self { consumer, job_id })
     }

@@ -14,7 +14,8 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of the t2v.v1 package (source info included).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/t2v_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/t2v_v1_descriptor.bin"));
 
 /// The descriptor pool of the t2v.v1 package, decoded once.
 pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {

@@ -60,7 +60,9 @@ fn breaking_changes(baseline: &DescriptorPool, current: &DescriptorPool) -> Vec<
                     }
                     let repeated = |c: Cardinality| c == Cardinality::Repeated;
                     if repeated(new_field.cardinality()) != repeated(old_field.cardinality()) {
-                        problems.push(format!("field {here} changed between singular and repeated"));
+                        problems.push(format!(
+                            "field {here} changed between singular and repeated"
+                        ));
                     }
                     if new_field.containing_oneof().map(|o| o.name().to_string())
                         != old_field.containing_oneof().map(|o| o.name().to_string())
@@ -113,7 +115,11 @@ fn baseline() -> DescriptorPool {
 }
 
 /// Applies `change` to field `field` of message `message` in a copy of the current descriptors.
-fn mutated(message: &str, field: &str, change: impl Fn(&mut prost_types::FieldDescriptorProto)) -> DescriptorPool {
+fn mutated(
+    message: &str,
+    field: &str,
+    change: impl Fn(&mut prost_types::FieldDescriptorProto),
+) -> DescriptorPool {
     let mut set = current_set();
     let target = set
         .file
@@ -136,7 +142,11 @@ fn current_protos_are_compatible_with_the_baseline() {
         std::fs::write(BASELINE, set.encode_to_vec()).unwrap();
     }
     let problems = breaking_changes(&baseline(), t2v_proto::descriptor_pool());
-    assert!(problems.is_empty(), "breaking proto changes:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "breaking proto changes:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 #[test]
@@ -144,7 +154,9 @@ fn renumbering_a_field_is_caught() {
     let broken = mutated("GenerationRequest", "num_frames", |f| f.number = Some(99));
     let problems = breaking_changes(&baseline(), &broken);
     assert!(
-        problems.iter().any(|p| p.contains("t2v.v1.GenerationRequest.num_frames was renumbered from 7 to 99")),
+        problems
+            .iter()
+            .any(|p| p.contains("t2v.v1.GenerationRequest.num_frames was renumbered from 7 to 99")),
         "{problems:?}"
     );
 }
@@ -152,26 +164,50 @@ fn renumbering_a_field_is_caught() {
 #[test]
 fn removing_renaming_or_retyping_a_field_is_caught() {
     let renamed = mutated("Completed", "seed", |f| f.name = Some("random_seed".into()));
-    assert!(breaking_changes(&baseline(), &renamed).iter().any(|p| p.contains("renamed from seed to random_seed")));
+    assert!(breaking_changes(&baseline(), &renamed)
+        .iter()
+        .any(|p| p.contains("renamed from seed to random_seed")));
 
-    let retyped = mutated("Progress", "step", |f| f.set_type(prost_types::field_descriptor_proto::Type::String));
-    assert!(breaking_changes(&baseline(), &retyped).iter().any(|p| p.contains("Progress.step changed type")));
+    let retyped = mutated("Progress", "step", |f| {
+        f.set_type(prost_types::field_descriptor_proto::Type::String)
+    });
+    assert!(breaking_changes(&baseline(), &retyped)
+        .iter()
+        .any(|p| p.contains("Progress.step changed type")));
 
     let mut set = current_set();
-    let msg = set.file.iter_mut().flat_map(|f| f.message_type.iter_mut()).find(|m| m.name() == "Artifact").unwrap();
+    let msg = set
+        .file
+        .iter_mut()
+        .flat_map(|f| f.message_type.iter_mut())
+        .find(|m| m.name() == "Artifact")
+        .unwrap();
     msg.field.retain(|f| f.name() != "sha256");
     let problems = breaking_changes(&baseline(), &pool(set));
-    assert!(problems.iter().any(|p| p.contains("Artifact.sha256 (number 3) was removed")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("Artifact.sha256 (number 3) was removed")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn adding_a_field_is_compatible() {
     let mut set = current_set();
-    let msg = set.file.iter_mut().flat_map(|f| f.message_type.iter_mut()).find(|m| m.name() == "Cancel").unwrap();
+    let msg = set
+        .file
+        .iter_mut()
+        .flat_map(|f| f.message_type.iter_mut())
+        .find(|m| m.name() == "Cancel")
+        .unwrap();
     let mut extra = msg.field[0].clone();
     extra.name = Some("requested_by".into());
     extra.json_name = Some("requestedBy".into());
     extra.number = Some(2);
     msg.field.push(extra);
-    assert_eq!(breaking_changes(&baseline(), &pool(set)), Vec::<String>::new());
+    assert_eq!(
+        breaking_changes(&baseline(), &pool(set)),
+        Vec::<String>::new()
+    );
 }

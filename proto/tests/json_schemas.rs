@@ -27,7 +27,9 @@ fn scalar_schema(kind: &Kind, defs: &mut BTreeMap<String, Value>) -> Value {
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX})
         }
-        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
+        Kind::Uint32 | Kind::Fixed32 => {
+            json!({"type": "integer", "minimum": 0, "maximum": u32::MAX})
+        }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
             json!({"type": ["string", "integer"], "pattern": "^-?[0-9]+$"})
         }
@@ -59,7 +61,9 @@ fn scalar_schema(kind: &Kind, defs: &mut BTreeMap<String, Value>) -> Value {
 
 fn field_schema(field: &FieldDescriptor, defs: &mut BTreeMap<String, Value>) -> Value {
     let mut schema = if field.is_map() {
-        let Kind::Message(entry) = field.kind() else { unreachable!("map fields are entry messages") };
+        let Kind::Message(entry) = field.kind() else {
+            unreachable!("map fields are entry messages")
+        };
         let value = entry.map_entry_value_field();
         json!({"type": "object", "additionalProperties": scalar_schema(&value.kind(), defs)})
     } else if field.cardinality() == Cardinality::Repeated {
@@ -88,7 +92,10 @@ fn message_schema(message: &MessageDescriptor, defs: &mut BTreeMap<String, Value
         .oneofs()
         .filter(|o| !o.is_synthetic())
         .map(|o| {
-            let names: Vec<Value> = o.fields().map(|f| json!({"required": [f.json_name()]})).collect();
+            let names: Vec<Value> = o
+                .fields()
+                .map(|f| json!({"required": [f.json_name()]}))
+                .collect();
             json!({"not": {"anyOf": pairs(&names)}})
         })
         .collect();
@@ -113,13 +120,21 @@ fn pairs(members: &[Value]) -> Vec<Value> {
 }
 
 fn generate(full_name: &str) -> String {
-    let message = t2v_proto::descriptor_pool().get_message_by_name(full_name).unwrap();
+    let message = t2v_proto::descriptor_pool()
+        .get_message_by_name(full_name)
+        .unwrap();
     let mut defs = BTreeMap::new();
     let mut root = message_schema(&message, &mut defs);
     let root_obj = root.as_object_mut().unwrap();
     let mut schema = Map::new();
-    schema.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
-    schema.insert("$id".into(), json!(format!("https://t2v-fleet.dev/schemas/{full_name}.json")));
+    schema.insert(
+        "$schema".into(),
+        json!("https://json-schema.org/draft/2020-12/schema"),
+    );
+    schema.insert(
+        "$id".into(),
+        json!(format!("https://t2v-fleet.dev/schemas/{full_name}.json")),
+    );
     schema.insert("title".into(), json!(full_name));
     schema.insert(
         "$comment".into(),
@@ -148,7 +163,10 @@ fn committed_json_schemas_match_the_protos() {
             stale.push(path.display().to_string());
         }
     }
-    assert!(stale.is_empty(), "JSON Schemas out of date with the protos: {stale:?} — run `make schemas` and commit");
+    assert!(
+        stale.is_empty(),
+        "JSON Schemas out of date with the protos: {stale:?} — run `make schemas` and commit"
+    );
 }
 
 #[test]
@@ -156,9 +174,15 @@ fn request_schema_describes_fields_with_their_bounds() {
     let schema: Value = serde_json::from_str(&generate("t2v.v1.GenerationRequest")).unwrap();
     let frames = &schema["properties"]["numFrames"];
     assert_eq!(frames["type"], "integer");
-    assert!(frames["description"].as_str().unwrap().contains("num_frames % 4 == 1"));
+    assert!(frames["description"]
+        .as_str()
+        .unwrap()
+        .contains("num_frames % 4 == 1"));
     assert_eq!(schema["properties"]["seed"]["pattern"], "^[0-9]+$");
     assert_eq!(schema["additionalProperties"], false);
     let event: Value = serde_json::from_str(&generate("t2v.v1.GenerationEvent")).unwrap();
-    assert!(event["$defs"]["t2v.v1.Completed"]["properties"]["video"]["$ref"] == "#/$defs/t2v.v1.Artifact");
+    assert!(
+        event["$defs"]["t2v.v1.Completed"]["properties"]["video"]["$ref"]
+            == "#/$defs/t2v.v1.Artifact"
+    );
 }

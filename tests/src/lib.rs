@@ -25,8 +25,12 @@ pub fn workspace_root() -> PathBuf {
 /// The endpoints `make up` wrote to `.stack/env`. Panics with the fix when the stack is not up.
 pub fn stack_env() -> HashMap<String, String> {
     let path = workspace_root().join(".stack/env");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} not found — start the local stack with `make up`", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} not found — start the local stack with `make up`",
+            path.display()
+        )
+    });
     text.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -40,15 +44,25 @@ pub fn brokers() -> String {
 /// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not built — run `cargo build --workspace` (or `make test`)", path.display());
+    assert!(
+        path.exists(),
+        "{} not built — run `cargo build --workspace` (or `make test`)",
+        path.display()
+    );
     path
 }
 
 /// A fresh topic name, unique to this test run.
 pub fn unique_name(prefix: &str) -> String {
-    format!("test.{prefix}.{}", ulid::Ulid::new().to_string().to_lowercase())
+    format!(
+        "test.{prefix}.{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
 }
 
 fn client(brokers: &str) -> ClientConfig {
@@ -65,7 +79,10 @@ pub async fn create_topics(names: &[(&str, i32)]) {
         .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
         .collect();
     for result in admin
-        .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))))
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
         .await
         .unwrap()
     {
@@ -76,7 +93,9 @@ pub async fn create_topics(names: &[(&str, i32)]) {
 /// Partition count of `topic` as the broker reports it (0 when missing).
 pub fn partition_count(topic: &str) -> usize {
     let consumer: BaseConsumer = client(&brokers()).create().unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10))).unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10)))
+        .unwrap();
     metadata
         .topics()
         .iter()
@@ -89,18 +108,25 @@ pub fn partition_count(topic: &str) -> usize {
 pub fn record_count(topic: &str) -> i64 {
     let consumer: BaseConsumer = client(&brokers()).create().unwrap();
     (0..partition_count(topic) as i32)
-        .map(|p| consumer.fetch_watermarks(topic, p, Timeout::After(Duration::from_secs(10))).unwrap().1)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Timeout::After(Duration::from_secs(10)))
+                .unwrap()
+                .1
+        })
         .sum()
 }
 
 /// Reads `topic` from the beginning until `expected` records arrived or `timeout` passed.
 pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let mut cfg = client(&brokers());
-    cfg.set("group.id", "t2v-tests-reader").set("enable.auto.commit", "false");
+    cfg.set("group.id", "t2v-tests-reader")
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = cfg.create().unwrap();
     let mut list = TopicPartitionList::new();
     for p in 0..partition_count(topic) as i32 {
-        list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&list).unwrap();
     let deadline = Instant::now() + timeout;
@@ -121,4 +147,280 @@ pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
         .find(|h| h.key == key)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker helpers (tests/tests/worker_*.rs): a `t2v-worker run` process on fresh topics and a
+// fresh object-store prefix, its events, and the bucket.
+
+use prost::Message as _;
+use std::process::{Child, Command, Stdio};
+use t2v_proto::v1::GenerationEvent;
+
+/// The topics and storage prefix of one worker test.
+#[derive(Debug, Clone)]
+pub struct WorkerSetup {
+    pub requests: String,
+    pub events: String,
+    pub control: String,
+    pub dlq: String,
+    pub group: String,
+    /// Key prefix inside the stack's bucket.
+    pub prefix: String,
+}
+
+impl WorkerSetup {
+    /// Creates fresh topics (`requests_partitions` partitions of requests) and names a prefix.
+    pub async fn new(name: &str, requests_partitions: i32) -> Self {
+        let setup = Self {
+            requests: unique_name(&format!("{name}.requests")),
+            events: unique_name(&format!("{name}.events")),
+            control: unique_name(&format!("{name}.control")),
+            dlq: unique_name(&format!("{name}.dlq")),
+            group: unique_name(&format!("{name}.group")),
+            prefix: unique_name(name).replace('.', "-"),
+        };
+        create_topics(&[
+            (&setup.requests, requests_partitions),
+            (&setup.events, 1),
+            (&setup.control, 1),
+            (&setup.dlq, 1),
+        ])
+        .await;
+        setup
+    }
+
+    /// A `Submitter` for these topics.
+    pub fn submitter(&self) -> t2v_producer::Submitter {
+        t2v_producer::Submitter::new(t2v_producer::SubmitterConfig {
+            brokers: brokers(),
+            requests_topic: self.requests.clone(),
+            events_topic: self.events.clone(),
+            control_topic: self.control.clone(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// Starts `t2v-worker run` with the synthetic backend; `extra_env` adds `T2V_*` settings.
+    pub fn start_worker(&self, extra_env: &[(&str, &str)]) -> WorkerProcess {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}-{port}.log", self.prefix));
+        let mut cmd = Command::new(binary("t2v-worker"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("T2V_KAFKA__BROKERS", brokers())
+            .env("T2V_KAFKA__GROUP_ID", &self.group)
+            .env("T2V_KAFKA__REQUESTS_TOPIC", &self.requests)
+            .env("T2V_KAFKA__EVENTS_TOPIC", &self.events)
+            .env("T2V_KAFKA__CONTROL_TOPIC", &self.control)
+            .env("T2V_KAFKA__DLQ_TOPIC", &self.dlq)
+            .env("T2V_KAFKA__SESSION_TIMEOUT_MS", "10000")
+            .env("T2V_KAFKA__STATISTICS_INTERVAL_MS", "1000")
+            .env(
+                "T2V_STORAGE__URL",
+                format!("s3://{}/{}", stack_env()["T2V_S3_BUCKET"], self.prefix),
+            )
+            .env("T2V_MODEL__BACKEND", "synthetic")
+            .env("T2V_HTTP__PORT", port.to_string())
+            .env("T2V_HTTP__ADDRESS", "127.0.0.1")
+            .env("T2V_SHUTDOWN__DRAIN_DEADLINE_SECS", "10")
+            .env("T2V_JOBS__PROGRESS_INTERVAL_MS", "200");
+        for (key, value) in stack_env() {
+            if key.starts_with("AWS_") {
+                cmd.env(key, value);
+            }
+        }
+        for (key, value) in extra_env {
+            cmd.env(key, value);
+        }
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start t2v-worker");
+        WorkerProcess { child, port, log }
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running worker; killed when dropped.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub port: u16,
+    /// Its stderr (logs).
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// The worker's logs so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` on the worker's HTTP port: (status code, body).
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.http_get("/readyz"), Some((200, _))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "worker not ready within {timeout:?}; logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit up to `timeout`: the exit code, or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decoded events of `topic`, read until `done(events)` holds or `timeout` passes.
+pub fn wait_events(
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[GenerationEvent]) -> bool,
+) -> Vec<GenerationEvent> {
+    let mut cfg = client(&brokers());
+    cfg.set("group.id", "t2v-tests-events")
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cfg.create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partition_count(topic) as i32 {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(
+                GenerationEvent::decode(m.payload().unwrap_or_default()).expect("events decode"),
+            );
+        }
+    }
+    out
+}
+
+/// The offset committed by `group` on `topic`/`partition` (`None` when nothing was committed).
+pub fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let mut cfg = client(&brokers());
+    cfg.set("group.id", group);
+    let consumer: BaseConsumer = cfg.create().unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(list, Timeout::After(Duration::from_secs(10)))
+        .unwrap();
+    match committed.elements()[0].offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// The stack's bucket through object_store.
+pub fn bucket() -> std::sync::Arc<dyn object_store::ObjectStore> {
+    let env = stack_env();
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&env["T2V_S3_BUCKET"])
+        .with_endpoint(&env["T2V_S3_ENDPOINT"])
+        .with_region(&env["T2V_S3_REGION"])
+        .with_access_key_id(&env["AWS_ACCESS_KEY_ID"])
+        .with_secret_access_key(&env["AWS_SECRET_ACCESS_KEY"])
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    std::sync::Arc::new(store)
+}
+
+/// Keys under `prefix` in the bucket, sorted.
+pub async fn list_keys(prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let path = object_store::path::Path::from(prefix);
+    let mut keys: Vec<String> = bucket()
+        .list(Some(&path))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// The object at `s3://bucket/key` (or a bare key).
+pub async fn get_object(uri_or_key: &str) -> Vec<u8> {
+    use object_store::ObjectStoreExt;
+    let key = uri_or_key
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, k)| k)
+        .unwrap_or(uri_or_key);
+    let path = object_store::path::Path::from(key);
+    bucket()
+        .get(&path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
 }

@@ -11,8 +11,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use t2v_producer::headers::TraceContext;
 use t2v_proto::v1::{
-    control_command, generation_event::Kind, Artifact, Completed, ControlCommand, GenerationEvent, GenerationRequest,
-    Progress,
+    control_command, generation_event::Kind, Artifact, Completed, ControlCommand, GenerationEvent,
+    GenerationRequest, Progress,
 };
 use t2v_tests::{binary, brokers, create_topics, header, read_topic, record_count, unique_name};
 
@@ -53,20 +53,62 @@ async fn submit_lands_on_the_requests_topic_with_key_headers_and_payload() {
     let topics = fresh_topics().await;
     let out = t2v(
         &topics,
-        &["submit", "a red fox in fresh snow", "--job-id", "fox-1", "--model", "wan2.2-t2v-a14b", "--size", "1280x720",
-          "--frames", "81", "--steps", "40", "--guidance", "4.0", "--guidance-2", "3.0", "--seed", "42", "--label", "team=vfx"],
+        &[
+            "submit",
+            "a red fox in fresh snow",
+            "--job-id",
+            "fox-1",
+            "--model",
+            "wan2.2-t2v-a14b",
+            "--size",
+            "1280x720",
+            "--frames",
+            "81",
+            "--steps",
+            "40",
+            "--guidance",
+            "4.0",
+            "--guidance-2",
+            "3.0",
+            "--seed",
+            "42",
+            "--label",
+            "team=vfx",
+        ],
     );
-    assert!(out.status.success(), "t2v submit failed: {}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("submitted fox-1"), "{}", text(&out.stdout));
+    assert!(
+        out.status.success(),
+        "t2v submit failed: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("submitted fox-1"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let records = read_topic(&topics.requests, 1, Duration::from_secs(20));
-    assert_eq!(records.len(), 1, "exactly one record on {}", topics.requests);
+    assert_eq!(
+        records.len(),
+        1,
+        "exactly one record on {}",
+        topics.requests
+    );
     let record = &records[0];
     assert_eq!(record.key(), Some(b"fox-1".as_slice()));
-    assert_eq!(header(record, "content-type").as_deref(), Some("application/x-protobuf"));
-    assert_eq!(header(record, "t2v-schema").as_deref(), Some("t2v.v1.GenerationRequest"));
+    assert_eq!(
+        header(record, "content-type").as_deref(),
+        Some("application/x-protobuf")
+    );
+    assert_eq!(
+        header(record, "t2v-schema").as_deref(),
+        Some("t2v.v1.GenerationRequest")
+    );
     let traceparent = header(record, "traceparent").expect("traceparent header");
-    assert!(TraceContext::parse(&traceparent).is_some(), "valid W3C traceparent: {traceparent}");
+    assert!(
+        TraceContext::parse(&traceparent).is_some(),
+        "valid W3C traceparent: {traceparent}"
+    );
 
     let req = GenerationRequest::decode(record.payload().unwrap()).unwrap();
     let expected = GenerationRequest {
@@ -109,7 +151,10 @@ async fn invalid_requests_exit_2_name_the_field_and_produce_nothing() {
         (&["submit", "a cat", "--size", "99999x1"], "width"),
         (&["submit", "a cat", "--size", "832x1"], "height"),
         (&["submit", ""], "prompt"),
-        (&["submit", "a cat", "--steps", "500"], "num_inference_steps"),
+        (
+            &["submit", "a cat", "--steps", "500"],
+            "num_inference_steps",
+        ),
         (&["submit", "a cat", "--guidance", "99"], "guidance_scale"),
         (&["submit", "a cat", "--job-id", "bad id!"], "job_id"),
     ];
@@ -117,29 +162,50 @@ async fn invalid_requests_exit_2_name_the_field_and_produce_nothing() {
         let out = t2v(&topics, args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(&format!("invalid {field}:")), "{args:?} should name {field}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {field}:")),
+            "{args:?} should name {field}: {stderr}"
+        );
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
-    assert_eq!(record_count(&topics.requests), 0, "nothing may reach the topic");
+    assert_eq!(
+        record_count(&topics.requests),
+        0,
+        "nothing may reach the topic"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_brokers_fail_with_exit_3_within_15_seconds() {
     let start = Instant::now();
     let out = Command::new(binary("t2v"))
-        .args(["--brokers", "127.0.0.1:1", "--connect-timeout-secs", "5", "submit", "a cat"])
+        .args([
+            "--brokers",
+            "127.0.0.1:1",
+            "--connect-timeout-secs",
+            "5",
+            "submit",
+            "a cat",
+        ])
         .output()
         .unwrap();
     let elapsed = start.elapsed();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("cannot reach Kafka brokers at 127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach Kafka brokers at 127.0.0.1:1"),
+        "{stderr}"
+    );
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
 }
 
 #[tokio::test]
 async fn a_missing_topic_exits_3_and_says_how_to_create_it() {
-    let topics = Topics { requests: unique_name("absent"), events: unique_name("absent"), control: unique_name("absent") };
+    let topics = Topics {
+        requests: unique_name("absent"),
+        events: unique_name("absent"),
+        control: unique_name("absent"),
+    };
     let out = t2v(&topics, &["submit", "a cat"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
@@ -156,27 +222,47 @@ async fn scripted_responder(topics: &Topics) -> tokio::task::JoinHandle<()> {
         .create()
         .unwrap();
     consumer.subscribe(&[&topics.requests]).unwrap();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
     let events = topics.events.clone();
     tokio::spawn(async move {
         loop {
-            let Ok(message) = consumer.recv().await else { continue };
+            let Ok(message) = consumer.recv().await else {
+                continue;
+            };
             let req = GenerationRequest::decode(message.payload().unwrap()).unwrap();
-            let mut send = |kind: Kind| {
-                let event = GenerationEvent { job_id: req.job_id.clone(), worker_id: "scripted".into(), kind: Some(kind), ..Default::default() };
+            let send = |kind: Kind| {
+                let event = GenerationEvent {
+                    job_id: req.job_id.clone(),
+                    worker_id: "scripted".into(),
+                    kind: Some(kind),
+                    ..Default::default()
+                };
                 let payload = event.encode_to_vec();
                 let producer = producer.clone();
                 let events = events.clone();
                 let key = req.job_id.clone();
                 async move {
                     producer
-                        .send(FutureRecord::to(&events).key(&key).payload(&payload), Duration::from_secs(5))
+                        .send(
+                            FutureRecord::to(&events).key(&key).payload(&payload),
+                            Duration::from_secs(5),
+                        )
                         .await
                         .unwrap();
                 }
             };
             for step in 1..=3 {
-                send(Kind::Progress(Progress { step, total_steps: 3, timestep: 1000.0 - 300.0 * step as f32, eta_ms: 100, resumed_from_step: 0 })).await;
+                send(Kind::Progress(Progress {
+                    step,
+                    total_steps: 3,
+                    timestep: 1000.0 - 300.0 * step as f32,
+                    eta_ms: 100,
+                    resumed_from_step: 0,
+                }))
+                .await;
             }
             let artifact = |name: &str, ct: &str| Artifact {
                 uri: format!("s3://t2v/jobs/{}/{name}", req.job_id),
@@ -196,18 +282,38 @@ async fn scripted_responder(topics: &Topics) -> tokio::task::JoinHandle<()> {
     })
 }
 
-#[tokio::test]
+// Multi-threaded: the responder task must run while this thread blocks on the CLI process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_wait_shows_progress_then_the_artifact_uris() {
     let topics = fresh_topics().await;
     let responder = scripted_responder(&topics).await;
-    let out = t2v(&topics, &["submit", "waves at night", "--job-id", "wait-1", "--seed", "9", "--wait", "--wait-timeout-secs", "60"]);
+    let out = t2v(
+        &topics,
+        &[
+            "submit",
+            "waves at night",
+            "--job-id",
+            "wait-1",
+            "--seed",
+            "9",
+            "--wait",
+            "--wait-timeout-secs",
+            "60",
+        ],
+    );
     responder.abort();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stderr.contains("wait-1: step 3/3"), "progress lines: {stderr}");
+    assert!(
+        stderr.contains("wait-1: step 3/3"),
+        "progress lines: {stderr}"
+    );
     assert!(stdout.contains("completed wait-1 (seed 9)"), "{stdout}");
     for name in ["video.mp4", "thumbnail.jpg", "manifest.json"] {
-        assert!(stdout.contains(&format!("s3://t2v/jobs/wait-1/{name}")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("s3://t2v/jobs/wait-1/{name}")),
+            "{stdout}"
+        );
     }
 }
 
@@ -224,17 +330,35 @@ async fn batch_submits_every_line_or_nothing() {
     let out = t2v(&topics, &["submit", "--batch", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let records = read_topic(&topics.requests, 3, Duration::from_secs(20));
-    let mut prompts: Vec<String> = records.iter().map(|r| GenerationRequest::decode(r.payload().unwrap()).unwrap().prompt).collect();
+    let mut prompts: Vec<String> = records
+        .iter()
+        .map(|r| {
+            GenerationRequest::decode(r.payload().unwrap())
+                .unwrap()
+                .prompt
+        })
+        .collect();
     prompts.sort();
     assert_eq!(prompts, ["one", "three", "two"]);
 
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"model\":\"m\",\"prompt\":\"ok\"}\n{\"model\":\"m\",\"prompt\":\"x\",\"numFrames\":4}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"model\":\"m\",\"prompt\":\"ok\"}\n{\"model\":\"m\",\"prompt\":\"x\",\"numFrames\":4}\n",
+    )
+    .unwrap();
     let out = t2v(&topics, &["submit", "--batch", bad.to_str().unwrap()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("bad.jsonl:2: invalid num_frames"), "{stderr}");
-    assert_eq!(record_count(&topics.requests), 3, "the bad batch produced nothing");
+    assert!(
+        stderr.contains("bad.jsonl:2: invalid num_frames"),
+        "{stderr}"
+    );
+    assert_eq!(
+        record_count(&topics.requests),
+        3,
+        "the bad batch produced nothing"
+    );
 }
 
 #[tokio::test]
@@ -244,7 +368,10 @@ async fn cancel_publishes_a_control_command_keyed_by_job() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let records = read_topic(&topics.control, 1, Duration::from_secs(20));
     assert_eq!(records[0].key(), Some(b"job-9".as_slice()));
-    assert_eq!(header(&records[0], "t2v-schema").as_deref(), Some("t2v.v1.ControlCommand"));
+    assert_eq!(
+        header(&records[0], "t2v-schema").as_deref(),
+        Some("t2v.v1.ControlCommand")
+    );
     let command = ControlCommand::decode(records[0].payload().unwrap()).unwrap();
     match command.command {
         Some(control_command::Command::Cancel(c)) => assert_eq!(c.reason, "changed my mind"),
@@ -274,7 +401,10 @@ async fn watch_prints_events_as_json_lines() {
     responder.abort();
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
     assert_eq!(events.len(), 4, "3 progress + completed: {stdout}");
     assert!(events.iter().all(|e| e["jobId"] == "w-1"), "{stdout}");
     assert_eq!(events[0]["progress"]["step"], 1);
@@ -296,13 +426,24 @@ async fn topics_apply_is_idempotent_and_matches_the_file() {
     .unwrap();
     let apply = || {
         Command::new(binary("t2v"))
-            .args(["--brokers", &brokers(), "topics", "apply", "--file", file.to_str().unwrap()])
+            .args([
+                "--brokers",
+                &brokers(),
+                "topics",
+                "apply",
+                "--file",
+                file.to_str().unwrap(),
+            ])
             .output()
             .unwrap()
     };
     let first = apply();
     assert!(first.status.success(), "{}", text(&first.stderr));
-    assert!(text(&first.stdout).contains(&format!("{a}: created")), "{}", text(&first.stdout));
+    assert!(
+        text(&first.stdout).contains(&format!("{a}: created")),
+        "{}",
+        text(&first.stdout)
+    );
     let second = apply();
     assert!(second.status.success(), "{}", text(&second.stderr));
     assert_eq!(text(&second.stdout), format!("{a}: ok\n{b}: ok\n"));
@@ -310,9 +451,19 @@ async fn topics_apply_is_idempotent_and_matches_the_file() {
     assert_eq!(t2v_tests::partition_count(&b), 2);
 
     // Growing partitions in the file grows the topic.
-    std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace("partitions: 3", "partitions: 5")).unwrap();
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("partitions: 3", "partitions: 5"),
+    )
+    .unwrap();
     let third = apply();
-    assert!(text(&third.stdout).contains(&format!("{a}: updated (partitions 3 -> 5)")), "{}", text(&third.stdout));
+    assert!(
+        text(&third.stdout).contains(&format!("{a}: updated (partitions 3 -> 5)")),
+        "{}",
+        text(&third.stdout)
+    );
     assert_eq!(t2v_tests::partition_count(&a), 5);
 
     // The project's own topics, as `make up` created them, already match.
@@ -322,7 +473,10 @@ async fn topics_apply_is_idempotent_and_matches_the_file() {
         .output()
         .unwrap();
     assert!(real.status.success(), "{}", text(&real.stderr));
-    assert_eq!(text(&real.stdout), "t2v.requests.v1: ok\nt2v.events.v1: ok\nt2v.control.v1: ok\nt2v.dlq.v1: ok\n");
+    assert_eq!(
+        text(&real.stdout),
+        "t2v.requests.v1: ok\nt2v.events.v1: ok\nt2v.control.v1: ok\nt2v.dlq.v1: ok\n"
+    );
 }
 
 #[tokio::test]
@@ -339,28 +493,53 @@ async fn submitter_library_submits_many_in_order_and_follows_a_job() {
     .unwrap();
     submitter.check_brokers().await.unwrap();
     let reqs: Vec<GenerationRequest> = (0..50)
-        .map(|i| GenerationRequest { model: "m".into(), prompt: format!("prompt {i}"), ..Default::default() })
+        .map(|i| GenerationRequest {
+            model: "m".into(),
+            prompt: format!("prompt {i}"),
+            ..Default::default()
+        })
         .collect();
     let submitted = submitter.submit_many(reqs).await.unwrap();
     assert_eq!(submitted.len(), 50);
     assert_eq!(record_count(&topics.requests), 50);
 
     let invalid = vec![
-        GenerationRequest { model: "m".into(), prompt: "ok".into(), ..Default::default() },
-        GenerationRequest { model: "m".into(), prompt: "x".into(), width: 7, ..Default::default() },
+        GenerationRequest {
+            model: "m".into(),
+            prompt: "ok".into(),
+            ..Default::default()
+        },
+        GenerationRequest {
+            model: "m".into(),
+            prompt: "x".into(),
+            width: 7,
+            ..Default::default()
+        },
     ];
     let err = submitter.submit_many(invalid).await.unwrap_err();
     assert!(err.to_string().starts_with("invalid width:"), "{err}");
-    assert_eq!(record_count(&topics.requests), 50, "an invalid batch produces nothing");
+    assert_eq!(
+        record_count(&topics.requests),
+        50,
+        "an invalid batch produces nothing"
+    );
 
     let responder = scripted_responder(&topics).await;
     let mut watch = submitter.watch_job("lib-1").await.unwrap();
     submitter
-        .submit(GenerationRequest { job_id: "lib-1".into(), model: "m".into(), prompt: "p".into(), ..Default::default() })
+        .submit(GenerationRequest {
+            job_id: "lib-1".into(),
+            model: "m".into(),
+            prompt: "p".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut steps = Vec::new();
-    let terminal = watch.wait_terminal(Some(Duration::from_secs(60)), |p| steps.push(p.step)).await.unwrap();
+    let terminal = watch
+        .wait_terminal(Some(Duration::from_secs(60)), |p| steps.push(p.step))
+        .await
+        .unwrap();
     responder.abort();
     assert_eq!(steps, [1, 2, 3]);
     assert!(matches!(terminal, Some(Terminal::Completed(e)) if e.job_id == "lib-1"));

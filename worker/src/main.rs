@@ -1,2 +1,150 @@
-//! t2v-worker (in progress).
-fn main() {}
+//! The `t2v-worker` binary: `run` (the consumer loop) and `doctor` (deployment checks).
+//! Flags override the config file and the `T2V_…` environment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use t2v_worker::config::{LogFormat, WorkerConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "t2v-worker",
+    version,
+    about = "Kafka-driven text-to-video worker of the t2v fleet"
+)]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags that override worker.toml and the environment.
+#[derive(Args)]
+struct Overrides {
+    /// worker.toml to load (defaults < file < T2V_* env < flags).
+    #[arg(long, global = true, env = "T2V_CONFIG")]
+    config: Option<PathBuf>,
+    /// kafka.brokers
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    /// kafka.group_id
+    #[arg(long, global = true)]
+    group_id: Option<String>,
+    /// kafka.requests_topic
+    #[arg(long, global = true)]
+    requests_topic: Option<String>,
+    /// kafka.events_topic
+    #[arg(long, global = true)]
+    events_topic: Option<String>,
+    /// kafka.control_topic
+    #[arg(long, global = true)]
+    control_topic: Option<String>,
+    /// kafka.dlq_topic
+    #[arg(long, global = true)]
+    dlq_topic: Option<String>,
+    /// storage.url
+    #[arg(long, global = true)]
+    storage_url: Option<String>,
+    /// model.dir
+    #[arg(long, global = true)]
+    model_dir: Option<String>,
+    /// http.port
+    #[arg(long, global = true)]
+    http_port: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the consumer group and process jobs until SIGTERM/SIGINT.
+    Run,
+    /// Check the deployment (Kafka, topics, object store, /dev/shm, model dir); non-zero exit on any failure.
+    Doctor,
+    /// Print the JSON Schema of worker.toml.
+    Schema,
+}
+
+impl Overrides {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut add = |key: &'static str, value: &Option<String>| {
+            if let Some(v) = value {
+                out.push((key, v.clone()));
+            }
+        };
+        add("kafka.brokers", &self.brokers);
+        add("kafka.group_id", &self.group_id);
+        add("kafka.requests_topic", &self.requests_topic);
+        add("kafka.events_topic", &self.events_topic);
+        add("kafka.control_topic", &self.control_topic);
+        add("kafka.dlq_topic", &self.dlq_topic);
+        add("storage.url", &self.storage_url);
+        add("model.dir", &self.model_dir);
+        add("http.port", &self.http_port.map(|p| p.to_string()));
+        out
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Schema = cli.command {
+        println!("{:#}", t2v_worker::config::json_schema());
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match WorkerConfig::load(
+        cli.overrides.config.as_deref(),
+        std::env::vars(),
+        &cli.overrides.pairs(),
+    ) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("t2v-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(cfg.log.format);
+    match cli.command {
+        Command::Run => match t2v_worker::consumer::run(cfg, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Doctor => {
+            let findings = t2v_worker::doctor::run(&cfg).await;
+            for f in &findings {
+                println!("{f}");
+            }
+            if findings.iter().all(|f| f.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Schema => unreachable!("handled above"),
+    }
+}

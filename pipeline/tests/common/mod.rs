@@ -40,8 +40,12 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, rtol: f64, a
         actual.size(),
         expected.size()
     );
-    let a = actual.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
-    let e = expected.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
+    let a = actual
+        .to_kind(tch::Kind::Double)
+        .to_device(tch::Device::Cpu);
+    let e = expected
+        .to_kind(tch::Kind::Double)
+        .to_device(tch::Device::Cpu);
     let diff = (&a - &e).abs();
     let allowed = e.abs() * rtol + atol;
     let excess = (&diff - &allowed).max().double_value(&[]);

@@ -1,0 +1,129 @@
+//! Attention of the Wan DiT (diffusers `WanAttention` + `WanAttnProcessor`, text-to-video
+//! path): q/k/v projections, RMS norm of q and k across all heads (learned gain), optional
+//! RoPE, `scaled_dot_product_attention`, output projection. Self-attention (`attn1`) passes no
+//! context; cross-attention (`attn2`) attends from the video tokens to the text.
+//!
+//! Also holds the two leaf builders the DiT shares, [`param`] and [`Linear`], which create
+//! variables directly in the dtype they will run in (fp32 islands next to bf16 weights).
+
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{PipelineError, Result};
+use crate::wan::rope::apply_rotary_emb;
+
+/// A zero-filled, non-trainable variable `name` under `vs`, of `kind` on the store's device.
+/// Its value comes from the checkpoint (`loader::load_weights` copies and converts into it).
+pub fn param(vs: &nn::Path<'_>, name: &str, dims: &[i64], kind: Kind) -> Result<Tensor> {
+    let tensor = Tensor::f_zeros(dims, (kind, vs.device()))?;
+    Ok(vs.add(name, tensor, false))
+}
+
+/// `torch.nn.Linear` with bias: `weight` `[out, in]`, `bias` `[out]`, through `aten::linear`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(vs: nn::Path<'_>, in_dim: i64, out_dim: i64, kind: Kind) -> Result<Self> {
+        Ok(Self {
+            weight: param(&vs, "weight", &[out_dim, in_dim], kind)?,
+            bias: param(&vs, "bias", &[out_dim], kind)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, Some(&self.bias))?)
+    }
+}
+
+/// One `WanAttention` (keys `to_q`, `to_k`, `to_v`, `to_out.0`, `norm_q`, `norm_k`).
+#[derive(Debug)]
+pub struct WanAttention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: Tensor,
+    norm_k: Tensor,
+    heads: i64,
+    eps: f64,
+}
+
+impl WanAttention {
+    /// `dim` channels in and out, `heads` heads of `dim / heads` channels, weights in `kind`.
+    pub fn new(vs: nn::Path<'_>, dim: i64, heads: i64, eps: f64, kind: Kind) -> Result<Self> {
+        if heads <= 0 || dim % heads != 0 {
+            return Err(PipelineError::invalid(
+                "attention heads",
+                format!("{dim} channels do not split into {heads} heads"),
+            ));
+        }
+        Ok(Self {
+            to_q: Linear::new(&vs / "to_q", dim, dim, kind)?,
+            to_k: Linear::new(&vs / "to_k", dim, dim, kind)?,
+            to_v: Linear::new(&vs / "to_v", dim, dim, kind)?,
+            to_out: Linear::new(&vs / "to_out" / "0", dim, dim, kind)?,
+            norm_q: param(&(&vs / "norm_q"), "weight", &[dim], kind)?,
+            norm_k: param(&(&vs / "norm_k"), "weight", &[dim], kind)?,
+            heads,
+            eps,
+        })
+    }
+
+    /// `x`: `[batch, tokens, dim]`. `context`: `[batch, text_tokens, dim]` for cross-attention,
+    /// `None` for self-attention. `rotary`: the (cos, sin) tables of `WanRotaryPosEmbed`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        rotary: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let context = context.unwrap_or(x);
+        let dim = self.norm_q.size()[0];
+
+        // 1. projections
+        let query = self.to_q.forward(x)?;
+        let key = self.to_k.forward(context)?;
+        let value = self.to_v.forward(context)?;
+
+        // 2. RMS norm of q and k across all heads
+        let query = query.f_rms_norm([dim], Some(&self.norm_q), self.eps)?;
+        let key = key.f_rms_norm([dim], Some(&self.norm_k), self.eps)?;
+
+        // 3. split heads: [batch, tokens, heads, head_dim]
+        let query = query.f_unflatten(2, [self.heads, -1])?;
+        let key = key.f_unflatten(2, [self.heads, -1])?;
+        let value = value.f_unflatten(2, [self.heads, -1])?;
+
+        // 4. rotary position embedding (self-attention only)
+        let (query, key) = match rotary {
+            Some((cos, sin)) => (
+                apply_rotary_emb(&query, cos, sin)?,
+                apply_rotary_emb(&key, cos, sin)?,
+            ),
+            None => (query, key),
+        };
+
+        // 5. attention over [batch, heads, tokens, head_dim]
+        let heads_first = |t: &Tensor| t.f_permute([0, 2, 1, 3]);
+        let out = Tensor::f_scaled_dot_product_attention(
+            &heads_first(&query)?,
+            &heads_first(&key)?,
+            &heads_first(&value)?,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        )?;
+        let out = out
+            .f_permute([0, 2, 1, 3])?
+            .f_flatten(2, 3)?
+            .f_to_kind(query.kind())?;
+
+        // 6. output projection
+        self.to_out.forward(&out)
+    }
+}

@@ -1,0 +1,19 @@
+//! The Wan model family (Wan2.1 / Wan2.2), module paths equal to the diffusers checkpoint keys.
+//!
+//! # Layout
+//! - `transformer`: `WanTransformer3DModel` (patch embedding, condition embedder, blocks, output).
+//! - `attention`: self/cross attention with RMS q/k norm through `scaled_dot_product_attention`.
+//! - `rope`: 3-D rotary position embedding split over (frames, height, width).
+//! - `text_encoder`: umT5 encoder and prompt handling.
+//! - `vae`: `AutoencoderKLWan` decoder with causal 3-D convolutions.
+
+pub mod attention;
+pub mod config;
+pub mod prompt;
+pub mod rope;
+pub mod text_encoder;
+pub mod transformer;
+pub mod vae;
+
+pub use config::TransformerConfig;
+pub use transformer::WanTransformer3DModel;

@@ -1,0 +1,119 @@
+//! `WanDecoder3d` (Wan2.1 layout): conv_in, a mid block (residual, attention, residual), up
+//! blocks of residual blocks each ending in an upsampler, then RMS norm, SiLU and conv_out.
+//! It runs on one chunk (one latent frame) at a time, carrying a [`FeatCache`] between chunks.
+
+use tch::{nn, Tensor};
+
+use super::config::VaeConfig;
+use super::layers::{AttentionBlock, CausalConv3d, FeatCache, ResidualBlock, RmsNorm, Upsample};
+use crate::error::Result;
+
+/// `WanMidBlock` with one attention layer: resnets.0, attentions.0, resnets.1.
+struct MidBlock {
+    resnets: Vec<ResidualBlock>,
+    attentions: Vec<AttentionBlock>,
+}
+
+impl MidBlock {
+    fn new(vs: nn::Path<'_>, dim: i64) -> Self {
+        Self {
+            resnets: (0..2)
+                .map(|i| ResidualBlock::new(&vs / "resnets" / i, dim, dim))
+                .collect(),
+            attentions: vec![AttentionBlock::new(&vs / "attentions" / 0, dim)],
+        }
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        let mut x = self.resnets[0].forward(x, cache)?;
+        for (attention, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            x = attention.forward(&x)?;
+            x = resnet.forward(&x, cache)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `WanUpBlock`: `num_res_blocks + 1` residual blocks, then `upsamplers.0` unless last.
+struct UpBlock {
+    resnets: Vec<ResidualBlock>,
+    upsampler: Option<Upsample>,
+}
+
+impl UpBlock {
+    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        let mut x = x.shallow_clone();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, cache)?;
+        }
+        match &self.upsampler {
+            Some(upsampler) => upsampler.forward(&x, cache),
+            None => Ok(x),
+        }
+    }
+}
+
+pub struct Decoder {
+    conv_in: CausalConv3d,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    norm_out: RmsNorm,
+    conv_out: CausalConv3d,
+}
+
+impl Decoder {
+    /// `vs` is the `decoder` path. The config must have passed [`VaeConfig::validate`].
+    pub fn new(cfg: &VaeConfig, vs: nn::Path<'_>) -> Self {
+        // Stage widths: the last multiplier, then all of them in reverse.
+        let base = cfg.decoder_dim();
+        let last = *cfg.dim_mult.last().unwrap_or(&1);
+        let dims: Vec<i64> = std::iter::once(last)
+            .chain(cfg.dim_mult.iter().rev().copied())
+            .map(|m| base * m)
+            .collect();
+        let temporal = cfg.temporal_upsample();
+        let stages = dims.len() - 1;
+        let mut up_blocks = Vec::with_capacity(stages);
+        for i in 0..stages {
+            // After the first stage the previous upsampler has halved the width.
+            let mut c_in = if i > 0 { dims[i] / 2 } else { dims[i] };
+            let c_out = dims[i + 1];
+            let block = &vs / "up_blocks" / i;
+            let resnets = (0..=cfg.num_res_blocks)
+                .map(|j| {
+                    let resnet = ResidualBlock::new(&block / "resnets" / j, c_in, c_out);
+                    c_in = c_out;
+                    resnet
+                })
+                .collect();
+            let upsampler = (i + 1 < stages)
+                .then(|| Upsample::new(&block / "upsamplers" / 0, c_out, c_out / 2, temporal[i]));
+            up_blocks.push(UpBlock { resnets, upsampler });
+        }
+        let c_last = dims[stages];
+        Self {
+            conv_in: CausalConv3d::new(&vs / "conv_in", cfg.z_dim, dims[0], [3; 3], [1; 3]),
+            mid_block: MidBlock::new(&vs / "mid_block", dims[0]),
+            up_blocks,
+            norm_out: RmsNorm::new(&vs / "norm_out", c_last, 3),
+            conv_out: CausalConv3d::new(&vs / "conv_out", c_last, cfg.out_channels, [3; 3], [1; 3]),
+        }
+    }
+
+    /// One chunk (B, z_dim, 1, h, w) → its frames (B, out_channels, n, H, W); `cache` carries
+    /// the causal context from the chunks before.
+    pub fn forward_chunk(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        cache.start_chunk();
+        // 1. conv_in
+        let mut x = self.conv_in.forward_cached(x, cache)?;
+        // 2. middle
+        x = self.mid_block.forward(&x, cache)?;
+        // 3. upsamples
+        for block in &self.up_blocks {
+            x = block.forward(&x, cache)?;
+        }
+        // 4. head
+        let x = self.norm_out.forward(&x)?.f_silu()?;
+        self.conv_out.forward_cached(&x, cache)
+    }
+}

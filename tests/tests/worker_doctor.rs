@@ -1,0 +1,71 @@
+//! `t2v-worker doctor`: one line per finding, exit 0 when the deployment is sound, non-zero
+//! with the cause and the fix when a topic is missing or the object store is unreachable.
+
+use std::process::{Command, Output};
+
+use t2v_tests::{binary, brokers, create_topics, stack_env, unique_name};
+
+fn doctor(requests: &str, others: &str, storage_url: &str, aws_endpoint: &str) -> Output {
+    let mut cmd = Command::new(binary("t2v-worker"));
+    cmd.arg("doctor")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["--brokers", &brokers(), "--requests-topic", requests])
+        .args([
+            "--events-topic",
+            others,
+            "--control-topic",
+            others,
+            "--dlq-topic",
+            others,
+        ])
+        .args(["--storage-url", storage_url])
+        .env("T2V_MODEL__BACKEND", "synthetic");
+    for (key, value) in stack_env() {
+        if key.starts_with("AWS_") {
+            cmd.env(key, value);
+        }
+    }
+    cmd.env("AWS_ENDPOINT_URL", aws_endpoint)
+        .env("T2V_JOBS__RETRY_TIMES", "1")
+        .output()
+        .expect("run t2v-worker doctor")
+}
+
+#[tokio::test]
+async fn doctor_passes_on_the_stack_and_names_the_fix_for_each_failure() {
+    let present = unique_name("doctor.present");
+    create_topics(&[(&present, 1)]).await;
+    let env = stack_env();
+    let bucket_url = format!(
+        "s3://{}/{}",
+        env["T2V_S3_BUCKET"],
+        unique_name("doctor").replace('.', "-")
+    );
+
+    let ok = doctor(&present, &present, &bucket_url, &env["T2V_S3_ENDPOINT"]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.lines().all(|l| l.starts_with("ok ")), "{stdout}");
+    assert!(
+        stdout.contains("writable, readable and deletable"),
+        "{stdout}"
+    );
+
+    let missing = unique_name("doctor.missing");
+    let bad = doctor(&missing, &present, &bucket_url, "http://127.0.0.1:9");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 2, "{stdout}");
+    assert!(
+        fails[0].contains(&missing) && fails[0].contains("t2v topics apply"),
+        "{stdout}"
+    );
+    assert!(fails[1].starts_with("FAIL storage"), "{stdout}");
+    assert!(stdout.contains("ok   shm"), "{stdout}");
+}

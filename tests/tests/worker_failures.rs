@@ -1,0 +1,172 @@
+//! Bad input never stops a worker: undecodable bytes and an invalid request land in the DLQ with
+//! their bytes intact and headers saying why, each gets a Failed event, and the next good request
+//! still completes. A Cancel stops a job before it starts and between steps, with no outputs.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
+use t2v_tests::{
+    brokers, committed_offset, header, list_keys, read_topic, wait_events, WorkerSetup,
+};
+
+fn terminal(events: &[GenerationEvent], job_id: &str) -> Option<Kind> {
+    events
+        .iter()
+        .filter(|e| e.job_id == job_id)
+        .filter_map(|e| e.kind.clone())
+        .find(|k| matches!(k, Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)))
+}
+
+fn request(job_id: &str, steps: u32) -> GenerationRequest {
+    GenerationRequest {
+        job_id: job_id.into(),
+        model: "wan2.2-t2v-a14b".into(),
+        prompt: "a lighthouse at dusk".into(),
+        width: 64,
+        height: 64,
+        num_frames: 5,
+        fps: 8,
+        num_inference_steps: steps,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_invalid_requests_go_to_the_dlq_and_the_worker_keeps_going() {
+    let setup = WorkerSetup::new("failures", 1).await;
+    let worker = setup.start_worker(&[]);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let garbage: &[u8] = b"\xff\xfe not a protobuf \x00\x01";
+    let invalid = GenerationRequest {
+        num_frames: 80,
+        ..request("bad-1", 2)
+    }
+    .encode_to_vec();
+    for (key, payload) in [("garbage-1", garbage), ("bad-1", invalid.as_slice())] {
+        producer
+            .send(
+                FutureRecord::to(&setup.requests).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    setup.submitter().submit(request("ok-1", 2)).await.unwrap();
+
+    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
+        terminal(e, "ok-1").is_some()
+    });
+    let logs = worker.logs();
+    match terminal(&events, "garbage-1") {
+        Some(Kind::Failed(f)) => {
+            assert_eq!(f.code, ErrorCode::Undecodable as i32);
+            assert!(!f.retryable);
+        }
+        other => panic!("garbage-1: {other:?}\n{logs}"),
+    }
+    match terminal(&events, "bad-1") {
+        Some(Kind::Failed(f)) => {
+            assert_eq!(f.code, ErrorCode::InvalidArgument as i32);
+            assert!(f.message.contains("num_frames"), "{}", f.message);
+            assert!(!f.retryable);
+        }
+        other => panic!("bad-1: {other:?}\n{logs}"),
+    }
+    assert!(
+        matches!(terminal(&events, "ok-1"), Some(Kind::Completed(_))),
+        "{events:?}\n{logs}"
+    );
+
+    let dlq = read_topic(&setup.dlq, 2, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].payload(), Some(garbage), "bytes intact");
+    assert_eq!(dlq[0].key(), Some(b"garbage-1".as_slice()));
+    assert!(header(&dlq[0], "t2v-dlq-reason")
+        .unwrap()
+        .contains("UNDECODABLE"));
+    assert_eq!(dlq[1].payload(), Some(invalid.as_slice()), "bytes intact");
+    assert!(header(&dlq[1], "t2v-dlq-reason")
+        .unwrap()
+        .contains("num_frames"));
+    assert_eq!(
+        header(&dlq[1], "t2v-dlq-source-topic").as_deref(),
+        Some(setup.requests.as_str())
+    );
+    assert_eq!(
+        header(&dlq[1], "t2v-dlq-source-offset").as_deref(),
+        Some("1")
+    );
+    assert!(header(&dlq[1], "t2v-dlq-worker").is_some());
+    assert!(list_keys(&format!("{}/bad-1", setup.prefix))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_cancel_stops_a_job_before_start_and_between_steps() {
+    let setup = WorkerSetup::new("cancel", 1).await;
+    let submitter = setup.submitter();
+    // Canceled before it was even submitted: honoured before start.
+    submitter
+        .cancel("early-1", "changed my mind")
+        .await
+        .unwrap();
+    let worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "200")]);
+    submitter.submit(request("early-1", 3)).await.unwrap();
+    submitter.submit(request("late-1", 100)).await.unwrap();
+
+    let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
+        e.iter()
+            .any(|e| e.job_id == "late-1" && matches!(e.kind, Some(Kind::Progress(_))))
+    });
+    match terminal(&events, "early-1") {
+        Some(Kind::Canceled(c)) => {
+            assert_eq!(c.at_step, 0);
+            assert_eq!(c.reason, "changed my mind");
+        }
+        other => panic!("early-1: {other:?}\n{}", worker.logs()),
+    }
+    submitter.cancel("late-1", "too slow").await.unwrap();
+    let events = wait_events(&setup.events, Duration::from_secs(30), |e| {
+        terminal(e, "late-1").is_some()
+    });
+    match terminal(&events, "late-1") {
+        Some(Kind::Canceled(c)) => {
+            assert!(
+                c.at_step >= 1 && c.at_step < 100,
+                "stopped between steps: {}",
+                c.at_step
+            );
+            assert_eq!(c.reason, "too slow");
+        }
+        other => panic!("late-1: {other:?}\n{}", worker.logs()),
+    }
+    assert!(
+        list_keys(&format!("{}/late-1/video.mp4", setup.prefix))
+            .await
+            .is_empty(),
+        "no outputs"
+    );
+    assert!(
+        list_keys(&format!("{}/late-1/manifest.json", setup.prefix))
+            .await
+            .is_empty(),
+        "no outputs"
+    );
+    let mut committed = None;
+    for _ in 0..50 {
+        committed = committed_offset(&setup.group, &setup.requests, 0);
+        if committed == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed, Some(2), "both offsets stored after Canceled");
+}

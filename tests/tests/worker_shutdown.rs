@@ -1,0 +1,95 @@
+//! SIGTERM during a job: the worker stops at the next step, does not store the offset, leaves the
+//! group and exits 0 well within the drain deadline; a second worker then completes the job once.
+
+use std::time::{Duration, Instant};
+
+use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
+use t2v_tests::{committed_offset, list_keys, wait_events, WorkerSetup};
+
+fn count(events: &[GenerationEvent], pick: fn(&Kind) -> bool) -> usize {
+    events
+        .iter()
+        .filter(|e| e.kind.as_ref().is_some_and(pick))
+        .count()
+}
+
+#[tokio::test]
+async fn sigterm_mid_job_exits_0_without_storing_and_another_worker_finishes() {
+    let setup = WorkerSetup::new("shutdown", 1).await;
+    let mut first = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "200")]);
+    first.wait_ready(Duration::from_secs(60));
+    setup
+        .submitter()
+        .submit(GenerationRequest {
+            job_id: "long-1".into(),
+            model: "wan2.2-t2v-a14b".into(),
+            prompt: "waves on a rocky shore".into(),
+            width: 64,
+            height: 64,
+            num_frames: 5,
+            fps: 8,
+            num_inference_steps: 40,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_events(&setup.events, Duration::from_secs(60), |e| {
+        count(e, |k| matches!(k, Kind::Progress(_))) > 0
+    });
+
+    let sent = Instant::now();
+    first.terminate();
+    let code = first.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit 0 within the deadline; logs:\n{}",
+        first.logs()
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        committed_offset(&setup.group, &setup.requests, 0),
+        None,
+        "offset not stored"
+    );
+    assert!(list_keys(&format!("{}/long-1/manifest.json", setup.prefix))
+        .await
+        .is_empty());
+    assert!(
+        list_keys(&format!("{}/long-1/attempts", setup.prefix))
+            .await
+            .is_empty(),
+        "the attempt was given back"
+    );
+
+    let second = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "10")]);
+    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
+        count(e, |k| matches!(k, Kind::Completed(_))) > 0
+    });
+    assert_eq!(
+        count(&events, |k| matches!(k, Kind::Completed(_))),
+        1,
+        "logs:\n{}",
+        second.logs()
+    );
+    assert_eq!(
+        count(&events, |k| matches!(
+            k,
+            Kind::Failed(_) | Kind::Canceled(_)
+        )),
+        0
+    );
+    let mut committed = None;
+    for _ in 0..50 {
+        committed = committed_offset(&setup.group, &setup.requests, 0);
+        if committed == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed, Some(1));
+}

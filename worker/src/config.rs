@@ -1,0 +1,564 @@
+//! The worker's configuration: plain data with every default in one place (`Default` impls below),
+//! layered defaults < `worker.toml` < `T2V_…` environment (`__` nests: `T2V_KAFKA__BROKERS`) < flags,
+//! and checked by [`WorkerConfig::validate`] before anything starts.
+//!
+//! The same structs generate `schemas/worker_config.schema.json` ([`json_schema`]); a unit test
+//! keeps the committed file and `worker.example.toml` in step with them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of `t2v-worker`. Unknown keys are errors, so a typo never goes unnoticed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub storage: StorageConfig,
+    pub model: ModelConfig,
+    pub jobs: JobsConfig,
+    pub media: MediaConfig,
+    pub shutdown: ShutdownConfig,
+    pub checkpoint: CheckpointConfig,
+    pub log: LogConfig,
+}
+
+/// The single HTTP server: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP port of the HTTP server; 0 picks a free port (logged at start).
+    pub port: u16,
+    /// Address to bind.
+    pub address: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            port: 9090,
+            address: "0.0.0.0".into(),
+        }
+    }
+}
+
+/// Kafka connection, consumer group and topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Consumer group of the fleet.
+    pub group_id: String,
+    /// Static membership (`group.instance.id`), usually the pod name; empty = dynamic membership.
+    pub instance_id: String,
+    /// `security.protocol`: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; empty = PLAINTEXT.
+    pub security_protocol: String,
+    /// `sasl.mechanism`: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL_* protocol).
+    pub sasl_mechanism: String,
+    /// SASL username; pass it as env `T2V_KAFKA__SASL_USERNAME`, never in a file.
+    pub sasl_username: String,
+    /// SASL password; pass it as env `T2V_KAFKA__SASL_PASSWORD`, never in a file.
+    pub sasl_password: String,
+    /// CA bundle that verifies the brokers (SSL, SASL_SSL); empty = system CAs.
+    pub ssl_ca_location: String,
+    /// Client certificate for mutual TLS; empty = none.
+    pub ssl_certificate_location: String,
+    /// Client private key for mutual TLS; empty = none.
+    pub ssl_key_location: String,
+    pub requests_topic: String,
+    pub events_topic: String,
+    pub control_topic: String,
+    pub dlq_topic: String,
+    /// `session.timeout.ms`: how long the group waits for a silent worker (crash detection).
+    pub session_timeout_ms: u32,
+    /// `max.poll.interval.ms`: a backstop only — the worker keeps polling while a job runs.
+    pub max_poll_interval_ms: u32,
+    /// `statistics.interval.ms` for the consumer-lag metric; 0 turns statistics off.
+    pub statistics_interval_ms: u32,
+    /// Extra librdkafka properties, applied last (e.g. `"fetch.wait.max.ms" = "100"`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            group_id: "t2v-workers".into(),
+            instance_id: String::new(),
+            security_protocol: String::new(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            ssl_ca_location: String::new(),
+            ssl_certificate_location: String::new(),
+            ssl_key_location: String::new(),
+            requests_topic: "t2v.requests.v1".into(),
+            events_topic: "t2v.events.v1".into(),
+            control_topic: "t2v.control.v1".into(),
+            dlq_topic: "t2v.dlq.v1".into(),
+            session_timeout_ms: 45_000,
+            max_poll_interval_ms: 300_000,
+            statistics_interval_ms: 15_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where videos, thumbnails, manifests and attempt markers go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `s3://bucket/prefix` (credentials and endpoint from `AWS_*` env) or `file:///absolute/dir`.
+    /// Outputs land under `<prefix>/<job_id>/`.
+    pub url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: "file:///tmp/t2v-outputs".into(),
+        }
+    }
+}
+
+/// Which generator runs the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The Wan2.2 pipeline on libtorch (`[model] dir` holds the diffusers-format checkpoint).
+    Wan,
+    /// TEST/DEMO ONLY: deterministic moving gradients from the seed, no model at all.
+    Synthetic,
+}
+
+/// The model this worker serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Diffusers-format checkpoint directory (model_index.json, transformer/, vae/, …).
+    pub dir: String,
+    /// Model id requests must name (GenerationRequest.model); others fail with MODEL_NOT_FOUND.
+    pub name: String,
+    pub backend: Backend,
+    /// Synthetic backend only: sleep per denoising step, so tests can run long jobs.
+    pub synthetic_step_ms: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            name: "wan2.2-t2v-a14b".into(),
+            backend: Backend::Wan,
+            synthetic_step_ms: 0,
+        }
+    }
+}
+
+/// Job handling policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Started attempts (markers next to the outputs) after which a job goes to the DLQ.
+    pub max_attempts: u32,
+    /// Minimum time between two Progress events of a job.
+    pub progress_interval_ms: u64,
+    /// Retries in place of a transient Kafka or object-store error before re-queueing the job.
+    pub retry_times: usize,
+    /// First retry delay; doubles (with jitter) up to `retry_max_delay_ms`.
+    pub retry_min_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    /// Characters of the prompt shown in the per-job summary log line; 0 hides it.
+    pub log_prompt_chars: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            progress_interval_ms: 1000,
+            retry_times: 8,
+            retry_min_delay_ms: 200,
+            retry_max_delay_ms: 5000,
+            log_prompt_chars: 64,
+        }
+    }
+}
+
+/// MP4 and thumbnail encoding (ffmpeg).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The ffmpeg executable.
+    pub ffmpeg: String,
+    /// x264 constant rate factor, 0..=51 (lower = better, larger).
+    pub crf: u8,
+    /// x264 preset.
+    pub preset: String,
+    /// Scratch directory for encoding; empty = the system temp dir.
+    pub work_dir: String,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            ffmpeg: "ffmpeg".into(),
+            crf: 20,
+            preset: "veryfast".into(),
+            work_dir: String::new(),
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM / SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds a running job gets to reach a step boundary before the worker exits anyway.
+    pub drain_deadline_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_deadline_secs: 45,
+        }
+    }
+}
+
+/// Denoising checkpoints written on shutdown (resume is a later feature; the bound is checked now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Upper bound in seconds for writing a checkpoint on shutdown.
+    pub max_write_secs: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { max_write_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging (the filter comes from `RUST_LOG`, default `info`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` for log pipelines, `text` for humans (env `T2V_LOG__FORMAT`).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The top-level sections, for picking `T2V_<SECTION>__<KEY>` variables out of the environment
+/// (other `T2V_*` variables such as `T2V_POD_NAME` belong to other tools).
+const SECTIONS: &[&str] = &[
+    "http",
+    "kafka",
+    "storage",
+    "model",
+    "jobs",
+    "media",
+    "shutdown",
+    "checkpoint",
+    "log",
+];
+
+/// A configuration that cannot be used, with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load the configuration: {0} — check the file's TOML and the T2V_* variables against worker.example.toml")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl WorkerConfig {
+    /// Loads defaults < `file` (when given) < `env` (`T2V_SECTION__KEY=value`) < `overrides`
+    /// (dotted keys such as `kafka.brokers`, from command-line flags), then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let ours: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| {
+                key.strip_prefix("T2V_")
+                    .and_then(|rest| rest.split_once("__"))
+                    .is_some_and(|(section, _)| SECTIONS.contains(&section.to_lowercase().as_str()))
+            })
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("T2V")
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(ours)),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        let cfg: WorkerConfig = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: cross-field bounds, the drain deadline against the consumer's
+    /// timeouts, and the SASL settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            return fail(
+                "kafka.brokers is empty — set it to host:port[,host:port] (env T2V_KAFKA__BROKERS)"
+                    .into(),
+            );
+        }
+        if k.group_id.trim().is_empty() {
+            return fail(
+                "kafka.group_id is empty — every worker of a fleet needs the same group id".into(),
+            );
+        }
+        if k.session_timeout_ms > k.max_poll_interval_ms {
+            return fail(format!(
+                "kafka.session_timeout_ms ({}) exceeds kafka.max_poll_interval_ms ({}) — librdkafka requires session <= max poll interval",
+                k.session_timeout_ms, k.max_poll_interval_ms
+            ));
+        }
+        let shutdown = self.shutdown.drain_deadline_secs + self.checkpoint.max_write_secs;
+        if self.shutdown.drain_deadline_secs == 0 {
+            return fail("shutdown.drain_deadline_secs must be at least 1".into());
+        }
+        if shutdown * 1000 >= u64::from(k.max_poll_interval_ms) {
+            return fail(format!(
+                "shutdown.drain_deadline_secs + checkpoint.max_write_secs = {shutdown} s is not below kafka.max_poll_interval_ms ({} ms): a draining worker could be evicted from the group mid-drain — lower the deadline or raise max_poll_interval_ms",
+                k.max_poll_interval_ms
+            ));
+        }
+        let protocol = k.security_protocol.to_ascii_uppercase();
+        if !matches!(
+            protocol.as_str(),
+            "" | "PLAINTEXT" | "SSL" | "SASL_PLAINTEXT" | "SASL_SSL"
+        ) {
+            return fail(format!(
+                "kafka.security_protocol {:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
+                k.security_protocol
+            ));
+        }
+        if protocol.starts_with("SASL")
+            && (k.sasl_mechanism.is_empty()
+                || k.sasl_username.is_empty()
+                || k.sasl_password.is_empty())
+        {
+            return fail(format!(
+                "kafka.security_protocol is {protocol} but sasl_mechanism, T2V_KAFKA__SASL_USERNAME or T2V_KAFKA__SASL_PASSWORD is empty — set all three"
+            ));
+        }
+        if !(self.storage.url.starts_with("s3://") || self.storage.url.starts_with("file:///")) {
+            return fail(format!(
+                "storage.url {:?} is not supported — use s3://bucket/prefix or file:///absolute/dir",
+                self.storage.url
+            ));
+        }
+        if self.jobs.max_attempts == 0 {
+            return fail("jobs.max_attempts must be at least 1".into());
+        }
+        if self.media.crf > 51 {
+            return fail(format!("media.crf must be 0..=51, got {}", self.media.crf));
+        }
+        Ok(())
+    }
+}
+
+/// The JSON Schema of `worker.toml` (committed as schemas/worker_config.schema.json).
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(WorkerConfig);
+    serde_json::to_value(&schema).expect("a schema serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbrokers = \"file:1\"\ngroup_id = \"from-file\"\n[http]\nport = 1234\n",
+        )
+        .unwrap();
+        let cfg = WorkerConfig::load(
+            Some(&file),
+            env(&[
+                ("T2V_KAFKA__GROUP_ID", "from-env"),
+                ("T2V_KAFKA__INSTANCE_ID", "pod-7"),
+                ("T2V_KAFKA__SASL_PASSWORD", "12345"),
+                ("T2V_POD_NAME", "ignored"),
+                ("T2V_BROKERS", "ignored-too"),
+                ("T2V_LOG__FORMAT", "json"),
+            ]),
+            &[("http.port", "4321".into())],
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers, "file:1");
+        assert_eq!(cfg.kafka.group_id, "from-env");
+        assert_eq!(cfg.kafka.instance_id, "pod-7");
+        assert_eq!(cfg.kafka.sasl_password, "12345");
+        assert_eq!(cfg.http.port, 4321);
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.shutdown, ShutdownConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, "[kafka]\nbrokerz = \"x\"\n").unwrap();
+        let err = WorkerConfig::load(Some(&file), env(&[]), &[]).unwrap_err();
+        assert!(err.to_string().contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn drain_deadline_must_fit_the_poll_interval() {
+        let mut cfg = WorkerConfig::default();
+        cfg.kafka.max_poll_interval_ms = 60_000;
+        cfg.shutdown.drain_deadline_secs = 45;
+        cfg.checkpoint.max_write_secs = 30;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("drain_deadline_secs"), "{err}");
+        cfg.checkpoint.max_write_secs = 10;
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn sasl_needs_credentials() {
+        let mut cfg = WorkerConfig::default();
+        cfg.kafka.security_protocol = "SASL_SSL".into();
+        cfg.kafka.sasl_mechanism = "SCRAM-SHA-512".into();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("SASL_USERNAME"));
+        cfg.kafka.sasl_username = "u".into();
+        cfg.kafka.sasl_password = "p".into();
+        cfg.validate().unwrap();
+    }
+
+    /// The keys the Helm chart renders (helm/t2v-worker/templates/configmap.yaml) must load.
+    #[test]
+    fn the_charts_worker_toml_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            r#"
+[http]
+port = 9090
+
+[kafka]
+brokers = "kafka-bootstrap.kafka.svc:9092"
+group_id = "t2v-workers"
+security_protocol = "SASL_SSL"
+sasl_mechanism = "SCRAM-SHA-512"
+ssl_ca_location = "/etc/kafka-tls/ca.crt"
+ssl_certificate_location = "/etc/kafka-tls/tls.crt"
+ssl_key_location = "/etc/kafka-tls/tls.key"
+
+[storage]
+url = "s3://t2v-videos/outputs"
+
+[model]
+dir = "/models/Wan2.2-T2V-A14B-Diffusers"
+
+[shutdown]
+drain_deadline_secs = 45
+
+[checkpoint]
+max_write_secs = 30
+"#,
+        )
+        .unwrap();
+        let cfg = WorkerConfig::load(
+            Some(&file),
+            env(&[
+                ("T2V_KAFKA__SASL_USERNAME", "user"),
+                ("T2V_KAFKA__SASL_PASSWORD", "secret"),
+                ("T2V_KAFKA__INSTANCE_ID", "t2v-worker-abc"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.ssl_key_location, "/etc/kafka-tls/tls.key");
+        assert_eq!(cfg.model.dir, "/models/Wan2.2-T2V-A14B-Diffusers");
+    }
+
+    /// `worker.example.toml` loads and states every default exactly (so the annotated example
+    /// cannot drift from the code).
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let cfg =
+            WorkerConfig::load(Some(&root().join("worker.example.toml")), env(&[]), &[]).unwrap();
+        let mut expected = WorkerConfig::default();
+        // The example shows a local S3 bucket and the synthetic backend, so it runs as is.
+        expected.storage.url = "s3://t2v/outputs".into();
+        expected.model.backend = Backend::Synthetic;
+        assert_eq!(cfg, expected);
+    }
+
+    /// schemas/worker_config.schema.json is generated from these structs; regenerate with
+    /// `T2V_WRITE_SCHEMAS=1 cargo test -p t2v-worker config`.
+    #[test]
+    fn the_committed_json_schema_is_current() {
+        let path = root().join("schemas/worker_config.schema.json");
+        let mut generated = serde_json::to_string_pretty(&json_schema()).unwrap();
+        generated.push('\n');
+        if std::env::var_os("T2V_WRITE_SCHEMAS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{} is stale — regenerate it with `T2V_WRITE_SCHEMAS=1 cargo test -p t2v-worker config`",
+            path.display()
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Everything the worker writes to Kafka: events on t2v.events.v1, dead letters on t2v.dlq.v1
+//! and re-queued requests on t2v.requests.v1 — through one idempotent producer (acks=all), each
+//! send awaited until the brokers acknowledge it and retried in place with backoff.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{ExponentialBuilder, Retryable};
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use t2v_producer::headers::{record_headers, TraceContext};
+use t2v_proto::schema;
+use t2v_proto::v1::{GenerationEvent, GenerationRequest};
+
+use crate::config::{JobsConfig, KafkaConfig};
+
+/// DLQ header names (schemas/topics.yaml).
+pub mod dlq_header {
+    pub const REASON: &str = "t2v-dlq-reason";
+    pub const WORKER: &str = "t2v-dlq-worker";
+    pub const ATTEMPT: &str = "t2v-dlq-attempt";
+    pub const SOURCE_TOPIC: &str = "t2v-dlq-source-topic";
+    pub const SOURCE_PARTITION: &str = "t2v-dlq-source-partition";
+    pub const SOURCE_OFFSET: &str = "t2v-dlq-source-offset";
+}
+
+/// Unix epoch milliseconds now.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The librdkafka settings every client of the worker shares: brokers, security, extra properties.
+pub fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &k.brokers)
+        .set("client.id", client_id);
+    let optional = [
+        ("security.protocol", &k.security_protocol),
+        ("sasl.mechanism", &k.sasl_mechanism),
+        ("sasl.username", &k.sasl_username),
+        ("sasl.password", &k.sasl_password),
+        ("ssl.ca.location", &k.ssl_ca_location),
+        ("ssl.certificate.location", &k.ssl_certificate_location),
+        ("ssl.key.location", &k.ssl_key_location),
+    ];
+    for (key, value) in optional {
+        if !value.is_empty() {
+            cfg.set(key, value);
+        }
+    }
+    for (key, value) in &k.properties {
+        cfg.set(key, value);
+    }
+    cfg
+}
+
+/// A record as it arrived, kept whole for the DLQ.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// The worker's producer.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    events_topic: String,
+    dlq_topic: String,
+    requests_topic: String,
+    pub worker_id: String,
+    retry: ExponentialBuilder,
+}
+
+impl Publisher {
+    pub fn new(k: &KafkaConfig, jobs: &JobsConfig, worker_id: &str) -> Result<Self, KafkaError> {
+        let mut cfg = client_config(k, "t2v-worker");
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "30000");
+        for (key, value) in &k.properties {
+            cfg.set(key, value);
+        }
+        Ok(Self {
+            producer: cfg.create()?,
+            events_topic: k.events_topic.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            requests_topic: k.requests_topic.clone(),
+            worker_id: worker_id.to_string(),
+            retry: ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(jobs.retry_min_delay_ms))
+                .with_max_delay(Duration::from_millis(jobs.retry_max_delay_ms))
+                .with_max_times(jobs.retry_times),
+        })
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), KafkaError> {
+        let attempt = || async {
+            let mut record = FutureRecord::to(topic)
+                .payload(payload)
+                .headers(headers.clone());
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            self.producer
+                .send(record, Timeout::After(Duration::from_secs(10)))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        };
+        attempt
+            .retry(self.retry)
+            .notify(
+                |e, delay| tracing::warn!(topic, error = %e, ?delay, "Kafka send failed; retrying"),
+            )
+            .await
+    }
+
+    /// Publishes `event` keyed by its job id, continuing `trace`; returns once acknowledged.
+    pub async fn event(
+        &self,
+        event: &GenerationEvent,
+        trace: &TraceContext,
+    ) -> Result<(), KafkaError> {
+        let headers = record_headers(schema::GENERATION_EVENT, trace);
+        self.send(
+            &self.events_topic,
+            Some(event.job_id.as_bytes()),
+            &event.encode_to_vec(),
+            headers,
+        )
+        .await
+    }
+
+    /// Copies `record` unchanged to the DLQ with headers saying why, who and from where.
+    pub async fn dead_letter(
+        &self,
+        record: &SourceRecord,
+        reason: &str,
+        attempt: u32,
+    ) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 6);
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        let fields = [
+            (dlq_header::REASON, reason.to_string()),
+            (dlq_header::WORKER, self.worker_id.clone()),
+            (dlq_header::ATTEMPT, attempt.to_string()),
+            (dlq_header::SOURCE_TOPIC, record.topic.clone()),
+            (dlq_header::SOURCE_PARTITION, record.partition.to_string()),
+            (dlq_header::SOURCE_OFFSET, record.offset.to_string()),
+        ];
+        for (key, value) in &fields {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            });
+        }
+        let payload = record.payload.as_deref().unwrap_or_default();
+        self.send(&self.dlq_topic, record.key.as_deref(), payload, headers)
+            .await
+    }
+
+    /// Publishes `req` again on the requests topic (with its attempt already raised).
+    pub async fn requeue(
+        &self,
+        req: &GenerationRequest,
+        trace: &TraceContext,
+    ) -> Result<(), KafkaError> {
+        let headers = record_headers(schema::GENERATION_REQUEST, trace);
+        self.send(
+            &self.requests_topic,
+            Some(req.job_id.as_bytes()),
+            &req.encode_to_vec(),
+            headers,
+        )
+        .await
+    }
+
+    /// Waits for anything still queued.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `t2v-worker`: a GPU worker of the t2v fleet. It takes generation requests from Kafka
+//! (`t2v.requests.v1`), renders each into a video, stores the MP4, a thumbnail and a manifest in
+//! object storage and announces the result on `t2v.events.v1` — at-least-once in, exactly one
+//! result out (DESIGN.md "The job contract", "Delivery semantics", "Operating it").
+//!
+//! # Layout
+//! - [`config`]: `WorkerConfig` — defaults < worker.toml < `T2V_…` env < flags, validated; its JSON Schema.
+//! - [`consumer`]: `run` — the consumer-group loop: pause while a job runs, offsets after the terminal event, shutdown.
+//! - [`job`]: one request's lifecycle, decode to Completed, and how failures are classified.
+//! - [`generator`]: the `VideoGenerator` trait, its dedicated thread, and the synthetic TEST/DEMO backend.
+//! - [`media`]: MP4 (H.264, yuv420p, faststart) and JPEG thumbnail through ffmpeg.
+//! - [`storage`]: object_store with deterministic keys, create-only writes, sha256 and retries.
+//! - [`manifest`]: `manifest.json`, the commit point, and the Completed event built from it.
+//! - [`events`]: the idempotent producer: events, DLQ copies, re-queues.
+//! - [`control`]: Cancel commands from `t2v.control.v1`.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the Prometheus metrics.
+//! - [`doctor`]: `t2v-worker doctor`, one line per finding with the fix.
+//!
+//! The `t2v-worker` binary (src/main.rs) parses flags and calls into these.
+
+pub mod config;
+pub mod consumer;
+pub mod control;
+pub mod doctor;
+pub mod events;
+pub mod generator;
+pub mod http;
+pub mod job;
+pub mod manifest;
+pub mod media;
+pub mod metrics;
+pub mod storage;
+
+pub use config::WorkerConfig;
+pub use generator::{Frames, GenerateError, JobSpec, StepInfo, VideoGenerator};
