@@ -25,9 +25,9 @@ lint: deps ## rustfmt and clippy, warnings are errors
 	@$(ENV) cargo fmt --all --check
 	@$(ENV) cargo clippy --workspace --all-targets -- -D warnings
 
-fixtures: deps ## write the diffusers/transformers reference outputs the parity tests compare against
+fixtures: deps ## write the diffusers/transformers reference outputs the parity tests compare against (re-run when any parity script changes: they import each other)
 	@$(ENV) mkdir -p $(FIXTURES) && for script in pipeline/parity/*.py; do \
-	  stamp="$(FIXTURES)/.$$(basename $$script).sha"; sum=$$(sha256sum $$script | cut -c1-64); \
+	  stamp="$(FIXTURES)/.$$(basename $$script).sha"; sum=$$(cat pipeline/parity/*.py | sha256sum | cut -c1-64); \
 	  if [ "$$(cat $$stamp 2>/dev/null)" != "$$sum" ]; then \
 	    echo "fixtures: $$script"; python "$$script" --out $(FIXTURES) && echo "$$sum" > "$$stamp"; fi; done
 

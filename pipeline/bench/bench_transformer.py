@@ -107,7 +107,7 @@ def main():
         tflops = forward_flops(cfg, tokens, TEXT_LEN) / median / 1e12
         print(
             f"{height}x{width}x{args.frames}: {tokens} tokens, median {median:.3f} s (min {min(times):.3f} s, "
-            f"{args.runs} runs), {tflops:.0f} TFLOP/s, max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB, "
+            f"max {max(times):.3f} s, {args.runs} runs), {tflops:.0f} TFLOP/s, max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB, "
             f"max reserved {torch.cuda.max_memory_reserved() / 2**20:.0f} MiB, process GPU memory {process_gpu_mib()} MiB"
         )
 

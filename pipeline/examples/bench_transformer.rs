@@ -2,17 +2,22 @@
 //! (14.3 B parameters) with random weights, built directly on CUDA in bf16 (fp32 islands as in
 //! diffusers), at 480×832 and 1280×720, 81 frames, 512 text tokens.
 //!
-//! Prints, per size: latent tokens, median / min forward time over `--runs` runs after a
-//! warm-up, achieved TFLOP/s (dense matmul + attention FLOPs of the forward), and the GPU
-//! memory the process holds afterwards as `nvidia-smi` reports it (the caching allocator keeps
-//! its peak reservation, so this approximates peak reserved memory; tch 0.24 does not expose
-//! `torch.cuda.max_memory_allocated`). `pipeline/bench/bench_transformer.py` measures diffusers
-//! the same way; run both on the same GPU and compare the ratio.
+//! Prints, per size: latent tokens, median / min / max forward time over `--runs` runs after a
+//! warm-up (CUDA synchronised before each clock read), achieved TFLOP/s at the median (dense
+//! matmul + attention FLOPs of the forward), and the GPU memory `nvidia-smi` attributes to the
+//! process afterwards (the caching allocator keeps its peak reservation, so this approximates
+//! peak reserved memory plus the CUDA context). tch 0.24 does not expose
+//! `torch.cuda.max_memory_allocated`; for that counter run one size per process under the shim
+//! of `pipeline/bench/cuda_peak_memory.py`, which prints the allocator's peak at exit.
+//! `pipeline/bench/bench_transformer.py` measures diffusers the same way; run both on the same
+//! GPU and compare the ratio.
 //!
 //! ```text
 //! source scripts/env.sh && cargo run --release -p t2v-pipeline --example bench_transformer -- --runs 5
+//! python pipeline/bench/cuda_peak_memory.py --build .gpubin
+//! LD_PRELOAD=$PWD/.gpubin/libt2v_peak_memory.so target/release/examples/bench_transformer --sizes 480x832
 //! ```
-//! Options: `--runs N` (default 3), `--sizes 480x832,1280x720` (height×width in pixels),
+//! Options: `--runs N` (default 3), `--sizes 480x832,720x1280` (height×width in pixels),
 //! `--frames 81`, `--layers N` (fewer blocks for a quick look; the default is the full 40).
 
 use std::time::Instant;
@@ -159,9 +164,10 @@ fn main() -> anyhow::Result<()> {
         let median = times[times.len() / 2];
         let tflops = forward_flops(&cfg, tokens, TEXT_LEN) / median / 1e12;
         println!(
-            "{height}x{width}x{}: {tokens} tokens, median {median:.3} s (min {:.3} s, {} runs), {tflops:.0} TFLOP/s, process GPU memory {:?} MiB",
+            "{height}x{width}x{}: {tokens} tokens, median {median:.3} s (min {:.3} s, max {:.3} s, {} runs), {tflops:.0} TFLOP/s, process GPU memory {:?} MiB",
             args.frames,
             times[0],
+            times[times.len() - 1],
             args.runs,
             process_gpu_mib()
         );

@@ -4,16 +4,20 @@
 //!
 //! # Layout
 //! - [`error`]: the crate's error type; every message names the cause and the fix.
-//! - [`model_dir`]: a diffusers-format model directory: model_index.json, components, completeness.
 //! - [`loader`]: diffusers-format directories: `model_index.json`, configs, sharded safetensors.
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.
 //! - [`denoise`]: the denoising loop with the two-expert boundary switch and CFG.
+//! - [`memory`]: GPU memory policy (resident or swapped experts, parked text encoder, tiled
+//!   decode) and the preflight estimate of peak GPU memory.
+//! - [`pipeline`]: `WanT2V`, the whole text-to-video pipeline (prompt → noise → denoise → VAE → frames).
 
 pub mod denoise;
 pub mod error;
 pub mod loader;
+pub mod memory;
 pub mod model_dir;
+pub mod pipeline;
 pub mod scheduler;
 pub mod wan;
 

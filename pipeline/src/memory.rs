@@ -1,0 +1,665 @@
+//! GPU memory: the policy that decides which weights stay on the device, the mechanism that
+//! parks idle weights in (pinned) host memory, and a preflight estimate of the peak.
+//!
+//! # Policies
+//! - [`ExpertPlacement::AllResident`]: every component on the device for the whole run (fastest;
+//!   the A14B pair alone is 57 GB in bf16).
+//! - [`ExpertPlacement::SwapExperts`]: every expert keeps a copy in pinned host memory; at most
+//!   one is on the device, fetched when the denoising loop first needs it (the boundary swap),
+//!   and none during text encoding and VAE decoding.
+//! - [`MemoryPolicy::offload_text_encoder`]: the umT5 encoder is parked in host memory after
+//!   encoding and fetched again for the next request's prompt.
+//! - [`MemoryPolicy::vae_tiling`]: tiled VAE decode (diffusers `enable_tiling`).
+//!
+//! Weights never change, so parking needs no copy back: the device tensor is replaced by its
+//! host copy (`set_data`) and the device memory returns to libtorch's caching allocator.
+//!
+//! # The estimate ([`estimate`])
+//! It predicts `torch.cuda.max_memory_allocated` — tensors only, not the CUDA context (about
+//! 0.5 GiB) nor the allocator's fragmentation. Each phase's peak is the weights resident in
+//! that phase plus that phase's activations; the run's peak is the largest phase. With `b`
+//! bytes per element of the model dtype:
+//! - transformer weights: `(P − P32)·b + P32·4`, `P` = [`TransformerConfig::num_parameters`],
+//!   `P32` = the `_keep_in_fp32_modules` (`time_embedder`, every `scale_shift_table`, `norm2`).
+//! - transformer activations of one forward (CFG runs its two forwards one after the other) at
+//!   `N` tokens: `6·N·D·b` (residual stream, normed input, q, k, v, attention output; flash SDPA
+//!   keeps no N² scores) + `3·N·D·4` (f32 norm/modulation and RoPE temporaries) + `2·N·F·b`
+//!   (FFN up-projection and its GELU) + `2·N·head_dim·4` (RoPE tables) + `3·L·D·b` (text
+//!   context, cross-attention K and V) + `4·latents·4` (latents, cond, uncond, guided output).
+//! - umT5 weights: `vocab·d + layers·(4·d·h·d_kv + buckets·h + 2·d + (2 or 3)·d·d_ff) + d`;
+//!   activations `L·(4·d + 3·d_ff)·4 + 2·h·L²·4`.
+//! - VAE decoder: weights counted from its module tree; decode peak = the causal feature cache
+//!   (2 frames of the input of every cached causal conv, summed over the decoder) + 3 copies of
+//!   the widest activation (the nearest-upsampled tensor entering the last stage, 4 frames a
+//!   chunk) + the decoded video (chunks and their concatenation: 2 copies in the VAE dtype, and
+//!   the f32 frames). Tiled, the cache and activations are those of one tile and the video is
+//!   held once more (the tiles before blending).
+
+use std::cell::Cell;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{PipelineError, Result};
+use crate::model_dir::{Component, ModelDir};
+use crate::wan::text_encoder::UMT5Config;
+use crate::wan::vae::{Tiling, VaeConfig};
+use crate::wan::TransformerConfig;
+
+/// Where the experts live between uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertPlacement {
+    /// Both experts on the device for the whole run.
+    AllResident,
+    /// At most one expert on the device; the idle one waits in pinned host memory.
+    SwapExperts,
+}
+
+/// How a pipeline uses device memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryPolicy {
+    pub experts: ExpertPlacement,
+    /// Park the text encoder in host memory once the prompt is encoded.
+    pub offload_text_encoder: bool,
+    /// Decode in spatial tiles (`None`: the whole frame at once, as diffusers by default).
+    pub vae_tiling: Option<Tiling>,
+}
+
+impl MemoryPolicy {
+    /// Everything resident, no tiling: the behaviour of `WanPipeline.to("cuda")`.
+    pub const fn all_resident() -> Self {
+        Self {
+            experts: ExpertPlacement::AllResident,
+            offload_text_encoder: false,
+            vae_tiling: None,
+        }
+    }
+
+    /// The smallest footprint: one expert at a time, the text encoder parked after use, tiled
+    /// decode with diffusers' default tiles.
+    pub fn low_memory() -> Self {
+        Self {
+            experts: ExpertPlacement::SwapExperts,
+            offload_text_encoder: true,
+            vae_tiling: Some(Tiling::default()),
+        }
+    }
+}
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        Self::all_resident()
+    }
+}
+
+/// The weights of one component, movable between the compute device and host memory. On a
+/// CUDA device the host copies are pinned (packed into 1 GiB buffers, so that the pinned
+/// allocator's power-of-two rounding wastes little); on the CPU they share the weights' storage.
+pub struct ParkedWeights {
+    variables: Vec<Tensor>,
+    host: Vec<Tensor>,
+    device: Device,
+    on_device: Cell<bool>,
+}
+
+/// Size of the pinned host buffers the copies are packed into.
+const PINNED_CHUNK_BYTES: usize = 1 << 30;
+
+impl ParkedWeights {
+    /// Takes the variables of a loaded component (on `device`) and makes their host copies.
+    /// The weights stay on the device until [`Self::park`].
+    pub fn new(mut variables: Vec<(String, Tensor)>, device: Device) -> Result<Self> {
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let variables: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
+        let host = match device {
+            Device::Cuda(_) => pinned_copies(&variables, device)?,
+            _ => variables.iter().map(Tensor::shallow_clone).collect(),
+        };
+        Ok(Self {
+            variables,
+            host,
+            device,
+            on_device: Cell::new(true),
+        })
+    }
+
+    pub fn is_on_device(&self) -> bool {
+        self.on_device.get()
+    }
+
+    /// Bytes of host memory the copies take (0 on the CPU, where they share the weights).
+    pub fn host_bytes(&self) -> u64 {
+        if self.device == Device::Cpu {
+            return 0;
+        }
+        self.host.iter().map(tensor_bytes).sum()
+    }
+
+    /// Points every weight at its host copy, freeing the device copy. No-op when parked.
+    pub fn park(&self) -> Result<()> {
+        if !self.on_device.get() {
+            return Ok(());
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (variable, host) in self.variables.iter().zip(&self.host) {
+                variable.shallow_clone().f_set_data(host)?;
+            }
+            Ok(())
+        })?;
+        self.on_device.set(false);
+        Ok(())
+    }
+
+    /// Copies every weight back to the device (asynchronously from pinned memory; later work on
+    /// the same stream waits for it). No-op when already there.
+    pub fn fetch(&self) -> Result<()> {
+        if self.on_device.get() {
+            return Ok(());
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (variable, host) in self.variables.iter().zip(&self.host) {
+                let on_device = host.f_to_device_(self.device, host.kind(), true, false)?;
+                variable.shallow_clone().f_set_data(&on_device)?;
+            }
+            Ok(())
+        })?;
+        self.on_device.set(true);
+        Ok(())
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as u64
+}
+
+/// Host copies of `variables` in pinned buffers of about [`PINNED_CHUNK_BYTES`], one dtype per
+/// buffer (a tensor larger than that gets its own).
+fn pinned_copies(variables: &[Tensor], device: Device) -> Result<Vec<Tensor>> {
+    let mut copies: Vec<Option<Tensor>> = variables.iter().map(|_| None).collect();
+    let mut kinds: Vec<Kind> = Vec::new();
+    for variable in variables {
+        if !kinds.contains(&variable.kind()) {
+            kinds.push(variable.kind());
+        }
+    }
+    for kind in kinds {
+        let members: Vec<usize> = (0..variables.len())
+            .filter(|&i| variables[i].kind() == kind)
+            .collect();
+        let per_chunk = PINNED_CHUNK_BYTES / kind.elt_size_in_bytes();
+        let mut start = 0;
+        while start < members.len() {
+            let (mut end, mut total) = (start, 0usize);
+            while end < members.len()
+                && (end == start || total + variables[members[end]].numel() <= per_chunk)
+            {
+                total += variables[members[end]].numel();
+                end += 1;
+            }
+            let chunk =
+                Tensor::f_empty([total as i64], (kind, Device::Cpu))?.f_pin_memory(device)?;
+            let mut offset = 0i64;
+            for &i in &members[start..end] {
+                let source = &variables[i];
+                let n = source.numel() as i64;
+                let mut view = chunk
+                    .f_narrow(0, offset, n)?
+                    .f_view(source.size().as_slice())?;
+                tch::no_grad(|| view.f_copy_(source))?;
+                copies[i] = Some(view);
+                offset += n;
+            }
+            start = end;
+        }
+    }
+    Ok(copies.into_iter().flatten().collect())
+}
+
+/// The configs the estimate needs, read from a model directory.
+#[derive(Debug, Clone)]
+pub struct ModelConfigs {
+    pub transformer: TransformerConfig,
+    pub transformer_2: Option<TransformerConfig>,
+    pub text_encoder: UMT5Config,
+    pub vae: VaeConfig,
+}
+
+impl ModelConfigs {
+    /// Reads every component's `config.json`.
+    pub fn load(model: &ModelDir) -> Result<Self> {
+        let config =
+            |c: Component| -> Result<std::path::PathBuf> { Ok(model.path(c)?.join("config.json")) };
+        let transformer_2 = if model.has(Component::Transformer2) {
+            Some(TransformerConfig::from_file(&config(
+                Component::Transformer2,
+            )?)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            transformer: TransformerConfig::from_file(&config(Component::Transformer)?)?,
+            transformer_2,
+            text_encoder: UMT5Config::from_file(&config(Component::TextEncoder)?)?,
+            vae: VaeConfig::load(&model.path(Component::Vae)?)?,
+        })
+    }
+
+    /// [`Self::load`] from a directory path.
+    pub fn from_dir(root: &Path) -> Result<Self> {
+        Self::load(&ModelDir::open(root)?)
+    }
+}
+
+/// What a run is estimated for.
+#[derive(Debug, Clone, Copy)]
+pub struct EstimateRequest {
+    pub width: i64,
+    pub height: i64,
+    /// Frames as generated (≡ 1 mod 4).
+    pub num_frames: i64,
+    /// Transformer and text encoder dtype.
+    pub dtype: Kind,
+    pub vae_dtype: Kind,
+    /// `max_sequence_length` (512).
+    pub text_len: i64,
+    pub policy: MemoryPolicy,
+}
+
+/// Bytes of device memory, per component and per phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub transformer_weights: u64,
+    pub transformer_2_weights: u64,
+    pub text_encoder_weights: u64,
+    pub vae_weights: u64,
+    /// Peak while encoding the prompt.
+    pub text_encode: u64,
+    /// Peak while denoising.
+    pub denoise: u64,
+    /// Peak while decoding.
+    pub vae_decode: u64,
+    /// The largest of the three phases.
+    pub peak: u64,
+    /// Host memory the parked copies take (pinned).
+    pub pinned_host: u64,
+}
+
+/// The preflight estimate (see the module docs for the formulas).
+pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<MemoryEstimate> {
+    for (field, value) in [
+        ("width", request.width),
+        ("height", request.height),
+        ("num_frames", request.num_frames),
+        ("max_sequence_length", request.text_len),
+    ] {
+        if value < 1 {
+            return Err(PipelineError::invalid(
+                field,
+                format!("{value} must be positive"),
+            ));
+        }
+    }
+    let b = request.dtype.elt_size_in_bytes() as u64;
+    let experts: Vec<&TransformerConfig> = std::iter::once(&models.transformer)
+        .chain(models.transformer_2.as_ref())
+        .collect();
+    let expert_weights: Vec<u64> = experts
+        .iter()
+        .map(|c| transformer_weight_bytes(c, b))
+        .collect();
+    let te_weights = umt5_parameters(&models.text_encoder) as u64 * b;
+    let vae_weights =
+        vae_decoder_parameters(&models.vae) as u64 * request.vae_dtype.elt_size_in_bytes() as u64;
+
+    let policy = request.policy;
+    let swap = policy.experts == ExpertPlacement::SwapExperts;
+    let all_experts: u64 = expert_weights.iter().sum();
+    let largest_expert = expert_weights.iter().copied().max().unwrap_or(0);
+    let te_between = if policy.offload_text_encoder {
+        0
+    } else {
+        te_weights
+    };
+    let experts_idle = if swap { 0 } else { all_experts };
+    let experts_denoise = if swap { largest_expert } else { all_experts };
+
+    let text_act = umt5_activation_bytes(&models.text_encoder, request.text_len);
+    let latent = latent_shape(models, request);
+    let embeds = 2 * request.text_len as u64 * models.text_encoder.d_model as u64 * b;
+    let transformer_act = experts
+        .iter()
+        .map(|c| transformer_activation_bytes(c, latent, request.text_len, b))
+        .max()
+        .unwrap_or(0);
+    let vae_act = vae_decode_bytes(&models.vae, request, policy.vae_tiling);
+
+    let text_encode = vae_weights + te_weights + experts_idle + text_act;
+    let denoise = vae_weights + te_between + experts_denoise + embeds + transformer_act;
+    let vae_decode = vae_weights + te_between + experts_idle + vae_act;
+    let mut pinned_host = 0;
+    if swap {
+        pinned_host += all_experts;
+    }
+    if policy.offload_text_encoder {
+        pinned_host += te_weights;
+    }
+    Ok(MemoryEstimate {
+        transformer_weights: expert_weights[0],
+        transformer_2_weights: expert_weights.get(1).copied().unwrap_or(0),
+        text_encoder_weights: te_weights,
+        vae_weights,
+        text_encode,
+        denoise,
+        vae_decode,
+        peak: text_encode.max(denoise).max(vae_decode),
+        pinned_host,
+    })
+}
+
+/// `[channels, latent frames, latent height, latent width]` of a request.
+fn latent_shape(models: &ModelConfigs, request: &EstimateRequest) -> [i64; 4] {
+    let s = models.vae.spatial_ratio();
+    let t = models
+        .vae
+        .scale_factor_temporal
+        .unwrap_or(models.vae.temporal_ratio());
+    [
+        models.transformer.in_channels,
+        (request.num_frames - 1) / t + 1,
+        request.height / s,
+        request.width / s,
+    ]
+}
+
+/// Parameters kept in f32 whatever the model dtype (`_keep_in_fp32_modules`).
+pub fn transformer_fp32_parameters(cfg: &TransformerConfig) -> i64 {
+    let dim = cfg.inner_dim();
+    let time_embedder = cfg.freq_dim * dim + dim + dim * dim + dim;
+    let norm2 = if cfg.cross_attn_norm { 2 * dim } else { 0 };
+    time_embedder + cfg.num_layers * (6 * dim + norm2) + 2 * dim
+}
+
+/// Weight bytes of one expert in a dtype of `b` bytes.
+pub fn transformer_weight_bytes(cfg: &TransformerConfig, b: u64) -> u64 {
+    let p32 = transformer_fp32_parameters(cfg) as u64;
+    (cfg.num_parameters() as u64 - p32) * b + p32 * 4
+}
+
+/// Activation bytes of one transformer forward over `latent` ([C, F, H, W]) with `text_len`
+/// text tokens.
+fn transformer_activation_bytes(
+    cfg: &TransformerConfig,
+    [c, f, h, w]: [i64; 4],
+    text_len: i64,
+    b: u64,
+) -> u64 {
+    let [pt, ph, pw] = cfg.patch_size;
+    let n = ((f / pt) * (h / ph) * (w / pw)) as u64;
+    let d = cfg.inner_dim() as u64;
+    let hidden = 6 * n * d * b + 3 * n * d * 4;
+    let ffn = 2 * n * cfg.ffn_dim as u64 * b;
+    let rope = 2 * n * cfg.attention_head_dim as u64 * 4;
+    let text = 3 * text_len as u64 * d * b;
+    let latents = 4 * (c * f * h * w) as u64 * 4;
+    hidden + ffn + rope + text + latents
+}
+
+/// Parameters of the umT5 encoder.
+pub fn umt5_parameters(cfg: &UMT5Config) -> i64 {
+    let d = cfg.d_model;
+    let inner = cfg.num_heads * cfg.d_kv;
+    let ffn_in = if cfg.gated() { 2 } else { 1 };
+    let layer = 4 * d * inner
+        + cfg.relative_attention_num_buckets * cfg.num_heads
+        + 2 * d
+        + (ffn_in + 1) * d * cfg.d_ff;
+    cfg.vocab_size * d + cfg.num_layers * layer + d
+}
+
+fn umt5_activation_bytes(cfg: &UMT5Config, text_len: i64) -> u64 {
+    let l = text_len as u64;
+    l * (4 * cfg.d_model + 3 * cfg.d_ff) as u64 * 4 + 2 * cfg.num_heads as u64 * l * l * 4
+}
+
+/// The decoder's stages: (input width, output width, temporal upsampler after it, spatial
+/// upsampler after it), widths as the decoder builds them.
+fn vae_stages(cfg: &VaeConfig) -> Vec<(i64, i64, bool, bool)> {
+    let base = cfg.decoder_dim();
+    let last = *cfg.dim_mult.last().unwrap_or(&1);
+    let dims: Vec<i64> = std::iter::once(last)
+        .chain(cfg.dim_mult.iter().rev().copied())
+        .map(|m| base * m)
+        .collect();
+    let temporal = cfg.temporal_upsample();
+    let stages = dims.len() - 1;
+    (0..stages)
+        .map(|i| {
+            let c_in = if i > 0 { dims[i] / 2 } else { dims[i] };
+            let up = i + 1 < stages;
+            (c_in, dims[i + 1], up && temporal[i], up)
+        })
+        .collect()
+}
+
+/// Parameters of the VAE's decoding half (`post_quant_conv` + `decoder`).
+pub fn vae_decoder_parameters(cfg: &VaeConfig) -> i64 {
+    let conv3 = |i: i64, o: i64| i * o * 27 + o;
+    let conv1 = |i: i64, o: i64| i * o + o;
+    let resnet =
+        |i: i64, o: i64| i + conv3(i, o) + o + conv3(o, o) + if i != o { conv1(i, o) } else { 0 };
+    let stages = vae_stages(cfg);
+    let d0 = stages.first().map_or(cfg.decoder_dim(), |s| s.0);
+    let attention = d0 + conv1(d0, 3 * d0) + conv1(d0, d0);
+    let mut total =
+        conv1(cfg.z_dim, cfg.z_dim) + conv3(cfg.z_dim, d0) + 2 * resnet(d0, d0) + attention;
+    let mut c_last = d0;
+    for &(c_in, c_out, temporal, up) in &stages {
+        total += resnet(c_in, c_out) + cfg.num_res_blocks * resnet(c_out, c_out);
+        if up {
+            total += (c_out / 2) * c_out * 9 + c_out / 2;
+        }
+        if temporal {
+            total += c_out * 2 * c_out * 3 + 2 * c_out;
+        }
+        c_last = c_out;
+    }
+    total + c_last + conv3(c_last, cfg.out_channels)
+}
+
+/// Device bytes of one VAE decode beyond its weights.
+fn vae_decode_bytes(cfg: &VaeConfig, request: &EstimateRequest, tiling: Option<Tiling>) -> u64 {
+    let b = request.vae_dtype.elt_size_in_bytes() as u64;
+    let (height, width) = (request.height as u64, request.width as u64);
+    let tiled = tiling.filter(|t| request.height > t.min_height || request.width > t.min_width);
+    let (h, w) = match tiled {
+        Some(t) => (
+            height.min(t.min_height as u64),
+            width.min(t.min_width as u64),
+        ),
+        None => (height, width),
+    };
+    // Element counts per output pixel of the region, summed in f64 (stages shrink by 4×).
+    let stages = vae_stages(cfg);
+    let n = stages.len() as i32;
+    let area = |i: usize| 0.25f64.powi(n - 1 - i as i32);
+    let frames_max = cfg.temporal_ratio() as f64;
+    let d0 = stages.first().map_or(0, |s| s.0) as f64;
+    let mut cache = (cfg.z_dim as f64 + 4.0 * d0) * 2.0 * area(0);
+    let mut widest: f64 = 0.0;
+    let mut frames = 1.0;
+    for (i, &(c_in, c_out, temporal, up)) in stages.iter().enumerate() {
+        let convs_in = c_in + c_out + 2 * cfg.num_res_blocks * c_out;
+        cache += convs_in as f64 * 2.0 * area(i);
+        if temporal {
+            cache += c_out as f64 * 2.0 * area(i);
+        }
+        widest = widest.max(c_out as f64 * frames * area(i));
+        if temporal {
+            frames = (frames * 2.0).min(frames_max);
+        }
+        if up {
+            // the nearest-upsampled tensor at the next stage's size, before its conv
+            widest = widest.max(c_out as f64 * frames * area(i + 1));
+        }
+    }
+    let c_last = stages.last().map_or(0, |s| s.1) as f64;
+    cache += c_last * 2.0;
+    let per_pixel = cache + 3.0 * widest;
+    let working = (per_pixel * (h * w) as f64).ceil() as u64 * b;
+    let video = 3 * request.num_frames as u64 * height * width;
+    let video_copies = if tiled.is_some() { 3 } else { 2 };
+    working + video_copies * video * b + video * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::nn;
+
+    use super::*;
+    use crate::wan::text_encoder::UMT5EncoderModel;
+    use crate::wan::vae::AutoencoderKLWan;
+
+    const GB: u64 = 1_000_000_000;
+
+    fn a14b() -> ModelConfigs {
+        ModelConfigs {
+            transformer: TransformerConfig::wan22_t2v_a14b(),
+            transformer_2: Some(TransformerConfig::wan22_t2v_a14b()),
+            text_encoder: UMT5Config::umt5_xxl(),
+            vae: VaeConfig::default(),
+        }
+    }
+
+    fn request(width: i64, height: i64, policy: MemoryPolicy) -> EstimateRequest {
+        EstimateRequest {
+            width,
+            height,
+            num_frames: 81,
+            dtype: Kind::BFloat16,
+            vae_dtype: Kind::BFloat16,
+            text_len: 512,
+            policy,
+        }
+    }
+
+    fn numel(vs: &nn::VarStore) -> i64 {
+        vs.variables().values().map(|t| t.numel() as i64).sum()
+    }
+
+    #[test]
+    fn a14b_expert_weights_by_hand() {
+        // P = 14,288,491,584 (diffusers). f32: time_embedder 256·5120 + 5120 + 5120² + 5120 =
+        // 27,535,360; 40 blocks × (6·5120 table + 2·5120 norm2) = 1,638,400; output table 10,240.
+        let cfg = TransformerConfig::wan22_t2v_a14b();
+        assert_eq!(transformer_fp32_parameters(&cfg), 29_184_000);
+        let bytes = transformer_weight_bytes(&cfg, 2);
+        assert_eq!(bytes, (14_288_491_584 - 29_184_000) * 2 + 29_184_000 * 4);
+        assert_eq!(bytes / 100_000_000, 286, "≈ 28.6 GB");
+    }
+
+    #[test]
+    fn umt5_xxl_parameters_by_hand() {
+        // 256384·4096 + 24·(4·4096·4096 + 32·64 + 2·4096 + 3·4096·10240) + 4096
+        let layer = 4 * 4096 * 4096 + 32 * 64 + 2 * 4096 + 3 * 4096 * 10240;
+        let expected = 256_384 * 4096 + 24 * layer + 4096;
+        assert_eq!(expected, 5_680_910_336);
+        assert_eq!(umt5_parameters(&UMT5Config::umt5_xxl()), expected);
+    }
+
+    #[test]
+    fn parameter_formulas_match_the_module_trees() {
+        let mut te = UMT5Config::default();
+        (te.vocab_size, te.d_model, te.d_kv, te.d_ff) = (96, 16, 4, 24);
+        (te.num_layers, te.num_heads) = (2, 3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        UMT5EncoderModel::new(&te, vs.root()).unwrap();
+        assert_eq!(umt5_parameters(&te), numel(&vs));
+
+        let vae = VaeConfig {
+            base_dim: 8,
+            ..VaeConfig::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        AutoencoderKLWan::new(&vae, vs.root()).unwrap();
+        assert_eq!(vae_decoder_parameters(&vae), numel(&vs));
+    }
+
+    #[test]
+    fn a14b_480p_all_resident_by_hand() {
+        let e = estimate(&a14b(), &request(832, 480, MemoryPolicy::all_resident())).unwrap();
+        let expert = transformer_weight_bytes(&TransformerConfig::wan22_t2v_a14b(), 2);
+        assert_eq!(e.text_encoder_weights, 5_680_910_336 * 2);
+        // Denoise: latent 16×21×60×104 → N = 21·30·52 = 32,760 tokens of D = 5120.
+        let (n, d) = (32_760u64, 5120u64);
+        let activations = 6 * n * d * 2
+            + 3 * n * d * 4
+            + 2 * n * 13_824 * 2
+            + 2 * n * 128 * 4
+            + 3 * 512 * d * 2
+            + 4 * (16 * 21 * 60 * 104) * 4;
+        let embeds = 2 * 512 * 4096 * 2;
+        let denoise = 2 * expert + e.text_encoder_weights + e.vae_weights + embeds + activations;
+        assert_eq!(e.denoise, denoise);
+        assert_eq!(activations / 10_000_000, 591, "≈ 5.9 GB of activations");
+        // Weights alone are 2·28.64 + 11.36 GB; the whole run stays under the H100's 80 GB.
+        assert!(e.peak > 68 * GB && e.peak < 80 * GB, "{e:?}");
+        assert_eq!(e.pinned_host, 0);
+    }
+
+    #[test]
+    fn swap_experts_saves_one_expert_and_pins_both() {
+        let all = estimate(&a14b(), &request(1280, 720, MemoryPolicy::all_resident())).unwrap();
+        let low = MemoryPolicy {
+            vae_tiling: None,
+            ..MemoryPolicy::low_memory()
+        };
+        let swap = estimate(&a14b(), &request(1280, 720, low)).unwrap();
+        let expert = all.transformer_weights;
+        assert_eq!(
+            all.denoise - swap.denoise,
+            expert + all.text_encoder_weights
+        );
+        assert_eq!(swap.pinned_host, 2 * expert + all.text_encoder_weights);
+        // During text encoding only the encoder and the VAE are on the device.
+        assert!(swap.text_encode < 13 * GB, "{swap:?}");
+        assert!(
+            swap.peak < 80 * GB,
+            "720p with swapping must fit an 80 GB card: {swap:?}"
+        );
+    }
+
+    #[test]
+    fn vae_decode_cache_and_tiling_by_hand() {
+        // Wan2.1 decoder (widths 384, 384, 192, 96 over stages at 1/8 … 1 of the frame): the
+        // feature cache holds 2 frames of each cached conv's input, per output pixel:
+        // conv_in 16/64 + mid 4·384/64, stage 0 (384+384+4·384)/64 + time_conv 384/64,
+        // stage 1 (192+384+4·384)/16 + time_conv 384/16, stage 2 (192+192+4·192)/4,
+        // stage 3 96+96+4·96, conv_out 96; each × 2 frames = 2364.5 elements per pixel.
+        // The widest activation: 192 channels × 4 frames upsampled to full size = 768.
+        let cfg = VaeConfig::default();
+        let r = request(832, 480, MemoryPolicy::all_resident());
+        let pixels = 480 * 832u64;
+        let video = 3 * 81 * pixels;
+        let expected =
+            ((2364.5 + 3.0 * 768.0) * pixels as f64) as u64 * 2 + 2 * video * 2 + video * 4;
+        assert_eq!(vae_decode_bytes(&cfg, &r, None), expected);
+        let tiled = vae_decode_bytes(&cfg, &r, Some(Tiling::default()));
+        let tile = ((2364.5 + 3.0 * 768.0) * 65_536.0) as u64 * 2;
+        assert_eq!(tiled, tile + 3 * video * 2 + video * 4);
+        assert!(tiled < expected / 2);
+    }
+
+    #[test]
+    fn parked_weights_round_trip_on_the_cpu() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[2, 3], nn::Init::Const(1.5));
+        let parked = ParkedWeights::new(vs.variables().into_iter().collect(), Device::Cpu).unwrap();
+        parked.park().unwrap();
+        assert!(!parked.is_on_device());
+        parked.fetch().unwrap();
+        assert!(parked.is_on_device());
+        assert_eq!(w.sum(Kind::Float).double_value(&[]), 9.0);
+        assert_eq!(parked.host_bytes(), 0);
+    }
+}

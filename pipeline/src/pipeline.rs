@@ -1,0 +1,665 @@
+//! The whole text-to-video pipeline: diffusers `WanPipeline.__call__` (T2V) with
+//! `output_type="np"`, over a model directory in the diffusers layout.
+//!
+//! [`WanT2V::load`] reads every component onto the device (placing them as the
+//! [`MemoryPolicy`] says); [`WanT2V::generate`] runs, as the reference does:
+//! 1. check the inputs and round the frame count (and the size to whole patches), with warnings;
+//! 2. encode the prompt, and the negative prompt when `guidance_scale > 1`;
+//! 3. set the schedule;
+//! 4. draw the initial noise on the CPU in f32 from the seed (bit-identical to
+//!    `torch.Generator("cpu").manual_seed(seed)`) and move it to the device;
+//! 5. denoise (two experts split at `boundary_ratio`, CFG with `guidance_scale` /
+//!    `guidance_scale_2`), reporting every step to the caller, who may cancel;
+//! 6. de-normalise the latents, decode them with the VAE and return frames `(F, H, W, 3)` f32 in
+//!    [0, 1] on the CPU, with the seed and per-phase timings.
+//!
+//! The seed goes through libtorch's global generator, so two pipelines must not generate at
+//! the same time in one process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::denoise::{
+    denoise, DenoiseInput, DenoiseSettings, Experts, NoisePredictor, StepControl, StepEnd,
+};
+use crate::error::{PipelineError, Result};
+use crate::loader;
+use crate::memory::{
+    estimate, EstimateRequest, ExpertPlacement, MemoryEstimate, MemoryPolicy, ModelConfigs,
+    ParkedWeights,
+};
+use crate::model_dir::{Component, ModelDir};
+use crate::scheduler::{SamplerKind, SchedulerConfig};
+use crate::wan::prompt::{T5Tokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
+use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
+use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
+use crate::wan::WanTransformer3DModel;
+
+/// `height` and `width` must be multiples of this (`WanPipeline.check_inputs`).
+pub const SIZE_MULTIPLE: i64 = 16;
+
+/// Where and how the components are loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Transformer and text encoder weights (f32 on the CPU, bf16 or f16 on CUDA).
+    pub dtype: Kind,
+    /// VAE weights (diffusers' examples keep the VAE in f32).
+    pub vae_dtype: Kind,
+    pub memory: MemoryPolicy,
+}
+
+impl LoadOptions {
+    /// Everything in `dtype` on `device`, everything resident.
+    pub fn new(device: Device, dtype: Kind) -> Self {
+        Self {
+            device,
+            dtype,
+            vae_dtype: dtype,
+            memory: MemoryPolicy::default(),
+        }
+    }
+}
+
+/// One generation request. [`Default`] holds `WanPipeline.__call__`'s defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    pub prompt: String,
+    /// `None`: the reference's default negative prompt, `""`.
+    pub negative_prompt: Option<String>,
+    pub width: i64,
+    pub height: i64,
+    /// Rounded down to `4k + 1` (with a warning) as the reference does.
+    pub num_frames: i64,
+    pub num_inference_steps: usize,
+    /// CFG scale of `transformer` (the high-noise expert); CFG runs when it is above 1.
+    pub guidance_scale: f64,
+    /// CFG scale of `transformer_2`; `None` = `guidance_scale`. Only for two-expert models.
+    pub guidance_scale_2: Option<f64>,
+    /// Replaces the scheduler config's flow shift.
+    pub shift: Option<f64>,
+    /// `None`: the sampler `scheduler/scheduler_config.json` names.
+    pub sampler: Option<SamplerKind>,
+    /// `None`: a random seed, reported in the output.
+    pub seed: Option<u64>,
+    /// Text tokens the prompt is padded (and truncated) to.
+    pub max_sequence_length: usize,
+    /// Refuse prompts longer than the token limit instead of truncating them silently, as the
+    /// reference does.
+    pub reject_long_prompts: bool,
+    /// The limit `reject_long_prompts` applies, `</s>` included; `None` = `max_sequence_length`.
+    pub max_prompt_tokens: Option<usize>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: None,
+            width: 832,
+            height: 480,
+            num_frames: 81,
+            num_inference_steps: 50,
+            guidance_scale: 5.0,
+            guidance_scale_2: None,
+            shift: None,
+            sampler: None,
+            seed: None,
+            max_sequence_length: MAX_SEQUENCE_LENGTH,
+            reject_long_prompts: false,
+            max_prompt_tokens: None,
+        }
+    }
+}
+
+/// A request after the reference's checks and rounding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedParams {
+    pub width: i64,
+    pub height: i64,
+    pub num_frames: i64,
+    /// `[1, channels, (F − 1)/4 + 1, H/8, W/8]`.
+    pub latent_shape: [i64; 5],
+    pub guidance_scale: f64,
+    pub guidance_scale_2: Option<f64>,
+    pub seed: u64,
+    /// What was adjusted, in the reference's words.
+    pub warnings: Vec<String>,
+}
+
+/// Wall-clock time of each phase (the device synchronised before each reading).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimings {
+    pub text_encode: Duration,
+    pub denoise: Duration,
+    pub vae_decode: Duration,
+    pub total: Duration,
+}
+
+/// The result of [`WanT2V::generate`].
+#[derive(Debug)]
+pub struct GenerationOutput {
+    /// `(F, H, W, 3)` f32 in [0, 1] on the CPU — `WanPipeline(..., output_type="np").frames[0]`.
+    pub frames: Tensor,
+    /// The seed the noise was drawn from (the request's, or the random one chosen).
+    pub seed: u64,
+    pub width: i64,
+    pub height: i64,
+    pub num_frames: i64,
+    pub timings: PhaseTimings,
+    pub warnings: Vec<String>,
+}
+
+/// One expert and, when the policy parks it, its host copy.
+struct Expert {
+    model: WanTransformer3DModel,
+    weights: Option<ParkedWeights>,
+}
+
+/// An expert as the denoising loop sees it: fetched onto the device (and the other one parked)
+/// the first time it is asked for a prediction.
+struct OnDemand<'a> {
+    expert: &'a Expert,
+    other: Option<&'a Expert>,
+}
+
+impl NoisePredictor for OnDemand<'_> {
+    fn dtype(&self) -> Kind {
+        self.expert.model.kind()
+    }
+
+    fn predict(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+        if let Some(weights) = &self.expert.weights {
+            if !weights.is_on_device() {
+                if let Some(other) = self.other.and_then(|o| o.weights.as_ref()) {
+                    other.park()?;
+                }
+                weights.fetch()?;
+            }
+        }
+        self.expert.model.forward(latents, timestep, text)
+    }
+}
+
+/// A loaded text-to-video Wan pipeline.
+pub struct WanT2V {
+    model_dir: ModelDir,
+    options: LoadOptions,
+    /// Always `Some` between calls (taken while the sequence length is set for a request).
+    text: Option<TextEncoder>,
+    text_weights: Option<ParkedWeights>,
+    high: Expert,
+    low: Option<Expert>,
+    vae: AutoencoderKLWan,
+    scheduler: SchedulerConfig,
+}
+
+impl WanT2V {
+    /// Checks that the directory is complete, then loads every component. Under
+    /// [`ExpertPlacement::SwapExperts`] `transformer_2` is loaded first and parked, so the
+    /// device never holds both experts.
+    pub fn load(model_dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        let model_dir = ModelDir::open(model_dir)?;
+        model_dir.check_complete()?;
+        let (device, dtype) = (options.device, options.dtype);
+        let policy = options.memory;
+        let swap = policy.experts == ExpertPlacement::SwapExperts;
+        let scheduler = SchedulerConfig::from_file(
+            &model_dir
+                .path(Component::Scheduler)?
+                .join("scheduler_config.json"),
+        )?;
+        let load_expert = |component: Component| -> Result<Expert> {
+            let (model, vs) =
+                WanTransformer3DModel::load(&model_dir.path(component)?, dtype, device)?;
+            let weights = if swap {
+                let parked = ParkedWeights::new(vs.variables().into_iter().collect(), device)?;
+                Some(parked)
+            } else {
+                None
+            };
+            Ok(Expert { model, weights })
+        };
+        let low = if model_dir.has(Component::Transformer2) {
+            let low = load_expert(Component::Transformer2)?;
+            if let Some(weights) = &low.weights {
+                weights.park()?;
+            }
+            Some(low)
+        } else {
+            None
+        };
+        let (text, text_weights) = load_text_encoder(&model_dir, options)?;
+        if let Some(weights) = &text_weights {
+            weights.park()?;
+        }
+        let high = load_expert(Component::Transformer)?;
+        if let Some(low) = &low {
+            if low.model.kind() != high.model.kind() {
+                return Err(PipelineError::invalid(
+                    "transformer_2",
+                    "dtype differs from transformer's",
+                ));
+            }
+        }
+        let mut vae =
+            AutoencoderKLWan::load(&model_dir.path(Component::Vae)?, device, options.vae_dtype)?;
+        if let Some(tiling) = policy.vae_tiling {
+            vae.enable_tiling(tiling)?;
+        }
+        Ok(Self {
+            model_dir,
+            options,
+            text: Some(text),
+            text_weights,
+            high,
+            low,
+            vae,
+            scheduler,
+        })
+    }
+
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.model_dir
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// The configs of the loaded components.
+    pub fn configs(&self) -> Result<ModelConfigs> {
+        Ok(ModelConfigs {
+            transformer: self.high.model.config().clone(),
+            transformer_2: self.low.as_ref().map(|l| l.model.config().clone()),
+            text_encoder: self.text_encoder()?.model().config().clone(),
+            vae: self.vae.config().clone(),
+        })
+    }
+
+    /// The preflight estimate of peak device memory for `params` under this pipeline's policy.
+    pub fn estimate_memory(&self, params: &GenerationParams) -> Result<MemoryEstimate> {
+        let resolved = self.resolve(params)?;
+        estimate(
+            &self.configs()?,
+            &EstimateRequest {
+                width: resolved.width,
+                height: resolved.height,
+                num_frames: resolved.num_frames,
+                dtype: self.options.dtype,
+                vae_dtype: self.options.vae_dtype,
+                text_len: params.max_sequence_length as i64,
+                policy: self.options.memory,
+            },
+        )
+    }
+
+    fn text_encoder(&self) -> Result<&TextEncoder> {
+        self.text.as_ref().ok_or_else(|| {
+            PipelineError::invalid(
+                "text_encoder",
+                "unavailable after an earlier failure; reload the pipeline",
+            )
+        })
+    }
+
+    /// `WanPipeline.check_inputs` and the adjustments `__call__` makes before encoding.
+    pub fn resolve(&self, params: &GenerationParams) -> Result<ResolvedParams> {
+        let mut warnings = Vec::new();
+        // 1. check_inputs: sizes divisible by 16; guidance_scale_2 only with a boundary
+        for (field, value) in [("height", params.height), ("width", params.width)] {
+            if value <= 0 || value % SIZE_MULTIPLE != 0 {
+                return Err(PipelineError::invalid(
+                    field,
+                    format!("{value} must be a positive multiple of {SIZE_MULTIPLE} (e.g. 480×832 or 720×1280)"),
+                ));
+            }
+        }
+        let boundary = self.model_dir.boundary_ratio();
+        if boundary.is_none() && params.guidance_scale_2.is_some() {
+            return Err(PipelineError::invalid(
+                "guidance_scale_2",
+                "only supported by two-expert models (boundary_ratio in model_index.json); leave it unset",
+            ));
+        }
+        for (field, value) in [
+            ("guidance_scale", Some(params.guidance_scale)),
+            ("guidance_scale_2", params.guidance_scale_2),
+            ("shift", params.shift),
+        ] {
+            if value.is_some_and(|v| !v.is_finite()) {
+                return Err(PipelineError::invalid(field, "must be a finite number"));
+            }
+        }
+        if params.num_inference_steps == 0 {
+            return Err(PipelineError::invalid(
+                "num_inference_steps",
+                "must be at least 1",
+            ));
+        }
+        if params.max_sequence_length == 0 {
+            return Err(PipelineError::invalid(
+                "max_sequence_length",
+                "must be at least 1",
+            ));
+        }
+        if params.num_frames < 1 {
+            return Err(PipelineError::invalid(
+                "num_frames",
+                format!("{} must be at least 1", params.num_frames),
+            ));
+        }
+        if params.reject_long_prompts {
+            self.check_prompt_lengths(params)?;
+        }
+
+        // 2. frames: `num_frames − 1` divisible by the VAE's temporal factor
+        let vae = self.vae.config();
+        let temporal = vae.scale_factor_temporal.unwrap_or(vae.temporal_ratio());
+        let mut num_frames = params.num_frames;
+        if num_frames % temporal != 1 {
+            warnings.push(format!(
+                "`num_frames - 1` has to be divisible by {temporal}. Rounding to the nearest number."
+            ));
+            num_frames = num_frames / temporal * temporal + 1;
+        }
+        let num_frames = num_frames.max(1);
+
+        // 3. size: whole patches of the latent
+        let spatial = vae.spatial_ratio();
+        let [_, p_h, p_w] = self.high.model.config().patch_size;
+        let (h_multiple, w_multiple) = (spatial * p_h, spatial * p_w);
+        let height = params.height / h_multiple * h_multiple;
+        let width = params.width / w_multiple * w_multiple;
+        if (height, width) != (params.height, params.width) {
+            if height == 0 || width == 0 {
+                return Err(PipelineError::invalid(
+                    if height == 0 { "height" } else { "width" },
+                    format!("must be at least ({h_multiple}, {w_multiple}) pixels for this model"),
+                ));
+            }
+            warnings.push(format!(
+                "`height` and `width` must be multiples of ({h_multiple}, {w_multiple}) for proper patchification. \
+                 Adjusting ({}, {}) -> ({height}, {width}).",
+                params.height, params.width
+            ));
+        }
+        // The reference's default for the low-noise expert: the high-noise scale.
+        let guidance_scale_2 =
+            boundary.map(|_| params.guidance_scale_2.unwrap_or(params.guidance_scale));
+        Ok(ResolvedParams {
+            width,
+            height,
+            num_frames,
+            latent_shape: [
+                1,
+                self.high.model.config().in_channels,
+                (num_frames - 1) / temporal + 1,
+                height / spatial,
+                width / spatial,
+            ],
+            guidance_scale: params.guidance_scale,
+            guidance_scale_2,
+            seed: params.seed.unwrap_or_else(random_seed),
+            warnings,
+        })
+    }
+
+    fn check_prompt_lengths(&self, params: &GenerationParams) -> Result<()> {
+        let limit = params
+            .max_prompt_tokens
+            .unwrap_or(params.max_sequence_length);
+        let text = self.text_encoder()?;
+        let prompts = [
+            ("prompt", Some(&params.prompt)),
+            ("negative_prompt", params.negative_prompt.as_ref()),
+        ];
+        for (field, prompt) in prompts {
+            let Some(prompt) = prompt else { continue };
+            let tokens = text.count_tokens(prompt)?;
+            if tokens > limit {
+                return Err(PipelineError::invalid(
+                    field,
+                    format!("{tokens} tokens (with </s>) exceed the limit of {limit}; shorten it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `encode_prompt`: the prompt embeddings `(1, max_sequence_length, d_model)` and, with
+    /// `do_cfg`, the negative ones, on the device in the text encoder's dtype. Fetches and (by
+    /// policy) parks the text encoder.
+    pub fn encode_prompt(
+        &mut self,
+        prompt: &str,
+        negative_prompt: Option<&str>,
+        do_cfg: bool,
+        max_sequence_length: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(weights) = &self.text_weights {
+            weights.fetch()?;
+        }
+        let text = self
+            .text
+            .take()
+            .ok_or_else(|| {
+                PipelineError::invalid(
+                    "text_encoder",
+                    "unavailable after an earlier failure; reload the pipeline",
+                )
+            })?
+            .with_max_sequence_length(max_sequence_length);
+        let prompts = [prompt.to_string()];
+        let negative = negative_prompt.map(|n| [n.to_string()]);
+        let encoded = text.encode_prompt(&prompts, negative.as_ref().map(|n| n.as_slice()), do_cfg);
+        self.text = Some(text);
+        if self.options.memory.offload_text_encoder {
+            if let Some(weights) = &self.text_weights {
+                weights.park()?;
+            }
+        }
+        encoded
+    }
+
+    /// Runs the pipeline for `params`. `on_step` sees every denoising step (after the scheduler
+    /// stepped); [`StepControl::Stop`] ends the run with [`PipelineError::Canceled`].
+    pub fn generate(
+        &mut self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
+    ) -> Result<GenerationOutput> {
+        let _no_grad = tch::no_grad_guard();
+        let device = self.options.device;
+        let start = Instant::now();
+
+        // 1. inputs
+        let resolved = self.resolve(params)?;
+        for warning in &resolved.warnings {
+            tracing::warn!("{warning}");
+        }
+
+        // 2. prompt embeddings
+        let do_cfg = resolved.guidance_scale > 1.0;
+        let (prompt_embeds, negative_embeds) = self
+            .encode_prompt(
+                &params.prompt,
+                params.negative_prompt.as_deref(),
+                do_cfg,
+                params.max_sequence_length,
+            )
+            .map_err(out_of_memory)?;
+        synchronize(device);
+        let text_encode = start.elapsed();
+
+        // 3. timesteps
+        let mut scheduler = self.scheduler.build(params.sampler);
+        scheduler.set_timesteps(params.num_inference_steps, params.shift)?;
+
+        // 4. initial noise from the seed
+        let latents = initial_noise(resolved.seed, resolved.latent_shape)?.f_to_device(device)?;
+
+        // 5. denoising loop
+        let denoise_start = Instant::now();
+        let high = OnDemand {
+            expert: &self.high,
+            other: self.low.as_ref(),
+        };
+        let low = self.low.as_ref().map(|low| OnDemand {
+            expert: low,
+            other: Some(&self.high),
+        });
+        let experts = Experts {
+            high: &high,
+            low: low.as_ref(),
+        };
+        let settings = DenoiseSettings {
+            guidance_scale: resolved.guidance_scale,
+            guidance_scale_2: resolved.guidance_scale_2,
+            boundary_ratio: self.model_dir.boundary_ratio(),
+            expand_timesteps: self.model_dir.expand_timesteps(),
+        };
+        let input = DenoiseInput {
+            latents,
+            prompt_embeds: &prompt_embeds,
+            negative_prompt_embeds: negative_embeds.as_ref(),
+            start_step: 0,
+        };
+        let denoised = denoise(&experts, scheduler.as_mut(), &settings, input, on_step);
+        // Swapping keeps no expert on the device outside the loop, even after a failure.
+        if self.options.memory.experts == ExpertPlacement::SwapExperts {
+            for expert in std::iter::once(&self.high).chain(self.low.as_ref()) {
+                if let Some(weights) = &expert.weights {
+                    weights.park()?;
+                }
+            }
+        }
+        let latents = denoised.map_err(out_of_memory)?;
+        drop((prompt_embeds, negative_embeds));
+        synchronize(device);
+        let denoise_time = denoise_start.elapsed();
+
+        // 6. de-normalise, decode, frames in [0, 1]
+        let decode_start = Instant::now();
+        let frames = self.decode(&latents).map_err(out_of_memory)?;
+        let vae_decode = decode_start.elapsed();
+        Ok(GenerationOutput {
+            frames,
+            seed: resolved.seed,
+            width: resolved.width,
+            height: resolved.height,
+            num_frames: resolved.num_frames,
+            timings: PhaseTimings {
+                text_encode,
+                denoise: denoise_time,
+                vae_decode,
+                total: start.elapsed(),
+            },
+            warnings: resolved.warnings,
+        })
+    }
+
+    /// Final latents → `(F, H, W, 3)` f32 frames on the CPU.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let vae_latents = latents
+            .f_to_device(self.options.device)?
+            .f_to_kind(self.options.vae_dtype)?;
+        let denormalized = denormalize_latents(&vae_latents, self.vae.config())?;
+        let video = self.vae.decode(&denormalized)?;
+        to_frames_f32(&video)
+    }
+}
+
+/// `randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=float32)`:
+/// drawn on the CPU in f32 (the same values whatever device the run uses).
+pub fn initial_noise(seed: u64, shape: [i64; 5]) -> Result<Tensor> {
+    // Same bits as torch's uint64 seed, also above i64::MAX.
+    tch::manual_seed(seed as i64);
+    Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?)
+}
+
+/// A seed below 2^63 from the clock and the process's hash keys.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    hasher.finish() >> 1
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(ordinal) = device {
+        tch::Cuda::synchronize(ordinal as i64);
+    }
+}
+
+/// libtorch's allocation failure as [`PipelineError::OutOfMemory`], with what to try.
+fn out_of_memory(error: PipelineError) -> PipelineError {
+    match error {
+        PipelineError::Torch(e) if e.to_string().contains("out of memory") => PipelineError::OutOfMemory {
+            message: format!(
+                "{} — try a smaller size or fewer frames, or the low-memory policy (swap experts, offload the text encoder, tiled VAE)",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        },
+        other => other,
+    }
+}
+
+/// Tokenizer + umT5 encoder; with `offload_text_encoder` the encoder is built in a VarStore of
+/// our own so its weights can be parked (as `UMT5EncoderModel::load` otherwise does).
+fn load_text_encoder(
+    model_dir: &ModelDir,
+    options: LoadOptions,
+) -> Result<(TextEncoder, Option<ParkedWeights>)> {
+    if !options.memory.offload_text_encoder {
+        let text = TextEncoder::load(model_dir.root(), options.dtype, options.device)?;
+        return Ok((text, None));
+    }
+    let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
+    let dir = model_dir.path(Component::TextEncoder)?;
+    let cfg = UMT5Config::from_file(&dir.join("config.json"))?;
+    let embedding = if !has_tensor(&dir, "shared.weight")?
+        && has_tensor(&dir, "encoder.embed_tokens.weight")?
+    {
+        EmbeddingKey::EncoderEmbedTokens
+    } else {
+        EmbeddingKey::Shared
+    };
+    let mut vs = nn::VarStore::new(options.device);
+    vs.set_kind(options.dtype);
+    let model = UMT5EncoderModel::with_embedding(&cfg, vs.root(), embedding)?;
+    loader::load_weights(&vs, &dir)?;
+    vs.freeze();
+    let weights = ParkedWeights::new(vs.variables().into_iter().collect(), options.device)?;
+    Ok((TextEncoder::new(tokenizer, model), Some(weights)))
+}
+
+/// Whether a safetensors header in `dir` names `key`.
+fn has_tensor(dir: &Path, key: &str) -> Result<bool> {
+    use std::io::Read;
+    for file in loader::weight_files(dir)? {
+        let mut reader = std::fs::File::open(&file).map_err(|e| PipelineError::io(&file, e))?;
+        let mut len = [0u8; 8];
+        reader
+            .read_exact(&mut len)
+            .map_err(|e| PipelineError::io(&file, e))?;
+        let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| PipelineError::io(&file, e))?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+            .map_err(|e| PipelineError::Config {
+                path: file.clone(),
+                message: format!("unreadable safetensors header: {e}"),
+            })?;
+        if header.contains_key(key) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
