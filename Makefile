@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint fixtures test test-rust chart-test demo bench bench-gpu schemas clean-stack
+.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-gpu schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -40,6 +40,10 @@ chart-test: deps ## helm lint/template and tests over the rendered manifests
 
 bench: up ## producer throughput against the local broker
 	@$(ENV) set -a; source .stack/env; set +a; cargo run -q -p t2v-producer --example submit_throughput
+
+bench-gpu: deps ## on a GPU host: one full-size A14B expert forward (480x832x81, 1280x720x81), ours then diffusers
+	@$(ENV) cargo run --release -p t2v-pipeline --example bench_transformer -- --runs 5
+	@$(ENV) python pipeline/bench/bench_transformer.py --runs 5
 
 demo: up ## local stack + tiny random-weight model + a CPU worker + one submitted prompt
 	@bash scripts/demo.sh
