@@ -146,6 +146,53 @@ pub struct ModelConfig {
     pub backend: Backend,
     /// Synthetic backend only: sleep per denoising step, so tests can run long jobs.
     pub synthetic_step_ms: u64,
+    /// Wan backend: `cpu`, `cuda`, or `auto` (CUDA when available, else the CPU).
+    pub device: DeviceChoice,
+    /// Wan backend: weight dtype; `auto` = bf16 on CUDA, f32 on the CPU. The VAE stays in f32.
+    pub dtype: DtypeChoice,
+    /// Wan backend: `resident` (everything on the device, fastest) or `low-memory` (one expert
+    /// on the device at a time, text encoder parked after use, tiled VAE decode).
+    pub memory_policy: MemoryPolicyChoice,
+}
+
+/// Where the Wan pipeline runs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch sees one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The transformer and text-encoder weight dtype.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeChoice {
+    /// bf16 on CUDA, f32 on the CPU.
+    #[default]
+    Auto,
+    Bf16,
+    Fp16,
+    F32,
+}
+
+/// How the Wan pipeline uses device memory.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryPolicyChoice {
+    /// Both experts, the text encoder and the VAE stay on the device.
+    #[default]
+    Resident,
+    /// One expert on the device at a time, the text encoder parked after use, tiled decode.
+    LowMemory,
 }
 
 impl Default for ModelConfig {
@@ -155,6 +202,9 @@ impl Default for ModelConfig {
             name: "wan2.2-t2v-a14b".into(),
             backend: Backend::Wan,
             synthetic_step_ms: 0,
+            device: DeviceChoice::Auto,
+            dtype: DtypeChoice::Auto,
+            memory_policy: MemoryPolicyChoice::Resident,
         }
     }
 }

@@ -104,8 +104,7 @@ pub fn build_generator(
     cfg: &WorkerConfig,
 ) -> impl FnOnce() -> Result<Box<dyn VideoGenerator>, GenerateError> + Send + 'static {
     let model = cfg.model.clone();
-    move || {
-        match model.backend {
+    move || match model.backend {
         Backend::Synthetic => {
             tracing::warn!("model.backend = synthetic: TEST/DEMO backend, videos are gradients, not model output");
             Ok(Box::new(SyntheticGenerator::new(
@@ -113,10 +112,16 @@ pub fn build_generator(
                 Duration::from_millis(model.synthetic_step_ms),
             )))
         }
-        Backend::Wan => Err(GenerateError::Load(
-            "model.backend = wan is not built into this worker yet (the t2v-pipeline integration is pending) — use backend = \"synthetic\" for tests and demos".into(),
-        )),
-    }
+        Backend::Wan => {
+            let options = crate::wan::load_options(model.device, model.dtype, model.memory_policy)?;
+            tracing::info!(dir = %model.dir, ?options, "loading the Wan pipeline");
+            let generator = crate::wan::WanGenerator::load(
+                std::path::Path::new(&model.dir),
+                &model.name,
+                options,
+            )?;
+            Ok(Box::new(generator))
+        }
     }
 }
 

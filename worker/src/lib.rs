@@ -8,6 +8,8 @@
 //! - [`consumer`]: `run` — the consumer-group loop: pause while a job runs, offsets after the terminal event, shutdown.
 //! - [`job`]: one request's lifecycle, decode to Completed, and how failures are classified.
 //! - [`generator`]: the `VideoGenerator` trait, its dedicated thread, and the synthetic TEST/DEMO backend.
+//! - [`wan`]: `WanGenerator`, the Wan2.2 pipeline (t2v-pipeline) behind `VideoGenerator`.
+//! - [`oneshot`]: `t2v-worker generate`, one video from the command line without Kafka.
 //! - [`media`]: MP4 (H.264, yuv420p, faststart) and JPEG thumbnail through ffmpeg.
 //! - [`storage`]: object_store with deterministic keys, create-only writes, sha256 and retries.
 //! - [`manifest`]: `manifest.json`, the commit point, and the Completed event built from it.
@@ -29,7 +31,9 @@ pub mod job;
 pub mod manifest;
 pub mod media;
 pub mod metrics;
+pub mod oneshot;
 pub mod storage;
+pub mod wan;
 
 pub use config::WorkerConfig;
 pub use generator::{Frames, GenerateError, JobSpec, StepInfo, VideoGenerator};

@@ -1,4 +1,5 @@
-//! The `t2v-worker` binary: `run` (the consumer loop) and `doctor` (deployment checks).
+//! The `t2v-worker` binary: `run` (the consumer loop), `doctor` (deployment checks) and
+//! `generate` (one video from the command line, no Kafka).
 //! Flags override the config file and the `T2V_…` environment.
 
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ enum Command {
     Doctor,
     /// Print the JSON Schema of worker.toml.
     Schema,
+    /// Generate one video from the command line (no Kafka, no worker.toml): progress, a summary
+    /// with the seed and timings, optional .npy frames and MP4.
+    Generate(Box<t2v_worker::oneshot::GenerateArgs>),
 }
 
 impl Overrides {
@@ -88,7 +92,13 @@ impl Overrides {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logs_with(format, "info");
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default_filter`.
+fn init_logs_with(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -110,9 +120,23 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Schema = cli.command {
-        println!("{:#}", t2v_worker::config::json_schema());
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Schema => {
+            println!("{:#}", t2v_worker::config::json_schema());
+            return ExitCode::SUCCESS;
+        }
+        Command::Generate(args) => {
+            // The pipeline's warnings reach the user as `warning:` lines; RUST_LOG shows more.
+            init_logs_with(LogFormat::Text, "error");
+            return match t2v_worker::oneshot::run(*args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("t2v-worker generate: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Run | Command::Doctor => {}
     }
     let cfg = match WorkerConfig::load(
         cli.overrides.config.as_deref(),
@@ -145,6 +169,6 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Schema => unreachable!("handled above"),
+        Command::Schema | Command::Generate(_) => unreachable!("handled above"),
     }
 }

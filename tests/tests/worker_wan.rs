@@ -1,0 +1,119 @@
+//! `t2v-worker run` with `backend = wan` on the tiny random-weight two-expert model of
+//! `make fixtures`, through the real broker and Garage: one request becomes one Completed whose
+//! MP4 is byte-identical to what `t2v-worker generate --out` writes for the same settings (the
+//! same pipeline, frames and encoder), and whose revision is the model's config digest.
+//!
+//! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use t2v_proto::v1::{generation_event::Kind, Completed, GenerationRequest};
+use t2v_tests::{binary, get_object, wait_events, workspace_root, WorkerSetup};
+
+fn model_dir() -> PathBuf {
+    let root = std::env::var_os("T2V_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
+    let dir = root.join("wan_pipeline/two_experts");
+    assert!(
+        dir.join("model_index.json").exists(),
+        "fixture {} missing — run `make fixtures`",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test]
+async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
+    let model = model_dir();
+    let setup = WorkerSetup::new("wan", 1).await;
+    let model_arg = model.display().to_string();
+    let worker = setup.start_worker(&[
+        ("T2V_MODEL__BACKEND", "wan"),
+        ("T2V_MODEL__DIR", &model_arg),
+        ("T2V_MODEL__DEVICE", "cpu"),
+    ]);
+    let request = GenerationRequest {
+        job_id: "wan-1".into(),
+        model: "wan2.2-t2v-a14b".into(),
+        prompt: "A cat and a dog baking a cake together in a kitchen.".into(),
+        negative_prompt: "worst quality, low quality, blurred details".into(),
+        width: 64,
+        height: 64,
+        num_frames: 9,
+        fps: 8,
+        num_inference_steps: 4,
+        guidance_scale: Some(4.0),
+        guidance_scale_2: Some(3.0),
+        seed: Some(42),
+        ..Default::default()
+    };
+    setup.submitter().submit(request).await.unwrap();
+
+    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
+        e.iter()
+            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
+    });
+    let done: Vec<Completed> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Completed(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done.len(),
+        1,
+        "one Completed; events: {events:?}\nlogs:\n{}",
+        worker.logs()
+    );
+    let c = &done[0];
+    assert_eq!(
+        (c.seed, c.width, c.height, c.num_frames, c.fps),
+        (42, 64, 64, 9, 8)
+    );
+    assert_eq!(c.model_revision.len(), 12, "a config digest: {c:?}");
+    assert_ne!(c.model_revision, "synthetic-v1");
+    let timings = c.timings.as_ref().expect("timings");
+    assert!(
+        timings.denoise_ms + timings.vae_decode_ms > 0,
+        "{timings:?}"
+    );
+    let video = get_object(&c.video.as_ref().unwrap().uri).await;
+
+    // The same settings through `t2v-worker generate`.
+    let out = tempfile::tempdir().unwrap();
+    let cli = Command::new(binary("t2v-worker"))
+        .arg("generate")
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--prompt",
+            "A cat and a dog baking a cake together in a kitchen.",
+            "--negative-prompt",
+            "worst quality, low quality, blurred details",
+        ])
+        .args([
+            "--width", "64", "--height", "64", "--frames", "9", "--fps", "8",
+        ])
+        .args(["--steps", "4", "--guidance", "4", "--guidance-2", "3"])
+        .args(["--seed", "42", "--device", "cpu"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("running t2v-worker generate");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let expected = std::fs::read(out.path().join("video.mp4")).unwrap();
+    assert!(
+        video[..] == expected[..],
+        "the worker's MP4 ({} bytes) differs from `generate`'s ({} bytes)",
+        video.len(),
+        expected.len()
+    );
+}

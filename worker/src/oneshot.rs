@@ -1,0 +1,304 @@
+//! `t2v-worker generate`: one video from the command line, no Kafka — for trying a model
+//! directory, checking a GPU, and comparing with diffusers.
+//!
+//! 1. load the model directory with `--device / --dtype / --memory-policy`;
+//! 2. generate, showing a progress bar (plain step lines when stderr is not a terminal);
+//! 3. optionally save the f32 frames as `.npy` (`(F, H, W, 3)` in [0, 1], what diffusers returns
+//!    with `output_type="np"`) and the MP4 + thumbnail to a local directory or object-store URL;
+//! 4. print one summary line with the seed and the per-phase timings.
+//!
+//! Every failure is one line naming the cause and the fix, with a non-zero exit.
+
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use t2v_proto::v1::Sampler;
+use tch::{Kind, Tensor};
+
+use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
+use crate::generator::{JobSpec, StepInfo, VideoGenerator};
+use crate::storage::Storage;
+use crate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
+
+/// The sampler flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerArg {
+    /// UniPC multistep (the Wan default).
+    Unipc,
+    /// Flow-matching Euler.
+    Euler,
+}
+
+/// Flags of `t2v-worker generate`. Unset settings take the model's defaults (832×480, 81 frames
+/// at 16 fps, 40 steps; guidance 4.0/3.0 for two-expert models, 5.0 otherwise).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// Diffusers-format model directory (model_index.json, transformer/, vae/, …).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Frame count (rounded down to 4k + 1 as diffusers does).
+    #[arg(long)]
+    pub frames: Option<u32>,
+    /// Frame rate of the MP4.
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Denoising steps.
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// CFG scale (of the high-noise expert in two-expert models).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// CFG scale of the low-noise expert (two-expert models only).
+    #[arg(long = "guidance-2")]
+    pub guidance_2: Option<f32>,
+    /// Flow shift (default: the scheduler config's).
+    #[arg(long)]
+    pub shift: Option<f32>,
+    /// Sampler (default: the scheduler config's).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
+    /// Noise seed (default: random, printed in the summary).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeChoice,
+    #[arg(long, value_enum, default_value = "resident")]
+    pub memory_policy: MemoryPolicyChoice,
+    /// Write the frames as float32 (frames, height, width, 3) in [0, 1] to this .npy file.
+    #[arg(long)]
+    pub save_frames: Option<PathBuf>,
+    /// Write video.mp4 and thumbnail.jpg here: a local directory, file:///dir or s3://bucket/prefix.
+    #[arg(long)]
+    pub out: Option<String>,
+}
+
+/// Runs `generate`; `Err` is the one-line message for the user.
+pub async fn run(args: GenerateArgs) -> Result<(), String> {
+    let started = Instant::now();
+    // 1. load
+    let options =
+        load_options(args.device, args.dtype, args.memory_policy).map_err(|e| e.to_string())?;
+    let model = args.model.clone();
+    let mut generator = tokio::task::spawn_blocking(move || {
+        WanGenerator::load(&model, "wan", options).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("the loader thread failed: {e}"))??;
+    let load_time = started.elapsed();
+
+    // 2. generate
+    let defaults = generator.model().defaults;
+    let job = JobSpec {
+        job_id: "generate".into(),
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width: args.width.unwrap_or(defaults.width),
+        height: args.height.unwrap_or(defaults.height),
+        num_frames: args.frames.unwrap_or(defaults.num_frames),
+        fps: args.fps.unwrap_or(defaults.fps),
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance_scale: args.guidance,
+        guidance_scale_2: args.guidance_2,
+        shift: args.shift,
+        sampler: match args.sampler {
+            None => Sampler::Unspecified,
+            Some(SamplerArg::Unipc) => Sampler::Unipc,
+            Some(SamplerArg::Euler) => Sampler::FlowEuler,
+        },
+        seed: args.seed.unwrap_or_else(|| rand::random::<u64>() >> 1),
+    };
+    let spec = job.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut progress = Progress::new(spec.steps);
+        let result = generator.run(&spec, &mut |step| progress.step(step));
+        progress.finish();
+        result.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("the generator thread failed: {e}"))??;
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
+
+    // 3. outputs
+    if let Some(path) = &args.save_frames {
+        write_npy(path, &output.frames)?;
+    }
+    let mut written = Vec::new();
+    if let Some(out) = &args.out {
+        let frames = to_rgb24(&output.frames).map_err(|e| e.to_string())?;
+        written = write_video(out, &frames, job.fps).await?;
+    }
+
+    // 4. summary
+    let t = timings(&output);
+    let mut summary = format!(
+        "generated {} frames {}×{} in {} steps, seed {}: load {}, text encode {}, denoise {}, VAE decode {}, total {}",
+        output.num_frames,
+        output.width,
+        output.height,
+        job.steps,
+        output.seed,
+        seconds(load_time),
+        seconds(t.text_encode),
+        seconds(t.denoise),
+        seconds(t.vae_decode),
+        seconds(started.elapsed()),
+    );
+    if let Some(path) = &args.save_frames {
+        summary += &format!("; frames {}", path.display());
+    }
+    for uri in written {
+        summary += &format!("; {uri}");
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+/// A progress bar on a terminal, one line per step otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: u32) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(u64::from(total));
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&mut self, step: StepInfo) -> ControlFlow<()> {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(u64::from(step.step));
+                bar.set_message(format!("t={:.0}", step.timestep));
+            }
+            None => eprintln!(
+                "step {}/{} t={:.1} {}",
+                step.step,
+                step.total,
+                step.timestep,
+                seconds(self.started.elapsed())
+            ),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Writes `frames` as a NumPy `.npy` v1.0 file of little-endian float32 with their shape.
+pub fn write_npy(path: &Path, frames: &Tensor) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let shape = frames.size();
+    let values = frames
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| fail(&e))?;
+    let values = Vec::<f32>::try_from(&values.flatten(0, -1)).map_err(|e| fail(&e))?;
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // magic (6) + version (2) + header length (2) + header, padded to a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + values.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut file = std::fs::File::create(path).map_err(|e| fail(&e))?;
+    file.write_all(&bytes).map_err(|e| fail(&e))
+}
+
+/// Encodes the MP4 and thumbnail and puts them under `out` (a directory or store URL);
+/// returns their URIs.
+async fn write_video(
+    out: &str,
+    frames: &crate::generator::Frames,
+    fps: u32,
+) -> Result<Vec<String>, String> {
+    let url = if out.contains("://") {
+        out.to_string()
+    } else {
+        std::fs::create_dir_all(out).map_err(|e| format!("cannot create {out}: {e}"))?;
+        let dir = std::fs::canonicalize(out).map_err(|e| format!("cannot resolve {out}: {e}"))?;
+        format!("file://{}", dir.display())
+    };
+    let storage = Storage::from_url(&url, &JobsConfig::default()).map_err(|e| e.to_string())?;
+    let encoded = crate::media::encode(&MediaConfig::default(), frames, fps, "generate")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut uris = Vec::new();
+    for (file, name, content_type) in [
+        (&encoded.video, "video.mp4", "video/mp4"),
+        (&encoded.thumbnail, "thumbnail.jpg", "image/jpeg"),
+    ] {
+        let bytes =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let key = storage.path(name);
+        storage
+            .put(&key, Bytes::from(bytes), content_type, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        uris.push(storage.uri(&key));
+    }
+    Ok(uris)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_data_little_endian() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let t = Tensor::from_slice(&[0.25f32, 1.0, -2.0, 3.5, 0.0, 1.5]).reshape([1, 2, 1, 3]);
+        write_npy(&path, &t).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + len) % 64, 0);
+        let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+        assert!(header.contains("'shape': (1, 2, 1, 3)"), "{header}");
+        assert!(header.ends_with('\n'));
+        let data = &bytes[10 + len..];
+        assert_eq!(data.len(), 6 * 4);
+        assert_eq!(f32::from_le_bytes(data[8..12].try_into().unwrap()), -2.0);
+    }
+}

@@ -1,0 +1,454 @@
+//! The Wan2.2 pipeline (t2v-pipeline's [`WanT2V`]) behind [`VideoGenerator`].
+//!
+//! - [`WanGenerator::load`] resolves `[model] device / dtype / memory_policy` and loads the
+//!   diffusers-format directory; the model revision is a short digest of its configs.
+//! - [`WanGenerator::run`] maps a [`JobSpec`] onto [`GenerationParams`] (prompts longer than the
+//!   token limit are refused, not truncated) and returns the pipeline's f32 frames;
+//!   [`VideoGenerator::generate`] converts them to RGB24 as diffusers' `numpy_to_pil` does.
+//! - Pipeline errors become [`GenerateError`]s; out-of-memory messages name settings that fit.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use t2v_pipeline::denoise::StepControl;
+use t2v_pipeline::memory::{estimate, EstimateRequest, MemoryPolicy};
+use t2v_pipeline::pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
+use t2v_pipeline::scheduler::SamplerKind;
+use t2v_pipeline::PipelineError;
+use t2v_proto::v1::Sampler;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice};
+use crate::generator::{
+    Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepInfo,
+    VideoGenerator, WAN_DEFAULTS,
+};
+
+/// The official Wan2.2 A14B guidance: 4.0 for the high-noise expert, 3.0 for the low-noise one.
+const TWO_EXPERT_GUIDANCE: (f64, f64) = (4.0, 3.0);
+/// diffusers' `WanPipeline` default for single-expert models.
+const SINGLE_EXPERT_GUIDANCE: f64 = 5.0;
+
+/// The device `choice` names; `auto` takes CUDA device 0 when libtorch sees one.
+pub fn resolve_device(choice: DeviceChoice) -> Result<Device, GenerateError> {
+    match choice {
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(GenerateError::Load(
+            "device = cuda but libtorch sees no CUDA device — check the driver and that libtorch is a CUDA build, or use device = cpu".into(),
+        )),
+    }
+}
+
+/// The weight dtype `choice` names on `device`; `auto` is bf16 on CUDA and f32 on the CPU.
+pub fn resolve_dtype(choice: DtypeChoice, device: Device) -> Kind {
+    match choice {
+        DtypeChoice::Auto if device.is_cuda() => Kind::BFloat16,
+        DtypeChoice::Auto | DtypeChoice::F32 => Kind::Float,
+        DtypeChoice::Bf16 => Kind::BFloat16,
+        DtypeChoice::Fp16 => Kind::Half,
+    }
+}
+
+pub fn memory_policy(choice: MemoryPolicyChoice) -> MemoryPolicy {
+    match choice {
+        MemoryPolicyChoice::Resident => MemoryPolicy::all_resident(),
+        MemoryPolicyChoice::LowMemory => MemoryPolicy::low_memory(),
+    }
+}
+
+/// The load options of `[model] device / dtype / memory_policy`; the VAE stays in f32.
+pub fn load_options(
+    device: DeviceChoice,
+    dtype: DtypeChoice,
+    memory: MemoryPolicyChoice,
+) -> Result<LoadOptions, GenerateError> {
+    let device = resolve_device(device)?;
+    Ok(LoadOptions {
+        device,
+        dtype: resolve_dtype(dtype, device),
+        vae_dtype: Kind::Float,
+        memory: memory_policy(memory),
+    })
+}
+
+/// A loaded Wan pipeline serving one model name.
+pub struct WanGenerator {
+    pipe: WanT2V,
+    info: ModelInfo,
+}
+
+impl WanGenerator {
+    /// Loads `dir` (the diffusers layout) with `options`; `name` is the model id requests use.
+    pub fn load(dir: &Path, name: &str, options: LoadOptions) -> Result<Self, GenerateError> {
+        if dir.as_os_str().is_empty() {
+            return Err(GenerateError::Load(
+                "model.dir is empty — set it to the diffusers-format checkpoint directory (env T2V_MODEL__DIR, flag --model-dir)".into(),
+            ));
+        }
+        let revision = config_digest(dir)?;
+        let pipe = WanT2V::load(dir, options).map_err(load_error)?;
+        Ok(Self {
+            pipe,
+            info: ModelInfo {
+                name: name.to_string(),
+                revision,
+                defaults: WAN_DEFAULTS,
+            },
+        })
+    }
+
+    pub fn pipeline(&self) -> &WanT2V {
+        &self.pipe
+    }
+
+    /// The pipeline settings of `job`: its zero/unset fields take the model's defaults.
+    pub fn params(&self, job: &JobSpec) -> GenerationParams {
+        let two_experts = self.pipe.model_dir().boundary_ratio().is_some();
+        let (guidance, guidance_2) = if two_experts {
+            (TWO_EXPERT_GUIDANCE.0, Some(TWO_EXPERT_GUIDANCE.1))
+        } else {
+            (SINGLE_EXPERT_GUIDANCE, None)
+        };
+        let guidance_scale = job.guidance_scale.map_or(guidance, f64::from);
+        GenerationParams {
+            prompt: job.prompt.clone(),
+            negative_prompt: Some(job.negative_prompt.clone()),
+            width: i64::from(job.width),
+            height: i64::from(job.height),
+            num_frames: i64::from(job.num_frames),
+            num_inference_steps: job.steps as usize,
+            guidance_scale,
+            // An explicit high-noise scale without a low-noise one applies to both (as diffusers).
+            guidance_scale_2: match (job.guidance_scale_2, job.guidance_scale) {
+                (Some(g2), _) => Some(f64::from(g2)),
+                (None, Some(_)) => None,
+                (None, None) => guidance_2,
+            },
+            shift: job.shift.map(f64::from),
+            sampler: match job.sampler {
+                Sampler::Unspecified => None,
+                Sampler::Unipc => Some(SamplerKind::UniPc),
+                Sampler::FlowEuler => Some(SamplerKind::FlowEuler),
+            },
+            seed: Some(job.seed),
+            reject_long_prompts: true,
+            ..GenerationParams::default()
+        }
+    }
+
+    /// Runs `job` and returns the pipeline's output: frames `(F, H, W, 3)` f32 in [0, 1].
+    pub fn run(
+        &mut self,
+        job: &JobSpec,
+        on_step: &mut dyn FnMut(StepInfo) -> ControlFlow<()>,
+    ) -> Result<GenerationOutput, GenerateError> {
+        let params = self.params(job);
+        let mut last_step = 0;
+        let result = self.pipe.generate(&params, &mut |end| {
+            last_step = end.index as u32 + 1;
+            let info = StepInfo {
+                step: last_step,
+                total: end.total as u32,
+                timestep: end.timestep as f32,
+            };
+            match on_step(info) {
+                ControlFlow::Continue(()) => StepControl::Continue,
+                ControlFlow::Break(()) => StepControl::Stop,
+            }
+        });
+        result.map_err(|e| match e {
+            PipelineError::OutOfMemory { message } => GenerateError::OutOfMemory {
+                message: self.what_fits(&params, &message),
+            },
+            PipelineError::Canceled { step } => GenerateError::Stopped {
+                at_step: (step as u32).max(last_step),
+            },
+            PipelineError::InvalidInput { field, message } => {
+                GenerateError::InvalidInput(format!("{field}: {message}"))
+            }
+            other => GenerateError::Internal(other.to_string()),
+        })
+    }
+
+    /// The out-of-memory message with the estimated peaks of settings that need less.
+    fn what_fits(&self, params: &GenerationParams, message: &str) -> String {
+        let options = *self.pipe.options();
+        let Ok(configs) = self.pipe.configs() else {
+            return message.to_string();
+        };
+        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+        let peak = |width: i64, height: i64, num_frames: i64, policy: MemoryPolicy| {
+            let request = EstimateRequest {
+                width,
+                height,
+                num_frames,
+                dtype: options.dtype,
+                vae_dtype: options.vae_dtype,
+                text_len: params.max_sequence_length as i64,
+                policy,
+            };
+            estimate(&configs, &request).map(|e| gib(e.peak)).ok()
+        };
+        let (w, h, f) = (params.width, params.height, params.num_frames);
+        let mut hints = Vec::new();
+        if let Some(now) = peak(w, h, f, options.memory) {
+            hints.push(format!("estimated peak {now:.1} GiB for {w}×{h}×{f}"));
+        }
+        if options.memory != MemoryPolicy::low_memory() {
+            if let Some(low) = peak(w, h, f, MemoryPolicy::low_memory()) {
+                hints.push(format!("memory_policy = \"low-memory\": {low:.1} GiB"));
+            }
+        }
+        let (hw, hh) = ((w / 32).max(1) * 16, (h / 32).max(1) * 16);
+        if let Some(half) = peak(hw, hh, f, MemoryPolicy::low_memory()) {
+            hints.push(format!("{hw}×{hh} with low-memory: {half:.1} GiB"));
+        }
+        let short = (f / 2 / 4) * 4 + 1;
+        if short < f {
+            if let Some(fewer) = peak(w, h, short, MemoryPolicy::low_memory()) {
+                hints.push(format!("{short} frames with low-memory: {fewer:.1} GiB"));
+            }
+        }
+        format!("{message} ({})", hints.join("; "))
+    }
+}
+
+impl VideoGenerator for WanGenerator {
+    fn model(&self) -> ModelInfo {
+        self.info.clone()
+    }
+
+    fn generate(
+        &mut self,
+        job: &JobSpec,
+        on_step: &mut dyn FnMut(StepInfo) -> ControlFlow<()>,
+    ) -> Result<Generated, GenerateError> {
+        let output = self.run(job, on_step)?;
+        Ok(Generated {
+            frames: to_rgb24(&output.frames)?,
+            timings: timings(&output),
+        })
+    }
+}
+
+/// The pipeline's phase timings in the worker's terms.
+pub fn timings(output: &GenerationOutput) -> PipelineTimings {
+    PipelineTimings {
+        text_encode: output.timings.text_encode,
+        denoise: output.timings.denoise,
+        vae_decode: output.timings.vae_decode,
+    }
+}
+
+/// `(F, H, W, 3)` f32 in [0, 1] → RGB24: `round(x · 255)` (half to even, as numpy) as
+/// diffusers' `numpy_to_pil`.
+pub fn to_rgb24(frames: &Tensor) -> Result<Frames, GenerateError> {
+    let internal = |e: tch::TchError| GenerateError::Internal(format!("frames to RGB24: {e}"));
+    let size = frames.size();
+    let [count, height, width, 3] = size[..] else {
+        return Err(GenerateError::Internal(format!(
+            "frames have shape {size:?}, expected (F, H, W, 3)"
+        )));
+    };
+    let bytes = frames
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_mul_scalar(255.0))
+        .and_then(|t| t.f_round())
+        .and_then(|t| t.f_clamp(0.0, 255.0))
+        .and_then(|t| t.f_to_kind(Kind::Uint8))
+        .and_then(|t| t.f_contiguous())
+        .map_err(internal)?;
+    let rgb = Vec::<u8>::try_from(&bytes.flatten(0, -1)).map_err(internal)?;
+    Ok(Frames {
+        width: width as u32,
+        height: height as u32,
+        count: count as u32,
+        rgb,
+    })
+}
+
+/// A load failure in the worker's terms (the pipeline's message names the file and the fix).
+fn load_error(e: PipelineError) -> GenerateError {
+    match e {
+        PipelineError::OutOfMemory { message } => GenerateError::OutOfMemory {
+            message: format!(
+                "{message} while loading the weights — try memory_policy = \"low-memory\" or a smaller dtype"
+            ),
+        },
+        other => GenerateError::Load(other.to_string()),
+    }
+}
+
+/// The first 12 hex digits of SHA-256 over `model_index.json` and every component's config
+/// (sorted by path): changes whenever the architecture or the scheduler settings change.
+pub fn config_digest(dir: &Path) -> Result<String, GenerateError> {
+    let index = dir.join("model_index.json");
+    let mut files = vec![index.clone()];
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        GenerateError::Load(format!(
+            "cannot read the model directory {}: {e} — set model.dir to a diffusers-format checkpoint",
+            dir.display()
+        ))
+    })?;
+    for entry in entries.flatten() {
+        for name in ["config.json", "scheduler_config.json"] {
+            let config = entry.path().join(name);
+            if config.is_file() {
+                files.push(config);
+            }
+        }
+    }
+    files[1..].sort();
+    let mut hasher = Sha256::new();
+    for file in &files {
+        let bytes = std::fs::read(file).map_err(|e| {
+            GenerateError::Load(format!(
+                "cannot read {}: {e} — is the model directory complete?",
+                file.display()
+            ))
+        })?;
+        let relative = file.strip_prefix(dir).unwrap_or(file);
+        hasher.update(relative.to_string_lossy().as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    let digest = hasher.finalize();
+    Ok(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// How long a duration is, for one-line summaries: `1.23s`.
+pub fn seconds(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgb24_rounds_like_numpy_to_pil() {
+        let values = [
+            0.0f32,
+            0.5 / 255.0,
+            0.499,
+            0.5,
+            1.0,
+            1.2,
+            -0.1,
+            254.6 / 255.0,
+        ];
+        let frames = Tensor::from_slice(&values)
+            .repeat([3])
+            .reshape([1, 2, 4, 3]);
+        let out = to_rgb24(&frames).unwrap();
+        assert_eq!((out.count, out.height, out.width), (1, 2, 4));
+        let expected: Vec<u8> = values
+            .iter()
+            .map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+            .collect();
+        assert_eq!(&out.rgb[..8], &expected[..]);
+        assert_eq!(out.rgb[1], 0, "0.5 rounds half to even, as numpy");
+        assert_eq!(out.rgb[2], 127, "0.499 · 255 = 127.2 → 127");
+        assert_eq!(out.rgb[4], 255);
+        assert!(to_rgb24(&Tensor::zeros([2, 3], (Kind::Float, Device::Cpu))).is_err());
+    }
+
+    /// The tiny two-expert model of `make fixtures` (`$T2V_FIXTURES`, default build/fixtures).
+    fn tiny_model() -> std::path::PathBuf {
+        let root = std::env::var_os("T2V_FIXTURES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/fixtures"));
+        let dir = root.join("wan_pipeline/two_experts");
+        assert!(
+            dir.exists(),
+            "{} missing — run `make fixtures`",
+            dir.display()
+        );
+        dir
+    }
+
+    #[test]
+    fn steps_are_reported_and_a_break_stops_the_run() {
+        let options = LoadOptions::new(Device::Cpu, Kind::Float);
+        let mut generator = WanGenerator::load(&tiny_model(), "tiny", options).unwrap();
+        assert_eq!(generator.model().revision.len(), 12);
+        let job = JobSpec {
+            job_id: "j".into(),
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            num_frames: 5,
+            fps: 8,
+            steps: 3,
+            guidance_scale: None,
+            guidance_scale_2: None,
+            shift: None,
+            sampler: Sampler::FlowEuler,
+            seed: 1,
+        };
+        let params = generator.params(&job);
+        assert_eq!(params.guidance_scale, 4.0, "two-expert default");
+        assert_eq!(params.guidance_scale_2, Some(3.0));
+        assert_eq!(params.sampler, Some(SamplerKind::FlowEuler));
+        assert!(params.reject_long_prompts);
+
+        let mut seen = Vec::new();
+        let done = generator
+            .generate(&job, &mut |s| {
+                seen.push((s.step, s.total));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(seen, [(1, 3), (2, 3), (3, 3)]);
+        assert_eq!((done.frames.count, done.frames.width), (5, 32));
+        assert_eq!(done.frames.rgb.len(), 5 * 32 * 32 * 3);
+
+        let stopped = generator.generate(&job, &mut |s| {
+            if s.step == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(stopped, Err(GenerateError::Stopped { at_step: 2 }));
+        let bad = generator.generate(
+            &JobSpec {
+                width: 40,
+                ..job.clone()
+            },
+            &mut |_| ControlFlow::Continue(()),
+        );
+        assert!(
+            matches!(&bad, Err(GenerateError::InvalidInput(m)) if m.starts_with("width")),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn dtype_auto_follows_the_device() {
+        assert_eq!(resolve_dtype(DtypeChoice::Auto, Device::Cpu), Kind::Float);
+        assert_eq!(
+            resolve_dtype(DtypeChoice::Auto, Device::Cuda(0)),
+            Kind::BFloat16
+        );
+        assert_eq!(resolve_dtype(DtypeChoice::Fp16, Device::Cpu), Kind::Half);
+    }
+
+    #[test]
+    fn the_revision_changes_with_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model_index.json"), "{}").unwrap();
+        std::fs::create_dir(dir.path().join("vae")).unwrap();
+        std::fs::write(dir.path().join("vae/config.json"), "{\"a\":1}").unwrap();
+        let first = config_digest(dir.path()).unwrap();
+        assert_eq!(first.len(), 12);
+        assert_eq!(first, config_digest(dir.path()).unwrap());
+        std::fs::write(dir.path().join("vae/config.json"), "{\"a\":2}").unwrap();
+        assert_ne!(first, config_digest(dir.path()).unwrap());
+    }
+}
