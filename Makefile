@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-gpu schemas
+.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-worker bench-gpu schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -40,6 +40,9 @@ chart-test: deps ## helm lint/template and tests over the rendered manifests
 
 bench: up ## producer throughput against the local broker
 	@$(ENV) set -a; source .stack/env; set +a; cargo run -q -p t2v-producer --example submit_throughput
+
+bench-worker: up ## worker overhead per job outside the pipeline (synthetic backend, 81 frames at 832x480)
+	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example worker_overhead
 
 bench-gpu: deps ## on a GPU host: one full-size A14B expert forward (480x832x81, 1280x720x81), ours then diffusers
 	@$(ENV) cargo run --release -p t2v-pipeline --example bench_transformer -- --runs 5

@@ -424,3 +424,24 @@ pub async fn get_object(uri_or_key: &str) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+/// Runs `scripts/stack.sh <command>` (`stop-s3`, `start-s3`, …): `Err` with its output when it
+/// fails. Fault tests only; the stack is shared by every test binary.
+pub fn stack_script(command: &str) -> Result<(), String> {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("scripts/stack.sh"))
+        .arg(command)
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("cannot run scripts/stack.sh {command}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scripts/stack.sh {command} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}

@@ -1,0 +1,212 @@
+//! The S3 server goes away while a job is generating and comes back a few seconds later: the
+//! worker's uploads fail, are retried, and the job still completes exactly once — one manifest,
+//! one Completed, whose digests are those of the stored objects.
+//!
+//! The only test in this binary, because it stops the stack's shared Garage server (cargo runs
+//! test binaries one after another). [`S3Outage`] starts Garage again even when the test fails.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent, GenerationRequest};
+use t2v_tests::{
+    committed_offset, get_object, list_keys, record_count, stack_script, wait_events, WorkerSetup,
+};
+
+/// Synthetic steps of the job and the sleep per step: 25 s of "denoising", long enough for
+/// `stack.sh stop-s3` to finish before the first upload (Garage's graceful stop takes about 12 s
+/// while the worker holds connections to it).
+const STEPS: u32 = 200;
+const STEP_MS: u64 = 125;
+/// How long Garage stays down after the job's denoising ended: longer than the first retries
+/// (200 ms, 400 ms, 800 ms, 1.6 s with jitter), shorter than the retry budget below.
+const DOWN_AFTER_DENOISE: Duration = Duration::from_secs(5);
+
+/// Garage stopped for the lifetime of this value; dropping it starts Garage again.
+struct S3Outage {
+    up: bool,
+}
+
+impl S3Outage {
+    fn begin() -> Self {
+        // The guard exists before the stop, so a half-done stop is undone too.
+        let outage = Self { up: false };
+        stack_script("stop-s3").unwrap();
+        outage
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        if !self.up {
+            self.up = true;
+            stack_script("start-s3")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Outage {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            // No panic while unwinding: say it loudly instead.
+            eprintln!("COULD NOT RESTART GARAGE: {e} — run `bash scripts/stack.sh start-s3`");
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn completed(events: &[GenerationEvent]) -> Vec<(u64, Completed)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Completed(c)) => Some((e.emitted_at_unix_ms, c.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn s3_down_during_upload_and_back_the_job_completes_once() {
+    let setup = WorkerSetup::new("s3restart", 1).await;
+    // Retry budget in place: 200 ms doubling to 2 s, 12 times (about 17 s) > the outage.
+    let worker = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", &STEP_MS.to_string()),
+        ("T2V_JOBS__RETRY_TIMES", "12"),
+        ("T2V_JOBS__RETRY_MIN_DELAY_MS", "200"),
+        ("T2V_JOBS__RETRY_MAX_DELAY_MS", "2000"),
+    ]);
+    worker.wait_ready(Duration::from_secs(60));
+    setup
+        .submitter()
+        .submit(GenerationRequest {
+            job_id: "s3-outage-1".into(),
+            model: "wan2.2-t2v-a14b".into(),
+            prompt: "rain on a tin roof".into(),
+            width: 64,
+            height: 64,
+            num_frames: 5,
+            fps: 8,
+            num_inference_steps: STEPS,
+            seed: Some(7),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // 1. Started means the dedupe read and the attempt marker are done: the next object-store
+    //    call is the upload after denoising. Stop Garage now.
+    let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
+        e.iter().any(|e| matches!(e.kind, Some(Kind::Started(_))))
+    });
+    let started_at = events
+        .iter()
+        .find(|e| matches!(e.kind, Some(Kind::Started(_))))
+        .unwrap_or_else(|| panic!("no Started; logs:\n{}", worker.logs()))
+        .emitted_at_unix_ms;
+    let mut outage = S3Outage::begin();
+    let stopped_at = now_unix_ms();
+    let denoise_end = started_at + u64::from(STEPS) * STEP_MS;
+    assert!(
+        stopped_at < denoise_end,
+        "Garage took too long to stop ({} ms after Started); the upload may have run before the outage",
+        stopped_at - started_at
+    );
+
+    // 2. Keep it down past the end of denoising plus the first retries, then start it again.
+    let down_until = Duration::from_millis(denoise_end.saturating_sub(now_unix_ms()));
+    tokio::time::sleep(down_until + DOWN_AFTER_DENOISE).await;
+    assert!(
+        wait_events(&setup.events, Duration::from_secs(1), |_| false)
+            .iter()
+            .all(|e| !matches!(e.kind, Some(Kind::Completed(_)))),
+        "completed while S3 was down?"
+    );
+    let restarted_at = now_unix_ms();
+    outage.end().unwrap();
+
+    // 3. The job completes once, after the restart.
+    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
+        !completed(e).is_empty()
+    });
+    let done = completed(&events);
+    assert_eq!(
+        done.len(),
+        1,
+        "one Completed; events: {events:?}\nlogs:\n{}",
+        worker.logs()
+    );
+    let (completed_at, c) = &done[0];
+    assert!(
+        *completed_at >= restarted_at,
+        "Completed ({completed_at}) before Garage was started again ({restarted_at})"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.kind, Some(Kind::Failed(_) | Kind::Canceled(_)))),
+        "{events:?}"
+    );
+
+    // 4. The stored objects are the announced ones, with one manifest.
+    let video = c.video.as_ref().unwrap();
+    let video_bytes = get_object(&video.uri).await;
+    assert_eq!(video_bytes.len() as u64, video.size_bytes);
+    assert_eq!(sha256_hex(&video_bytes), video.sha256);
+    let thumb = c.thumbnail.as_ref().unwrap();
+    assert_eq!(sha256_hex(&get_object(&thumb.uri).await), thumb.sha256);
+    let manifest = c.manifest.as_ref().unwrap();
+    let manifest_bytes = get_object(&manifest.uri).await;
+    assert_eq!(sha256_hex(&manifest_bytes), manifest.sha256);
+    let m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    assert_eq!(m["video"]["sha256"], video.sha256.as_str());
+    let keys = list_keys(&format!("{}/s3-outage-1", setup.prefix)).await;
+    let names: Vec<&str> = keys.iter().filter_map(|k| k.rsplit('/').next()).collect();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.ends_with("/manifest.json"))
+            .count(),
+        1,
+        "{keys:?}"
+    );
+    assert!(
+        names.contains(&"video.mp4") && names.contains(&"thumbnail.jpg"),
+        "{keys:?}"
+    );
+
+    // 5. Nothing more arrives: no second Completed, for a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let all = wait_events(&setup.events, Duration::from_secs(3), |_| false);
+    assert_eq!(completed(&all).len(), 1, "logs:\n{}", worker.logs());
+    let mut committed = None;
+    for _ in 0..50 {
+        committed = committed_offset(&setup.group, &setup.requests, 0);
+        if committed == Some(record_count(&setup.requests)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        committed,
+        Some(record_count(&setup.requests)),
+        "every request record (the job, and its re-queued copy if the retries ran out) is committed"
+    );
+    let logs = worker.logs();
+    eprintln!(
+        "upload_ms = {}, retries logged = {}, request records = {}",
+        c.timings.as_ref().map_or(0, |t| t.upload_ms),
+        logs.matches("retrying").count(),
+        record_count(&setup.requests)
+    );
+}
