@@ -8,10 +8,12 @@
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.
 //! - [`denoise`]: the denoising loop with the two-expert boundary switch and CFG.
+//! - [`checkpoint`]: the denoising state as a safetensors file, to resume a run elsewhere.
 //! - [`memory`]: GPU memory policy (resident or swapped experts, parked text encoder, tiled
 //!   decode) and the preflight estimate of peak GPU memory.
 //! - [`pipeline`]: `WanT2V`, the whole text-to-video pipeline (prompt → noise → denoise → VAE → frames).
 
+pub mod checkpoint;
 pub mod denoise;
 pub mod error;
 pub mod loader;

@@ -13,6 +13,10 @@
 //! 6. de-normalise the latents, decode them with the VAE and return frames `(F, H, W, 3)` f32 in
 //!    [0, 1] on the CPU, with the seed and per-phase timings.
 //!
+//! [`WanT2V::generate_with`] resumes from a [`DenoiseState`] saved by the step callback: steps
+//! 1–3 run as usual, the noise is not drawn, the scheduler and latents are restored and the loop
+//! continues at the saved step — on the CPU bit-identically to an uninterrupted run.
+//!
 //! The seed goes through libtorch's global generator, so two pipelines must not generate at
 //! the same time in one process.
 
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::checkpoint::DenoiseState;
 use crate::denoise::{
     denoise, DenoiseInput, DenoiseSettings, Experts, NoisePredictor, StepControl, StepEnd,
 };
@@ -471,6 +476,18 @@ impl WanT2V {
         params: &GenerationParams,
         on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
     ) -> Result<GenerationOutput> {
+        self.generate_with(params, None, on_step)
+    }
+
+    /// [`WanT2V::generate`], resuming from `resume` (captured with [`DenoiseState::capture`] by
+    /// an earlier run of the same `params`) when given. `on_step` may capture states to resume
+    /// from later.
+    pub fn generate_with(
+        &mut self,
+        params: &GenerationParams,
+        resume: Option<&DenoiseState>,
+        on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
+    ) -> Result<GenerationOutput> {
         let _no_grad = tch::no_grad_guard();
         let device = self.options.device;
         let start = Instant::now();
@@ -498,8 +515,16 @@ impl WanT2V {
         let mut scheduler = self.scheduler.build(params.sampler);
         scheduler.set_timesteps(params.num_inference_steps, params.shift)?;
 
-        // 4. initial noise from the seed
-        let latents = initial_noise(resolved.seed, resolved.latent_shape)?.f_to_device(device)?;
+        // 4. initial noise from the seed, or the saved latents and scheduler state
+        let (latents, start_step) = match resume {
+            None => (initial_noise(resolved.seed, resolved.latent_shape)?, 0),
+            Some(state) => {
+                check_resume(state, params, &resolved)?;
+                scheduler.restore(&state.scheduler)?;
+                (state.latents.to_tensor()?, state.step)
+            }
+        };
+        let latents = latents.f_to_device(device)?;
 
         // 5. denoising loop
         let denoise_start = Instant::now();
@@ -525,7 +550,7 @@ impl WanT2V {
             latents,
             prompt_embeds: &prompt_embeds,
             negative_prompt_embeds: negative_embeds.as_ref(),
-            start_step: 0,
+            start_step,
         };
         let denoised = denoise(&experts, scheduler.as_mut(), &settings, input, on_step);
         // Swapping keeps no expert on the device outside the loop, even after a failure.
@@ -569,6 +594,45 @@ impl WanT2V {
         let denormalized = denormalize_latents(&vae_latents, self.vae.config())?;
         let video = self.vae.decode(&denormalized)?;
         to_frames_f32(&video)
+    }
+}
+
+/// Whether `state` can continue a run of `params`: same schedule length and seed, a step inside
+/// the schedule and latents of the request's shape.
+fn check_resume(
+    state: &DenoiseState,
+    params: &GenerationParams,
+    resolved: &ResolvedParams,
+) -> Result<()> {
+    let problem = if state.total_steps != params.num_inference_steps {
+        Some(format!(
+            "saved for {} steps, the request has {}",
+            state.total_steps, params.num_inference_steps
+        ))
+    } else if state.seed != resolved.seed {
+        Some(format!(
+            "saved for seed {}, the request has {}",
+            state.seed, resolved.seed
+        ))
+    } else if state.step == 0 || state.step >= state.total_steps {
+        Some(format!(
+            "step {} is not inside the schedule of {}",
+            state.step, state.total_steps
+        ))
+    } else if state.latents.shape != resolved.latent_shape {
+        Some(format!(
+            "latents of shape {:?}, the request needs {:?}",
+            state.latents.shape, resolved.latent_shape
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(PipelineError::invalid(
+            "checkpoint",
+            format!("{message} — it belongs to another request; start from step 0"),
+        )),
+        None => Ok(()),
     }
 }
 

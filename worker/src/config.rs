@@ -280,17 +280,27 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// Denoising checkpoints written on shutdown (resume is a later feature; the bound is checked now).
+/// Denoising checkpoints under `<prefix>/<job_id>/checkpoint/`: written periodically and on
+/// shutdown, resumed from by the next worker that takes the job, deleted after the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Upper bound in seconds for writing a checkpoint on shutdown.
+    /// Upper bound in seconds for writing one checkpoint (a shutdown waits at most this long).
     pub max_write_secs: u64,
+    /// Checkpoint every this many denoising steps; 0 = not by step count. At most one write is
+    /// in flight: a due checkpoint is skipped while the previous one is still uploading.
+    pub every_steps: u32,
+    /// Checkpoint when this many seconds passed since the last one; 0 = not by time.
+    pub every_secs: u64,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { max_write_secs: 30 }
+        Self {
+            max_write_secs: 30,
+            every_steps: 1,
+            every_secs: 0,
+        }
     }
 }
 

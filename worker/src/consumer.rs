@@ -149,7 +149,8 @@ fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
     list
 }
 
-/// Runs the worker until `shutdown` resolves, then drains within `shutdown.drain_deadline_secs`.
+/// Runs the worker until `shutdown` resolves, then drains within `shutdown.drain_deadline_secs`
+/// (to reach a step boundary) + `checkpoint.max_write_secs` (to store the checkpoint).
 pub async fn run(
     cfg: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -259,7 +260,9 @@ pub async fn run(
         shutdown: stop.clone(),
         metrics: metrics.clone(),
     });
-    let drain = Duration::from_secs(cfg.shutdown.drain_deadline_secs);
+    // The running job may first finish its step, then write its checkpoint.
+    let drain =
+        Duration::from_secs(cfg.shutdown.drain_deadline_secs + cfg.checkpoint.max_write_secs);
     let mut running: Option<(tokio::task::JoinHandle<Disposition>, String, i32, i64)> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
 

@@ -123,7 +123,7 @@ pub async fn run(args: GenerateArgs) -> Result<(), String> {
     let spec = job.clone();
     let output = tokio::task::spawn_blocking(move || {
         let mut progress = Progress::new(spec.steps);
-        let result = generator.run(&spec, &mut |step| progress.step(step));
+        let result = generator.run(&spec, None, &mut |step| progress.step(step));
         progress.finish();
         result.map_err(|e| e.to_string())
     })

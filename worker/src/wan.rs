@@ -3,15 +3,17 @@
 //! - [`WanGenerator::load`] resolves `[model] device / dtype / memory_policy` and loads the
 //!   diffusers-format directory; the model revision is a short digest of its configs.
 //! - [`WanGenerator::run`] maps a [`JobSpec`] onto [`GenerationParams`] (prompts longer than the
-//!   token limit are refused, not truncated) and returns the pipeline's f32 frames;
+//!   token limit are refused, not truncated) and returns the pipeline's f32 frames; it resumes
+//!   from a [`Checkpoint`] (a t2v-pipeline [`DenoiseState`] file) and takes one whenever the
+//!   hooks ask;
 //!   [`VideoGenerator::generate`] converts them to RGB24 as diffusers' `numpy_to_pil` does.
 //! - Pipeline errors become [`GenerateError`]s; out-of-memory messages name settings that fit.
 
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::{estimate, EstimateRequest, MemoryPolicy};
 use t2v_pipeline::pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
@@ -22,8 +24,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice};
 use crate::generator::{
-    Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepInfo,
-    VideoGenerator, WAN_DEFAULTS,
+    checkpoint_metadata, Checkpoint, Frames, GenerateError, Generated, JobSpec, ModelInfo,
+    PipelineTimings, StepHooks, StepInfo, VideoGenerator, WAN_DEFAULTS,
 };
 
 /// The official Wan2.2 A14B guidance: 4.0 for the high-noise expert, 3.0 for the low-noise one.
@@ -140,27 +142,33 @@ impl WanGenerator {
         }
     }
 
-    /// Runs `job` and returns the pipeline's output: frames `(F, H, W, 3)` f32 in [0, 1].
+    /// Runs `job` (from `resume` when given) and returns the pipeline's output: frames
+    /// `(F, H, W, 3)` f32 in [0, 1]. A checkpoint that does not decode or fit is ignored with a
+    /// warning and the run starts from step 0.
     pub fn run(
         &mut self,
         job: &JobSpec,
-        on_step: &mut dyn FnMut(StepInfo) -> ControlFlow<()>,
+        resume: Option<&Checkpoint>,
+        hooks: &mut dyn StepHooks,
     ) -> Result<GenerationOutput, GenerateError> {
         let params = self.params(job);
-        let mut last_step = 0;
-        let result = self.pipe.generate(&params, &mut |end| {
-            last_step = end.index as u32 + 1;
-            let info = StepInfo {
-                step: last_step,
-                total: end.total as u32,
-                timestep: end.timestep as f32,
-            };
-            match on_step(info) {
-                ControlFlow::Continue(()) => StepControl::Continue,
-                ControlFlow::Break(()) => StepControl::Stop,
+        let state = resume.and_then(|c| match DenoiseState::from_bytes(&c.bytes) {
+            Ok((state, _)) => Some(state),
+            Err(e) => {
+                tracing::warn!(error = %e, "the checkpoint does not decode; starting from step 0");
+                None
             }
         });
-        result.map_err(|e| match e {
+        let mut result = self.run_from(job, &params, state.as_ref(), hooks);
+        if let (Some(_), Err((PipelineError::InvalidInput { field, message }, _))) =
+            (&state, &result)
+        {
+            if field == "checkpoint" {
+                tracing::warn!(%message, "the checkpoint does not fit the request; starting from step 0");
+                result = self.run_from(job, &params, None, hooks);
+            }
+        }
+        result.map_err(|(e, last_step)| match e {
             PipelineError::OutOfMemory { message } => GenerateError::OutOfMemory {
                 message: self.what_fits(&params, &message),
             },
@@ -172,6 +180,43 @@ impl WanGenerator {
             }
             other => GenerateError::Internal(other.to_string()),
         })
+    }
+
+    /// One pipeline run; on failure also the last step done.
+    fn run_from(
+        &mut self,
+        job: &JobSpec,
+        params: &GenerationParams,
+        state: Option<&DenoiseState>,
+        hooks: &mut dyn StepHooks,
+    ) -> Result<GenerationOutput, (PipelineError, u32)> {
+        let mut last_step = 0;
+        let info = self.info.clone();
+        let result = self.pipe.generate_with(params, state, &mut |end| {
+            last_step = end.index as u32 + 1;
+            let step = StepInfo {
+                step: last_step,
+                total: end.total as u32,
+                timestep: end.timestep as f32,
+            };
+            let stop = hooks.on_step(step).is_break();
+            if hooks.checkpoint_due(step, stop) {
+                let metadata = checkpoint_metadata(job, &info, last_step);
+                match DenoiseState::capture(end, job.seed).and_then(|s| s.to_bytes(&metadata)) {
+                    Ok(bytes) => hooks.on_checkpoint(Checkpoint {
+                        step: last_step,
+                        bytes,
+                    }),
+                    Err(e) => tracing::warn!(error = %e, step = last_step, "no checkpoint taken"),
+                }
+            }
+            if stop {
+                StepControl::Stop
+            } else {
+                StepControl::Continue
+            }
+        });
+        result.map_err(|e| (e, last_step))
     }
 
     /// The out-of-memory message with the estimated peaks of settings that need less.
@@ -225,9 +270,10 @@ impl VideoGenerator for WanGenerator {
     fn generate(
         &mut self,
         job: &JobSpec,
-        on_step: &mut dyn FnMut(StepInfo) -> ControlFlow<()>,
+        resume: Option<&Checkpoint>,
+        hooks: &mut dyn StepHooks,
     ) -> Result<Generated, GenerateError> {
-        let output = self.run(job, on_step)?;
+        let output = self.run(job, resume, hooks)?;
         Ok(Generated {
             frames: to_rgb24(&output.frames)?,
             timings: timings(&output),
@@ -327,6 +373,8 @@ pub fn seconds(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::ControlFlow;
+
     use super::*;
 
     #[test]
@@ -399,7 +447,7 @@ mod tests {
 
         let mut seen = Vec::new();
         let done = generator
-            .generate(&job, &mut |s| {
+            .generate(&job, None, &mut |s: StepInfo| {
                 seen.push((s.step, s.total));
                 ControlFlow::Continue(())
             })
@@ -408,7 +456,7 @@ mod tests {
         assert_eq!((done.frames.count, done.frames.width), (5, 32));
         assert_eq!(done.frames.rgb.len(), 5 * 32 * 32 * 3);
 
-        let stopped = generator.generate(&job, &mut |s| {
+        let stopped = generator.generate(&job, None, &mut |s: StepInfo| {
             if s.step == 2 {
                 ControlFlow::Break(())
             } else {
@@ -421,7 +469,8 @@ mod tests {
                 width: 40,
                 ..job.clone()
             },
-            &mut |_| ControlFlow::Continue(()),
+            None,
+            &mut |_: StepInfo| ControlFlow::Continue(()),
         );
         assert!(
             matches!(&bad, Err(GenerateError::InvalidInput(m)) if m.starts_with("width")),

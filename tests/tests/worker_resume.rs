@@ -1,0 +1,198 @@
+//! Spot-safe jobs (issue 7) with `backend = wan` on the tiny two-expert model of `make fixtures`,
+//! through the real broker and Garage: a worker checkpointing every step is SIGTERMed mid-job,
+//! exits 0 leaving a checkpoint `<prefix>/<job>/checkpoint/step-NNNNNN.safetensors`; a second
+//! worker process resumes at that step (`resumed_from_step` in Started and Progress), completes
+//! the job with an MP4 byte-identical to an uninterrupted `t2v-worker generate` of the same
+//! settings, and deletes the checkpoint after the manifest.
+//!
+//! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
+use t2v_tests::{binary, get_object, list_keys, wait_events, workspace_root, WorkerSetup};
+
+/// Enough steps that the SIGTERM lands mid-run on the tiny model.
+const STEPS: u32 = 200;
+
+fn model_dir() -> PathBuf {
+    let root = std::env::var_os("T2V_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
+    let dir = root.join("wan_pipeline/two_experts");
+    assert!(
+        dir.join("model_index.json").exists(),
+        "fixture {} missing — run `make fixtures`",
+        dir.display()
+    );
+    dir
+}
+
+fn step_of(key: &str) -> u32 {
+    key.rsplit('/')
+        .next()
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.strip_suffix(".safetensors"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a checkpoint key: {key}"))
+}
+
+fn started(events: &[GenerationEvent]) -> Vec<(String, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Started(s)) => Some((e.worker_id.clone(), s.resumed_from_step)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
+    let model = model_dir();
+    let model_arg = model.display().to_string();
+    let setup = WorkerSetup::new("resume", 1).await;
+    let env = [
+        ("T2V_MODEL__BACKEND", "wan"),
+        ("T2V_MODEL__DIR", model_arg.as_str()),
+        ("T2V_MODEL__DEVICE", "cpu"),
+        ("T2V_CHECKPOINT__EVERY_STEPS", "1"),
+    ];
+    let mut first = setup.start_worker(&env);
+    first.wait_ready(Duration::from_secs(120));
+    let request = GenerationRequest {
+        job_id: "resume-1".into(),
+        model: "wan2.2-t2v-a14b".into(),
+        prompt: "A cat and a dog baking a cake together in a kitchen.".into(),
+        negative_prompt: "worst quality, low quality, blurred details".into(),
+        width: 64,
+        height: 64,
+        num_frames: 9,
+        fps: 8,
+        num_inference_steps: STEPS,
+        guidance_scale: Some(4.0),
+        guidance_scale_2: Some(3.0),
+        seed: Some(42),
+        ..Default::default()
+    };
+    setup.submitter().submit(request).await.unwrap();
+
+    // 1. SIGTERM once a periodic checkpoint is stored.
+    let checkpoints = format!("{}/resume-1/checkpoint", setup.prefix);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while list_keys(&checkpoints).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint within 120 s; logs:\n{}",
+            first.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.terminate();
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "exit 0; logs:\n{}",
+        first.logs()
+    );
+    let left = list_keys(&checkpoints).await;
+    assert_eq!(
+        left.len(),
+        1,
+        "one checkpoint (older ones deleted): {left:?}"
+    );
+    let saved = step_of(&left[0]);
+    assert!(
+        saved > 0 && saved < STEPS,
+        "stopped mid-run at {saved}; logs:\n{}",
+        first.logs()
+    );
+    eprintln!("SIGTERM left a checkpoint at step {saved} of {STEPS}");
+    assert!(
+        list_keys(&format!("{}/resume-1/manifest.json", setup.prefix))
+            .await
+            .is_empty(),
+        "no manifest yet"
+    );
+
+    // 2. Another worker process resumes and completes.
+    let second = setup.start_worker(&env);
+    let events = wait_events(&setup.events, Duration::from_secs(180), |e| {
+        e.iter()
+            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
+    });
+    let starts = started(&events);
+    assert_eq!(starts.len(), 2, "{starts:?}\nlogs:\n{}", second.logs());
+    assert_eq!(starts[0].1, 0, "the first run started from step 0");
+    assert_eq!(
+        starts[1].1,
+        saved,
+        "the second resumed at the checkpoint; logs:\n{}",
+        second.logs()
+    );
+    assert_ne!(starts[0].0, starts[1].0, "two different workers");
+    let resumed_progress: Vec<(u32, u32)> = events
+        .iter()
+        .filter(|e| e.worker_id == starts[1].0)
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Progress(p)) => Some((p.step, p.resumed_from_step)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !resumed_progress.is_empty()
+            && resumed_progress
+                .iter()
+                .all(|&(step, from)| from == saved && step > saved),
+        "{resumed_progress:?}"
+    );
+    let completed = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::Completed(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("Completed; events {events:?}\n{}", second.logs()));
+    assert!(
+        list_keys(&checkpoints).await.is_empty(),
+        "checkpoints deleted after the manifest"
+    );
+    let video = get_object(&completed.video.as_ref().unwrap().uri).await;
+
+    // 3. The uninterrupted run of the same settings.
+    let out = tempfile::tempdir().unwrap();
+    let steps = STEPS.to_string();
+    let cli = Command::new(binary("t2v-worker"))
+        .arg("generate")
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--prompt",
+            "A cat and a dog baking a cake together in a kitchen.",
+            "--negative-prompt",
+            "worst quality, low quality, blurred details",
+        ])
+        .args([
+            "--width", "64", "--height", "64", "--frames", "9", "--fps", "8",
+        ])
+        .args(["--steps", &steps, "--guidance", "4", "--guidance-2", "3"])
+        .args(["--seed", "42", "--device", "cpu"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("running t2v-worker generate");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let expected = std::fs::read(out.path().join("video.mp4")).unwrap();
+    assert!(
+        video[..] == expected[..],
+        "the resumed MP4 ({} bytes) differs from the uninterrupted one ({} bytes)",
+        video.len(),
+        expected.len()
+    );
+}
