@@ -44,9 +44,15 @@ bench: up ## producer throughput against the local broker
 bench-worker: up ## worker overhead per job outside the pipeline (synthetic backend, 81 frames at 832x480)
 	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example worker_overhead
 
-bench-gpu: deps ## on a GPU host: one full-size A14B expert forward (480x832x81, 1280x720x81), ours then diffusers
-	@$(ENV) cargo run --release -p t2v-pipeline --example bench_transformer -- --runs 5
-	@$(ENV) python pipeline/bench/bench_transformer.py --runs 5
+bench-gpu: deps ## on a GPU host: bf16 tiny-config check vs the f32 reference, then one full-size A14B expert forward (480x832x81, 1280x720x81), diffusers then ours, with peak memory
+	@$(ENV) python pipeline/parity/transformer.py --out $(FIXTURES) >/dev/null && \
+	  cargo build --release -p t2v-pipeline --example bench_transformer --example gpu_parity && \
+	  python pipeline/bench/cuda_peak_memory.py --build build/gpu && \
+	  "$$CARGO_TARGET_DIR/release/examples/gpu_parity" --fixtures $(FIXTURES) && \
+	  for size in 480x832 720x1280; do \
+	    python pipeline/bench/bench_transformer.py --runs 4 --sizes $$size; \
+	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so "$$CARGO_TARGET_DIR/release/examples/bench_transformer" --runs 4 --sizes $$size; \
+	  done
 
 demo: up ## local stack + tiny random-weight model + a CPU worker + one submitted prompt
 	@bash scripts/demo.sh

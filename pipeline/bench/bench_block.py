@@ -2,7 +2,8 @@
 counterpart of `cargo run --release -p t2v-pipeline --example bench_block` (same pieces, same
 shapes, same timing: median of --runs calls after two warm-ups, CUDA synchronised around each).
 
-Random bf16 weights, diffusers' `_keep_in_fp32_modules` in f32. "rope apply" is the rotation
+Random bf16 weights drawn as the Rust example draws them (N(0, 0.02), q/k/norm2 gains 1),
+diffusers' `_keep_in_fp32_modules` in f32. "rope apply" is the rotation
 diffusers' `WanAttnProcessor` applies to q and k (re-stated here: it is a closure there).
 
 Usage: python pipeline/bench/bench_block.py [--runs 10] [--sizes 480x832,720x1280] [--frames 81]
@@ -65,6 +66,11 @@ def main():
         model = WanTransformer3DModel(num_layers=1).eval()
     torch.set_default_dtype(torch.float32)
     for name, param in model.named_parameters():
+        with torch.no_grad():
+            if name.endswith(("norm_q.weight", "norm_k.weight", "norm2.weight")):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02)
         if any(part in model._keep_in_fp32_modules for part in name.split(".")):
             param.data = param.data.float()
     cfg = model.config

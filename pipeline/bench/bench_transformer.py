@@ -4,13 +4,17 @@
 The Wan2.2 T2V-A14B expert (14.3 B parameters) with random weights, created on CUDA in bf16
 with diffusers' `_keep_in_fp32_modules` in fp32 (as `from_pretrained(torch_dtype=bf16)` leaves
 them), one forward at 480×832 and 1280×720, 81 frames, 512 text tokens, native SDPA attention.
+`--init normal` (the default) draws the weights as the Rust example does (N(0, 0.02), q/k/norm2
+gains 1), so both run on the same weight distribution (an H100's clocks can depend on the data);
+`--init default` keeps diffusers' own initialisation.
 Prints the median / min time after a warm-up, TFLOP/s (same FLOP count as the Rust example),
 torch.cuda.max_memory_allocated / max_memory_reserved, and the process memory nvidia-smi reports
 (the number the Rust example prints).
 
 Usage: python pipeline/bench/bench_transformer.py [--runs 3] [--sizes 480x832,720x1280]
-       [--frames 81] [--layers N]
-`make fixtures` runs every script here with --out; this one writes no fixtures and returns at once.
+       [--frames 81] [--layers N] [--init normal|default]
+Given --out (the fixtures convention of pipeline/parity/) it writes nothing and returns at once.
+Peak memory of the Rust side: see pipeline/bench/cuda_peak_memory.py.
 """
 
 import argparse
@@ -52,11 +56,12 @@ def process_gpu_mib():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="ignored: set by `make fixtures`, which this script has none for")
+    parser.add_argument("--out", help="ignored: this script writes no fixtures")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="480x832,720x1280")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--init", choices=["normal", "default"], default="normal")
     args = parser.parse_args()
     if args.out is not None:
         print("bench_transformer.py: a GPU benchmark, no fixtures to write")
@@ -74,13 +79,20 @@ def main():
     torch.set_default_dtype(torch.float32)
     keep = model._keep_in_fp32_modules
     for name, param in model.named_parameters():
+        if args.init == "normal":
+            with torch.no_grad():
+                if name.endswith(("norm_q.weight", "norm_k.weight", "norm2.weight")):
+                    param.fill_(1.0)
+                else:
+                    param.normal_(0.0, 0.02)
         if any(part in keep for part in name.split(".")):
             param.data = param.data.float()
     cfg = model.config
     n_params = sum(p.numel() for p in model.parameters())
     torch.cuda.synchronize()
     print(
-        f"A14B expert (diffusers): {cfg.num_layers} layers, {n_params / 1e9:.2f} B parameters, bf16 on cuda; "
+        f"A14B expert (diffusers, {args.init} init): {cfg.num_layers} layers, {n_params / 1e9:.2f} B parameters, "
+        f"bf16 on cuda; "
         f"weights resident: {process_gpu_mib()} MiB"
     )
 

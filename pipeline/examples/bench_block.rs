@@ -21,7 +21,14 @@ use tch::{nn, Cuda, Device, Kind, Tensor};
 const VAE_STRIDE: [i64; 3] = [4, 8, 8];
 const TEXT_LEN: i64 = 512;
 
-fn parse_args() -> anyhow::Result<(usize, Vec<(i64, i64)>, i64)> {
+/// `--runs`, `--sizes` (height × width in pixels) and `--frames`.
+struct Args {
+    runs: usize,
+    sizes: Vec<(i64, i64)>,
+    frames: i64,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
     let (mut runs, mut sizes, mut frames) = (10, vec![(480, 832), (720, 1280)], 81);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,7 +53,11 @@ fn parse_args() -> anyhow::Result<(usize, Vec<(i64, i64)>, i64)> {
         }
     }
     anyhow::ensure!(runs > 0, "--runs must be positive");
-    Ok((runs, sizes, frames))
+    Ok(Args {
+        runs,
+        sizes,
+        frames,
+    })
 }
 
 /// Median seconds of `runs` calls of `f` after two warm-ups.
@@ -68,7 +79,11 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Res
 }
 
 fn main() -> anyhow::Result<()> {
-    let (runs, sizes, frames_px) = parse_args()?;
+    let Args {
+        runs,
+        sizes,
+        frames: frames_px,
+    } = parse_args()?;
     anyhow::ensure!(Cuda::is_available(), "no CUDA device visible to libtorch");
     let device = Device::Cuda(0);
     let _guard = tch::no_grad_guard();

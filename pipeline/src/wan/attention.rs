@@ -74,6 +74,9 @@ impl WanAttention {
 
     /// `x`: `[batch, tokens, dim]`. `context`: `[batch, text_tokens, dim]` for cross-attention,
     /// `None` for self-attention. `rotary`: the (cos, sin) tables of `WanRotaryPosEmbed`.
+    ///
+    /// Each intermediate is dropped as soon as the next step has consumed it, so the peak
+    /// memory of a 75k-token self-attention holds q, k, v and one RoPE temporary, as diffusers.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -81,49 +84,52 @@ impl WanAttention {
         rotary: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let dim = self.norm_q.size()[0];
+        let out = {
+            // 1.–4. projections, RMS norm across heads, heads split, RoPE (self-attention only)
+            let query = self.heads_of(&self.to_q, &self.norm_q, x, rotary)?;
+            let key = self.heads_of(&self.to_k, &self.norm_k, context, rotary)?;
+            let value = self
+                .to_v
+                .forward(context)?
+                .f_unflatten(2, [self.heads, -1])?;
 
-        // 1. projections
-        let query = self.to_q.forward(x)?;
-        let key = self.to_k.forward(context)?;
-        let value = self.to_v.forward(context)?;
-
-        // 2. RMS norm of q and k across all heads
-        let query = query.f_rms_norm([dim], Some(&self.norm_q), self.eps)?;
-        let key = key.f_rms_norm([dim], Some(&self.norm_k), self.eps)?;
-
-        // 3. split heads: [batch, tokens, heads, head_dim]
-        let query = query.f_unflatten(2, [self.heads, -1])?;
-        let key = key.f_unflatten(2, [self.heads, -1])?;
-        let value = value.f_unflatten(2, [self.heads, -1])?;
-
-        // 4. rotary position embedding (self-attention only)
-        let (query, key) = match rotary {
-            Some((cos, sin)) => (
-                apply_rotary_emb(&query, cos, sin)?,
-                apply_rotary_emb(&key, cos, sin)?,
-            ),
-            None => (query, key),
-        };
-
-        // 5. attention over [batch, heads, tokens, head_dim]
-        let heads_first = |t: &Tensor| t.f_permute([0, 2, 1, 3]);
-        let out = Tensor::f_scaled_dot_product_attention(
-            &heads_first(&query)?,
-            &heads_first(&key)?,
-            &heads_first(&value)?,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        )?;
-        let out = out
+            // 5. attention over [batch, heads, tokens, head_dim]
+            let heads_first = |t: &Tensor| t.f_permute([0, 2, 1, 3]);
+            Tensor::f_scaled_dot_product_attention(
+                &heads_first(&query)?,
+                &heads_first(&key)?,
+                &heads_first(&value)?,
+                None::<Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            )?
             .f_permute([0, 2, 1, 3])?
             .f_flatten(2, 3)?
-            .f_to_kind(query.kind())?;
+            .f_to_kind(query.kind())?
+        };
 
         // 6. output projection
         self.to_out.forward(&out)
+    }
+
+    /// `projection(input)`, RMS-normed across all heads with `norm`'s gain, split into
+    /// `[batch, tokens, heads, head_dim]` and rotated when `rotary` is given.
+    fn heads_of(
+        &self,
+        projection: &Linear,
+        norm: &Tensor,
+        input: &Tensor,
+        rotary: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let normed = projection
+            .forward(input)?
+            .f_rms_norm([norm.size()[0]], Some(norm), self.eps)?
+            .f_unflatten(2, [self.heads, -1])?;
+        match rotary {
+            Some((cos, sin)) => apply_rotary_emb(&normed, cos, sin),
+            None => Ok(normed),
+        }
     }
 }

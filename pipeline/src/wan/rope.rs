@@ -5,7 +5,8 @@
 //! (d − 4⌊d/6⌋, 2⌊d/6⌋, 2⌊d/6⌋), and each axis rotates its channel pairs by its own position:
 //! angle = pos · θ^(−2i/dᵢ), θ = 10000. The tables are computed in f64 and stored in f32
 //! (diffusers' non-persistent buffers), with every angle repeated for both channels of its
-//! pair; the rotation itself runs in f32 whatever the model dtype (the reference's fp32 island).
+//! pair; the rotation itself runs in f32 whatever the model dtype (the reference's fp32 island;
+//! f64 for an f64 model).
 
 use tch::{Device, Kind, Tensor};
 
@@ -112,16 +113,30 @@ fn axis_tables(dim: i64, max_seq_len: i64) -> Result<(Tensor, Tensor)> {
 }
 
 /// Rotates the channel pairs of `x` (`[batch, tokens, heads, head_dim]`, any float dtype) by the
-/// tables of [`WanRotaryPosEmbed::forward`]; computed in f32, returned in `x`'s dtype.
+/// tables of [`WanRotaryPosEmbed::forward`]; computed in f32 (f64 for an f64 `x`, as the
+/// reference's type promotion gives), returned in `x`'s dtype.
+///
+/// The reference's (x₁·cos − x₂·sin, x₁·sin + x₂·cos) is one complex product per pair,
+/// (x₁ + i·x₂)·(cos + i·sin): three passes over `x` (widen, multiply in place, narrow) instead of
+/// the eight elementwise kernels of the real form, the largest elementwise cost of a block.
 pub fn apply_rotary_emb(x: &Tensor, freqs_cos: &Tensor, freqs_sin: &Tensor) -> Result<Tensor> {
-    let pairs = x.f_unflatten(-1, [-1, 2])?;
-    let x1 = pairs.f_select(-1, 0)?;
-    let x2 = pairs.f_select(-1, 1)?;
-    let cos = freqs_cos.f_slice(-1, 0, None, 2)?;
-    let sin = freqs_sin.f_slice(-1, 1, None, 2)?;
-    let even = x1.f_mul(&cos)?.f_sub(&x2.f_mul(&sin)?)?;
-    let odd = x1.f_mul(&sin)?.f_add(&x2.f_mul(&cos)?)?;
-    Ok(Tensor::f_stack(&[even, odd], -1)?
+    let compute = if x.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let cos = freqs_cos.f_slice(-1, 0, None, 2)?.f_to_kind(compute)?;
+    let sin = freqs_sin.f_slice(-1, 1, None, 2)?.f_to_kind(compute)?;
+    let rotation = Tensor::f_complex(&cos, &sin)?;
+    // A fresh copy (never `x` itself, even when `x` is already f32), rotated in place.
+    let mut pairs = x
+        .f_to_dtype(compute, false, true)?
+        .f_contiguous()?
+        .f_unflatten(-1, [-1, 2])?
+        .f_view_as_complex()?;
+    let _ = pairs.f_mul_(&rotation)?;
+    Ok(pairs
+        .f_view_as_real()?
         .f_flatten(-2, -1)?
         .f_to_kind(x.kind())?)
 }

@@ -161,28 +161,35 @@ impl WanTransformerBlock {
             .try_into()
             .map_err(|_| PipelineError::invalid("timestep_proj", "expected 6 chunks"))?;
 
+        // Each step is a scope: its normed input and branch output are freed before the next
+        // step starts (shadowed bindings would live to the end of the function, several GB
+        // per block at 720p); modulation and residuals update their f32 result in place.
         // 1. self-attention: norm1 (f32, no affine), x·(1 + scale) + shift, gated residual
-        let normed = modulate(&self.layer_norm(x, None)?, &shift, &scale)?.f_to_kind(kind)?;
-        let attn = self.attn1.forward(&normed, None, Some(rotary))?;
-        let x = x
-            .f_to_kind(Kind::Float)?
-            .f_add(&attn.f_mul(&gate)?)?
-            .f_to_kind(kind)?;
+        let x = {
+            let normed = modulate(self.layer_norm(x, None)?, &shift, &scale)?.f_to_kind(kind)?;
+            let attn = self.attn1.forward(&normed, None, Some(rotary))?;
+            residual_f32(x, attn.f_mul(&gate)?, kind)?
+        };
 
         // 2. cross-attention: norm2 (f32, affine) or identity, plain residual
-        let normed = match &self.norm2 {
-            Some(affine) => self.layer_norm(&x, Some(affine))?.f_to_kind(kind)?,
-            None => x.shallow_clone(),
+        let x = {
+            let attn = match &self.norm2 {
+                Some(affine) => {
+                    let normed = self.layer_norm(&x, Some(affine))?.f_to_kind(kind)?;
+                    self.attn2.forward(&normed, Some(context), None)?
+                }
+                None => self.attn2.forward(&x, Some(context), None)?,
+            };
+            x.f_add(&attn)?
         };
-        let attn = self.attn2.forward(&normed, Some(context), None)?;
-        let x = x.f_add(&attn)?;
 
         // 3. feed-forward: norm3 (f32, no affine), modulated, gated residual
-        let normed = modulate(&self.layer_norm(&x, None)?, &c_shift, &c_scale)?.f_to_kind(kind)?;
-        let ff = self.ffn(&normed)?;
-        Ok(x.f_to_kind(Kind::Float)?
-            .f_add(&ff.f_to_kind(Kind::Float)?.f_mul(&c_gate)?)?
-            .f_to_kind(kind)?)
+        let ff = {
+            let normed =
+                modulate(self.layer_norm(&x, None)?, &c_shift, &c_scale)?.f_to_kind(kind)?;
+            self.ffn(&normed)?
+        };
+        residual_f32(&x, ff.f_to_kind(Kind::Float)?.f_mul(&c_gate)?, kind)
     }
 
     /// diffusers' `FP32LayerNorm`: layer norm of `x` in f32 (f32 result).
@@ -207,8 +214,29 @@ fn layer_norm_f32(
 }
 
 /// `normed · (1 + scale) + shift`.
-fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    Ok(normed.f_mul(&scale.f_add_scalar(1.0)?)?.f_add(shift)?)
+///
+/// In place on `normed` when that gives the dtype the expression would (f32 modulation of the f32
+/// norm, the usual case), so the block holds one token-sized f32 tensor here, not three.
+fn modulate(mut normed: Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let scale = scale.f_add_scalar(1.0)?;
+    if scale.kind() != normed.kind() || shift.kind() != normed.kind() {
+        return Ok(normed.f_mul(&scale)?.f_add(shift)?);
+    }
+    let _ = normed.f_mul_(&scale)?;
+    let _ = normed.f_add_(shift)?;
+    Ok(normed)
+}
+
+/// The reference's gated residual `(x.float() + branch).type_as(x)`, with `branch` already in
+/// f32: `x` is added into `branch` in place (an f32 sum with `x` widened exactly, the same
+/// values) instead of materialising `x.float()`. An f64 `x` (rounded by `.float()` in the
+/// reference) takes the reference's order.
+fn residual_f32(x: &Tensor, mut branch: Tensor, kind: Kind) -> Result<Tensor> {
+    if x.kind() == Kind::Double || branch.kind() != Kind::Float {
+        return Ok(x.f_to_kind(Kind::Float)?.f_add(&branch)?.f_to_kind(kind)?);
+    }
+    let _ = branch.f_add_(x)?;
+    Ok(branch.f_to_kind(kind)?)
 }
 
 /// The Wan DiT: patch embedding, condition embedder, `num_layers` blocks, modulated output head.
@@ -377,7 +405,7 @@ impl WanTransformer3DModel {
         let shift = out_mod[0].f_squeeze_dim(2)?;
         let scale = out_mod[1].f_squeeze_dim(2)?;
         let normed = layer_norm_f32(&x, dim, None, self.cfg.eps)?;
-        let x = modulate(&normed, &shift, &scale)?.f_to_kind(self.kind)?;
+        let x = modulate(normed, &shift, &scale)?.f_to_kind(self.kind)?;
         let x = self.proj_out.forward(&x)?;
 
         // 6. unpatchify: [B, tokens, p_t·p_h·p_w·C] → [B, C, F, H, W]
