@@ -1,14 +1,20 @@
 //! `t2v-worker run`: the consumer loop (DESIGN.md "Delivery semantics", STYLE items 7–9).
 //!
-//! One job at a time. While it runs, every assigned partition is paused and the loop keeps
-//! polling, so rebalances are served and the group never evicts the worker; partitions assigned
-//! during a job are paused in the rebalance callback. A record's offset is stored only after
-//! [`job::handle`] says its terminal event was acknowledged; on shutdown the running job stops at
-//! the next step, its offset is not stored, and the consumer leaves the group within the drain
-//! deadline.
+//! One job at a time, and the loop keeps polling all the while, so rebalances are served and the
+//! group never evicts the worker. The first record that arrives during a job is held as the next
+//! job and every assigned partition is paused (partitions assigned meanwhile are paused in the
+//! rebalance callback); when the job ends the held record starts at once and the partitions are
+//! resumed. Holding one record instead of resuming on completion matters: librdkafka notices a
+//! resume only when its broker thread next wakes (up to 1 s later, `rd_kafka_max_block_ms`), which
+//! was most of the gap between consecutive jobs. A held record is given back (seek) if a rebalance
+//! happened since it was fetched or the finished job must be read again.
+//!
+//! A record's offset is stored only after [`job::handle`] says its terminal event was
+//! acknowledged; on shutdown the running job stops at the next step, its offset (and the held
+//! record's) is not stored, and the consumer leaves the group within the drain deadline.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +39,10 @@ use crate::storage::Storage;
 
 /// Rebalance, commit and statistics callbacks.
 struct WorkerContext {
-    busy: Arc<AtomicBool>,
+    /// Set while a record is held: partitions assigned now are paused too.
+    holding: Arc<AtomicBool>,
+    /// Counts rebalances, so a held record fetched before one is given back.
+    rebalances: Arc<AtomicU64>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     requests_topic: String,
@@ -55,11 +64,12 @@ impl ClientContext for WorkerContext {
 
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = ?partitions.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
-                if self.busy.load(Ordering::SeqCst) {
-                    // A job is running: new partitions wait until it is done.
+                if self.holding.load(Ordering::SeqCst) {
+                    // The next job is already held: new partitions wait until it starts.
                     if let Err(e) = consumer.pause(partitions) {
                         tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                     }
@@ -143,6 +153,59 @@ fn source_record<M: Message>(m: &M) -> SourceRecord {
     }
 }
 
+/// The running job: its task and the record's topic, partition and offset.
+type Running = (tokio::task::JoinHandle<Disposition>, String, i32, i64);
+
+/// A record fetched during a job, to run next.
+struct Held {
+    record: SourceRecord,
+    /// The rebalance count when it was fetched.
+    rebalances: u64,
+}
+
+fn start_job(ctx: &Arc<JobContext>, record: SourceRecord) -> Running {
+    let (topic, partition, offset) = (record.topic.clone(), record.partition, record.offset);
+    let ctx = ctx.clone();
+    let handle = tokio::spawn(async move { job::handle(&ctx, record).await });
+    (handle, topic, partition, offset)
+}
+
+fn pause_all<C: ConsumerContext>(consumer: &StreamConsumer<C>) {
+    match consumer.assignment() {
+        Ok(assigned) => {
+            if let Err(e) = consumer.pause(&assigned) {
+                tracing::warn!(error = %e, "cannot pause partitions");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the assignment"),
+    }
+}
+
+fn resume_all<C: ConsumerContext>(consumer: &StreamConsumer<C>) {
+    match consumer.assignment() {
+        Ok(assigned) => {
+            if let Err(e) = consumer.resume(&assigned) {
+                tracing::warn!(error = %e, "cannot resume partitions");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the assignment"),
+    }
+}
+
+/// Makes `record` the next one its partition delivers (a revoked partition needs nothing: its
+/// next owner starts from the committed offset).
+fn give_back<C: ConsumerContext>(consumer: &StreamConsumer<C>, record: &SourceRecord) {
+    let r = record;
+    if let Err(e) = consumer.seek(
+        &r.topic,
+        r.partition,
+        Offset::Offset(r.offset),
+        Duration::from_secs(5),
+    ) {
+        tracing::debug!(error = %e, partition = r.partition, offset = r.offset, "cannot seek back to the held record (partition revoked?)");
+    }
+}
+
 fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
     list.add_partition(topic, partition);
@@ -208,7 +271,8 @@ pub async fn run(
     }
 
     // 3. Join the group.
-    let busy = Arc::new(AtomicBool::new(false));
+    let holding = Arc::new(AtomicBool::new(false));
+    let rebalances = Arc::new(AtomicU64::new(0));
     let k = &cfg.kafka;
     let mut consumer_cfg = client_config(k, "t2v-worker");
     consumer_cfg
@@ -233,7 +297,8 @@ pub async fn run(
     }
     let consumer: StreamConsumer<WorkerContext> = consumer_cfg
         .create_with_context(WorkerContext {
-            busy: busy.clone(),
+            holding: holding.clone(),
+            rebalances: rebalances.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             requests_topic: k.requests_topic.clone(),
@@ -263,7 +328,8 @@ pub async fn run(
     // The running job may first finish its step, then write its checkpoint.
     let drain =
         Duration::from_secs(cfg.shutdown.drain_deadline_secs + cfg.checkpoint.max_write_secs);
-    let mut running: Option<(tokio::task::JoinHandle<Disposition>, String, i32, i64)> = None;
+    let mut running: Option<Running> = None;
+    let mut held: Option<Held> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
 
     // 4. The loop: one job at a time, polling all the while.
@@ -297,29 +363,34 @@ pub async fn run(
                     }
                     Disposition::Interrupted => {}
                     Disposition::Redeliver => {
+                        if let Some(next) = held.take() {
+                            give_back(&consumer, &next.record);
+                        }
                         if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
                             tracing::warn!(error = %e, "cannot seek back to the record");
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
-                busy.store(false, Ordering::SeqCst);
                 if stop.is_cancelled() {
                     break;
                 }
-                match consumer.assignment() {
-                    Ok(assigned) => {
-                        if let Err(e) = consumer.resume(&assigned) {
-                            tracing::warn!(error = %e, "cannot resume partitions");
-                        }
+                if let Some(next) = held.take() {
+                    if next.rebalances == rebalances.load(Ordering::SeqCst) {
+                        running = Some(start_job(&ctx, next.record));
+                    } else {
+                        tracing::info!(partition = next.record.partition, offset = next.record.offset, "a rebalance happened since the next record was fetched: reading it again");
+                        give_back(&consumer, &next.record);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot read the assignment"),
+                }
+                if holding.swap(false, Ordering::SeqCst) {
+                    resume_all(&consumer);
                 }
             }
             message = consumer.recv() => match message {
                 Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
                 Ok(m) => {
-                    if running.is_some() || stop.is_cancelled() {
+                    if stop.is_cancelled() || held.is_some() {
                         // Fetched before its partition was paused: read it again later.
                         let list = one_partition(m.topic(), m.partition());
                         let _ = consumer.pause(&list);
@@ -330,16 +401,14 @@ pub async fn run(
                     }
                     let record = source_record(&m);
                     drop(m);
-                    busy.store(true, Ordering::SeqCst);
-                    if let Ok(assigned) = consumer.assignment() {
-                        if let Err(e) = consumer.pause(&assigned) {
-                            tracing::warn!(error = %e, "cannot pause partitions");
-                        }
+                    if running.is_some() {
+                        // The next job: hold it, and fetch nothing more until it starts.
+                        holding.store(true, Ordering::SeqCst);
+                        held = Some(Held { record, rebalances: rebalances.load(Ordering::SeqCst) });
+                        pause_all(&consumer);
+                        continue;
                     }
-                    let (topic, partition, offset) = (record.topic.clone(), record.partition, record.offset);
-                    let ctx = ctx.clone();
-                    let handle = tokio::spawn(async move { job::handle(&ctx, record).await });
-                    running = Some((handle, topic, partition, offset));
+                    running = Some(start_job(&ctx, record));
                 }
             },
         }

@@ -38,6 +38,7 @@ use crate::manifest::{self, Manifest, StoredFile, TimingsMs};
 use crate::media;
 use crate::metrics::{outcome, phase, Metrics};
 use crate::storage::{sha256_hex, Storage, StorageError};
+use crate::trace::phase_span;
 
 /// Content type of checkpoint objects (safetensors).
 const CHECKPOINT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -444,11 +445,15 @@ impl Job<'_> {
             }
             last_step
         };
-        let (generated, last_step, ()) = tokio::join!(
-            ctx.generator.generate(spec.clone(), resume, hooks),
-            progress,
-            writer
-        );
+        let (generated, last_step, ()) = async {
+            tokio::join!(
+                ctx.generator.generate(spec.clone(), resume, hooks),
+                progress,
+                writer
+            )
+        }
+        .instrument(phase_span("generate"))
+        .await;
         self.at_step = last_step;
         let generated = match generated {
             Ok(g) => g,
@@ -487,6 +492,7 @@ impl Job<'_> {
         // 5. Encode.
         let encode_started = Instant::now();
         let encoded = media::encode(&ctx.cfg.media, &generated.frames, spec.fps, &spec.job_id)
+            .instrument(phase_span("encode"))
             .await
             .map_err(|e| failed(ErrorCode::Internal, e.to_string(), true, false))?;
         let video_bytes = Bytes::from(std::fs::read(&encoded.video).map_err(|e| {
@@ -512,10 +518,15 @@ impl Job<'_> {
 
         // 6. Upload the outputs, then the manifest, create-only: the commit point.
         let upload_started = Instant::now();
-        let video = self.upload("video.mp4", video_bytes, "video/mp4").await?;
-        let thumbnail = self
-            .upload("thumbnail.jpg", thumb_bytes, "image/jpeg")
-            .await?;
+        let (video, thumbnail) = async {
+            let video = self.upload("video.mp4", video_bytes, "video/mp4").await?;
+            let thumbnail = self
+                .upload("thumbnail.jpg", thumb_bytes, "image/jpeg")
+                .await?;
+            Ok::<_, Stop>((video, thumbnail))
+        }
+        .instrument(phase_span("upload"))
+        .await?;
         let upload_took = upload_started.elapsed();
         self.timings.upload = upload_took.as_millis() as u64;
         ctx.metrics.phase(phase::UPLOAD, upload_took);
@@ -540,27 +551,32 @@ impl Job<'_> {
             worker_id: ctx.publisher.worker_id.clone(),
             created_at_unix_ms: now_unix_ms(),
         };
-        let key = ctx.storage.job_path(&spec.job_id, manifest::FILE_NAME);
-        let bytes = Bytes::from(manifest.to_bytes());
-        match ctx
-            .storage
-            .put(&key, bytes.clone(), manifest::CONTENT_TYPE, true)
-            .await
-        {
-            Ok(()) => {}
-            Err(StorageError::AlreadyExists(_)) => {
-                // Another worker committed this job first: announce its result, not ours.
-                let stored = ctx.storage.get(&key).await?.unwrap_or_default();
-                self.republish(&key, &stored).await?;
-                return Ok(outcome::DUPLICATE);
+        // The manifest and Completed, traced as one phase (`commit`).
+        async {
+            let key = ctx.storage.job_path(&spec.job_id, manifest::FILE_NAME);
+            let bytes = Bytes::from(manifest.to_bytes());
+            match ctx
+                .storage
+                .put(&key, bytes.clone(), manifest::CONTENT_TYPE, true)
+                .await
+            {
+                Ok(()) => {}
+                Err(StorageError::AlreadyExists(_)) => {
+                    // Another worker committed this job first: announce its result, not ours.
+                    let stored = ctx.storage.get(&key).await?.unwrap_or_default();
+                    self.republish(&key, &stored).await?;
+                    return Ok(outcome::DUPLICATE);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+            // 7. Completed; the checkpoints are of no use any more.
+            self.delete_checkpoints().await;
+            let completed = manifest.completed(&ctx.storage.uri(&key), &bytes);
+            self.emit(Kind::Completed(completed)).await?;
+            Ok::<_, Stop>(outcome::COMPLETED)
         }
-        // 7. Completed; the checkpoints are of no use any more.
-        self.delete_checkpoints().await;
-        let completed = manifest.completed(&ctx.storage.uri(&key), &bytes);
-        self.emit(Kind::Completed(completed)).await?;
-        Ok(outcome::COMPLETED)
+        .instrument(phase_span("commit"))
+        .await
     }
 
     /// Uploads the checkpoints the generator hands over, in order, each within
@@ -730,27 +746,14 @@ impl Job<'_> {
 
 /// Handles one record of the requests topic from decode to its terminal event.
 pub async fn handle(ctx: &JobContext, record: SourceRecord) -> Disposition {
-    let parent = record
-        .headers
-        .iter()
-        .find(|(k, _)| k == t2v_producer::headers::TRACEPARENT)
-        .and_then(|(_, v)| v.as_deref())
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(TraceContext::parse);
-    let trace = match parent {
-        Some(p) => TraceContext {
-            span_id: rand::random::<u64>().max(1),
-            ..p
-        },
-        None => TraceContext::new_root(),
-    };
+    let (trace, parent_span) = crate::trace::job_context(&record.headers);
     let key_id = record
         .key
         .as_deref()
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or_default()
         .to_string();
-    let span = tracing::info_span!("job", job_id = %key_id, trace_id = %trace.trace_id_hex());
+    let span = crate::trace::job_span(&key_id, &trace, parent_span);
     async move {
         let started = Instant::now();
         let decoded = record

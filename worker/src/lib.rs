@@ -33,6 +33,7 @@ pub mod media;
 pub mod metrics;
 pub mod oneshot;
 pub mod storage;
+pub mod trace;
 pub mod wan;
 
 pub use config::WorkerConfig;

@@ -1,6 +1,6 @@
 //! Encoding frames with ffmpeg: an H.264 MP4 (yuv420p, `+faststart`, constant rate factor) and a
-//! JPEG thumbnail of the middle frame. ffmpeg reads raw RGB24 on stdin, so nothing but the final
-//! files touches the disk.
+//! JPEG thumbnail of the middle frame, encoded side by side. ffmpeg reads raw RGB24 on stdin, so
+//! nothing but the final files touches the disk (`+faststart` needs a seekable output file).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -125,7 +125,6 @@ pub async fn encode(
         .map(|s| s.to_string()),
     );
     video_args.push(path_arg(&encoded.video));
-    run_ffmpeg(cfg, &video_args, &frames.rgb).await?;
 
     let mut thumb_args = raw_input(frames, fps);
     thumb_args.extend(
@@ -134,7 +133,11 @@ pub async fn encode(
             .map(|s| s.to_string()),
     );
     thumb_args.push(path_arg(&encoded.thumbnail));
-    run_ffmpeg(cfg, &thumb_args, frames.frame(frames.count / 2)).await?;
+    // Two processes at once: the thumbnail costs no wall time next to the video.
+    tokio::try_join!(
+        run_ffmpeg(cfg, &video_args, &frames.rgb),
+        run_ffmpeg(cfg, &thumb_args, frames.frame(frames.count / 2)),
+    )?;
     Ok(encoded)
 }
 
