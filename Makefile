@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-worker bench-gpu schemas
+.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-worker bench-gpu chaos checkpoint-write schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -43,6 +43,12 @@ bench: up ## producer throughput against the local broker
 
 bench-worker: up ## worker overhead per job outside the pipeline (synthetic backend, 81 frames at 832x480)
 	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example worker_overhead
+
+chaos: up ## fault-injection suite: 20 jobs, 3 workers, 10 faults (worker SIGKILL/SIGTERM, Kafka kill, S3 stop), prints the table — run alone
+	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example chaos -- --jobs 20 --workers 3 --faults 10
+
+checkpoint-write: up ## A14B 720p checkpoint size and its put time to the local S3 server
+	@$(ENV) cargo run -q -p t2v-tests --example checkpoint_write
 
 bench-gpu: deps ## on a GPU host: bf16 tiny-config check vs the f32 reference, then one full-size A14B expert forward (480x832x81, 1280x720x81), diffusers then ours, with peak memory
 	@$(ENV) python pipeline/parity/transformer.py --out $(FIXTURES) >/dev/null && \

@@ -445,3 +445,5 @@ pub fn stack_script(command: &str) -> Result<(), String> {
         ))
     }
 }
+
+pub mod chaos;

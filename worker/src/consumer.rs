@@ -73,6 +73,11 @@ impl ConsumerContext for WorkerContext {
                     if let Err(e) = consumer.pause(partitions) {
                         tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                     }
+                } else if let Err(e) = consumer.resume(partitions) {
+                    // librdkafka keeps a partition's old pause flag when it is assigned back to the
+                    // same member (e.g. after a session timeout during a job): clear it, or the
+                    // partition is never fetched again.
+                    tracing::warn!(error = %e, "cannot resume newly assigned partitions");
                 }
             }
             Rebalance::Revoke(partitions) => {

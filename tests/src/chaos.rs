@@ -1,0 +1,730 @@
+//! Fault injection (issue 7): N `t2v-worker run` processes (synthetic backend, a sleep per step,
+//! a checkpoint every few steps) take M jobs on fresh topics and a fresh prefix while faults
+//! chosen by a seeded RNG hit them — SIGKILL or SIGTERM of a busy worker (a replacement starts),
+//! SIGKILL and restart of the Kafka broker, stop and start of Garage — with garbage bytes,
+//! invalid requests and duplicate submissions mixed into the requests topic.
+//!
+//! [`run`] then checks what the fleet promises and returns a [`ChaosReport`]: every valid job has
+//! a manifest and ≥ 1 Completed, all of its Completed identical; no output object of a job that
+//! never completed; every poison message in the DLQ and nowhere else; no job lost; steps redone
+//! per interruption ≤ the checkpoint interval. Steps redone are measured from the events: the
+//! highest step a run reported (Progress every step) minus the `resumed_from_step` of the run
+//! that followed it — a lower bound when a killed worker's last Progress never reached the
+//! broker.
+//!
+//! The broker and Garage are the shared stack's: [`StackGuard`] starts them again when dropped,
+//! so a failing run still leaves the stack up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
+
+use crate::{
+    brokers, list_keys, partition_count, read_topic, stack_script, WorkerProcess, WorkerSetup,
+};
+
+/// What to run and which faults to inject.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    pub jobs: usize,
+    pub workers: usize,
+    pub faults: usize,
+    pub seed: u64,
+    /// Steps per job and the synthetic sleep per step.
+    pub steps: u32,
+    pub step_ms: u64,
+    /// `[checkpoint] every_steps` of the workers: the bound on steps redone per interruption.
+    pub checkpoint_every: u32,
+    /// Whether the fault mix includes SIGKILL + restart of the shared Kafka broker.
+    pub kafka_faults: bool,
+    /// Whether the fault mix includes stop + start of the shared Garage server.
+    pub s3_faults: bool,
+    pub garbage: usize,
+    pub invalid: usize,
+    /// Valid jobs submitted a second time with the same job id.
+    pub duplicates: usize,
+    /// How long to wait for every job after the last fault.
+    pub settle: Duration,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        Self {
+            jobs: 20,
+            workers: 3,
+            faults: 10,
+            seed: 7,
+            steps: 40,
+            step_ms: 150,
+            checkpoint_every: 2,
+            kafka_faults: true,
+            s3_faults: true,
+            garbage: 3,
+            invalid: 3,
+            duplicates: 4,
+            settle: Duration::from_secs(240),
+        }
+    }
+}
+
+/// A fault kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    WorkerKill,
+    WorkerTerm,
+    KafkaKill,
+    S3Stop,
+}
+
+/// What a chaos run saw and checked.
+#[derive(Debug, Default, Clone)]
+pub struct ChaosReport {
+    pub jobs: usize,
+    pub poison: usize,
+    pub duplicate_submissions: usize,
+    pub faults: BTreeMap<String, usize>,
+    pub lost: Vec<String>,
+    /// Jobs with more than one distinct Completed or more than one video object.
+    pub duplicate_outputs: Vec<String>,
+    pub resumed_jobs: usize,
+    /// Worker faults that hit a worker running a job (the others found every worker idle).
+    pub busy_victims: usize,
+    pub interruptions: usize,
+    pub steps_redone: u64,
+    pub max_redone: u64,
+    /// Checkpoint objects still stored for completed jobs (a kill between the manifest and the
+    /// checkpoint delete leaves one; harmless, reported).
+    pub checkpoints_left: usize,
+    pub wall: Duration,
+    /// Every broken invariant, in words (empty: all held).
+    pub violations: Vec<String>,
+}
+
+impl ChaosReport {
+    /// The table `make chaos` prints.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            ("jobs (valid)".into(), self.jobs.to_string()),
+            ("poison messages".into(), self.poison.to_string()),
+            (
+                "duplicate submissions".into(),
+                self.duplicate_submissions.to_string(),
+            ),
+        ];
+        for (kind, n) in &self.faults {
+            rows.push((format!("faults: {kind}"), n.to_string()));
+        }
+        let total: usize = self.faults.values().sum();
+        rows.extend([
+            ("faults: total".into(), total.to_string()),
+            ("lost".into(), self.lost.len().to_string()),
+            (
+                "duplicate outputs".into(),
+                self.duplicate_outputs.len().to_string(),
+            ),
+            (
+                "worker faults on a busy worker".into(),
+                self.busy_victims.to_string(),
+            ),
+            ("resumed jobs".into(), self.resumed_jobs.to_string()),
+            ("interruptions".into(), self.interruptions.to_string()),
+            ("steps redone (total)".into(), self.steps_redone.to_string()),
+            (
+                "steps redone (max per interruption)".into(),
+                self.max_redone.to_string(),
+            ),
+            (
+                "checkpoints left after completion".into(),
+                self.checkpoints_left.to_string(),
+            ),
+            (
+                "wall time".into(),
+                format!("{:.1} s", self.wall.as_secs_f64()),
+            ),
+            ("violations".into(), self.violations.len().to_string()),
+        ]);
+        let mut out = String::from("| metric | value |\n|---|---|\n");
+        for (k, v) in rows {
+            out.push_str(&format!("| {k} | {v} |\n"));
+        }
+        for v in &self.violations {
+            out.push_str(&format!("VIOLATION: {v}\n"));
+        }
+        out
+    }
+}
+
+/// SplitMix64: a small seeded RNG, so a run's fault schedule is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Keeps the shared Kafka broker and Garage up: whatever is down when this is dropped is
+/// started again, so a failing chaos run leaves the stack as it found it.
+#[derive(Default)]
+pub struct StackGuard {
+    kafka_down: bool,
+    s3_down: bool,
+}
+
+impl StackGuard {
+    fn kill_kafka(&mut self) -> Result<(), String> {
+        self.kafka_down = true;
+        stack_script("kill-kafka")
+    }
+
+    fn start_kafka(&mut self) -> Result<(), String> {
+        stack_script("start-kafka")?;
+        self.kafka_down = false;
+        Ok(())
+    }
+
+    fn stop_s3(&mut self) -> Result<(), String> {
+        self.s3_down = true;
+        stack_script("stop-s3")
+    }
+
+    fn start_s3(&mut self) -> Result<(), String> {
+        stack_script("start-s3")?;
+        self.s3_down = false;
+        Ok(())
+    }
+}
+
+impl Drop for StackGuard {
+    fn drop(&mut self) {
+        if self.kafka_down {
+            if let Err(e) = self.start_kafka() {
+                eprintln!("COULD NOT RESTART KAFKA: {e} — run `bash scripts/stack.sh start-kafka`");
+            }
+        }
+        if self.s3_down {
+            if let Err(e) = self.start_s3() {
+                eprintln!("COULD NOT RESTART GARAGE: {e} — run `bash scripts/stack.sh start-s3`");
+            }
+        }
+    }
+}
+
+/// Reads the events topic from the beginning on a thread until dropped.
+struct EventLog {
+    events: Arc<Mutex<Vec<GenerationEvent>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventLog {
+    fn start(topic: &str) -> Self {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", "t2v-tests-chaos")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        for p in 0..partition_count(topic) as i32 {
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&list).unwrap();
+        let (sink, flag) = (events.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    let event = GenerationEvent::decode(m.payload().unwrap_or_default())
+                        .expect("events decode");
+                    sink.lock().unwrap().push(event);
+                }
+            }
+        });
+        Self {
+            events,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<GenerationEvent> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn is_terminal(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)
+    )
+}
+
+/// Worker ids (`host:pid`) running a job now, by the events: the last Started/Progress of the
+/// worker was not followed by a terminal event of that job.
+fn busy_workers(events: &[GenerationEvent]) -> BTreeSet<String> {
+    let mut current: HashMap<&str, Option<&str>> = HashMap::new();
+    for e in events {
+        match &e.kind {
+            Some(Kind::Started(_)) | Some(Kind::Progress(_)) => {
+                current.insert(&e.worker_id, Some(&e.job_id));
+            }
+            Some(k)
+                if is_terminal(k)
+                    && current.get(e.worker_id.as_str()) == Some(&Some(e.job_id.as_str())) =>
+            {
+                current.insert(&e.worker_id, None);
+            }
+            _ => {}
+        }
+    }
+    current
+        .into_iter()
+        .filter(|(_, job)| job.is_some())
+        .map(|(w, _)| w.to_string())
+        .collect()
+}
+
+fn request(job_id: &str, steps: u32, seed: u64) -> GenerationRequest {
+    GenerationRequest {
+        job_id: job_id.into(),
+        model: "wan2.2-t2v-a14b".into(),
+        prompt: format!("chaos job {job_id}"),
+        width: 64,
+        height: 64,
+        num_frames: 5,
+        fps: 8,
+        num_inference_steps: steps,
+        seed: Some(seed),
+        submitted_at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        ..Default::default()
+    }
+}
+
+struct Fleet {
+    setup: WorkerSetup,
+    env: Vec<(String, String)>,
+    workers: Vec<WorkerProcess>,
+}
+
+impl Fleet {
+    fn start_one(&mut self) {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.workers.push(self.setup.start_worker(&env));
+    }
+
+    /// Index of the worker whose id is `worker_id` (`host:pid`).
+    fn by_id(&self, worker_id: &str) -> Option<usize> {
+        self.workers
+            .iter()
+            .position(|w| worker_id.ends_with(&format!(":{}", w.child.id())))
+    }
+
+    /// A busy worker by the events, else any: its index and whether it was busy.
+    fn pick(&self, events: &[GenerationEvent], rng: &mut Rng) -> (usize, bool) {
+        let busy: Vec<usize> = busy_workers(events)
+            .iter()
+            .filter_map(|id| self.by_id(id))
+            .collect();
+        if busy.is_empty() {
+            (rng.below(self.workers.len()), false)
+        } else {
+            (busy[rng.below(busy.len())], true)
+        }
+    }
+}
+
+/// The fault schedule: every enabled kind at least once (when `faults` allows), the rest drawn
+/// from the RNG, in a shuffled order.
+fn schedule(cfg: &ChaosConfig, rng: &mut Rng) -> Vec<Fault> {
+    let mut kinds = vec![Fault::WorkerKill, Fault::WorkerTerm];
+    if cfg.s3_faults {
+        kinds.push(Fault::S3Stop);
+    }
+    if cfg.kafka_faults {
+        kinds.push(Fault::KafkaKill);
+    }
+    let mut plan: Vec<Fault> = kinds.iter().copied().take(cfg.faults).collect();
+    while plan.len() < cfg.faults {
+        // Worker faults are cheap and the point of the suite: two in three.
+        plan.push(match rng.below(6) {
+            0..=1 => Fault::WorkerKill,
+            2..=3 => Fault::WorkerTerm,
+            _ => kinds[rng.below(kinds.len())],
+        });
+    }
+    for i in (1..plan.len()).rev() {
+        plan.swap(i, rng.below(i + 1));
+    }
+    plan
+}
+
+/// Runs the suite; panics only on setup errors (the stack is down, a topic cannot be created).
+pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
+    let started = Instant::now();
+    let mut rng = Rng(cfg.seed);
+    let mut guard = StackGuard::default();
+    let mut report = ChaosReport {
+        jobs: cfg.jobs,
+        poison: cfg.garbage + cfg.invalid,
+        duplicate_submissions: cfg.duplicates,
+        ..Default::default()
+    };
+
+    // 1. Topics, the event log and the workers.
+    let setup = WorkerSetup::new("chaos", cfg.workers.max(1) as i32).await;
+    let events = EventLog::start(&setup.events);
+    let env = vec![
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", cfg.step_ms.to_string()),
+        (
+            "T2V_CHECKPOINT__EVERY_STEPS",
+            cfg.checkpoint_every.to_string(),
+        ),
+        ("T2V_JOBS__PROGRESS_INTERVAL_MS", "0".to_string()),
+        // Kills land on the same job more than the default 3 times by design.
+        ("T2V_JOBS__MAX_ATTEMPTS", "50".to_string()),
+        ("T2V_JOBS__RETRY_TIMES", "20".to_string()),
+    ];
+    let mut fleet = Fleet {
+        setup: setup.clone(),
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        workers: Vec::new(),
+    };
+    for _ in 0..cfg.workers {
+        fleet.start_one();
+    }
+    for w in &fleet.workers {
+        w.wait_ready(Duration::from_secs(60));
+    }
+
+    // 2. Valid jobs, duplicates, garbage and invalid requests, interleaved.
+    let submitter = setup.submitter();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let valid: Vec<GenerationRequest> = (0..cfg.jobs)
+        .map(|i| request(&format!("job-{i:03}"), cfg.steps, 1000 + i as u64))
+        .collect();
+    let garbage_ids: Vec<String> = (0..cfg.garbage).map(|i| format!("garbage-{i}")).collect();
+    let invalid_ids: Vec<String> = (0..cfg.invalid).map(|i| format!("invalid-{i}")).collect();
+    // Poison records go through a plain producer: the Submitter refuses invalid requests.
+    let mut poison: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, id) in garbage_ids.iter().enumerate() {
+        let text = format!("\u{fffd}garbage {i}\u{0}\u{1}").into_bytes();
+        poison.push((id.clone(), [b"\xff\xfe".as_slice(), &text].concat()));
+    }
+    for id in &invalid_ids {
+        let bad = GenerationRequest {
+            num_frames: 80,
+            ..request(id, cfg.steps, 1)
+        };
+        poison.push((id.clone(), bad.encode_to_vec()));
+    }
+    let mut poison = poison.into_iter();
+    for req in &valid {
+        submitter.submit(req.clone()).await.expect("submit");
+        // One poison record after each of the first valid jobs.
+        if let Some((key, payload)) = poison.next() {
+            producer
+                .send(
+                    FutureRecord::to(&setup.requests)
+                        .key(&key)
+                        .payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce poison");
+        }
+    }
+    assert_eq!(poison.len(), 0, "more poison records than valid jobs");
+
+    // 3. Faults, every 1.5–4 s, with the duplicates submitted half-way.
+    let plan = schedule(cfg, &mut rng);
+    for (n, fault) in plan.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1500 + rng.below(2500) as u64)).await;
+        if n == plan.len() / 2 {
+            for req in valid.iter().take(cfg.duplicates) {
+                submitter
+                    .submit(req.clone())
+                    .await
+                    .expect("duplicate submit");
+            }
+        }
+        let result = match fault {
+            Fault::WorkerKill | Fault::WorkerTerm => {
+                let (i, busy) = fleet.pick(&events.snapshot(), &mut rng);
+                report.busy_victims += busy as usize;
+                let mut victim = fleet.workers.swap_remove(i);
+                if *fault == Fault::WorkerKill {
+                    let _ = victim.child.kill();
+                    let _ = victim.child.wait();
+                } else {
+                    victim.terminate();
+                    if victim.wait_exit(Duration::from_secs(30)).is_none() {
+                        report
+                            .violations
+                            .push("a SIGTERMed worker did not exit within 30 s".into());
+                    }
+                }
+                fleet.start_one();
+                Ok(())
+            }
+            Fault::KafkaKill => guard.kill_kafka().and_then(|_| {
+                std::thread::sleep(Duration::from_secs(2));
+                guard.start_kafka()
+            }),
+            Fault::S3Stop => guard.stop_s3().and_then(|_| {
+                std::thread::sleep(Duration::from_secs(2));
+                guard.start_s3()
+            }),
+        };
+        if let Err(e) = result {
+            report.violations.push(format!("fault {fault:?}: {e}"));
+        }
+        eprintln!(
+            "chaos: fault {}/{}: {fault:?} at {:.1} s",
+            n + 1,
+            plan.len(),
+            started.elapsed().as_secs_f64()
+        );
+        *report.faults.entry(format!("{fault:?}")).or_default() += 1;
+    }
+    if cfg.duplicates > 0 && plan.is_empty() {
+        for req in valid.iter().take(cfg.duplicates) {
+            submitter
+                .submit(req.clone())
+                .await
+                .expect("duplicate submit");
+        }
+    }
+
+    // 4. Wait until every valid job completed and every poison message failed.
+    let poison_ids: Vec<String> = garbage_ids.iter().chain(&invalid_ids).cloned().collect();
+    let valid_ids: Vec<String> = valid.iter().map(|r| r.job_id.clone()).collect();
+    let deadline = Instant::now() + cfg.settle;
+    let done = |evs: &[GenerationEvent]| {
+        let completed = |id: &String, f: fn(&Kind) -> bool| {
+            evs.iter()
+                .any(|e| &e.job_id == id && e.kind.as_ref().is_some_and(f))
+        };
+        let dup_done = valid_ids.iter().take(cfg.duplicates).all(|id| {
+            evs.iter()
+                .filter(|e| &e.job_id == id && matches!(e.kind, Some(Kind::Completed(_))))
+                .count()
+                >= 2
+        });
+        valid_ids
+            .iter()
+            .all(|id| completed(id, |k| matches!(k, Kind::Completed(_))))
+            && poison_ids
+                .iter()
+                .all(|id| completed(id, |k| matches!(k, Kind::Failed(_))))
+            && dup_done
+    };
+    while !done(&events.snapshot()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Late duplicates of events (a redelivery after the broker restart) settle too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = events.snapshot();
+    drop(events);
+    drop(guard);
+
+    // 5. The checks.
+    check(cfg, &setup, &valid_ids, &poison_ids, &all, &mut report).await;
+    report.wall = started.elapsed();
+    for w in &fleet.workers {
+        if !report.violations.is_empty() {
+            eprintln!("--- worker log {} ---\n{}", w.log.display(), w.logs());
+        }
+    }
+    report
+}
+
+async fn check(
+    cfg: &ChaosConfig,
+    setup: &WorkerSetup,
+    valid_ids: &[String],
+    poison_ids: &[String],
+    all: &[GenerationEvent],
+    report: &mut ChaosReport,
+) {
+    let keys = list_keys(&setup.prefix).await;
+    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in &keys {
+        let rest = key
+            .strip_prefix(&format!("{}/", setup.prefix))
+            .unwrap_or(key);
+        if let Some((job, file)) = rest.split_once('/') {
+            by_job
+                .entry(job.to_string())
+                .or_default()
+                .push(file.to_string());
+        }
+    }
+    let completed_of = |id: &str| -> Vec<Vec<u8>> {
+        all.iter()
+            .filter(|e| e.job_id == id)
+            .filter_map(|e| match &e.kind {
+                Some(Kind::Completed(c)) => Some(c.encode_to_vec()),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // Valid jobs: a manifest, ≥ 1 Completed, all identical, one video.
+    for id in valid_ids {
+        let completed = completed_of(id);
+        let files = by_job.get(id).cloned().unwrap_or_default();
+        if completed.is_empty() {
+            report.lost.push(id.clone());
+            report.violations.push(format!("{id}: no Completed (lost)"));
+            continue;
+        }
+        report.checkpoints_left += files
+            .iter()
+            .filter(|f| f.starts_with("checkpoint/"))
+            .count();
+        if !files.iter().any(|f| f == "manifest.json") {
+            report.violations.push(format!("{id}: no manifest.json"));
+        }
+        let videos = files.iter().filter(|f| f.ends_with(".mp4")).count();
+        let distinct: BTreeSet<&Vec<u8>> = completed.iter().collect();
+        if distinct.len() > 1 || videos > 1 {
+            report.duplicate_outputs.push(id.clone());
+            report.violations.push(format!(
+                "{id}: {} distinct Completed, {videos} videos",
+                distinct.len()
+            ));
+        }
+        if all
+            .iter()
+            .any(|e| &e.job_id == id && matches!(&e.kind, Some(Kind::Failed(f)) if !f.retryable))
+        {
+            report
+                .violations
+                .push(format!("{id}: a non-retryable Failed for a valid job"));
+        }
+    }
+
+    // No output object of a job that never completed (attempt markers are not outputs).
+    for (job, files) in &by_job {
+        if completed_of(job).is_empty() {
+            let outputs: Vec<&String> = files
+                .iter()
+                .filter(|f| !f.starts_with("attempts/") && !f.starts_with("checkpoint/"))
+                .collect();
+            if !outputs.is_empty() {
+                report
+                    .violations
+                    .push(format!("{job}: outputs {outputs:?} without a Completed"));
+            }
+        }
+    }
+
+    // Poison: in the DLQ, a Failed event, nothing else.
+    let dlq = read_topic(
+        &setup.dlq,
+        poison_ids.len() + valid_ids.len(),
+        Duration::from_secs(10),
+    );
+    let dlq_keys: Vec<String> = dlq
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
+        .collect();
+    for id in poison_ids {
+        if !dlq_keys.contains(id) {
+            report.violations.push(format!("{id}: not in the DLQ"));
+        }
+        if !completed_of(id).is_empty() || by_job.contains_key(id) {
+            report
+                .violations
+                .push(format!("{id}: a poison message has a Completed or objects"));
+        }
+    }
+    for key in &dlq_keys {
+        if valid_ids.contains(key) {
+            report
+                .violations
+                .push(format!("{key}: a valid job is in the DLQ"));
+        }
+    }
+
+    // Resumes and steps redone, from the events in topic order.
+    for id in valid_ids {
+        let restarts = interruptions(all, id);
+        for &(before, from) in &restarts {
+            let redone = before.saturating_sub(from) as u64;
+            report.interruptions += 1;
+            report.steps_redone += redone;
+            report.max_redone = report.max_redone.max(redone);
+            if redone > cfg.checkpoint_every as u64 {
+                report.violations.push(format!(
+                    "{id}: {redone} steps redone after reaching step {before}, resumed at {from}"
+                ));
+            }
+        }
+        report.resumed_jobs += restarts.iter().any(|&(_, from)| from > 0) as usize;
+    }
+}
+
+/// The interruptions of `job_id`'s runs, in topic order: for each Started that follows an
+/// unfinished run, (the highest step that run reported, the step the new run resumed from).
+fn interruptions(events: &[GenerationEvent], job_id: &str) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let mut reached: Option<u32> = None;
+    for e in events.iter().filter(|e| e.job_id == job_id) {
+        match &e.kind {
+            Some(Kind::Started(s)) => {
+                if let Some(before) = reached {
+                    out.push((before, s.resumed_from_step));
+                }
+                reached = Some(s.resumed_from_step);
+            }
+            Some(Kind::Progress(p)) => reached = Some(reached.unwrap_or(0).max(p.step)),
+            Some(Kind::Completed(_)) => reached = None,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
