@@ -219,6 +219,34 @@ fn an_impossible_size_is_one_line_naming_width() {
 }
 
 #[test]
+fn a_prompt_over_the_token_limit_is_one_line_naming_the_prompt() {
+    let dir = fixture("single_expert");
+    let long_prompt = "a red fox running through fresh snow at dawn ".repeat(120);
+    let args: Vec<String> = [
+        "--prompt",
+        &long_prompt,
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--frames",
+        "5",
+        "--steps",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = generate(&dir, &args);
+    assert_one_error_line(&out, "prompt");
+    assert!(
+        stderr(&out).contains("512"),
+        "names the limit: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn out_dir_gets_an_h264_mp4_with_every_frame_and_a_thumbnail() {
     let dir = fixture("two_experts");
     let s = settings(&dir);
