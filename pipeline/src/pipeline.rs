@@ -42,6 +42,8 @@ use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
 use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
 use crate::wan::WanTransformer3DModel;
 
+mod random;
+
 /// `height` and `width` must be multiples of this (`WanPipeline.check_inputs`).
 pub const SIZE_MULTIPLE: i64 = 16;
 
