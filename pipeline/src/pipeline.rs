@@ -641,6 +641,12 @@ fn check_resume(
 /// `randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=float32)`:
 /// drawn on the CPU in f32 (the same values whatever device the run uses).
 pub fn initial_noise(seed: u64, shape: [i64; 5]) -> Result<Tensor> {
+    // libtorch's CPU generator is process-global: seeding and drawing must not interleave with
+    // another thread's (parallel tests, or two pipelines in one process).
+    static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = GLOBAL_GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Same bits as torch's uint64 seed, also above i64::MAX.
     tch::manual_seed(seed as i64);
     Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?)
