@@ -126,3 +126,32 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Names of the tensors stored in `dir`'s safetensors files, read from their headers only.
+pub fn tensor_names(dir: &Path) -> Result<HashSet<String>> {
+    use std::io::Read;
+    let mut keys = HashSet::new();
+    for file in weight_files(dir)? {
+        let mut reader = std::fs::File::open(&file).map_err(|e| PipelineError::io(&file, e))?;
+        let mut len = [0u8; 8];
+        reader
+            .read_exact(&mut len)
+            .map_err(|e| PipelineError::io(&file, e))?;
+        let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| PipelineError::io(&file, e))?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+            .map_err(|e| PipelineError::Config {
+                path: file.clone(),
+                message: format!("unreadable safetensors header: {e}"),
+            })?;
+        keys.extend(
+            header
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| k != "__metadata__"),
+        );
+    }
+    Ok(keys)
+}

@@ -695,13 +695,13 @@ fn load_text_encoder(
     let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
     let dir = model_dir.path(Component::TextEncoder)?;
     let cfg = UMT5Config::from_file(&dir.join("config.json"))?;
-    let embedding = if !has_tensor(&dir, "shared.weight")?
-        && has_tensor(&dir, "encoder.embed_tokens.weight")?
-    {
-        EmbeddingKey::EncoderEmbedTokens
-    } else {
-        EmbeddingKey::Shared
-    };
+    let names = loader::tensor_names(&dir)?;
+    let embedding =
+        if !names.contains("shared.weight") && names.contains("encoder.embed_tokens.weight") {
+            EmbeddingKey::EncoderEmbedTokens
+        } else {
+            EmbeddingKey::Shared
+        };
     let mut vs = nn::VarStore::new(options.device);
     vs.set_kind(options.dtype);
     let model = UMT5EncoderModel::with_embedding(&cfg, vs.root(), embedding)?;
@@ -709,29 +709,4 @@ fn load_text_encoder(
     vs.freeze();
     let weights = ParkedWeights::new(vs.variables().into_iter().collect(), options.device)?;
     Ok((TextEncoder::new(tokenizer, model), Some(weights)))
-}
-
-/// Whether a safetensors header in `dir` names `key`.
-fn has_tensor(dir: &Path, key: &str) -> Result<bool> {
-    use std::io::Read;
-    for file in loader::weight_files(dir)? {
-        let mut reader = std::fs::File::open(&file).map_err(|e| PipelineError::io(&file, e))?;
-        let mut len = [0u8; 8];
-        reader
-            .read_exact(&mut len)
-            .map_err(|e| PipelineError::io(&file, e))?;
-        let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
-        reader
-            .read_exact(&mut header)
-            .map_err(|e| PipelineError::io(&file, e))?;
-        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-            .map_err(|e| PipelineError::Config {
-                path: file.clone(),
-                message: format!("unreadable safetensors header: {e}"),
-            })?;
-        if header.contains_key(key) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }

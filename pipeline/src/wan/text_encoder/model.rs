@@ -9,8 +9,6 @@
 //! transformers applies for fp16 only), so the residual stream is promoted to f32 after the first
 //! feed-forward, and fp16 hidden states are clamped when they overflow.
 
-use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
@@ -261,7 +259,7 @@ impl UMT5EncoderModel {
     /// Loads `dir/config.json` and the weights of `dir` in `kind` (fp16 keeps `wo` in f32).
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let cfg = UMT5Config::from_file(&dir.join("config.json"))?;
-        let keys = checkpoint_keys(dir)?;
+        let keys = crate::loader::tensor_names(dir)?;
         let embedding =
             if !keys.contains("shared.weight") && keys.contains("encoder.embed_tokens.weight") {
                 EmbeddingKey::EncoderEmbedTokens
@@ -364,32 +362,4 @@ impl UMT5EncoderModel {
         let large = (log_ratio.to_kind(Kind::Int64) + max_exact).clamp_max(num_buckets - 1);
         direction + distance.where_self(&is_small, &large)
     }
-}
-
-/// Tensor names of the checkpoint in `dir`, from the shard index or the safetensors headers.
-fn checkpoint_keys(dir: &Path) -> Result<HashSet<String>> {
-    let mut keys = HashSet::new();
-    for file in crate::loader::weight_files(dir)? {
-        let mut reader = std::fs::File::open(&file).map_err(|e| PipelineError::io(&file, e))?;
-        let mut len = [0u8; 8];
-        reader
-            .read_exact(&mut len)
-            .map_err(|e| PipelineError::io(&file, e))?;
-        let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
-        reader
-            .read_exact(&mut header)
-            .map_err(|e| PipelineError::io(&file, e))?;
-        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-            .map_err(|e| PipelineError::Config {
-                path: file.clone(),
-                message: format!("unreadable safetensors header: {e}"),
-            })?;
-        keys.extend(
-            header
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| k != "__metadata__"),
-        );
-    }
-    Ok(keys)
 }
