@@ -155,7 +155,7 @@ pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
 
 use prost::Message as _;
 use std::process::{Child, Command, Stdio};
-use t2v_proto::v1::GenerationEvent;
+use t2v_proto::v1::{generation_event::Kind, GenerationEvent};
 
 /// The topics and storage prefix of one worker test.
 #[derive(Debug, Clone)]
@@ -447,3 +447,64 @@ pub fn stack_script(command: &str) -> Result<(), String> {
 }
 
 pub mod chaos;
+
+/// Polls the offset `group` committed on `topic`/`partition` for up to 10 s until it is
+/// `expected`; returns the last value seen (auto-commit of stored offsets runs every second).
+pub async fn wait_committed(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    expected: i64,
+) -> Option<i64> {
+    let mut committed = None;
+    for _ in 0..50 {
+        committed = committed_offset(group, topic, partition);
+        if committed == Some(expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    committed
+}
+
+/// How many of `events` have a kind that `pick` accepts.
+pub fn count_kind(events: &[GenerationEvent], pick: fn(&Kind) -> bool) -> usize {
+    events
+        .iter()
+        .filter(|e| e.kind.as_ref().is_some_and(pick))
+        .count()
+}
+
+/// The stack's Garage server stopped for the lifetime of this value; dropping it starts Garage
+/// again, even when the test fails. Tests that take storage away from the stack must run alone
+/// in their test binary (cargo runs test binaries one after another) or hold a lock.
+pub struct S3Outage {
+    up: bool,
+}
+
+impl S3Outage {
+    pub fn begin() -> Self {
+        // The guard exists before the stop, so a half-done stop is undone too.
+        let outage = Self { up: false };
+        stack_script("stop-s3").unwrap();
+        outage
+    }
+
+    /// Starts Garage again (once).
+    pub fn end(&mut self) -> Result<(), String> {
+        if !self.up {
+            self.up = true;
+            stack_script("start-s3")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Outage {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            // No panic while unwinding: say it loudly instead.
+            eprintln!("COULD NOT RESTART GARAGE: {e} — run `bash scripts/stack.sh start-s3`");
+        }
+    }
+}

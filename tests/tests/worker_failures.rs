@@ -9,9 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
-use t2v_tests::{
-    brokers, committed_offset, header, list_keys, read_topic, wait_events, WorkerSetup,
-};
+use t2v_tests::{brokers, header, list_keys, read_topic, wait_committed, wait_events, WorkerSetup};
 
 fn terminal(events: &[GenerationEvent], job_id: &str) -> Option<Kind> {
     events
@@ -160,13 +158,6 @@ async fn a_cancel_stops_a_job_before_start_and_between_steps() {
             .is_empty(),
         "no outputs"
     );
-    let mut committed = None;
-    for _ in 0..50 {
-        committed = committed_offset(&setup.group, &setup.requests, 0);
-        if committed == Some(2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = wait_committed(&setup.group, &setup.requests, 0, 2).await;
     assert_eq!(committed, Some(2), "both offsets stored after Canceled");
 }

@@ -8,21 +8,14 @@
 
 use std::time::Duration;
 
-use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
-use t2v_tests::{committed_offset, wait_events, WorkerSetup};
+use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
+use t2v_tests::{count_kind, wait_committed, wait_events, WorkerSetup};
 
 /// `max.poll.interval.ms` and `session.timeout.ms` of the worker under test.
 const MAX_POLL_INTERVAL_MS: u64 = 6000;
 /// 150 steps × 100 ms = 15 s of denoising, 2.5 × the poll interval.
 const STEPS: u32 = 150;
 const STEP_MS: u64 = 100;
-
-fn count(events: &[GenerationEvent], pick: fn(&Kind) -> bool) -> usize {
-    events
-        .iter()
-        .filter(|e| e.kind.as_ref().is_some_and(pick))
-        .count()
-}
 
 #[tokio::test]
 async fn a_job_longer_than_max_poll_interval_completes_without_a_rebalance() {
@@ -55,21 +48,21 @@ async fn a_job_longer_than_max_poll_interval_completes_without_a_rebalance() {
         .unwrap();
 
     wait_events(&setup.events, Duration::from_secs(120), |e| {
-        count(e, |k| matches!(k, Kind::Completed(_) | Kind::Failed(_))) > 0
+        count_kind(e, |k| matches!(k, Kind::Completed(_) | Kind::Failed(_))) > 0
     });
     // Anything a rebalance would redeliver shows up within a few more seconds: read it all again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events = wait_events(&setup.events, Duration::from_secs(3), |_| false);
     let logs = worker.logs();
     assert_eq!(
-        count(&events, |k| matches!(k, Kind::Completed(_))),
+        count_kind(&events, |k| matches!(k, Kind::Completed(_))),
         1,
         "exactly one Completed; events: {events:?}\nlogs:\n{logs}"
     );
-    assert_eq!(count(&events, |k| matches!(k, Kind::Accepted(_))), 1);
-    assert_eq!(count(&events, |k| matches!(k, Kind::Started(_))), 1);
+    assert_eq!(count_kind(&events, |k| matches!(k, Kind::Accepted(_))), 1);
+    assert_eq!(count_kind(&events, |k| matches!(k, Kind::Started(_))), 1);
     assert_eq!(
-        count(&events, |k| matches!(
+        count_kind(&events, |k| matches!(
             k,
             Kind::Failed(_) | Kind::Canceled(_)
         )),
@@ -105,13 +98,6 @@ async fn a_job_longer_than_max_poll_interval_completes_without_a_rebalance() {
         "librdkafka reported the poll interval exceeded; logs:\n{logs}"
     );
 
-    let mut committed = None;
-    for _ in 0..50 {
-        committed = committed_offset(&setup.group, &setup.requests, 0);
-        if committed == Some(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = wait_committed(&setup.group, &setup.requests, 0, 1).await;
     assert_eq!(committed, Some(1), "offset committed after Completed");
 }

@@ -3,14 +3,14 @@
 //! one Completed, whose digests are those of the stored objects.
 //!
 //! The only test in this binary, because it stops the stack's shared Garage server (cargo runs
-//! test binaries one after another). [`S3Outage`] starts Garage again even when the test fails.
+//! test binaries one after another). `S3Outage` starts Garage again even when the test fails.
 
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent, GenerationRequest};
 use t2v_tests::{
-    committed_offset, get_object, list_keys, record_count, stack_script, wait_events, WorkerSetup,
+    get_object, list_keys, record_count, wait_committed, wait_events, S3Outage, WorkerSetup,
 };
 
 /// Synthetic steps of the job and the sleep per step: 25 s of "denoising", long enough for
@@ -21,37 +21,6 @@ const STEP_MS: u64 = 125;
 /// How long Garage stays down after the job's denoising ended: longer than the first retries
 /// (200 ms, 400 ms, 800 ms, 1.6 s with jitter), shorter than the retry budget below.
 const DOWN_AFTER_DENOISE: Duration = Duration::from_secs(5);
-
-/// Garage stopped for the lifetime of this value; dropping it starts Garage again.
-struct S3Outage {
-    up: bool,
-}
-
-impl S3Outage {
-    fn begin() -> Self {
-        // The guard exists before the stop, so a half-done stop is undone too.
-        let outage = Self { up: false };
-        stack_script("stop-s3").unwrap();
-        outage
-    }
-
-    fn end(&mut self) -> Result<(), String> {
-        if !self.up {
-            self.up = true;
-            stack_script("start-s3")?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for S3Outage {
-    fn drop(&mut self) {
-        if let Err(e) = self.end() {
-            // No panic while unwinding: say it loudly instead.
-            eprintln!("COULD NOT RESTART GARAGE: {e} — run `bash scripts/stack.sh start-s3`");
-        }
-    }
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -189,14 +158,13 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let all = wait_events(&setup.events, Duration::from_secs(3), |_| false);
     assert_eq!(completed(&all).len(), 1, "logs:\n{}", worker.logs());
-    let mut committed = None;
-    for _ in 0..50 {
-        committed = committed_offset(&setup.group, &setup.requests, 0);
-        if committed == Some(record_count(&setup.requests)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = wait_committed(
+        &setup.group,
+        &setup.requests,
+        0,
+        record_count(&setup.requests),
+    )
+    .await;
     assert_eq!(
         committed,
         Some(record_count(&setup.requests)),

@@ -3,15 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
-use t2v_tests::{committed_offset, list_keys, wait_events, WorkerSetup};
-
-fn count(events: &[GenerationEvent], pick: fn(&Kind) -> bool) -> usize {
-    events
-        .iter()
-        .filter(|e| e.kind.as_ref().is_some_and(pick))
-        .count()
-}
+use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
+use t2v_tests::{
+    committed_offset, count_kind, list_keys, wait_committed, wait_events, WorkerSetup,
+};
 
 #[tokio::test]
 async fn sigterm_mid_job_exits_0_without_storing_and_another_worker_finishes() {
@@ -34,7 +29,7 @@ async fn sigterm_mid_job_exits_0_without_storing_and_another_worker_finishes() {
         .await
         .unwrap();
     wait_events(&setup.events, Duration::from_secs(60), |e| {
-        count(e, |k| matches!(k, Kind::Progress(_))) > 0
+        count_kind(e, |k| matches!(k, Kind::Progress(_))) > 0
     });
 
     let sent = Instant::now();
@@ -68,28 +63,21 @@ async fn sigterm_mid_job_exits_0_without_storing_and_another_worker_finishes() {
 
     let second = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "10")]);
     let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
-        count(e, |k| matches!(k, Kind::Completed(_))) > 0
+        count_kind(e, |k| matches!(k, Kind::Completed(_))) > 0
     });
     assert_eq!(
-        count(&events, |k| matches!(k, Kind::Completed(_))),
+        count_kind(&events, |k| matches!(k, Kind::Completed(_))),
         1,
         "logs:\n{}",
         second.logs()
     );
     assert_eq!(
-        count(&events, |k| matches!(
+        count_kind(&events, |k| matches!(
             k,
             Kind::Failed(_) | Kind::Canceled(_)
         )),
         0
     );
-    let mut committed = None;
-    for _ in 0..50 {
-        committed = committed_offset(&setup.group, &setup.requests, 0);
-        if committed == Some(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = wait_committed(&setup.group, &setup.requests, 0, 1).await;
     assert_eq!(committed, Some(1));
 }

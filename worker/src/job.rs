@@ -27,6 +27,7 @@ use t2v_proto::v1::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::attempts;
 use crate::config::WorkerConfig;
 use crate::control::CancelRegistry;
 use crate::events::{now_unix_ms, Publisher, SourceRecord};
@@ -267,10 +268,13 @@ impl Job<'_> {
             queue_wait_ms: self.timings.queue_wait,
         }))
         .await?;
-        let (previous, marker) = ctx
-            .storage
-            .claim_attempt(&self.req.job_id, &ctx.publisher.worker_id)
-            .await?;
+        let (previous, marker) = attempts::claim(
+            &ctx.storage,
+            &self.req.job_id,
+            self.req.attempt,
+            &ctx.publisher.worker_id,
+        )
+        .await?;
         if previous >= ctx.cfg.jobs.max_attempts {
             return Err(failed(
                 ErrorCode::AttemptsExhausted,
@@ -683,6 +687,10 @@ impl Job<'_> {
                     .await
                 }
                 .await;
+                if sent.is_ok() {
+                    // Failed is final for this job id: its checkpoints would only cost storage.
+                    self.delete_checkpoints().await;
+                }
                 tracing::warn!(code = code.as_str_name(), message, "job failed");
                 (sent, outcome::FAILED, outcome_code)
             }

@@ -12,6 +12,7 @@
 //! - [`oneshot`]: `t2v-worker generate`, one video from the command line without Kafka.
 //! - [`media`]: MP4 (H.264, yuv420p, faststart) and JPEG thumbnail through ffmpeg.
 //! - [`storage`]: object_store with deterministic keys, create-only writes, sha256 and retries.
+//! - [`attempts`]: attempt markers, so a job that keeps crashing workers ends in the DLQ.
 //! - [`manifest`]: `manifest.json`, the commit point, and the Completed event built from it.
 //! - [`events`]: the idempotent producer: events, DLQ copies, re-queues.
 //! - [`control`]: Cancel commands from `t2v.control.v1`.
@@ -20,6 +21,7 @@
 //!
 //! The `t2v-worker` binary (src/main.rs) parses flags and calls into these.
 
+pub mod attempts;
 pub mod config;
 pub mod consumer;
 pub mod control;
