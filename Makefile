@@ -4,15 +4,15 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-worker bench-gpu chaos checkpoint-write schemas
+.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-worker bench-gpu chaos checkpoint-write schemas gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-deps: ## install every tool the build and tests need (apt, PyTorch venv, Kafka jars, Garage, helm); safe to re-run
+deps: ## install every tool the build and tests need (apt, PyTorch venv, Kafka jars, VersityGW, helm); safe to re-run
 	@bash scripts/deps.sh
 
-up: deps ## start Kafka (KRaft) and Garage (S3) on loopback, create topics and the bucket; idempotent
+up: deps ## start Kafka (KRaft) and VersityGW (S3) on loopback, create topics and the bucket; idempotent
 	@bash scripts/stack.sh up
 
 down: ## stop exactly what `make up` started
@@ -59,6 +59,9 @@ bench-gpu: deps ## on a GPU host: bf16 tiny-config check vs the f32 reference, t
 	    python pipeline/bench/bench_transformer.py --runs 4 --sizes $$size; \
 	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so "$$CARGO_TARGET_DIR/release/examples/bench_transformer" --runs 4 --sizes $$size; \
 	  done
+
+gpu-check: deps fixtures ## on a GPU host: doctor on device=cuda, a preflight refusal, a genuine CUDA OOM (one line with settings that fit), a normal generate with the NVML peak
+	@$(ENV) cargo build --release -p t2v-worker && bash scripts/gpu_worker_check.sh
 
 demo: up ## local stack + tiny random-weight model + a CPU worker + one submitted prompt
 	@bash scripts/demo.sh

@@ -353,3 +353,17 @@ def test_readme_values_table_is_current():
 def test_values_schema_rejects_unknown_keys():
     err = render_error("defaults", "--set", "worker.kafka.gruopId=typo")
     assert "gruopId" in err
+
+
+def test_telemetry_settings_reach_worker_toml():
+    toml = worker_toml(render("defaults", extra=(
+        "--set", "worker.telemetry.otlpEndpoint=http://otel-collector.observability.svc:4318",
+        "--set-json", "worker.telemetry.sampleRatio=0.25",
+    )))
+    assert toml["telemetry"] == {
+        "otlp_endpoint": "http://otel-collector.observability.svc:4318",
+        "service_name": "t2v-worker",
+        "sample_ratio": 0.25,
+    }
+    err = render_error("defaults", "--set", "worker.telemetry.otlpEndpoint=otel-collector:4317")
+    assert "otlpEndpoint" in err

@@ -55,7 +55,10 @@ mod tests {
         assert_eq!(claim(&storage, "job-1", 0, "w1").await.unwrap().0, 0);
         let (n, marker) = claim(&storage, "job-1", 0, "w2").await.unwrap();
         assert_eq!(n, 1, "the first run crashed: one earlier start");
-        assert!(marker.as_ref().ends_with("job-1/attempts/0/0001"), "{marker}");
+        assert!(
+            marker.as_ref().ends_with("job-1/attempts/0/0001"),
+            "{marker}"
+        );
         storage.delete(&marker).await.unwrap();
         assert_eq!(claim(&storage, "job-1", 0, "w3").await.unwrap().0, 1);
 

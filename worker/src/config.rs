@@ -24,6 +24,7 @@ pub struct WorkerConfig {
     pub shutdown: ShutdownConfig,
     pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// The single HTTP server: `/metrics`, `/healthz`, `/readyz`.
@@ -112,8 +113,9 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `s3://bucket/prefix` (credentials and endpoint from `AWS_*` env) or `file:///absolute/dir`.
-    /// Outputs land under `<prefix>/<job_id>/`.
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` (also `azure://`,
+    /// `abfs://`, `abfss://`) or `file:///absolute/dir`; endpoint and credentials from the
+    /// `AWS_*`, `GOOGLE_*` or `AZURE_*` environment. Outputs land under `<prefix>/<job_id>/`.
     pub url: String,
 }
 
@@ -153,6 +155,11 @@ pub struct ModelConfig {
     /// Wan backend: `resident` (everything on the device, fastest) or `low-memory` (one expert
     /// on the device at a time, text encoder parked after use, tiled VAE decode).
     pub memory_policy: MemoryPolicyChoice,
+    /// Wan backend: device memory (GiB) a job's estimated peak must fit, checked before any
+    /// work; a job that cannot fit fails with RESOURCE_EXHAUSTED naming settings that fit.
+    /// 0 = the GPU's total memory (no check on the CPU). Lower it to keep headroom for other
+    /// processes on the GPU.
+    pub memory_budget_gib: f64,
 }
 
 /// Where the Wan pipeline runs.
@@ -205,6 +212,7 @@ impl Default for ModelConfig {
             device: DeviceChoice::Auto,
             dtype: DtypeChoice::Auto,
             memory_policy: MemoryPolicyChoice::Resident,
+            memory_budget_gib: 0.0,
         }
     }
 }
@@ -327,6 +335,31 @@ impl Default for LogConfig {
     }
 }
 
+/// OpenTelemetry traces: a span per job and per phase, exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector, e.g. `http://otel-collector:4318` (`/v1/traces` is
+    /// appended); empty = the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variables, and no export when those are unset too.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces (requests without a `traceparent`) that are sampled, 0.0..=1.0;
+    /// requests with a `traceparent` follow its sampled flag.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "t2v-worker".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// The top-level sections, for picking `T2V_<SECTION>__<KEY>` variables out of the environment
 /// (other `T2V_*` variables such as `T2V_POD_NAME` belong to other tools).
 const SECTIONS: &[&str] = &[
@@ -339,6 +372,7 @@ const SECTIONS: &[&str] = &[
     "shutdown",
     "checkpoint",
     "log",
+    "telemetry",
 ];
 
 /// A configuration that cannot be used, with the fix.
@@ -439,10 +473,13 @@ impl WorkerConfig {
                 "kafka.security_protocol is {protocol} but sasl_mechanism, T2V_KAFKA__SASL_USERNAME or T2V_KAFKA__SASL_PASSWORD is empty — set all three"
             ));
         }
-        if !(self.storage.url.starts_with("s3://") || self.storage.url.starts_with("file:///")) {
+        if let Err(reason) = crate::storage::check_url(&self.storage.url) {
+            return fail(format!("storage.url {:?}: {reason}", self.storage.url));
+        }
+        let budget = self.model.memory_budget_gib;
+        if !(budget.is_finite() && budget >= 0.0) {
             return fail(format!(
-                "storage.url {:?} is not supported — use s3://bucket/prefix or file:///absolute/dir",
-                self.storage.url
+                "model.memory_budget_gib must be a number >= 0 (0 = the GPU's total memory), got {budget}"
             ));
         }
         if self.jobs.max_attempts == 0 {
@@ -450,6 +487,28 @@ impl WorkerConfig {
         }
         if self.media.crf > 51 {
             return fail(format!("media.crf must be 0..=51, got {}", self.media.crf));
+        }
+        let t = &self.telemetry;
+        if !(t.otlp_endpoint.is_empty()
+            || t.otlp_endpoint.starts_with("http://")
+            || t.otlp_endpoint.starts_with("https://"))
+        {
+            return fail(format!(
+                "telemetry.otlp_endpoint {:?} is not an http(s) URL — use the collector's OTLP/HTTP base URL, e.g. http://otel-collector:4318, or leave it empty",
+                t.otlp_endpoint
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return fail(format!(
+                "telemetry.sample_ratio must be 0.0..=1.0 (the share of new traces sampled), got {}",
+                t.sample_ratio
+            ));
+        }
+        if t.service_name.trim().is_empty() {
+            return fail(
+                "telemetry.service_name is empty — name the service the spans belong to, e.g. t2v-worker"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -543,6 +602,27 @@ mod tests {
         cfg.validate().unwrap();
     }
 
+    #[test]
+    fn telemetry_needs_an_http_endpoint_and_a_ratio() {
+        let mut cfg = WorkerConfig::default();
+        cfg.telemetry.otlp_endpoint = "otel-collector:4317".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
+        cfg.telemetry.otlp_endpoint = "http://otel-collector:4318".into();
+        cfg.telemetry.sample_ratio = 1.5;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("telemetry.sample_ratio"), "{err}");
+        cfg.telemetry.sample_ratio = 0.25;
+        cfg.validate().unwrap();
+        let cfg = WorkerConfig::load(
+            None,
+            env(&[("T2V_TELEMETRY__OTLP_ENDPOINT", "https://collector:4318")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.telemetry.otlp_endpoint, "https://collector:4318");
+    }
+
     /// The keys the Helm chart renders (helm/t2v-worker/templates/configmap.yaml) must load.
     #[test]
     fn the_charts_worker_toml_loads() {
@@ -568,12 +648,18 @@ url = "s3://t2v-videos/outputs"
 
 [model]
 dir = "/models/Wan2.2-T2V-A14B-Diffusers"
+memory_budget_gib = 70.50
 
 [shutdown]
 drain_deadline_secs = 45
 
 [checkpoint]
 max_write_secs = 30
+
+[telemetry]
+otlp_endpoint = "http://otel-collector.observability.svc:4318"
+service_name = "t2v-worker"
+sample_ratio = 0.2500
 "#,
         )
         .unwrap();
@@ -589,6 +675,8 @@ max_write_secs = 30
         .unwrap();
         assert_eq!(cfg.kafka.ssl_key_location, "/etc/kafka-tls/tls.key");
         assert_eq!(cfg.model.dir, "/models/Wan2.2-T2V-A14B-Diffusers");
+        assert_eq!(cfg.model.memory_budget_gib, 70.5);
+        assert_eq!(cfg.telemetry.sample_ratio, 0.25);
     }
 
     /// `worker.example.toml` loads and states every default exactly (so the annotated example

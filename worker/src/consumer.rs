@@ -9,6 +9,9 @@
 //! was most of the gap between consecutive jobs. A held record is given back (seek) if a rebalance
 //! happened since it was fetched or the finished job must be read again.
 //!
+//! Before anything loads, the host checks of `t2v-worker doctor` (/dev/shm, model directory, GPU)
+//! run and a failure stops the start; the storage probe runs alongside and only logs.
+//!
 //! A record's offset is stored only after [`job::handle`] says its terminal event was
 //! acknowledged; on shutdown the running job stops at the next step, its offset (and the held
 //! record's) is not stored, and the consumer leaves the group within the drain deadline.
@@ -30,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, WorkerConfig};
 use crate::control;
+use crate::doctor::{self, Finding};
 use crate::events::{client_config, Publisher, SourceRecord};
 use crate::generator::{GenerateError, GeneratorThread, SyntheticGenerator, VideoGenerator};
 use crate::http::{self, Health};
@@ -134,7 +138,8 @@ pub fn build_generator(
                 std::path::Path::new(&model.dir),
                 &model.name,
                 options,
-            )?;
+            )?
+            .with_memory_budget(model.memory_budget_gib);
             Ok(Box::new(generator))
         }
     }
@@ -217,8 +222,20 @@ fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
     list
 }
 
+/// Doctor findings in the worker's log: failures as errors, warnings as warnings.
+fn log_findings(findings: &[Finding]) {
+    for f in findings {
+        match (f.ok, f.warning) {
+            (false, _) => tracing::error!(check = f.check, "{}", f.message),
+            (true, true) => tracing::warn!(check = f.check, "{}", f.message),
+            (true, false) => tracing::info!(check = f.check, "{}", f.message),
+        }
+    }
+}
+
 /// Runs the worker until `shutdown` resolves, then drains within `shutdown.drain_deadline_secs`
-/// (to reach a step boundary) + `checkpoint.max_write_secs` (to store the checkpoint).
+/// (to reach a step boundary) + `checkpoint.max_write_secs` (to store the checkpoint). Host
+/// checks (doctor's shm, model and GPU findings) run first and stop the start on a failure.
 pub async fn run(
     cfg: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -246,7 +263,31 @@ pub async fn run(
         });
     }
 
-    // 2. The generator loads on its own thread; meanwhile connect to storage and Kafka.
+    // 2. Host checks first (doctor's shm, model and GPU lines): fail fast on what never heals.
+    let startup_cfg = cfg.clone();
+    let findings = tokio::task::spawn_blocking(move || doctor::startup(&startup_cfg))
+        .await
+        .context("the start-up checks crashed")?;
+    let failed: Vec<String> = findings
+        .iter()
+        .filter(|f| !f.ok)
+        .map(ToString::to_string)
+        .collect();
+    log_findings(&findings);
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "start-up checks failed:\n{}\n(`t2v-worker doctor` runs every check)",
+            failed.join("\n")
+        );
+    }
+    {
+        // The storage probe only informs (an outage is retried per job), so it does not hold
+        // up the start.
+        let cfg = cfg.clone();
+        tokio::spawn(async move { log_findings(&doctor::storage_probe(&cfg).await) });
+    }
+
+    // 3. The generator loads on its own thread; meanwhile connect to storage and Kafka.
     let (generator, loaded) = GeneratorThread::start(build_generator(&cfg));
     let worker_id = worker_id(&cfg);
     let storage = Storage::from_url(&cfg.storage.url, &cfg.jobs)?;
@@ -275,7 +316,7 @@ pub async fn run(
         _ = stop.cancelled() => return Ok(()),
     }
 
-    // 3. Join the group.
+    // 4. Join the group.
     let holding = Arc::new(AtomicBool::new(false));
     let rebalances = Arc::new(AtomicU64::new(0));
     let k = &cfg.kafka;
@@ -337,7 +378,7 @@ pub async fn run(
     let mut held: Option<Held> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
 
-    // 4. The loop: one job at a time, polling all the while.
+    // 5. The loop: one job at a time, polling all the while.
     loop {
         tokio::select! {
             _ = stop.cancelled(), if drain_until.is_none() => {
@@ -419,7 +460,7 @@ pub async fn run(
         }
     }
 
-    // 5. Leave: commit what is done, close the consumer (leaves the group), stop the rest.
+    // 6. Leave: commit what is done, close the consumer (leaves the group), stop the rest.
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit: nothing to commit");
     }

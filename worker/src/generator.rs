@@ -245,11 +245,6 @@ pub trait VideoGenerator: Send {
         resume: Option<&Checkpoint>,
         hooks: &mut dyn StepHooks,
     ) -> Result<Generated, GenerateError>;
-
-    /// GPU memory `(allocated, reserved)` in bytes, when on a GPU.
-    fn gpu_memory(&self) -> Option<(u64, u64)> {
-        None
-    }
 }
 
 /// TEST/DEMO BACKEND — not a model. Renders moving colour gradients determined by the seed

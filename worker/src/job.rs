@@ -754,14 +754,13 @@ impl Job<'_> {
 
 /// Handles one record of the requests topic from decode to its terminal event.
 pub async fn handle(ctx: &JobContext, record: SourceRecord) -> Disposition {
-    let (trace, parent_span) = crate::trace::job_context(&record.headers);
     let key_id = record
         .key
         .as_deref()
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or_default()
         .to_string();
-    let span = crate::trace::job_span(&key_id, &trace, parent_span);
+    let (span, trace) = crate::trace::job_span(&key_id, &ctx.publisher.worker_id, &record.headers);
     async move {
         let started = Instant::now();
         let decoded = record
@@ -773,6 +772,7 @@ pub async fn handle(ctx: &JobContext, record: SourceRecord) -> Disposition {
             Ok(req) => req,
             Err(why) => return undecodable(ctx, &record, &key_id, &trace, &why).await,
         };
+        crate::trace::record_request(req.attempt, &req.model);
         let mut job = Job {
             ctx,
             record: &record,
@@ -793,6 +793,7 @@ pub async fn handle(ctx: &JobContext, record: SourceRecord) -> Disposition {
             ctx.metrics.job_finished(label);
         }
         ctx.metrics.phase(phase::TOTAL, started.elapsed());
+        crate::trace::record_outcome(label);
         let t = job.timings;
         tracing::info!(
             outcome = label,
@@ -841,6 +842,7 @@ async fn undecodable(
     match sent {
         Ok(()) => {
             ctx.metrics.job_finished(outcome::UNDECODABLE);
+            crate::trace::record_outcome(outcome::UNDECODABLE);
             tracing::warn!(
                 outcome = outcome::UNDECODABLE,
                 reason,

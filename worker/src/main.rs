@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use t2v_worker::config::{LogFormat, WorkerConfig};
+use t2v_worker::trace::Telemetry;
 use tracing_subscriber::fmt::format::FmtSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -62,7 +65,7 @@ struct Overrides {
 enum Command {
     /// Join the consumer group and process jobs until SIGTERM/SIGINT.
     Run,
-    /// Check the deployment (Kafka, topics, object store, /dev/shm, model dir); non-zero exit on any failure.
+    /// Check the deployment (Kafka, topics, object store, /dev/shm, model dir, GPU and its memory); non-zero exit on any failure.
     Doctor,
     /// Print the JSON Schema of worker.toml.
     Schema,
@@ -92,24 +95,24 @@ impl Overrides {
     }
 }
 
-fn init_logs(format: LogFormat) {
-    init_logs_with(format, "info");
-}
-
-/// Logs to stderr; `RUST_LOG` overrides `default_filter`.
-fn init_logs_with(format: LogFormat, default_filter: &str) {
+/// Logs to stderr; `RUST_LOG` overrides `default_filter`. With `telemetry`, the job and phase
+/// spans also become OpenTelemetry spans (src/trace.rs), whatever `RUST_LOG` says.
+fn init_logs_with(format: LogFormat, default_filter: &str, telemetry: Option<&Telemetry>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Spans are logged when they close (with busy/idle times): the job and phase spans with
     // their trace ids (src/trace.rs).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = match format {
+        LogFormat::Json => fmt.json().with_current_span(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(telemetry.map(Telemetry::layer))
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -131,7 +134,7 @@ async fn main() -> ExitCode {
         }
         Command::Generate(args) => {
             // The pipeline's warnings reach the user as `warning:` lines; RUST_LOG shows more.
-            init_logs_with(LogFormat::Text, "error");
+            init_logs_with(LogFormat::Text, "error", None);
             return match t2v_worker::oneshot::run(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -153,16 +156,36 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(cfg.log.format);
     match cli.command {
-        Command::Run => match t2v_worker::consumer::run(cfg, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                ExitCode::FAILURE
+        Command::Run => {
+            let instance = t2v_worker::consumer::worker_id(&cfg);
+            let telemetry = match Telemetry::start(&cfg.telemetry, &instance) {
+                Ok(telemetry) => telemetry,
+                Err(e) => {
+                    eprintln!("t2v-worker: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs_with(cfg.log.format, "info", Some(&telemetry));
+            match telemetry.endpoint() {
+                Some(endpoint) => tracing::info!(endpoint, "exporting spans over OTLP/HTTP"),
+                None => tracing::info!(
+                    "no OTLP endpoint (telemetry.otlp_endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): trace ids go to the logs only"
+                ),
             }
-        },
+            let result = t2v_worker::consumer::run(cfg, shutdown_signal()).await;
+            if let Err(e) = &result {
+                tracing::error!("{e:#}");
+            }
+            // After the drain, so the last job's spans are in the queue; blocking, bounded.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
         Command::Doctor => {
+            init_logs_with(cfg.log.format, "info", None);
             let findings = t2v_worker::doctor::run(&cfg).await;
             for f in &findings {
                 println!("{f}");

@@ -1,8 +1,18 @@
 //! Prometheus metrics served on `/metrics`. The names are a contract with the Helm chart's alerts
 //! and dashboard: `t2v_jobs_total{outcome}`, `t2v_phase_duration_seconds{phase}` and
 //! `t2v_gpu_memory_bytes{kind}`.
+//!
+//! GPU memory is NVML's view of the whole device ([`crate::gpu`]): `used` and `total`, read at
+//! every scrape, and `job_peak`, the largest `used` seen during the current (or last) job —
+//! read at each denoising step, at each scrape and when the job ends. libtorch's caching
+//! allocator keeps what it reserved, so the reading when a job ends is close to its true peak.
+//! On a host without an NVIDIA driver the gauge is absent.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::gpu::{Gpu, GpuMemory};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -53,7 +63,19 @@ pub struct Metrics {
     in_flight: Gauge,
     steps: Counter,
     gpu_memory: Family<Labels, Gauge>,
+    /// The largest `used` reading since the current job started.
+    job_peak: AtomicU64,
+    /// When a step last read the GPU (steps read at most once a second).
+    last_step_reading: Mutex<Option<Instant>>,
+    gpu: Option<&'static Gpu>,
     consumer_lag: Gauge,
+}
+
+/// `t2v_gpu_memory_bytes` kinds.
+pub mod gpu_kind {
+    pub const USED: &str = "used";
+    pub const TOTAL: &str = "total";
+    pub const JOB_PEAK: &str = "job_peak";
 }
 
 impl Default for Metrics {
@@ -63,7 +85,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics, with GPU readings from NVML where a driver is present.
     pub fn new() -> Self {
+        Self::with_gpu(Gpu::shared())
+    }
+
+    /// The metrics with GPU readings from `gpu` (`None`: no GPU gauge).
+    pub fn with_gpu(gpu: Option<&'static Gpu>) -> Self {
         let mut registry = Registry::default();
         let jobs = Family::<Labels, Counter>::default();
         let phases =
@@ -90,7 +118,7 @@ impl Metrics {
         );
         registry.register(
             "t2v_gpu_memory_bytes",
-            "GPU memory of the pipeline, by kind (allocated, reserved)",
+            "GPU device memory from NVML, by kind (used now, total, job_peak: the largest used reading of the current or last job)",
             gpu_memory.clone(),
         );
         registry.register(
@@ -105,6 +133,9 @@ impl Metrics {
             in_flight,
             steps,
             gpu_memory,
+            job_peak: AtomicU64::new(0),
+            last_step_reading: Mutex::new(None),
+            gpu,
             consumer_lag,
         }
     }
@@ -119,19 +150,55 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Jobs running: a job starting (1) resets `job_peak`; each change reads the GPU, so the
+    /// reading when a job ends lands in its peak.
     pub fn set_in_flight(&self, n: i64) {
+        if n > 0 {
+            self.job_peak.store(0, Ordering::Relaxed);
+        }
         self.in_flight.set(n);
+        self.read_gpu();
     }
 
+    /// A denoising step finished (on the generator thread); reads the GPU at most once a second.
     pub fn step_done(&self) {
         self.steps.inc();
+        if self.gpu.is_none() {
+            return;
+        }
+        let due = {
+            let mut last = self
+                .last_step_reading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.read_gpu();
+        }
     }
 
-    pub fn set_gpu_memory(&self, allocated: u64, reserved: u64) {
-        for (kind, bytes) in [("allocated", allocated), ("reserved", reserved)] {
+    /// Records one GPU reading: `used`, `total`, and `job_peak` when above it.
+    pub fn set_gpu_memory(&self, memory: GpuMemory) {
+        let peak = self.job_peak.fetch_max(memory.used, Ordering::Relaxed);
+        for (kind, bytes) in [
+            (gpu_kind::USED, memory.used),
+            (gpu_kind::TOTAL, memory.total),
+            (gpu_kind::JOB_PEAK, peak.max(memory.used)),
+        ] {
             self.gpu_memory
                 .get_or_create(&vec![("kind", kind)])
                 .set(bytes as i64);
+        }
+    }
+
+    fn read_gpu(&self) {
+        if let Some(memory) = self.gpu.and_then(|gpu| gpu.memory().ok()) {
+            self.set_gpu_memory(memory);
         }
     }
 
@@ -141,6 +208,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        self.read_gpu();
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String does not fail");
         out
@@ -156,7 +224,6 @@ mod tests {
         let m = Metrics::new();
         m.job_finished(outcome::COMPLETED);
         m.phase(phase::DENOISE, Duration::from_millis(1500));
-        m.set_gpu_memory(1, 2);
         let text = m.render();
         assert!(
             text.contains("t2v_jobs_total{outcome=\"completed\"} 1"),
@@ -168,9 +235,39 @@ mod tests {
                     .contains("t2v_phase_duration_seconds_bucket{phase=\"denoise\",le=\"2.56\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gpu_memory_has_used_total_and_the_jobs_peak() {
+        let m = Metrics::with_gpu(None);
         assert!(
-            text.contains("t2v_gpu_memory_bytes{kind=\"reserved\"} 2"),
-            "{text}"
+            !m.render().contains("t2v_gpu_memory_bytes{"),
+            "no readings, no samples"
         );
+        let gib = crate::gpu::GIB;
+        m.set_in_flight(1);
+        for used in [10, 30, 20] {
+            m.set_gpu_memory(GpuMemory {
+                used: used * gib,
+                total: 80 * gib,
+            });
+        }
+        let text = m.render();
+        for (kind, gib_value) in [("used", 20), ("total", 80), ("job_peak", 30)] {
+            let line = format!(
+                "t2v_gpu_memory_bytes{{kind=\"{kind}\"}} {}",
+                gib_value * gib
+            );
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        // The next job starts its own peak.
+        m.set_in_flight(0);
+        m.set_in_flight(1);
+        m.set_gpu_memory(GpuMemory {
+            used: 5 * gib,
+            total: 80 * gib,
+        });
+        let line = format!("t2v_gpu_memory_bytes{{kind=\"job_peak\"}} {}", 5 * gib);
+        assert!(m.render().contains(&line), "{line}");
     }
 }

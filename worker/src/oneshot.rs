@@ -12,7 +12,7 @@
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use t2v_proto::v1::Sampler;
@@ -20,6 +20,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
 use crate::generator::{JobSpec, StepInfo, VideoGenerator};
+use crate::gpu::{human, Gpu, PeakSampler};
 use crate::storage::Storage;
 use crate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
 
@@ -77,6 +78,10 @@ pub struct GenerateArgs {
     pub dtype: DtypeChoice,
     #[arg(long, value_enum, default_value = "resident")]
     pub memory_policy: MemoryPolicyChoice,
+    /// GiB the estimated peak must fit, checked before generating (as `[model]
+    /// memory_budget_gib`); 0 = the GPU's total memory, no check on the CPU.
+    #[arg(long, default_value_t = 0.0)]
+    pub memory_budget_gib: f64,
     /// Write the frames as float32 (frames, height, width, 3) in [0, 1] to this .npy file.
     #[arg(long)]
     pub save_frames: Option<PathBuf>,
@@ -91,9 +96,11 @@ pub async fn run(args: GenerateArgs) -> Result<(), String> {
     // 1. load
     let options =
         load_options(args.device, args.dtype, args.memory_policy).map_err(|e| e.to_string())?;
-    let model = args.model.clone();
+    let (model, budget) = (args.model.clone(), args.memory_budget_gib);
     let mut generator = tokio::task::spawn_blocking(move || {
-        WanGenerator::load(&model, "wan", options).map_err(|e| e.to_string())
+        WanGenerator::load(&model, "wan", options)
+            .map(|g| g.with_memory_budget(budget))
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("the loader thread failed: {e}"))??;
@@ -121,11 +128,15 @@ pub async fn run(args: GenerateArgs) -> Result<(), String> {
         seed: args.seed.unwrap_or_else(|| rand::random::<u64>() >> 1),
     };
     let spec = job.clone();
-    let output = tokio::task::spawn_blocking(move || {
+    // The device's peak `used` (NVML) while generating, on CUDA.
+    let gpu = options.device.is_cuda().then(Gpu::shared).flatten();
+    let (output, gpu_peak) = tokio::task::spawn_blocking(move || {
+        let sampler = gpu.map(|g| (g, PeakSampler::start(g, Duration::from_millis(100))));
         let mut progress = Progress::new(spec.steps);
         let result = generator.run(&spec, None, &mut |step| progress.step(step));
         progress.finish();
-        result.map_err(|e| e.to_string())
+        let peak = sampler.map(|(g, s)| (s.finish(g), g.memory().map_or(0, |m| m.total)));
+        result.map(|o| (o, peak)).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("the generator thread failed: {e}"))??;
@@ -158,6 +169,9 @@ pub async fn run(args: GenerateArgs) -> Result<(), String> {
         seconds(t.vae_decode),
         seconds(started.elapsed()),
     );
+    if let Some((peak, total)) = gpu_peak {
+        summary += &format!("; peak GPU memory {} of {}", human(peak), human(total));
+    }
     if let Some(path) = &args.save_frames {
         summary += &format!("; frames {}", path.display());
     }

@@ -2,16 +2,35 @@
 //! `<prefix>/<job_id>/`, content types on every object, create-only writes for the commit point
 //! (the manifest) and the attempt markers, SHA-256 of what was written, and transient errors
 //! retried in place with exponential backoff and jitter (`backon`).
+//!
+//! Backends, by `storage.url` scheme: `s3://` (AWS S3 and S3-compatible servers), `gs://`
+//! (Google Cloud Storage), `az://` / `azure://` / `abfs://` / `abfss://` (Azure Blob Storage) and
+//! `file://` (the local filesystem). Endpoints and credentials come from the environment, read
+//! the way object_store reads it (`AWS_*`, `GOOGLE_*`, `AZURE_*`). The URIs in events keep the
+//! scheme and bucket/container the operator wrote in `storage.url`, followed by the object's key
+//! (`gs://bucket/outputs/<job>/video.mp4`, `az://container/outputs/<job>/video.mp4`), so they
+//! read the same way as the configuration and as the URLs of the clouds' own tools.
+//!
+//! Create-only writes (`PutMode::Create`) are conditional requests on every cloud backend, so
+//! two workers can never both win: S3 sends `If-None-Match: *` (AWS S3, MinIO, R2 and VersityGW
+//! honour it; Garage 2.5 ignores it and overwrites), GCS `x-goog-if-generation-match: 0`, Azure
+//! `If-None-Match: *` (a 409 from Azurite or a 412 from Azure both come back as
+//! `AlreadyExists`); the local filesystem creates the file exclusively.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -19,6 +38,36 @@ use crate::config::JobsConfig;
 
 /// Objects at or above this size are uploaded in parts.
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+
+/// The `storage.url` forms [`Storage::from_url`] accepts, for error messages.
+pub const SUPPORTED_URLS: &str = "s3://bucket/prefix, gs://bucket/prefix, \
+     az://container/prefix (also azure://, abfs://, abfss://) or file:///absolute/dir";
+
+/// Time to establish a connection to the object store. A host that drops packets fails within
+/// this instead of the kernel's minutes-long SYN retries; AWS recommends 3.1 s.
+/// `AWS_CONNECT_TIMEOUT` / `GOOGLE_CONNECT_TIMEOUT` / `AZURE_CONNECT_TIMEOUT` override it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Time for one whole request, body included. A request carries at most 16 MiB
+/// (`MULTIPART_THRESHOLD`; larger objects go up as 10 MiB parts, at most 8 in flight), so
+/// 60 s asks for about 11 Mbit/s at worst — far below any cloud link — while a server that
+/// accepts connections and then hangs still fails each attempt in bounded time.
+/// `AWS_TIMEOUT` / `GOOGLE_TIMEOUT` / `AZURE_TIMEOUT` override it (e.g. `180s` over a slow link).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// object_store's own retry loop, switched off. Its default (10 retries, backoff up to 15 s,
+/// within 3 minutes) ran *inside* each of our `backon` retries, so with the endpoint down a
+/// put took 13–22 s to give up instead of ~0.2 s, and `[jobs] retry_times` /
+/// `retry_min_delay_ms` / `retry_max_delay_ms` no longer described what happened. With no
+/// retries in object_store, every failed request comes straight back to [`Storage`], whose
+/// backon policy (logged, jittered, bounded by the job settings) is the only one that decides.
+fn object_store_retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 0,
+        retry_timeout: REQUEST_TIMEOUT,
+        ..RetryConfig::default()
+    }
+}
 
 /// A storage failure, sorted by what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +78,8 @@ pub enum StorageError {
     #[error("{0} already exists")]
     AlreadyExists(String),
     /// Still failing after the retries in place; retrying the job later may succeed.
-    #[error("object store unavailable at {location}: {source} — check the endpoint, credentials and bucket")]
+    /// `location` is the object's URI; the source names the endpoint it tried.
+    #[error("object store unavailable at {location}: {source} — check the endpoint, credentials and bucket or container")]
     Unavailable {
         location: String,
         #[source]
@@ -45,19 +95,167 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// A cloud backend a `storage.url` scheme names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cloud {
+    S3,
+    Gcs,
+    Azure,
+}
+
+impl Cloud {
+    /// Where this backend's settings come from, for errors about them.
+    fn env_hint(self) -> &'static str {
+        match self {
+            Self::S3 => "set AWS_REGION, AWS_ENDPOINT_URL (S3-compatible servers; AWS_ALLOW_HTTP=true for http://) and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use the pod's IAM role",
+            Self::Gcs => "set GOOGLE_SERVICE_ACCOUNT (key file), GOOGLE_SERVICE_ACCOUNT_KEY (key JSON) or GOOGLE_APPLICATION_CREDENTIALS, or use GKE Workload Identity",
+            Self::Azure => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a SAS token, or Azure Workload Identity), or AZURE_STORAGE_USE_EMULATOR=true for Azurite",
+        }
+    }
+
+    /// The object_store client for `<scheme>://<bucket>`: environment, then our timeouts and
+    /// retry policy, then `settings`.
+    fn store(
+        self,
+        scheme: &str,
+        bucket: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Arc<dyn ObjectStore>, String> {
+        let built = |e: object_store::Error| format!("{e} — {}", self.env_hint());
+        Ok(match self {
+            Self::S3 => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(object_store_retry());
+                for (key, value) in builder_settings::<AmazonS3ConfigKey>("AWS", settings)? {
+                    builder = builder.with_config(key, value);
+                }
+                Arc::new(builder.build().map_err(built)?)
+            }
+            Self::Gcs => {
+                let mut builder = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(object_store_retry());
+                for (key, value) in builder_settings::<GoogleConfigKey>("GOOGLE", settings)? {
+                    builder = builder.with_config(key, value);
+                }
+                Arc::new(builder.build().map_err(built)?)
+            }
+            Self::Azure => {
+                // `with_url` also understands `abfss://<container>@<account>.dfs.core.windows.net`.
+                let mut builder = MicrosoftAzureBuilder::from_env()
+                    .with_url(format!("{scheme}://{bucket}"))
+                    .with_retry(object_store_retry());
+                for (key, value) in builder_settings::<AzureConfigKey>("AZURE", settings)? {
+                    builder = builder.with_config(key, value);
+                }
+                Arc::new(builder.build().map_err(built)?)
+            }
+        })
+    }
+}
+
+/// Where a `storage.url` points.
+#[derive(Debug, PartialEq, Eq)]
+enum Location<'a> {
+    Cloud {
+        cloud: Cloud,
+        scheme: &'a str,
+        bucket: &'a str,
+        prefix: &'a str,
+    },
+    Local {
+        dir: &'a str,
+    },
+}
+
+/// Splits a `storage.url` into backend, bucket (or container) and prefix, or says in one line
+/// what is wrong with it.
+fn parse_url(url: &str) -> Result<Location<'_>, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("no scheme — use {SUPPORTED_URLS}"));
+    };
+    let cloud = match scheme {
+        "s3" => Cloud::S3,
+        "gs" => Cloud::Gcs,
+        "az" | "azure" | "abfs" | "abfss" => Cloud::Azure,
+        "file" if rest.starts_with('/') => return Ok(Location::Local { dir: rest }),
+        "file" => {
+            return Err(format!(
+                "{rest:?} is not an absolute path — use file:///absolute/dir"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "unsupported scheme {scheme}:// — use {SUPPORTED_URLS}"
+            ))
+        }
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!(
+            "no bucket or container name — use {SUPPORTED_URLS}"
+        ));
+    }
+    Ok(Location::Cloud {
+        cloud,
+        scheme,
+        bucket,
+        prefix,
+    })
+}
+
+/// Checks the form of a `storage.url` without touching the network or the environment
+/// (config validation at start); [`Storage::from_url`] checks the rest.
+pub fn check_url(url: &str) -> Result<(), String> {
+    parse_url(url).map(|_| ())
+}
+
+/// The builder settings for a cloud backend whose environment variables start with
+/// `env_prefix`: our client timeouts where the environment does not set its own, then
+/// `settings`, each parsed as the backend's config key the way object_store parses the
+/// environment (`AWS_ENDPOINT_URL` → `aws_endpoint_url`).
+fn builder_settings<K: FromStr>(
+    env_prefix: &str,
+    settings: &[(&str, &str)],
+) -> Result<Vec<(K, String)>, String> {
+    let mut named: Vec<(String, String)> = Vec::new();
+    for (suffix, value) in [
+        ("CONNECT_TIMEOUT", CONNECT_TIMEOUT),
+        ("TIMEOUT", REQUEST_TIMEOUT),
+    ] {
+        let name = format!("{env_prefix}_{suffix}");
+        if std::env::var_os(&name).is_none() {
+            named.push((name, format!("{}s", value.as_secs())));
+        }
+    }
+    named.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    named
+        .into_iter()
+        .map(|(name, value)| match name.to_ascii_lowercase().parse::<K>() {
+            Ok(key) => Ok((key, value)),
+            Err(_) => Err(format!(
+                "{name} is not a setting of this object store — use {env_prefix}_* names as object_store reads them"
+            )),
+        })
+        .collect()
+}
+
 /// An object store plus the key prefix of this fleet's outputs.
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
-    /// `s3://bucket` or `file://` + root: joined with a key, the URI reported in events.
+    /// `<scheme>://<bucket or container>` as written in `storage.url`, or `file://` + root:
+    /// joined with a key, the URI reported in events.
     base_uri: String,
-    /// Whether the store keeps content types (S3 does; the local filesystem cannot).
+    /// Whether the store keeps content types (the clouds do; the local filesystem cannot).
     content_types: bool,
     retry: ExponentialBuilder,
 }
 
 fn is_transient(e: &object_store::Error) -> bool {
+    // A wrong key or a missing permission does not heal within our retry budget.
     !matches!(
         e,
         object_store::Error::NotFound { .. }
@@ -67,42 +265,59 @@ fn is_transient(e: &object_store::Error) -> bool {
             | object_store::Error::NotImplemented { .. }
             | object_store::Error::InvalidPath { .. }
             | object_store::Error::UnknownConfigurationKey { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
     )
 }
 
 impl Storage {
-    /// `s3://bucket[/prefix]` (endpoint, region and credentials from the `AWS_*` environment,
-    /// e.g. `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`) or `file:///dir`.
+    /// Opens the store of `url` (one of [`SUPPORTED_URLS`]) with endpoint, region and
+    /// credentials from the environment: `AWS_*` for `s3://` (e.g. `AWS_ENDPOINT_URL`,
+    /// `AWS_ALLOW_HTTP`), `GOOGLE_*` for `gs://`, `AZURE_*` for `az://` and its aliases.
     pub fn from_url(url: &str, jobs: &JobsConfig) -> Result<Self, StorageError> {
+        Self::from_url_with(url, jobs, &[])
+    }
+
+    /// [`Storage::from_url`] with `settings` — environment-style names such as
+    /// `("AZURE_STORAGE_ENDPOINT", "http://127.0.0.1:10000/devstoreaccount1")` — applied over
+    /// the environment's: how a caller (or a test) points one store at a particular endpoint
+    /// without changing the process environment. Ignored for `file://`.
+    pub fn from_url_with(
+        url: &str,
+        jobs: &JobsConfig,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, StorageError> {
         let bad = |reason: String| StorageError::BadUrl {
             url: url.to_string(),
             reason,
         };
-        let content_types = url.starts_with("s3://");
-        let (store, prefix, base_uri): (Arc<dyn ObjectStore>, &str, String) = if let Some(rest) =
-            url.strip_prefix("s3://")
-        {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("no bucket name".into()));
-            }
-            let store = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
-            (Arc::new(store), prefix, format!("s3://{bucket}"))
-        } else if let Some(dir) = url.strip_prefix("file://") {
-            std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create {dir}: {e}")))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| bad(e.to_string()))?;
-            (
-                Arc::new(store),
-                "",
-                format!("file://{}", dir.trim_end_matches('/')),
-            )
-        } else {
-            return Err(bad("use s3://bucket/prefix or file:///absolute/dir".into()));
-        };
+        // The clouds keep content types; the local filesystem cannot.
+        let (store, prefix, base_uri, content_types): (Arc<dyn ObjectStore>, &str, String, bool) =
+            match parse_url(url).map_err(bad)? {
+                Location::Local { dir } => {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| bad(format!("cannot create {dir}: {e}")))?;
+                    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|e| bad(e.to_string()))?;
+                    (
+                        Arc::new(store),
+                        "",
+                        format!("file://{}", dir.trim_end_matches('/')),
+                        false,
+                    )
+                }
+                Location::Cloud {
+                    cloud,
+                    scheme,
+                    bucket,
+                    prefix,
+                } => (
+                    cloud.store(scheme, bucket, settings).map_err(bad)?,
+                    prefix,
+                    format!("{scheme}://{bucket}"),
+                    true,
+                ),
+            };
         let retry = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(jobs.retry_min_delay_ms))
@@ -132,14 +347,14 @@ impl Storage {
         format!("{}/{}", self.base_uri, path)
     }
 
-    fn unavailable(path: &Path, source: object_store::Error) -> StorageError {
+    fn unavailable(&self, path: &Path, source: object_store::Error) -> StorageError {
         match source {
             object_store::Error::AlreadyExists { .. }
             | object_store::Error::Precondition { .. } => {
-                StorageError::AlreadyExists(path.to_string())
+                StorageError::AlreadyExists(self.uri(path))
             }
             source => StorageError::Unavailable {
-                location: path.to_string(),
+                location: self.uri(path),
                 source,
             },
         }
@@ -193,7 +408,7 @@ impl Storage {
             .when(is_transient)
             .notify(|e, delay| tracing::warn!(%path, error = %e, ?delay, "object store write failed; retrying"))
             .await
-            .map_err(|e| Self::unavailable(path, e))
+            .map_err(|e| self.unavailable(path, e))
     }
 
     /// The object's bytes, or `None` when it does not exist.
@@ -207,7 +422,7 @@ impl Storage {
         {
             Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Self::unavailable(path, e)),
+            Err(e) => Err(self.unavailable(path, e)),
         }
     }
 
@@ -216,7 +431,7 @@ impl Storage {
         let attempt = || async { self.store.delete(path).await };
         match attempt.retry(self.retry).when(is_transient).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Self::unavailable(path, e)),
+            Err(e) => Err(self.unavailable(path, e)),
         }
     }
 
@@ -233,35 +448,163 @@ impl Storage {
             .retry(self.retry)
             .when(is_transient)
             .await
-            .map_err(|e| Self::unavailable(dir, e))
-    }
-
-    /// Creates the next attempt marker `<job>/attempts/<n>` (create-only, so two workers never
-    /// claim the same number) and returns `(n, its key)`: `n` attempts started before this one.
-    pub async fn claim_attempt(
-        &self,
-        job_id: &str,
-        worker_id: &str,
-    ) -> Result<(u32, Path), StorageError> {
-        let dir = self.job_path(job_id, "attempts");
-        let mut n = self.list(&dir).await?.len() as u32;
-        loop {
-            let key = dir.clone().join(format!("{n:04}"));
-            match self
-                .put(&key, Bytes::from(worker_id.to_string()), "text/plain", true)
-                .await
-            {
-                Ok(()) => return Ok((n, key)),
-                Err(StorageError::AlreadyExists(_)) => n += 1,
-                Err(e) => return Err(e),
-            }
-        }
+            .map_err(|e| self.unavailable(dir, e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    /// A loopback address where nothing listens: bound to a free port, then released.
+    fn dead_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_with_nothing_listening_fails_within_our_retry_budget() {
+        let endpoint = dead_endpoint();
+        let jobs = JobsConfig {
+            retry_times: 2,
+            retry_min_delay_ms: 50,
+            retry_max_delay_ms: 200,
+            ..JobsConfig::default()
+        };
+        let storage = Storage::from_url_with(
+            "s3://t2v-down/outputs",
+            &jobs,
+            &[
+                ("AWS_ENDPOINT_URL", &endpoint),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "t2v-test"),
+                ("AWS_SECRET_ACCESS_KEY", "t2v-test"),
+            ],
+        )
+        .unwrap();
+        let key = storage.job_path("job-1", "video.mp4");
+        let started = Instant::now();
+        let err = storage
+            .put(&key, Bytes::from_static(b"mp4"), "video/mp4", false)
+            .await
+            .unwrap_err();
+        let elapsed = started.elapsed();
+        eprintln!("gave up after {elapsed:?}: {err}");
+        assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+        // With object_store's own retries (10, backoff up to 15 s) left on, this took 13 s.
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "took {elapsed:?} to give up"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("s3://t2v-down/outputs/job-1/video.mp4"),
+            "{message}"
+        );
+        assert!(message.contains(&endpoint), "{message}");
+    }
+
+    #[test]
+    fn bad_urls_fail_in_one_line_that_lists_the_supported_schemes() {
+        for url in [
+            "ftp://bucket/x",
+            "bucket/prefix",
+            "s3://",
+            "gs:///prefix",
+            "file://relative/dir",
+        ] {
+            let Err(err) = Storage::from_url(url, &JobsConfig::default()) else {
+                panic!("{url} was accepted");
+            };
+            let message = err.to_string();
+            assert!(matches!(err, StorageError::BadUrl { .. }), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+            assert!(message.contains("file:///absolute/dir"), "{url}: {message}");
+            assert!(check_url(url).is_err(), "{url}");
+        }
+        assert!(StorageError::BadUrl {
+            url: String::new(),
+            reason: check_url("ftp://b").unwrap_err()
+        }
+        .to_string()
+        .contains("s3://bucket/prefix, gs://bucket/prefix, az://container/prefix"));
+    }
+
+    #[test]
+    fn cloud_urls_keep_their_scheme_and_bucket_in_event_uris() {
+        let jobs = JobsConfig::default();
+        let gcs = Storage::from_url_with(
+            "gs://t2v-videos/outputs/",
+            &jobs,
+            &[("GOOGLE_SKIP_SIGNATURE", "true")],
+        )
+        .unwrap();
+        let key = gcs.job_path("job-1", "video.mp4");
+        assert_eq!(gcs.uri(&key), "gs://t2v-videos/outputs/job-1/video.mp4");
+        assert!(gcs.content_types);
+
+        let azure_settings = [
+            ("AZURE_STORAGE_ACCOUNT_NAME", "t2vvideos"),
+            ("AZURE_SKIP_SIGNATURE", "true"),
+        ];
+        for (url, uri) in [
+            ("az://videos/outputs", "az://videos/outputs/job-1/video.mp4"),
+            ("azure://videos", "azure://videos/job-1/video.mp4"),
+            (
+                "abfss://videos@t2vvideos.dfs.core.windows.net/outputs",
+                "abfss://videos@t2vvideos.dfs.core.windows.net/outputs/job-1/video.mp4",
+            ),
+        ] {
+            let azure = Storage::from_url_with(url, &jobs, &azure_settings).unwrap();
+            assert_eq!(azure.uri(&azure.job_path("job-1", "video.mp4")), uri);
+            assert!(azure.content_types);
+        }
+    }
+
+    #[test]
+    fn unusable_credentials_name_the_variables_to_set() {
+        // (url, settings, the variable the error must name)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case<'_>; 2] = [
+            (
+                "gs://bucket",
+                &[("GOOGLE_SERVICE_ACCOUNT", "/nonexistent/t2v-sa.json")],
+                "GOOGLE_APPLICATION_CREDENTIALS",
+            ),
+            (
+                "az://videos",
+                &[
+                    ("AZURE_STORAGE_ACCOUNT_NAME", "t2v"),
+                    ("AZURE_STORAGE_ACCOUNT_KEY", "%% not base64 %%"),
+                ],
+                "AZURE_STORAGE_ACCOUNT_KEY",
+            ),
+        ];
+        for (url, settings, variable) in cases {
+            let err = Storage::from_url_with(url, &JobsConfig::default(), settings)
+                .err()
+                .unwrap_or_else(|| panic!("{url} with {settings:?} was accepted"));
+            let message = err.to_string();
+            assert!(matches!(err, StorageError::BadUrl { .. }), "{message}");
+            assert!(message.contains(variable), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_setting_is_an_error_not_ignored() {
+        let err = Storage::from_url_with(
+            "gs://bucket",
+            &JobsConfig::default(),
+            &[("GOOGLE_NO_SUCH_KEY", "1")],
+        )
+        .err()
+        .expect("unknown setting accepted");
+        assert!(err.to_string().contains("GOOGLE_NO_SUCH_KEY"), "{err}");
+    }
 
     #[test]
     fn sha256_is_lowercase_hex() {
@@ -300,11 +643,5 @@ mod tests {
                 .unwrap(),
             None
         );
-
-        assert_eq!(storage.claim_attempt("job-1", "w1").await.unwrap().0, 0);
-        let (n, marker) = storage.claim_attempt("job-1", "w2").await.unwrap();
-        assert_eq!(n, 1);
-        storage.delete(&marker).await.unwrap();
-        assert_eq!(storage.claim_attempt("job-1", "w3").await.unwrap().0, 1);
     }
 }

@@ -8,6 +8,9 @@
 //!   hooks ask;
 //!   [`VideoGenerator::generate`] converts them to RGB24 as diffusers' `numpy_to_pil` does.
 //! - Pipeline errors become [`GenerateError`]s; out-of-memory messages name settings that fit.
+//! - [`WanGenerator::with_memory_budget`] turns on the memory preflight ([`crate::preflight`]):
+//!   a job whose estimated peak does not fit fails with [`GenerateError::OutOfMemory`] before
+//!   any work, naming the estimate, the limit and settings that fit.
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +30,8 @@ use crate::generator::{
     checkpoint_metadata, Checkpoint, Frames, GenerateError, Generated, JobSpec, ModelInfo,
     PipelineTimings, StepHooks, StepInfo, VideoGenerator, WAN_DEFAULTS,
 };
+use crate::gpu::{human, Gpu};
+use crate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
 
 /// The official Wan2.2 A14B guidance: 4.0 for the high-noise expert, 3.0 for the low-noise one.
 const TWO_EXPERT_GUIDANCE: (f64, f64) = (4.0, 3.0);
@@ -81,6 +86,7 @@ pub fn load_options(
 pub struct WanGenerator {
     pipe: WanT2V,
     info: ModelInfo,
+    limit: Option<MemoryLimit>,
 }
 
 impl WanGenerator {
@@ -100,6 +106,105 @@ impl WanGenerator {
                 revision,
                 defaults: WAN_DEFAULTS,
             },
+            limit: None,
+        })
+    }
+
+    /// Turns on the preflight for `[model] memory_budget_gib` (0 = the GPU's total memory, read
+    /// with NVML; on the CPU only a budget is checked).
+    pub fn with_memory_budget(mut self, budget_gib: f64) -> Self {
+        let device = self.pipe.options().device;
+        let gpu_total = if device.is_cuda() && budget_gib <= 0.0 {
+            match Gpu::shared().map(Gpu::memory) {
+                Some(Ok(m)) => Some(m.total),
+                _ => {
+                    tracing::warn!("NVML cannot tell the GPU's memory: no preflight memory check — set model.memory_budget_gib to have one");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.limit = MemoryLimit::new(budget_gib, device, gpu_total);
+        if let Some(limit) = &self.limit {
+            tracing::info!(
+                limit = %human(limit.bytes),
+                overhead = %human(limit.overhead),
+                "jobs whose estimated peak exceeds the memory limit are refused before they start"
+            );
+        }
+        self
+    }
+
+    pub fn memory_limit(&self) -> Option<MemoryLimit> {
+        self.limit
+    }
+
+    /// The estimate's request for `params` (sizes as the pipeline rounds them), or the
+    /// pipeline's error for settings it refuses.
+    fn estimate_request(
+        &self,
+        params: &GenerationParams,
+        policy: MemoryPolicy,
+    ) -> Result<EstimateRequest, PipelineError> {
+        let resolved = self.pipe.resolve(params)?;
+        let options = self.pipe.options();
+        Ok(EstimateRequest {
+            width: resolved.width,
+            height: resolved.height,
+            num_frames: resolved.num_frames,
+            dtype: options.dtype,
+            vae_dtype: options.vae_dtype,
+            text_len: params.max_sequence_length as i64,
+            policy,
+        })
+    }
+
+    /// Refuses `params` when its estimated peak does not fit the memory limit.
+    fn preflight(
+        &self,
+        params: &GenerationParams,
+        limit: MemoryLimit,
+    ) -> Result<(), GenerateError> {
+        let request = match self.estimate_request(params, self.pipe.options().memory) {
+            Ok(r) => r,
+            Err(PipelineError::InvalidInput { field, message }) => {
+                return Err(GenerateError::InvalidInput(format!("{field}: {message}")))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no preflight memory estimate; running the job unchecked");
+                return Ok(());
+            }
+        };
+        let (configs, peak) = match self
+            .pipe
+            .configs()
+            .and_then(|c| estimate(&c, &request).map(|e| (c, e.peak)))
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "no preflight memory estimate; running the job unchecked");
+                return Ok(());
+            }
+        };
+        if peak <= limit.room() {
+            return Ok(());
+        }
+        let overhead = if limit.overhead > 0 {
+            format!(" (+{} CUDA context)", human(limit.overhead))
+        } else {
+            String::new()
+        };
+        Err(GenerateError::OutOfMemory {
+            message: format!(
+                "{}×{}×{} needs an estimated {}{overhead} but {} — {}",
+                request.width,
+                request.height,
+                request.num_frames,
+                human(peak),
+                limit.describe(),
+                fit_hint(&configs, &request, limit.room())
+            ),
         })
     }
 
@@ -152,6 +257,9 @@ impl WanGenerator {
         hooks: &mut dyn StepHooks,
     ) -> Result<GenerationOutput, GenerateError> {
         let params = self.params(job);
+        if let Some(limit) = self.limit {
+            self.preflight(&params, limit)?;
+        }
         let state = resume.and_then(|c| match DenoiseState::from_bytes(&c.bytes) {
             Ok((state, _)) => Some(state),
             Err(e) => {
@@ -219,46 +327,31 @@ impl WanGenerator {
         result.map_err(|e| (e, last_step))
     }
 
-    /// The out-of-memory message with the estimated peaks of settings that need less.
+    /// libtorch's out-of-memory `message` with the job's estimated peak and the settings that
+    /// fit the memory the process could use (from libtorch's message, else the memory limit);
+    /// without either, settings with about half the peak.
     fn what_fits(&self, params: &GenerationParams, message: &str) -> String {
-        let options = *self.pipe.options();
-        let Ok(configs) = self.pipe.configs() else {
+        let policy = self.pipe.options().memory;
+        let (Ok(configs), Ok(request)) =
+            (self.pipe.configs(), self.estimate_request(params, policy))
+        else {
             return message.to_string();
         };
-        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
-        let peak = |width: i64, height: i64, num_frames: i64, policy: MemoryPolicy| {
-            let request = EstimateRequest {
-                width,
-                height,
-                num_frames,
-                dtype: options.dtype,
-                vae_dtype: options.vae_dtype,
-                text_len: params.max_sequence_length as i64,
-                policy,
-            };
-            estimate(&configs, &request).map(|e| gib(e.peak)).ok()
+        let Ok(now) = estimate(&configs, &request) else {
+            return message.to_string();
         };
-        let (w, h, f) = (params.width, params.height, params.num_frames);
-        let mut hints = Vec::new();
-        if let Some(now) = peak(w, h, f, options.memory) {
-            hints.push(format!("estimated peak {now:.1} GiB for {w}×{h}×{f}"));
-        }
-        if options.memory != MemoryPolicy::low_memory() {
-            if let Some(low) = peak(w, h, f, MemoryPolicy::low_memory()) {
-                hints.push(format!("memory_policy = \"low-memory\": {low:.1} GiB"));
-            }
-        }
-        let (hw, hh) = ((w / 32).max(1) * 16, (h / 32).max(1) * 16);
-        if let Some(half) = peak(hw, hh, f, MemoryPolicy::low_memory()) {
-            hints.push(format!("{hw}×{hh} with low-memory: {half:.1} GiB"));
-        }
-        let short = (f / 2 / 4) * 4 + 1;
-        if short < f {
-            if let Some(fewer) = peak(w, h, short, MemoryPolicy::low_memory()) {
-                hints.push(format!("{short} frames with low-memory: {fewer:.1} GiB"));
-            }
-        }
-        format!("{message} ({})", hints.join("; "))
+        let (w, h, f) = (request.width, request.height, request.num_frames);
+        let overhead = self.limit.map_or(0, |l| l.overhead);
+        let room = torch_oom_room(message)
+            .map(|r| r.saturating_sub(overhead))
+            .or(self.limit.map(|l| l.room()))
+            .filter(|&room| room < now.peak)
+            .unwrap_or(now.peak / 2);
+        format!(
+            "{message} (estimated peak {} for {w}×{h}×{f}; {})",
+            human(now.peak),
+            fit_hint(&configs, &request, room)
+        )
     }
 }
 
