@@ -41,8 +41,8 @@ chart-test: deps ## helm lint/template and tests over the rendered manifests
 bench: up ## producer throughput against the local broker
 	@$(ENV) set -a; source .stack/env; set +a; cargo run -q -p t2v-producer --example submit_throughput
 
-bench-worker: up ## worker overhead per job outside the pipeline (synthetic backend, 81 frames at 832x480)
-	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example worker_overhead
+bench-worker: up ## worker overhead per job outside the pipeline (release build, synthetic backend, 81 frames at 832x480)
+	@$(ENV) cargo build -q --release -p t2v-worker && cargo run -q --release -p t2v-tests --example worker_overhead
 
 chaos: up ## fault-injection suite: 20 jobs, 3 workers, 10 faults (worker SIGKILL/SIGTERM, Kafka kill, S3 stop), prints the table — run alone
 	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example chaos -- --jobs 20 --workers 3 --faults 10

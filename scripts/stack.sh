@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local stack for tests and the demo, no container engine: a single-node Apache Kafka
-# (KRaft) from the broker jars and a single-node Garage S3 server, both on loopback.
+# (KRaft) from the broker jars and a VersityGW S3 server (posix backend: one file per object), both
+# on loopback.
 #   stack.sh up      start what is not running, wait until healthy, create topics + bucket
 #   stack.sh down    stop exactly what `up` started (by pid file)
 #   stack.sh status  print what runs
@@ -12,14 +13,14 @@ source scripts/env.sh
 
 STACK="$PWD/.stack"
 KAFKA_DIR="$STACK/kafka"
-GARAGE_DIR="$STACK/garage"
+S3_DIR="$STACK/versitygw"
 KAFKA_PORT="${T2V_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${T2V_KAFKA_CONTROLLER_PORT:-9093}"
 S3_PORT="${T2V_S3_PORT:-3900}"
-GARAGE_RPC_PORT="${T2V_GARAGE_RPC_PORT:-3901}"
-GARAGE_ADMIN_PORT="${T2V_GARAGE_ADMIN_PORT:-3903}"
 BUCKET=t2v
-# Fixed, loopback-only credentials for the local stack (Garage key ids are GK + 24 hex).
+S3_REGION=us-east-1
+EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+# Fixed, loopback-only credentials for the local stack.
 S3_KEY_ID=GK0123456789abcdef01234567
 S3_SECRET=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 
@@ -81,48 +82,58 @@ LOG
   echo $! >"$KAFKA_DIR/pid"
 }
 
-garage() { "$T2V_TOOLS/bin/garage" -c "$GARAGE_DIR/garage.toml" "$@"; }
+# Signed S3 request with curl's SigV4 (curl >= 7.75): prints the HTTP status, 000 when nothing answers.
+s3_curl() { # s3_curl HEAD|PUT PATH
+  local method=(-X "$1"); [ "$1" = HEAD ] && method=(--head)
+  curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${method[@]}" --aws-sigv4 "aws:amz:$S3_REGION:s3" \
+    --user "$S3_KEY_ID:$S3_SECRET" -H "x-amz-content-sha256: $EMPTY_SHA256" "http://127.0.0.1:$S3_PORT$2" || true
+}
+bucket_ready() { [ "$(s3_curl HEAD "/$BUCKET")" = 200 ]; }
 
-start_garage() {
-  if alive "$GARAGE_DIR/pid"; then log "garage already running (pid $(cat "$GARAGE_DIR/pid"))"; return; fi
-  if port_open "$S3_PORT"; then log "FAILED: port $S3_PORT is taken by another process; stop it or set T2V_S3_PORT"; exit 1; fi
-  mkdir -p "$GARAGE_DIR/meta" "$GARAGE_DIR/data"
-  [ -f "$GARAGE_DIR/rpc_secret" ] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$GARAGE_DIR/rpc_secret"
-  cat > "$GARAGE_DIR/garage.toml" <<TOML
-metadata_dir = "$GARAGE_DIR/meta"
-data_dir = "$GARAGE_DIR/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$GARAGE_RPC_PORT"
-rpc_public_addr = "127.0.0.1:$GARAGE_RPC_PORT"
-rpc_secret = "$(cat "$GARAGE_DIR/rpc_secret")"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3_PORT"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$GARAGE_ADMIN_PORT"
-TOML
-  log "starting garage (S3) on 127.0.0.1:$S3_PORT"
-  nohup "$T2V_TOOLS/bin/garage" -c "$GARAGE_DIR/garage.toml" server >"$GARAGE_DIR/garage.log" 2>&1 &
-  echo $! >"$GARAGE_DIR/pid"
+# VersityGW's posix backend keeps object metadata (content type, ETag) in user xattrs; on a
+# filesystem without them it keeps it in a sidecar directory instead.
+xattrs_work() {
+  python3 -c 'import os, sys; os.setxattr(sys.argv[1], "user.t2v-probe", b"1"); os.removexattr(sys.argv[1], "user.t2v-probe")' "$1" 2>/dev/null
 }
 
-setup_garage() {
-  wait_for 60 "garage rpc" garage status
-  if ! garage layout show 2>/dev/null | grep -q "Current cluster layout version: [1-9]"; then
-    local node_id
-    node_id=$(garage node id -q | cut -d@ -f1)
-    garage layout assign -z local -c 2G "$node_id" >/dev/null
-    garage layout apply --version 1 >/dev/null
+start_s3() {
+  if alive "$S3_DIR/pid"; then log "versitygw already running (pid $(cat "$S3_DIR/pid"))"; return; fi
+  if port_open "$S3_PORT"; then
+    if alive "$STACK/garage/pid"; then
+      log "FAILED: port $S3_PORT is taken by the Garage server of an older stack.sh (pid $(cat "$STACK/garage/pid")); run \`bash scripts/stack.sh down\` first"
+    else
+      log "FAILED: port $S3_PORT is taken by another process; stop it or set T2V_S3_PORT"
+    fi
+    exit 1
   fi
-  wait_for 30 "garage layout" bash -c "'$T2V_TOOLS/bin/garage' -c '$GARAGE_DIR/garage.toml' bucket list"
-  garage key info "$S3_KEY_ID" >/dev/null 2>&1 || garage key import --yes -n t2v-local "$S3_KEY_ID" "$S3_SECRET" >/dev/null
-  garage bucket info "$BUCKET" >/dev/null 2>&1 || garage bucket create "$BUCKET" >/dev/null
-  garage bucket allow --read --write --owner "$BUCKET" --key "$S3_KEY_ID" >/dev/null
-  wait_for 30 "S3 API" port_open "$S3_PORT"
+  [ -x "$T2V_TOOLS/bin/versitygw" ] || { log "FAILED: $T2V_TOOLS/bin/versitygw not installed — run \`make deps\`"; exit 1; }
+  mkdir -p "$S3_DIR/data"
+  local meta=()
+  if ! xattrs_work "$S3_DIR/data"; then
+    log "the filesystem of $S3_DIR has no user xattrs: VersityGW keeps object metadata in $S3_DIR/meta"
+    mkdir -p "$S3_DIR/meta"; meta=(--sidecar "$S3_DIR/meta")
+  fi
+  log "starting versitygw (S3) on 127.0.0.1:$S3_PORT, objects under $S3_DIR/data"
+  # Root credentials through the environment, so they stay off the process list.
+  ROOT_ACCESS_KEY_ID="$S3_KEY_ID" ROOT_SECRET_ACCESS_KEY="$S3_SECRET" nohup "$T2V_TOOLS/bin/versitygw" \
+    --port "127.0.0.1:$S3_PORT" --region "$S3_REGION" --keep-alive --quiet \
+    posix "${meta[@]}" "$S3_DIR/data" >>"$S3_DIR/versitygw.log" 2>&1 &
+  echo $! >"$S3_DIR/pid"
+}
+
+wait_s3() { # the bucket answers a signed HEAD: server up, credentials and bucket in place
+  local deadline=$((SECONDS + 30))
+  until [ "$(s3_curl HEAD /)" != 000 ]; do
+    if ! alive "$S3_DIR/pid" || ((SECONDS >= deadline)); then
+      log "FAILED: versitygw not answering on :$S3_PORT — last lines of $S3_DIR/versitygw.log:"; tail -20 "$S3_DIR/versitygw.log" >&2; return 1
+    fi
+    sleep 0.2
+  done
+  if ! bucket_ready; then
+    local code; code=$(s3_curl PUT "/$BUCKET")
+    [ "$code" = 200 ] || { log "FAILED: creating bucket '$BUCKET' answered HTTP $code — see $S3_DIR/versitygw.log"; return 1; }
+  fi
+  wait_for 10 "bucket '$BUCKET'" bucket_ready
 }
 
 write_env() {
@@ -130,10 +141,10 @@ write_env() {
 T2V_BROKERS=127.0.0.1:$KAFKA_PORT
 T2V_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 T2V_S3_BUCKET=$BUCKET
-T2V_S3_REGION=garage
+T2V_S3_REGION=$S3_REGION
 AWS_ACCESS_KEY_ID=$S3_KEY_ID
 AWS_SECRET_ACCESS_KEY=$S3_SECRET
-AWS_REGION=garage
+AWS_REGION=$S3_REGION
 AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 AWS_ALLOW_HTTP=true
 ENV
@@ -160,23 +171,25 @@ case "${1:-up}" in
   up)
     mkdir -p "$STACK"
     start_kafka
-    start_garage
+    start_s3
     wait_for 90 "kafka broker on :$KAFKA_PORT" port_open "$KAFKA_PORT"
-    setup_garage
+    wait_s3
     write_env
     topics_apply
     log "ready: kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT bucket '$BUCKET' (credentials in .stack/env)"
     ;;
   down)
     stop_pidfile "$KAFKA_DIR/pid" kafka
-    stop_pidfile "$GARAGE_DIR/pid" garage
+    stop_pidfile "$S3_DIR/pid" versitygw
+    # The S3 server of stack.sh before VersityGW replaced it, if one still runs.
+    stop_pidfile "$STACK/garage/pid" "garage (older stack)"
     ;;
   status)
     alive "$KAFKA_DIR/pid" && log "kafka running (pid $(cat "$KAFKA_DIR/pid"))" || log "kafka stopped"
-    alive "$GARAGE_DIR/pid" && log "garage running (pid $(cat "$GARAGE_DIR/pid"))" || log "garage stopped"
+    alive "$S3_DIR/pid" && log "versitygw (S3) running (pid $(cat "$S3_DIR/pid"))" || log "versitygw (S3) stopped"
     ;;
-  stop-s3) stop_pidfile "$GARAGE_DIR/pid" garage ;;
-  start-s3) start_garage; wait_for 60 "S3 API" port_open "$S3_PORT" ;;
+  stop-s3) stop_pidfile "$S3_DIR/pid" versitygw ;;
+  start-s3) start_s3; wait_s3 ;;
   kill-kafka) alive "$KAFKA_DIR/pid" && kill -9 "$(cat "$KAFKA_DIR/pid")"; rm -f "$KAFKA_DIR/pid" ;;
   stop-kafka) stop_pidfile "$KAFKA_DIR/pid" kafka ;;
   start-kafka) start_kafka; wait_for 90 "kafka broker" port_open "$KAFKA_PORT" ;;

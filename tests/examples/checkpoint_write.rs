@@ -6,7 +6,7 @@
 //! file in the layout of `t2v_pipeline::checkpoint::DenoiseState::to_bytes` (safetensors: u64 LE
 //! header length, JSON header with `__metadata__` padded to 8 bytes, raw LE f32; tensors
 //! `latents`, `scheduler.model_outputs.{0,1}`, `scheduler.last_sample`) with random values, and
-//! puts it 5 times to the local Garage (`make up`) the two ways object_store can: one PUT, and
+//! puts it 5 times to the local S3 server (`make up`) the two ways object_store can: one PUT, and
 //! the multipart upload the worker uses at ≥ 16 MiB (`object_store::buffered::BufWriter`).
 //! Prints each time and the medians. Goal: ≤ 2 s, to fit a 30 s spot notice.
 //!

@@ -475,7 +475,7 @@ pub fn count_kind(events: &[GenerationEvent], pick: fn(&Kind) -> bool) -> usize 
         .count()
 }
 
-/// The stack's Garage server stopped for the lifetime of this value; dropping it starts Garage
+/// The stack's S3 server stopped for the lifetime of this value; dropping it starts it
 /// again, even when the test fails. Tests that take storage away from the stack must run alone
 /// in their test binary (cargo runs test binaries one after another) or hold a lock.
 pub struct S3Outage {
@@ -490,7 +490,7 @@ impl S3Outage {
         outage
     }
 
-    /// Starts Garage again (once).
+    /// Starts the S3 server again (once).
     pub fn end(&mut self) -> Result<(), String> {
         if !self.up {
             self.up = true;
@@ -504,7 +504,9 @@ impl Drop for S3Outage {
     fn drop(&mut self) {
         if let Err(e) = self.end() {
             // No panic while unwinding: say it loudly instead.
-            eprintln!("COULD NOT RESTART GARAGE: {e} — run `bash scripts/stack.sh start-s3`");
+            eprintln!(
+                "COULD NOT RESTART THE S3 SERVER: {e} — run `bash scripts/stack.sh start-s3`"
+            );
         }
     }
 }

@@ -1,9 +1,11 @@
 //! `t2v-worker doctor`: one line per finding, exit 0 when the deployment is sound, non-zero
-//! with the cause and the fix when a topic is missing or the object store is unreachable.
+//! with the cause and the fix when a topic is missing or the object store is unreachable; and
+//! `t2v-worker run` stopping at start when one of doctor's host checks fails.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use t2v_tests::{binary, brokers, create_topics, stack_env, unique_name};
+use t2v_tests::{binary, brokers, create_topics, stack_env, unique_name, WorkerSetup};
 
 fn doctor(requests: &str, others: &str, storage_url: &str, aws_endpoint: &str) -> Output {
     let mut cmd = Command::new(binary("t2v-worker"));
@@ -50,6 +52,15 @@ async fn doctor_passes_on_the_stack_and_names_the_fix_for_each_failure() {
         "{stdout}{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // The stack's VersityGW refuses a create-only write over an existing object, so doctor
+    // reports create-only as enforced (a store that overwrites would get a WARN line); every
+    // line is ok.
+    let create_only: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("create-only write"))
+        .collect();
+    assert_eq!(create_only.len(), 1, "{stdout}");
+    assert!(create_only[0].starts_with("ok   storage"), "{stdout}");
     assert!(stdout.lines().all(|l| l.starts_with("ok ")), "{stdout}");
     assert!(
         stdout.contains("writable, readable and deletable"),
@@ -68,4 +79,31 @@ async fn doctor_passes_on_the_stack_and_names_the_fix_for_each_failure() {
     );
     assert!(fails[1].starts_with("FAIL storage"), "{stdout}");
     assert!(stdout.contains("ok   shm"), "{stdout}");
+}
+
+/// `t2v-worker run` makes the host checks before it loads anything: an incomplete model
+/// directory stops it at once (exit 1) with the doctor line that names the fix, instead of a
+/// worker that joins the group and fails every job.
+#[tokio::test]
+async fn run_stops_at_start_when_a_host_check_fails() {
+    let setup = WorkerSetup::new("startup", 1).await;
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().display().to_string();
+    let mut worker = setup.start_worker(&[
+        ("T2V_MODEL__BACKEND", "wan"),
+        ("T2V_MODEL__DEVICE", "cpu"),
+        ("T2V_MODEL__DIR", &dir),
+    ]);
+    let code = worker.wait_exit(Duration::from_secs(30));
+    let logs = worker.logs();
+    assert_eq!(code, Some(1), "logs:\n{logs}");
+    assert!(logs.contains("start-up checks failed"), "logs:\n{logs}");
+    assert!(
+        logs.contains("FAIL model") && logs.contains(&dir) && logs.contains("model_index.json"),
+        "the model line names the directory and what is missing; logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains("partitions assigned") && !logs.contains("model loaded"),
+        "nothing loaded or joined; logs:\n{logs}"
+    );
 }

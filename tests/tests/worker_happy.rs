@@ -1,5 +1,5 @@
-//! `t2v-worker run` on the real broker and Garage, the synthetic backend: one request becomes one
-//! MP4 + thumbnail + manifest and exactly one Completed; the same job id again gives no new
+//! `t2v-worker run` on the real broker and S3 server, the synthetic backend: one request becomes
+//! one MP4 + thumbnail + manifest and exactly one Completed; the same job id again gives no new
 //! outputs and an identical Completed.
 
 use std::process::Command;

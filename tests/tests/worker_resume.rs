@@ -1,5 +1,5 @@
 //! Spot-safe jobs (issue 7) with `backend = wan` on the tiny two-expert model of `make fixtures`,
-//! through the real broker and Garage: a worker checkpointing every step is SIGTERMed mid-job,
+//! through the real broker and S3 server: a worker checkpointing every step is SIGTERMed mid-job,
 //! exits 0 leaving a checkpoint `<prefix>/<job>/checkpoint/step-NNNNNN.safetensors`; a second
 //! worker process resumes at that step (`resumed_from_step` in Started and Progress), completes
 //! the job with an MP4 byte-identical to an uninterrupted `t2v-worker generate` of the same

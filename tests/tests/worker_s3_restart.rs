@@ -2,8 +2,8 @@
 //! worker's uploads fail, are retried, and the job still completes exactly once — one manifest,
 //! one Completed, whose digests are those of the stored objects.
 //!
-//! The only test in this binary, because it stops the stack's shared Garage server (cargo runs
-//! test binaries one after another). `S3Outage` starts Garage again even when the test fails.
+//! The only test in this binary, because it stops the stack's shared S3 server (cargo runs test
+//! binaries one after another). `S3Outage` starts it again even when the test fails.
 
 use std::time::Duration;
 
@@ -13,12 +13,13 @@ use t2v_tests::{
     get_object, list_keys, record_count, wait_committed, wait_events, S3Outage, WorkerSetup,
 };
 
-/// Synthetic steps of the job and the sleep per step: 25 s of "denoising", long enough for
-/// `stack.sh stop-s3` to finish before the first upload (Garage's graceful stop takes about 12 s
-/// while the worker holds connections to it).
-const STEPS: u32 = 200;
+/// Synthetic steps of the job and the sleep per step: 10 s of "denoising", long enough for
+/// `stack.sh stop-s3` to finish before the first upload. VersityGW stops in about 2 s when the
+/// worker's keep-alive connections are idle, as they are while it denoises (up to 12 s with a
+/// request in flight).
+const STEPS: u32 = 80;
 const STEP_MS: u64 = 125;
-/// How long Garage stays down after the job's denoising ended: longer than the first retries
+/// How long the S3 server stays down after the job's denoising ended: longer than the first retries
 /// (200 ms, 400 ms, 800 ms, 1.6 s with jitter), shorter than the retry budget below.
 const DOWN_AFTER_DENOISE: Duration = Duration::from_secs(5);
 
@@ -75,7 +76,7 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
         .unwrap();
 
     // 1. Started means the dedupe read and the attempt marker are done: the next object-store
-    //    call is the upload after denoising. Stop Garage now.
+    //    call is the upload after denoising. Stop the S3 server now.
     let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
         e.iter().any(|e| matches!(e.kind, Some(Kind::Started(_))))
     });
@@ -89,7 +90,7 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
     let denoise_end = started_at + u64::from(STEPS) * STEP_MS;
     assert!(
         stopped_at < denoise_end,
-        "Garage took too long to stop ({} ms after Started); the upload may have run before the outage",
+        "the S3 server took too long to stop ({} ms after Started); the upload may have run before the outage",
         stopped_at - started_at
     );
 
@@ -119,7 +120,7 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
     let (completed_at, c) = &done[0];
     assert!(
         *completed_at >= restarted_at,
-        "Completed ({completed_at}) before Garage was started again ({restarted_at})"
+        "Completed ({completed_at}) before the S3 server was started again ({restarted_at})"
     );
     assert!(
         events

@@ -1,5 +1,5 @@
 //! `t2v-worker run` with `backend = wan` on the tiny random-weight two-expert model of
-//! `make fixtures`, through the real broker and Garage: one request becomes one Completed whose
+//! `make fixtures`, through the real broker and S3 server: one request becomes one Completed whose
 //! MP4 is byte-identical to what `t2v-worker generate --out` writes for the same settings (the
 //! same pipeline, frames and encoder), and whose revision is the model's config digest.
 //!

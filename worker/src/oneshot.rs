@@ -85,7 +85,8 @@ pub struct GenerateArgs {
     /// Write the frames as float32 (frames, height, width, 3) in [0, 1] to this .npy file.
     #[arg(long)]
     pub save_frames: Option<PathBuf>,
-    /// Write video.mp4 and thumbnail.jpg here: a local directory, file:///dir or s3://bucket/prefix.
+    /// Write video.mp4 and thumbnail.jpg here: a local directory or any storage URL the worker
+    /// takes (file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix).
     #[arg(long)]
     pub out: Option<String>,
 }
