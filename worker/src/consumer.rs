@@ -12,6 +12,11 @@
 //! Before anything loads, the host checks of `t2v-worker doctor` (/dev/shm, model directory, GPU)
 //! run and a failure stops the start; the storage probe runs alongside and only logs.
 //!
+//! When a rebalance takes away the partition of the running job (cooperative-sticky moves
+//! partitions to workers that join, e.g. on a scale-up), the job stops at the next step with a
+//! checkpoint and no event, exactly as on shutdown: the new owner resumes it, and two workers never
+//! run one job side by side.
+//!
 //! A record's offset is stored only after [`job::handle`] says its terminal event was
 //! acknowledged; on shutdown the running job stops at the next step, its offset (and the held
 //! record's) is not stored, and the consumer leaves the group within the drain deadline.
@@ -47,6 +52,7 @@ struct WorkerContext {
     holding: Arc<AtomicBool>,
     /// Counts rebalances, so a held record fetched before one is given back.
     rebalances: Arc<AtomicU64>,
+    running: Arc<RunningPartition>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     requests_topic: String,
@@ -86,6 +92,7 @@ impl ConsumerContext for WorkerContext {
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = ?partitions.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
+                self.running.revoked(partitions);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -166,6 +173,42 @@ fn source_record<M: Message>(m: &M) -> SourceRecord {
 /// The running job: its task and the record's topic, partition and offset.
 type Running = (tokio::task::JoinHandle<Disposition>, String, i32, i64);
 
+/// The running job's partition and its stop token, for the rebalance callback: a job whose
+/// partition moves to another worker stops at the next step with a checkpoint, so two workers
+/// never run it side by side (the new owner resumes it).
+#[derive(Default)]
+struct RunningPartition(std::sync::Mutex<Option<(String, i32, CancellationToken)>>);
+
+impl RunningPartition {
+    fn set(&self, value: Option<(String, i32, CancellationToken)>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+
+    /// Stops the running job if `revoked` holds its partition.
+    fn revoked(&self, revoked: &TopicPartitionList) {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((topic, partition, stop)) = guard.as_ref() {
+            let moved = revoked
+                .elements()
+                .iter()
+                .any(|e| e.topic() == topic && e.partition() == *partition);
+            if moved && !stop.is_cancelled() {
+                tracing::info!(
+                    partition,
+                    "the running job's partition was revoked: stopping it at the next step with a checkpoint; its new owner resumes it"
+                );
+                stop.cancel();
+            }
+        }
+    }
+}
+
 /// A record fetched during a job, to run next.
 struct Held {
     record: SourceRecord,
@@ -173,10 +216,17 @@ struct Held {
     rebalances: u64,
 }
 
-fn start_job(ctx: &Arc<JobContext>, record: SourceRecord) -> Running {
+fn start_job(
+    ctx: &Arc<JobContext>,
+    record: SourceRecord,
+    shutdown: &CancellationToken,
+    slot: &RunningPartition,
+) -> Running {
     let (topic, partition, offset) = (record.topic.clone(), record.partition, record.offset);
+    let stop = shutdown.child_token();
+    slot.set(Some((topic.clone(), partition, stop.clone())));
     let ctx = ctx.clone();
-    let handle = tokio::spawn(async move { job::handle(&ctx, record).await });
+    let handle = tokio::spawn(async move { job::handle(&ctx, record, stop).await });
     (handle, topic, partition, offset)
 }
 
@@ -319,6 +369,7 @@ pub async fn run(
     // 4. Join the group.
     let holding = Arc::new(AtomicBool::new(false));
     let rebalances = Arc::new(AtomicU64::new(0));
+    let running_partition = Arc::new(RunningPartition::default());
     let k = &cfg.kafka;
     let mut consumer_cfg = client_config(k, "t2v-worker");
     consumer_cfg
@@ -345,6 +396,7 @@ pub async fn run(
         .create_with_context(WorkerContext {
             holding: holding.clone(),
             rebalances: rebalances.clone(),
+            running: running_partition.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             requests_topic: k.requests_topic.clone(),
@@ -368,7 +420,6 @@ pub async fn run(
         model,
         model_load,
         cancels,
-        shutdown: stop.clone(),
         metrics: metrics.clone(),
     });
     // The running job may first finish its step, then write its checkpoint.
@@ -394,6 +445,7 @@ pub async fn run(
             }
             finished = async { (&mut running.as_mut().expect("guarded").0).await }, if running.is_some() => {
                 let (_, topic, partition, offset) = running.take().expect("guarded");
+                running_partition.set(None);
                 let disposition = finished.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "the job task failed; the record will be read again");
                     Disposition::Redeliver
@@ -423,7 +475,7 @@ pub async fn run(
                 }
                 if let Some(next) = held.take() {
                     if next.rebalances == rebalances.load(Ordering::SeqCst) {
-                        running = Some(start_job(&ctx, next.record));
+                        running = Some(start_job(&ctx, next.record, &stop, &running_partition));
                     } else {
                         tracing::info!(partition = next.record.partition, offset = next.record.offset, "a rebalance happened since the next record was fetched: reading it again");
                         give_back(&consumer, &next.record);
@@ -454,7 +506,7 @@ pub async fn run(
                         pause_all(&consumer);
                         continue;
                     }
-                    running = Some(start_job(&ctx, record));
+                    running = Some(start_job(&ctx, record, &stop, &running_partition));
                 }
             },
         }

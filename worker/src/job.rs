@@ -49,7 +49,8 @@ const CHECKPOINT_CONTENT_TYPE: &str = "application/octet-stream";
 pub enum Disposition {
     /// The terminal event (or DLQ copy, or re-queued request) is acknowledged: store the offset.
     Done,
-    /// Stopped by shutdown: do not store the offset; the next owner of the partition runs it.
+    /// Stopped by shutdown or a revoked partition: do not store the offset; the next owner of
+    /// the partition resumes it.
     Interrupted,
     /// Kafka did not acknowledge what had to be published: read the record again later.
     Redeliver,
@@ -64,7 +65,6 @@ pub struct JobContext {
     pub model: ModelInfo,
     pub model_load: Duration,
     pub cancels: CancelRegistry,
-    pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
 }
 
@@ -152,7 +152,7 @@ impl<F: FnMut(StepInfo) -> ControlFlow<()>> StepHooks for JobHooks<F> {
             return false;
         }
         if stopping {
-            // A shutdown stop resumes elsewhere; a cancel never resumes.
+            // A shutdown or hand-over stop resumes elsewhere; a cancel never resumes.
             return self.shutdown.is_cancelled();
         }
         if self.in_flight.load(Ordering::Acquire) {
@@ -187,6 +187,8 @@ pub fn prompt_summary(prompt: &str, chars: usize) -> String {
 
 struct Job<'a> {
     ctx: &'a JobContext,
+    /// Shutdown, or this record's partition revoked: stop at the next step, checkpoint, no event.
+    stop: CancellationToken,
     record: &'a SourceRecord,
     req: GenerationRequest,
     trace: TraceContext,
@@ -397,7 +399,7 @@ impl Job<'_> {
         let (steps_tx, mut steps_rx) = tokio::sync::mpsc::unbounded_channel::<StepInfo>();
         let (cancels, shutdown, metrics, job_id) = (
             ctx.cancels.clone(),
-            ctx.shutdown.clone(),
+            self.stop.clone(),
             ctx.metrics.clone(),
             spec.job_id.clone(),
         );
@@ -711,7 +713,10 @@ impl Job<'_> {
                 return (
                     Disposition::Interrupted,
                     outcome::INTERRUPTED,
-                    format!("interrupted by shutdown after step {}", self.at_step),
+                    format!(
+                        "interrupted after step {} (shutdown, or the partition moved to another worker)",
+                        self.at_step
+                    ),
                 )
             }
             Stop::StorageDown(e) => {
@@ -753,7 +758,14 @@ impl Job<'_> {
 }
 
 /// Handles one record of the requests topic from decode to its terminal event.
-pub async fn handle(ctx: &JobContext, record: SourceRecord) -> Disposition {
+/// `stop` ends the job at the next step boundary with a checkpoint, without a terminal event
+/// and without storing the offset: cancelled on shutdown, and when the record's partition is
+/// revoked (its new owner resumes the job from that checkpoint).
+pub async fn handle(
+    ctx: &JobContext,
+    record: SourceRecord,
+    stop: CancellationToken,
+) -> Disposition {
     let key_id = record
         .key
         .as_deref()
@@ -775,6 +787,7 @@ pub async fn handle(ctx: &JobContext, record: SourceRecord) -> Disposition {
         crate::trace::record_request(req.attempt, &req.model);
         let mut job = Job {
             ctx,
+            stop,
             record: &record,
             req,
             trace,
