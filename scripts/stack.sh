@@ -77,7 +77,7 @@ LOG
       || { log "FAILED: kafka storage format, see $KAFKA_DIR/format.log"; cat "$KAFKA_DIR/format.log"; exit 1; }
   fi
   log "starting kafka on 127.0.0.1:$KAFKA_PORT"
-  nohup bash -c "$(declare -f kafka_java); KAFKA_DIR='$KAFKA_DIR' KAFKA_LIB='$KAFKA_LIB'; exec java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j.configuration='file:$KAFKA_DIR/log4j.properties' -cp '$KAFKA_LIB/*' kafka.Kafka '$KAFKA_DIR/server.properties'" \
+  setsid nohup bash -c "$(declare -f kafka_java); KAFKA_DIR='$KAFKA_DIR' KAFKA_LIB='$KAFKA_LIB'; exec java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j.configuration='file:$KAFKA_DIR/log4j.properties' -cp '$KAFKA_LIB/*' kafka.Kafka '$KAFKA_DIR/server.properties'" \
     >"$KAFKA_DIR/kafka.log" 2>&1 &
   echo $! >"$KAFKA_DIR/pid"
 }
@@ -115,7 +115,7 @@ start_s3() {
   fi
   log "starting versitygw (S3) on 127.0.0.1:$S3_PORT, objects under $S3_DIR/data"
   # Root credentials through the environment, so they stay off the process list.
-  ROOT_ACCESS_KEY_ID="$S3_KEY_ID" ROOT_SECRET_ACCESS_KEY="$S3_SECRET" nohup "$T2V_TOOLS/bin/versitygw" \
+  ROOT_ACCESS_KEY_ID="$S3_KEY_ID" ROOT_SECRET_ACCESS_KEY="$S3_SECRET" setsid nohup "$T2V_TOOLS/bin/versitygw" \
     --port "127.0.0.1:$S3_PORT" --region "$S3_REGION" --keep-alive --quiet \
     posix "${meta[@]}" "$S3_DIR/data" >>"$S3_DIR/versitygw.log" 2>&1 &
   echo $! >"$S3_DIR/pid"

@@ -1,6 +1,6 @@
 //! `make chaos` (issue 7): the fault-injection suite at full size against the shared stack
 //! (`make up`; build the worker first: `cargo build -p t2v-worker`). Kills and restarts the
-//! Kafka broker and stops and starts Garage — run it alone. Prints the table of
+//! Kafka broker and stops and starts the S3 server — run it alone. Prints the table of
 //! [`t2v_tests::chaos::ChaosReport`] and exits 1 when an invariant broke.
 //!
 //! `cargo run -p t2v-tests --example chaos -- [--jobs 20] [--workers 3] [--faults 10] [--seed 7]

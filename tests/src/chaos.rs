@@ -1,19 +1,26 @@
 //! Fault injection (issue 7): N `t2v-worker run` processes (synthetic backend, a sleep per step,
 //! a checkpoint every few steps) take M jobs on fresh topics and a fresh prefix while faults
 //! chosen by a seeded RNG hit them — SIGKILL or SIGTERM of a busy worker (a replacement starts),
-//! SIGKILL and restart of the Kafka broker, stop and start of Garage — with garbage bytes,
+//! SIGKILL and restart of the Kafka broker, stop and start of the S3 server — with garbage bytes,
 //! invalid requests and duplicate submissions mixed into the requests topic.
 //!
 //! [`run`] then checks what the fleet promises and returns a [`ChaosReport`]: every valid job has
 //! a manifest and ≥ 1 Completed, all of its Completed identical; no output object of a job that
 //! never completed; every poison message in the DLQ and nowhere else; no job lost; steps redone
-//! per interruption ≤ the checkpoint interval. Steps redone are measured from the events: the
-//! highest step a run reported (Progress every step) minus the `resumed_from_step` of the run
-//! that followed it — a lower bound when a killed worker's last Progress never reached the
-//! broker.
+//! per interruption ≤ the checkpoint interval while the checkpoint store was up.
 //!
-//! The broker and Garage are the shared stack's: [`StackGuard`] starts them again when dropped,
-//! so a failing run still leaves the stack up.
+//! Steps redone are measured from the events, per run: a run is one worker's work on a job, from
+//! its Started to its terminal event, or to its last event when the worker was killed, stopped
+//! or lost the partition. A Started that follows runs which ended (no later event of theirs) is
+//! an interruption: the highest step those runs reported (Progress every step) minus the new
+//! run's `resumed_from_step` — a lower bound when a killed worker's last Progress never reached
+//! the broker. A Started while an earlier run still reports is an overlap (the partition moved
+//! while its old owner ran on), counted, not an interruption. The bound holds only when
+//! checkpoints could be stored: an interruption whose earlier run overlaps an S3 outage of the
+//! schedule is reported as redone during an outage, not as a violation.
+//!
+//! The broker and the S3 server are the shared stack's: [`StackGuard`] starts them again when
+//! dropped, so a failing run still leaves the stack up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +53,7 @@ pub struct ChaosConfig {
     pub checkpoint_every: u32,
     /// Whether the fault mix includes SIGKILL + restart of the shared Kafka broker.
     pub kafka_faults: bool,
-    /// Whether the fault mix includes stop + start of the shared Garage server.
+    /// Whether the fault mix includes stop + start of the shared S3 server.
     pub s3_faults: bool,
     pub garbage: usize,
     pub invalid: usize,
@@ -98,9 +105,24 @@ pub struct ChaosReport {
     pub resumed_jobs: usize,
     /// Worker faults that hit a worker running a job (the others found every worker idle).
     pub busy_victims: usize,
+    /// Every interruption: a run that ended unfinished, then a run of the job that resumed.
     pub interruptions: usize,
+    /// Steps redone by the interruptions while the S3 server was up (the checkpoint bound
+    /// applies to these).
     pub steps_redone: u64,
     pub max_redone: u64,
+    /// Interruptions whose earlier run overlaps an S3 outage: checkpoints could not be stored,
+    /// so the redo has no bound; counted apart.
+    pub outage_interruptions: usize,
+    pub outage_steps_redone: u64,
+    pub outage_max_redone: u64,
+    /// Starteds of a job while an earlier run of it still reported (its partition moved while
+    /// the old owner ran on): not interruptions.
+    pub overlaps: usize,
+    /// The S3 outages the schedule caused, wall clock (Unix ms): stop-s3 issued → start-s3 done.
+    pub s3_outages: Vec<Outage>,
+    /// One line per interruption: job, step reached, resume step, whether S3 was down.
+    pub interruption_lines: Vec<String>,
     /// Checkpoint objects still stored for completed jobs (a kill between the manifest and the
     /// checkpoint delete leaves one; harmless, reported).
     pub checkpoints_left: usize,
@@ -137,10 +159,34 @@ impl ChaosReport {
             ),
             ("resumed jobs".into(), self.resumed_jobs.to_string()),
             ("interruptions".into(), self.interruptions.to_string()),
-            ("steps redone (total)".into(), self.steps_redone.to_string()),
             (
-                "steps redone (max per interruption)".into(),
+                "steps redone, S3 up (total)".into(),
+                self.steps_redone.to_string(),
+            ),
+            (
+                "steps redone, S3 up (max per interruption)".into(),
                 self.max_redone.to_string(),
+            ),
+            (
+                "interruptions during an S3 outage".into(),
+                self.outage_interruptions.to_string(),
+            ),
+            (
+                "steps redone during an S3 outage (total)".into(),
+                self.outage_steps_redone.to_string(),
+            ),
+            (
+                "steps redone during an S3 outage (max)".into(),
+                self.outage_max_redone.to_string(),
+            ),
+            ("overlapping runs".into(), self.overlaps.to_string()),
+            (
+                "S3 outages".into(),
+                self.s3_outages
+                    .iter()
+                    .map(|o| format!("{:.1} s", o.to_ms.saturating_sub(o.from_ms) as f64 / 1e3))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
             (
                 "checkpoints left after completion".into(),
@@ -156,11 +202,36 @@ impl ChaosReport {
         for (k, v) in rows {
             out.push_str(&format!("| {k} | {v} |\n"));
         }
+        for line in &self.interruption_lines {
+            out.push_str(&format!("interruption: {line}\n"));
+        }
         for v in &self.violations {
             out.push_str(&format!("VIOLATION: {v}\n"));
         }
         out
     }
+}
+
+/// A span of wall-clock time (Unix ms, the clock of the workers' `emitted_at_unix_ms`) during
+/// which the S3 server was down or not yet answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+impl Outage {
+    /// Whether the outage shares a moment with `[from_ms, to_ms]`.
+    fn overlaps(&self, from_ms: u64, to_ms: u64) -> bool {
+        self.from_ms <= to_ms && from_ms <= self.to_ms
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// SplitMix64: a small seeded RNG, so a run's fault schedule is reproducible.
@@ -180,7 +251,7 @@ impl Rng {
     }
 }
 
-/// Keeps the shared Kafka broker and Garage up: whatever is down when this is dropped is
+/// Keeps the shared Kafka broker and S3 server up: whatever is down when this is dropped is
 /// started again, so a failing chaos run leaves the stack as it found it.
 #[derive(Default)]
 pub struct StackGuard {
@@ -221,7 +292,9 @@ impl Drop for StackGuard {
         }
         if self.s3_down {
             if let Err(e) = self.start_s3() {
-                eprintln!("COULD NOT RESTART GARAGE: {e} — run `bash scripts/stack.sh start-s3`");
+                eprintln!(
+                    "COULD NOT RESTART THE S3 SERVER: {e} — run `bash scripts/stack.sh start-s3`"
+                );
             }
         }
     }
@@ -324,10 +397,7 @@ fn request(job_id: &str, steps: u32, seed: u64) -> GenerationRequest {
         fps: 8,
         num_inference_steps: steps,
         seed: Some(seed),
-        submitted_at_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
+        submitted_at_unix_ms: unix_ms(),
         ..Default::default()
     }
 }
@@ -510,10 +580,17 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
                 std::thread::sleep(Duration::from_secs(2));
                 guard.start_kafka()
             }),
-            Fault::S3Stop => guard.stop_s3().and_then(|_| {
-                std::thread::sleep(Duration::from_secs(2));
-                guard.start_s3()
-            }),
+            Fault::S3Stop => {
+                let from_ms = unix_ms();
+                let result = guard.stop_s3().and_then(|_| {
+                    std::thread::sleep(Duration::from_secs(2));
+                    guard.start_s3()
+                });
+                // A failed start leaves the server down until the guard restarts it at the end.
+                let to_ms = if result.is_ok() { unix_ms() } else { u64::MAX };
+                report.s3_outages.push(Outage { from_ms, to_ms });
+                result
+            }
         };
         if let Err(e) = result {
             report.violations.push(format!("fault {fault:?}: {e}"));
@@ -566,6 +643,10 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
     let all = events.snapshot();
     drop(events);
     drop(guard);
+    let up_again = unix_ms();
+    for outage in &mut report.s3_outages {
+        outage.to_ms = outage.to_ms.min(up_again);
+    }
 
     // 5. The checks.
     check(cfg, &setup, &valid_ids, &poison_ids, &all, &mut report).await;
@@ -687,41 +768,171 @@ async fn check(
         }
     }
 
-    // Resumes and steps redone, from the events in topic order.
+    steps_redone(cfg, valid_ids, all, report);
+}
+
+/// Resumes, overlaps and steps redone of the valid jobs, from the events in topic order and the
+/// S3 outages in `report`; a violation per redo beyond the checkpoint interval with S3 up.
+fn steps_redone(
+    cfg: &ChaosConfig,
+    valid_ids: &[String],
+    all: &[GenerationEvent],
+    report: &mut ChaosReport,
+) {
+    let outages = report.s3_outages.clone();
     for id in valid_ids {
-        let restarts = interruptions(all, id);
-        for &(before, from) in &restarts {
-            let redone = before.saturating_sub(from) as u64;
+        let runs = interruptions(all, id);
+        report.overlaps += runs.overlaps;
+        for i in &runs.interruptions {
+            let redone = i.redone() as u64;
+            let during = i.during(&outages);
             report.interruptions += 1;
+            report.interruption_lines.push(format!(
+                "{id}: reached {}, resumed at {}: {redone} redone{}",
+                i.before,
+                i.from,
+                if during { " (S3 outage)" } else { "" }
+            ));
+            if during {
+                report.outage_interruptions += 1;
+                report.outage_steps_redone += redone;
+                report.outage_max_redone = report.outage_max_redone.max(redone);
+                continue;
+            }
             report.steps_redone += redone;
             report.max_redone = report.max_redone.max(redone);
             if redone > cfg.checkpoint_every as u64 {
                 report.violations.push(format!(
-                    "{id}: {redone} steps redone after reaching step {before}, resumed at {from}"
+                    "{id}: {redone} steps redone after reaching step {}, resumed at {}, \
+                     with the S3 server up (bound: {} = [checkpoint] every_steps)",
+                    i.before, i.from, cfg.checkpoint_every
                 ));
             }
         }
-        report.resumed_jobs += restarts.iter().any(|&(_, from)| from > 0) as usize;
+        report.resumed_jobs += runs.interruptions.iter().any(|i| i.from > 0) as usize;
     }
 }
 
-/// The interruptions of `job_id`'s runs, in topic order: for each Started that follows an
-/// unfinished run, (the highest step that run reported, the step the new run resumed from).
-fn interruptions(events: &[GenerationEvent], job_id: &str) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    let mut reached: Option<u32> = None;
-    for e in events.iter().filter(|e| e.job_id == job_id) {
+/// A job's run resumed after earlier runs of it ended unfinished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Interruption {
+    /// The highest step the ended runs reported.
+    pub before: u32,
+    /// The step the new run resumed from.
+    pub from: u32,
+    /// `emitted_at_unix_ms` of the Started of the latest ended run that reached `before`: from
+    /// then on it could have stored the checkpoint the new run should have found.
+    pub earlier_started_ms: u64,
+    /// `emitted_at_unix_ms` of the new run's Started.
+    pub resumed_ms: u64,
+}
+
+impl Interruption {
+    pub fn redone(&self) -> u32 {
+        self.before.saturating_sub(self.from)
+    }
+
+    /// Whether an S3 outage falls between the earlier run's start and the resume, so the
+    /// checkpoints that would have bounded the redo may have failed to store.
+    pub fn during(&self, outages: &[Outage]) -> bool {
+        outages
+            .iter()
+            .any(|o| o.overlaps(self.earlier_started_ms, self.resumed_ms))
+    }
+}
+
+/// What the runs of one job show.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct JobRuns {
+    pub interruptions: Vec<Interruption>,
+    /// Starteds while an earlier run of the job still reported.
+    pub overlaps: usize,
+}
+
+/// One worker's run of a job, as positions in the job's events.
+struct Run {
+    started: usize,
+    started_ms: u64,
+    from: u32,
+    /// The last event of the run: its terminal event, or its last Progress.
+    last: usize,
+    reached: u32,
+}
+
+/// The runs of `job_id` until its first Completed (later Starteds answer duplicate submissions),
+/// in topic order: each Started that follows runs which ended unfinished since the previous
+/// Started is an interruption; each Started while an earlier run still reports is an overlap.
+/// A run belongs to its worker (`worker_id`) and ends at that worker's terminal event of the
+/// job, at its next Started of the job, or at its last event.
+pub(crate) fn interruptions(events: &[GenerationEvent], job_id: &str) -> JobRuns {
+    let evs: Vec<&GenerationEvent> = events.iter().filter(|e| e.job_id == job_id).collect();
+    let mut runs: Vec<Run> = Vec::new();
+    // The run each worker has open (not ended by a terminal event).
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for (at, e) in evs.iter().enumerate() {
         match &e.kind {
             Some(Kind::Started(s)) => {
-                if let Some(before) = reached {
-                    out.push((before, s.resumed_from_step));
+                // A producer retry after a broker restart can write the same Started twice: it
+                // starts no new run.
+                if let Some(&r) = open.get(e.worker_id.as_str()) {
+                    if evs[runs[r].started] == *e {
+                        continue;
+                    }
                 }
-                reached = Some(s.resumed_from_step);
+                open.insert(&e.worker_id, runs.len());
+                runs.push(Run {
+                    started: at,
+                    started_ms: e.emitted_at_unix_ms,
+                    from: s.resumed_from_step,
+                    last: at,
+                    reached: s.resumed_from_step,
+                });
             }
-            Some(Kind::Progress(p)) => reached = Some(reached.unwrap_or(0).max(p.step)),
-            Some(Kind::Completed(_)) => reached = None,
+            Some(Kind::Progress(p)) => {
+                if let Some(&r) = open.get(e.worker_id.as_str()) {
+                    runs[r].last = at;
+                    runs[r].reached = runs[r].reached.max(p.step);
+                }
+            }
+            Some(k) if is_terminal(k) => {
+                if let Some(r) = open.remove(e.worker_id.as_str()) {
+                    runs[r].last = at;
+                }
+                if matches!(k, Kind::Completed(_)) {
+                    break;
+                }
+            }
             _ => {}
         }
+    }
+    let mut out = JobRuns::default();
+    for (n, run) in runs.iter().enumerate() {
+        let earlier = &runs[..n];
+        if earlier.iter().any(|r| r.last > run.started) {
+            out.overlaps += 1;
+        }
+        // Runs that ended before this Started, not before the previous one: this Started is
+        // the first to follow them.
+        let previous = earlier.last().map_or(0, |r| r.started);
+        if !earlier
+            .iter()
+            .any(|r| r.last < run.started && r.last >= previous)
+        {
+            continue;
+        }
+        let ended = earlier.iter().filter(|r| r.last < run.started);
+        let before = ended.clone().map(|r| r.reached).max().unwrap_or(0);
+        let earlier_started_ms = ended
+            .filter(|r| r.reached == before)
+            .map(|r| r.started_ms)
+            .max()
+            .unwrap_or(0);
+        out.interruptions.push(Interruption {
+            before,
+            from: run.from,
+            earlier_started_ms,
+            resumed_ms: run.started_ms,
+        });
     }
     out
 }

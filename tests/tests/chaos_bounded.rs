@@ -1,8 +1,9 @@
 //! The bounded fault-injection suite of `make test` (issue 7): 8 jobs on 2 workers, 5 faults —
-//! SIGKILL and SIGTERM of busy workers and one stop/start of Garage; no Kafka kill (the full
-//! `make chaos` does that) — with garbage, invalid and duplicate submissions. Every invariant of
-//! [`t2v_tests::chaos`] must hold. The only test in this binary, because it stops the shared
-//! Garage (cargo runs test binaries one after another); the guard starts it again on failure.
+//! SIGKILL and SIGTERM of busy workers and one stop/start of the S3 server; no Kafka kill (the
+//! full `make chaos` does that) — with garbage, invalid and duplicate submissions. Every
+//! invariant of [`t2v_tests::chaos`] must hold. The only test in this binary, because it stops
+//! the shared S3 server (cargo runs test binaries one after another); the guard starts it again
+//! on failure.
 
 use std::time::Duration;
 
