@@ -22,6 +22,21 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The tiny random-weight two-expert Wan model that `make fixtures` writes in the diffusers
+/// layout (under `$T2V_FIXTURES`, default `build/fixtures`). Panics with the fix when missing.
+pub fn tiny_model_dir() -> PathBuf {
+    let root = std::env::var_os("T2V_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
+    let dir = root.join("wan_pipeline/two_experts");
+    assert!(
+        dir.join("model_index.json").exists(),
+        "fixture {} missing — run `make fixtures`",
+        dir.display()
+    );
+    dir
+}
+
 /// The endpoints `make up` wrote to `.stack/env`. Panics with the fix when the stack is not up.
 pub fn stack_env() -> HashMap<String, String> {
     let path = workspace_root().join(".stack/env");

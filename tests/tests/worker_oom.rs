@@ -7,24 +7,10 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
-use t2v_tests::{list_keys, wait_committed, wait_events, workspace_root, WorkerSetup};
-
-fn model_dir() -> PathBuf {
-    let root = std::env::var_os("T2V_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
-    let dir = root.join("wan_pipeline/two_experts");
-    assert!(
-        dir.join("model_index.json").exists(),
-        "fixture {} missing — run `make fixtures`",
-        dir.display()
-    );
-    dir
-}
+use t2v_tests::{list_keys, tiny_model_dir, wait_committed, wait_events, WorkerSetup};
 
 fn request(job_id: &str, width: u32, height: u32, num_frames: u32) -> GenerationRequest {
     GenerationRequest {
@@ -71,7 +57,7 @@ fn first_offer(message: &str) -> (u32, u32, u32) {
 
 #[tokio::test]
 async fn a_job_over_the_memory_budget_fails_up_front_and_the_worker_goes_on() {
-    let model = model_dir().display().to_string();
+    let model = tiny_model_dir().display().to_string();
     let setup = WorkerSetup::new("oom", 1).await;
     let worker = setup.start_worker(&[
         ("T2V_MODEL__BACKEND", "wan"),

@@ -7,28 +7,14 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
-use t2v_tests::{binary, get_object, list_keys, wait_events, workspace_root, WorkerSetup};
+use t2v_tests::{binary, get_object, list_keys, tiny_model_dir, wait_events, WorkerSetup};
 
 /// Enough steps that the SIGTERM lands mid-run on the tiny model.
 const STEPS: u32 = 200;
-
-fn model_dir() -> PathBuf {
-    let root = std::env::var_os("T2V_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
-    let dir = root.join("wan_pipeline/two_experts");
-    assert!(
-        dir.join("model_index.json").exists(),
-        "fixture {} missing — run `make fixtures`",
-        dir.display()
-    );
-    dir
-}
 
 fn step_of(key: &str) -> u32 {
     key.rsplit('/')
@@ -51,7 +37,7 @@ fn started(events: &[GenerationEvent]) -> Vec<(String, u32)> {
 
 #[tokio::test]
 async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
-    let model = model_dir();
+    let model = tiny_model_dir();
     let model_arg = model.display().to_string();
     let setup = WorkerSetup::new("resume", 1).await;
     let env = [

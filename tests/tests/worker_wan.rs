@@ -5,29 +5,15 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use t2v_proto::v1::{generation_event::Kind, Completed, GenerationRequest};
-use t2v_tests::{binary, get_object, wait_events, workspace_root, WorkerSetup};
-
-fn model_dir() -> PathBuf {
-    let root = std::env::var_os("T2V_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
-    let dir = root.join("wan_pipeline/two_experts");
-    assert!(
-        dir.join("model_index.json").exists(),
-        "fixture {} missing — run `make fixtures`",
-        dir.display()
-    );
-    dir
-}
+use t2v_tests::{binary, get_object, tiny_model_dir, wait_events, WorkerSetup};
 
 #[tokio::test]
 async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
-    let model = model_dir();
+    let model = tiny_model_dir();
     let setup = WorkerSetup::new("wan", 1).await;
     let model_arg = model.display().to_string();
     let worker = setup.start_worker(&[
