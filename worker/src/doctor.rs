@@ -1,6 +1,7 @@
 //! `t2v-worker doctor`: the classic deployment failures, one line each with the cause and the fix.
 //! Checks: Kafka brokers reachable and the four topics present, the object store writable,
-//! readable and deletable (a probe object), /dev/shm size, the model directory, and for the Wan
+//! readable and deletable (a probe object, and whether it refuses a create-only overwrite), the
+//! OTLP collector when one is configured, /dev/shm size, the model directory, and for the Wan
 //! backend the GPU:
 //! - [`cuda_findings`]: libtorch sees the CUDA device the config asks for (else why not: no
 //!   driver, a CPU-only libtorch, libtorch_cuda not linked), and the driver supports the CUDA
@@ -587,6 +588,50 @@ pub fn startup(cfg: &WorkerConfig) -> Vec<Finding> {
     findings
 }
 
+/// `host:port` of an http(s) URL (the scheme's port when none is given).
+fn authority(url: &str) -> Option<String> {
+    let (default_port, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (80, rest)
+    } else {
+        (443, url.strip_prefix("https://")?)
+    };
+    let host = rest.split(['/', '?']).next().filter(|h| !h.is_empty())?;
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    Some(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:{default_port}")
+    })
+}
+
+/// Whether the OTLP collector (when one is configured) accepts connections. An unreachable one
+/// only costs the spans, never a job: a warning, not a failure.
+async fn telemetry(cfg: &WorkerConfig) -> Option<Finding> {
+    let endpoint =
+        crate::trace::traces_endpoint(&cfg.telemetry.otlp_endpoint, |k| std::env::var(k).ok())?;
+    let Some(address) = authority(&endpoint) else {
+        return Some(finding(
+            "otlp",
+            false,
+            format!("{endpoint} is not an http(s) URL — set telemetry.otlp_endpoint to e.g. http://otel-collector:4318"),
+        ));
+    };
+    let connect = tokio::net::TcpStream::connect(address.as_str());
+    Some(match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        Ok(Ok(_)) => finding("otlp", true, format!("spans go to {endpoint} (collector reachable)")),
+        Ok(Err(e)) => warning(
+            "otlp",
+            format!("the collector at {endpoint} is unreachable ({e}): spans will be dropped, jobs are unaffected — check telemetry.otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT and the network path"),
+        ),
+        Err(_) => warning(
+            "otlp",
+            format!("the collector at {endpoint} did not accept a connection within 3 s: spans will be dropped, jobs are unaffected — check telemetry.otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT and the network path"),
+        ),
+    })
+}
+
 /// The storage probe alone (write, read, create-only, delete), for the worker's start-up log.
 pub async fn storage_probe(cfg: &WorkerConfig) -> Vec<Finding> {
     storage(cfg).await
@@ -599,6 +644,7 @@ pub async fn run(cfg: &WorkerConfig) -> Vec<Finding> {
         .await
         .unwrap_or_else(|e| vec![finding("kafka", false, format!("the check crashed: {e}"))]);
     findings.extend(storage(cfg).await);
+    findings.extend(telemetry(cfg).await);
     findings.push(shm());
     findings.push(model(cfg));
     let gpu_cfg = cfg.clone();
@@ -746,6 +792,42 @@ mod tests {
             "{found:?}"
         );
         assert!(!found[1].warning && found[1].message.contains("NVIDIA H100 80GB HBM3, 80.00 GiB of memory, driver 580.82.07 (CUDA 13.0), libtorch built for CUDA 13.2"), "{found:?}");
+    }
+
+    #[test]
+    fn authority_takes_the_port_or_the_schemes() {
+        assert_eq!(
+            authority("http://otel-collector:4318/v1/traces").as_deref(),
+            Some("otel-collector:4318")
+        );
+        assert_eq!(
+            authority("https://otlp.example.com/v1/traces").as_deref(),
+            Some("otlp.example.com:443")
+        );
+        assert_eq!(authority("http://10.0.0.7").as_deref(), Some("10.0.0.7:80"));
+        assert_eq!(authority("grpc://collector:4317"), None);
+    }
+
+    #[tokio::test]
+    async fn a_configured_collector_is_probed_and_an_unreachable_one_only_warns() {
+        let mut cfg = WorkerConfig::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = listener.local_addr().unwrap().port();
+        cfg.telemetry.otlp_endpoint = format!("http://127.0.0.1:{up}");
+        let found = telemetry(&cfg).await.unwrap();
+        assert!(found.ok && !found.warning, "{found}");
+        assert!(
+            found.message.contains(&format!("127.0.0.1:{up}/v1/traces")),
+            "{found}"
+        );
+
+        drop(listener);
+        let found = telemetry(&cfg).await.unwrap();
+        assert!(found.ok && found.warning, "{found}");
+        assert!(
+            found.message.contains("unreachable") && found.message.contains("jobs are unaffected"),
+            "{found}"
+        );
     }
 
     #[test]

@@ -65,7 +65,9 @@ struct Overrides {
 enum Command {
     /// Join the consumer group and process jobs until SIGTERM/SIGINT.
     Run,
-    /// Check the deployment (Kafka, topics, object store, /dev/shm, model dir, GPU and its memory); non-zero exit on any failure.
+    /// Check the deployment (Kafka, topics, object store incl. create-only writes, OTLP collector,
+    /// /dev/shm, model dir, GPU, driver vs libtorch CUDA, memory); one line per finding with its
+    /// fix, non-zero exit on any FAIL.
     Doctor,
     /// Print the JSON Schema of worker.toml.
     Schema,
