@@ -597,6 +597,7 @@ impl Job<'_> {
         let storage = &self.ctx.storage;
         let limit = Duration::from_secs(self.ctx.cfg.checkpoint.max_write_secs.max(1));
         let job_id = &self.req.job_id;
+        let manifest_key = storage.job_path(job_id, manifest::FILE_NAME);
         let mut previous = resumed_from.map(|step| {
             storage
                 .job_path(job_id, CHECKPOINT_DIR)
@@ -626,6 +627,17 @@ impl Job<'_> {
                     if let Some(old) = previous.replace(key.clone()).filter(|old| *old != key) {
                         if let Err(e) = storage.delete(&old).await {
                             tracing::warn!(key = %old, error = %e, "cannot delete an older checkpoint");
+                        }
+                    }
+                    // A stop checkpoint of a handed-over job can land after the new owner
+                    // committed and cleaned up (a slow write during a storage hiccup): the
+                    // manifest is then there, and this checkpoint would be left behind.
+                    if self.stop.is_cancelled()
+                        && matches!(storage.get(&manifest_key).await, Ok(Some(_)))
+                    {
+                        tracing::info!(%key, "the job was committed elsewhere meanwhile: deleting this checkpoint");
+                        if let Err(e) = storage.delete(&key).await {
+                            tracing::warn!(%key, error = %e, "cannot delete the checkpoint");
                         }
                     }
                 }
