@@ -3,14 +3,13 @@
 //! generate with Progress (throttled) → MP4 + thumbnail → upload → manifest (create-only, the
 //! commit point) → Completed. [`handle`] returns what the consumer loop must do with the offset.
 //!
-//! Checkpoints (issue 7): before Started the job looks for `<job>/checkpoint/step-NNNNNN.safetensors`
-//! written for the same request digest and model revision and resumes from the newest; while it
-//! runs, [`JobHooks`] asks the generator for a checkpoint every `[checkpoint] every_steps` /
-//! `every_secs` and at a shutdown stop, and a writer task uploads them (one in flight, the older
-//! one deleted after the newer is stored). The checkpoints are deleted after the manifest.
+//! Checkpoints (`checkpoints.rs`, issue 7): before Started the job resumes from the newest stored
+//! checkpoint written for the same request digest and model revision; while it runs one is taken
+//! every `[checkpoint] every_steps` / `every_secs` and at a stop (shutdown, or the partition
+//! handed over); they are deleted once the job ends for good (Completed, Canceled, Failed).
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,22 +26,21 @@ use t2v_proto::v1::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod checkpoints;
+
+use checkpoints::JobHooks;
+pub use checkpoints::{checkpoint_name, CHECKPOINT_DIR};
+
 use crate::attempts;
 use crate::config::WorkerConfig;
 use crate::control::CancelRegistry;
 use crate::events::{now_unix_ms, Publisher, SourceRecord};
-use crate::generator::{
-    check_checkpoint, Checkpoint, GenerateError, GeneratorThread, JobSpec, ModelInfo, StepHooks,
-    StepInfo,
-};
+use crate::generator::{Checkpoint, GenerateError, GeneratorThread, JobSpec, ModelInfo, StepInfo};
 use crate::manifest::{self, Manifest, StoredFile, TimingsMs};
 use crate::media;
 use crate::metrics::{outcome, phase, Metrics};
 use crate::storage::{sha256_hex, Storage, StorageError};
 use crate::trace::phase_span;
-
-/// Content type of checkpoint objects (safetensors).
-const CHECKPOINT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// What the consumer loop does with the record's offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,66 +109,6 @@ fn failed(code: ErrorCode, message: impl Into<String>, retryable: bool, dead_let
 pub fn default_seed(job_id: &str) -> u64 {
     let digest = sha256_hex(job_id.as_bytes());
     u64::from_str_radix(&digest[..16], 16).expect("hex digits")
-}
-
-/// Folder of a job's checkpoints, under its outputs.
-pub const CHECKPOINT_DIR: &str = "checkpoint";
-
-/// The file name (in [`CHECKPOINT_DIR`]) of the checkpoint after `step` steps.
-pub fn checkpoint_name(step: u32) -> String {
-    format!("step-{step:06}.safetensors")
-}
-
-/// The step of a checkpoint object's name (`None`: not a checkpoint).
-fn checkpoint_step(key: &Path) -> Option<u32> {
-    key.filename()?
-        .strip_prefix("step-")?
-        .strip_suffix(".safetensors")?
-        .parse()
-        .ok()
-}
-
-/// When to checkpoint, decided on the generator thread at every step boundary.
-struct JobHooks<F> {
-    on_step: F,
-    every_steps: u32,
-    every_secs: u64,
-    last_step: u32,
-    last_at: Instant,
-    in_flight: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-    writer: tokio::sync::mpsc::UnboundedSender<Checkpoint>,
-}
-
-impl<F: FnMut(StepInfo) -> ControlFlow<()>> StepHooks for JobHooks<F> {
-    fn on_step(&mut self, step: StepInfo) -> ControlFlow<()> {
-        (self.on_step)(step)
-    }
-
-    fn checkpoint_due(&mut self, step: StepInfo, stopping: bool) -> bool {
-        if step.step >= step.total {
-            return false;
-        }
-        if stopping {
-            // A shutdown or hand-over stop resumes elsewhere; a cancel never resumes.
-            return self.shutdown.is_cancelled();
-        }
-        if self.in_flight.load(Ordering::Acquire) {
-            return false;
-        }
-        let by_steps =
-            self.every_steps > 0 && step.step.saturating_sub(self.last_step) >= self.every_steps;
-        let by_time =
-            self.every_secs > 0 && self.last_at.elapsed() >= Duration::from_secs(self.every_secs);
-        by_steps || by_time
-    }
-
-    fn on_checkpoint(&mut self, checkpoint: Checkpoint) {
-        self.last_step = checkpoint.step;
-        self.last_at = Instant::now();
-        self.in_flight.store(true, Ordering::Release);
-        let _ = self.writer.send(checkpoint);
-    }
 }
 
 /// A one-line prompt summary for logs: at most `chars` characters.
@@ -327,53 +265,6 @@ impl Job<'_> {
             shift: req.shift,
             sampler: Sampler::try_from(req.sampler).unwrap_or(Sampler::Unspecified),
             seed: req.seed.unwrap_or_else(|| default_seed(&req.job_id)),
-        }
-    }
-
-    /// The newest stored checkpoint that resumes `spec`; others are ignored with a warning.
-    async fn find_checkpoint(&self, spec: &JobSpec) -> Result<Option<Checkpoint>, Stop> {
-        let storage = &self.ctx.storage;
-        let dir = storage.job_path(&spec.job_id, CHECKPOINT_DIR);
-        let mut found: Vec<(u32, Path)> = storage
-            .list(&dir)
-            .await?
-            .into_iter()
-            .filter_map(|key| Some((checkpoint_step(&key)?, key)))
-            .collect();
-        found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
-        for (_, key) in found {
-            let Some(bytes) = storage.get(&key).await? else {
-                continue;
-            };
-            match check_checkpoint(&bytes, spec, &self.ctx.model) {
-                Ok(step) => {
-                    tracing::info!(%key, step, bytes = bytes.len(), "resuming from a checkpoint");
-                    return Ok(Some(Checkpoint {
-                        step,
-                        bytes: bytes.to_vec(),
-                    }));
-                }
-                Err(why) => tracing::warn!(%key, why, "ignoring a checkpoint"),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Deletes the job's checkpoints (after the manifest, or a cancel); failures only warn.
-    async fn delete_checkpoints(&self) {
-        let storage = &self.ctx.storage;
-        let dir = storage.job_path(&self.req.job_id, CHECKPOINT_DIR);
-        let keys = match storage.list(&dir).await {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the checkpoints to delete them");
-                return;
-            }
-        };
-        for key in keys {
-            if let Err(e) = storage.delete(&key).await {
-                tracing::warn!(%key, error = %e, "cannot delete a checkpoint");
-            }
         }
     }
 
@@ -583,73 +474,6 @@ impl Job<'_> {
         }
         .instrument(phase_span("commit"))
         .await
-    }
-
-    /// Uploads the checkpoints the generator hands over, in order, each within
-    /// `max_write_secs`; after one is stored the previous one (or the one resumed from) is
-    /// deleted. Ends when the generator dropped its hooks.
-    async fn write_checkpoints(
-        &self,
-        mut checkpoints: tokio::sync::mpsc::UnboundedReceiver<Checkpoint>,
-        in_flight: Arc<AtomicBool>,
-        resumed_from: Option<u32>,
-    ) {
-        let storage = &self.ctx.storage;
-        let limit = Duration::from_secs(self.ctx.cfg.checkpoint.max_write_secs.max(1));
-        let job_id = &self.req.job_id;
-        let manifest_key = storage.job_path(job_id, manifest::FILE_NAME);
-        let mut previous = resumed_from.map(|step| {
-            storage
-                .job_path(job_id, CHECKPOINT_DIR)
-                .join(checkpoint_name(step).as_str())
-        });
-        while let Some(checkpoint) = checkpoints.recv().await {
-            let key = storage
-                .job_path(job_id, CHECKPOINT_DIR)
-                .join(checkpoint_name(checkpoint.step).as_str());
-            let size = checkpoint.bytes.len();
-            let started = Instant::now();
-            let put = storage.put(
-                &key,
-                Bytes::from(checkpoint.bytes),
-                CHECKPOINT_CONTENT_TYPE,
-                false,
-            );
-            match tokio::time::timeout(limit, put).await {
-                Ok(Ok(())) => {
-                    tracing::info!(
-                        %key,
-                        step = checkpoint.step,
-                        bytes = size,
-                        write_s = started.elapsed().as_secs_f64(),
-                        "checkpoint stored"
-                    );
-                    if let Some(old) = previous.replace(key.clone()).filter(|old| *old != key) {
-                        if let Err(e) = storage.delete(&old).await {
-                            tracing::warn!(key = %old, error = %e, "cannot delete an older checkpoint");
-                        }
-                    }
-                    // A stop checkpoint of a handed-over job can land after the new owner
-                    // committed and cleaned up (a slow write during a storage hiccup): the
-                    // manifest is then there, and this checkpoint would be left behind.
-                    if self.stop.is_cancelled()
-                        && matches!(storage.get(&manifest_key).await, Ok(Some(_)))
-                    {
-                        tracing::info!(%key, "the job was committed elsewhere meanwhile: deleting this checkpoint");
-                        if let Err(e) = storage.delete(&key).await {
-                            tracing::warn!(%key, error = %e, "cannot delete the checkpoint");
-                        }
-                    }
-                }
-                Ok(Err(e)) => tracing::warn!(%key, error = %e, "checkpoint not stored"),
-                Err(_) => tracing::warn!(
-                    %key,
-                    limit_s = limit.as_secs(),
-                    "checkpoint not stored within checkpoint.max_write_secs"
-                ),
-            }
-            in_flight.store(false, Ordering::Release);
-        }
     }
 
     async fn upload(
@@ -885,68 +709,6 @@ async fn undecodable(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn checkpoint_names_sort_and_parse() {
-        assert_eq!(checkpoint_name(7), "step-000007.safetensors");
-        let key = Path::from("out/job-1")
-            .join("checkpoint")
-            .join("step-000012.safetensors");
-        assert_eq!(checkpoint_step(&key), Some(12));
-        assert_eq!(
-            checkpoint_step(&Path::from("out/job-1/checkpoint/tmp")),
-            None
-        );
-    }
-
-    #[test]
-    fn checkpoints_are_due_by_steps_time_and_shutdown_one_in_flight() {
-        let (writer, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let mut hooks = JobHooks {
-            on_step: |_: StepInfo| ControlFlow::Continue(()),
-            every_steps: 2,
-            every_secs: 0,
-            last_step: 0,
-            last_at: Instant::now(),
-            in_flight: Arc::new(AtomicBool::new(false)),
-            shutdown: shutdown.clone(),
-            writer,
-        };
-        let at = |step| StepInfo {
-            step,
-            total: 10,
-            timestep: 0.0,
-        };
-        assert!(!hooks.checkpoint_due(at(1), false));
-        assert!(hooks.checkpoint_due(at(2), false));
-        hooks.on_checkpoint(Checkpoint {
-            step: 2,
-            bytes: Vec::new(),
-        });
-        assert!(!hooks.checkpoint_due(at(4), false), "one write in flight");
-        hooks.in_flight.store(false, Ordering::Release);
-        assert!(hooks.checkpoint_due(at(4), false));
-        assert!(
-            !hooks.checkpoint_due(at(10), false),
-            "the last step needs none"
-        );
-        assert!(
-            !hooks.checkpoint_due(at(3), true),
-            "a cancel does not resume"
-        );
-        shutdown.cancel();
-        hooks.in_flight.store(true, Ordering::Release);
-        assert!(
-            hooks.checkpoint_due(at(3), true),
-            "a shutdown stop always saves"
-        );
-        hooks.every_steps = 0;
-        hooks.every_secs = 1;
-        hooks.in_flight.store(false, Ordering::Release);
-        hooks.last_at = Instant::now() - Duration::from_secs(2);
-        assert!(hooks.checkpoint_due(at(5), false), "by time");
-    }
 
     #[test]
     fn default_seeds_are_stable_per_job() {
