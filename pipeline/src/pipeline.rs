@@ -709,6 +709,35 @@ pub fn torch_oom_summary(message: &str) -> &str {
         .trim_end()
 }
 
+/// Tokenizer + umT5 encoder; with `offload_text_encoder` the encoder is built in a VarStore of
+/// our own so its weights can be parked (as `UMT5EncoderModel::load` otherwise does).
+fn load_text_encoder(
+    model_dir: &ModelDir,
+    options: LoadOptions,
+) -> Result<(TextEncoder, Option<ParkedWeights>)> {
+    if !options.memory.offload_text_encoder {
+        let text = TextEncoder::load(model_dir.root(), options.dtype, options.device)?;
+        return Ok((text, None));
+    }
+    let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
+    let dir = model_dir.path(Component::TextEncoder)?;
+    let cfg = UMT5Config::from_file(&dir.join("config.json"))?;
+    let names = loader::tensor_names(&dir)?;
+    let embedding =
+        if !names.contains("shared.weight") && names.contains("encoder.embed_tokens.weight") {
+            EmbeddingKey::EncoderEmbedTokens
+        } else {
+            EmbeddingKey::Shared
+        };
+    let mut vs = nn::VarStore::new(options.device);
+    vs.set_kind(options.dtype);
+    let model = UMT5EncoderModel::with_embedding(&cfg, vs.root(), embedding)?;
+    loader::load_weights(&vs, &dir)?;
+    vs.freeze();
+    let weights = ParkedWeights::new(vs.variables().into_iter().collect(), options.device)?;
+    Ok((TextEncoder::new(tokenizer, model), Some(weights)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,33 +777,4 @@ mod tests {
             other => panic!("not classified as out of memory: {other}"),
         }
     }
-}
-
-/// Tokenizer + umT5 encoder; with `offload_text_encoder` the encoder is built in a VarStore of
-/// our own so its weights can be parked (as `UMT5EncoderModel::load` otherwise does).
-fn load_text_encoder(
-    model_dir: &ModelDir,
-    options: LoadOptions,
-) -> Result<(TextEncoder, Option<ParkedWeights>)> {
-    if !options.memory.offload_text_encoder {
-        let text = TextEncoder::load(model_dir.root(), options.dtype, options.device)?;
-        return Ok((text, None));
-    }
-    let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
-    let dir = model_dir.path(Component::TextEncoder)?;
-    let cfg = UMT5Config::from_file(&dir.join("config.json"))?;
-    let names = loader::tensor_names(&dir)?;
-    let embedding =
-        if !names.contains("shared.weight") && names.contains("encoder.embed_tokens.weight") {
-            EmbeddingKey::EncoderEmbedTokens
-        } else {
-            EmbeddingKey::Shared
-        };
-    let mut vs = nn::VarStore::new(options.device);
-    vs.set_kind(options.dtype);
-    let model = UMT5EncoderModel::with_embedding(&cfg, vs.root(), embedding)?;
-    loader::load_weights(&vs, &dir)?;
-    vs.freeze();
-    let weights = ParkedWeights::new(vs.variables().into_iter().collect(), options.device)?;
-    Ok((TextEncoder::new(tokenizer, model), Some(weights)))
 }
