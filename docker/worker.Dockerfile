@@ -62,8 +62,11 @@ COPY --from=build /out/opt/libtorch /opt/libtorch
 COPY --from=build /out/usr/local/bin/t2v-worker /usr/local/bin/t2v-worker
 # The binary finds libtorch here; libtorch finds the CUDA libraries through its own RPATH.
 # NVIDIA_VISIBLE_DEVICES comes from the base image and, on Kubernetes, the device plugin.
+# CUDA_DEVICE_ORDER: CUDA numbers GPUs as NVML does (by PCI bus), so the GPU memory the worker
+# reads through NVML is that of the device it computes on, also on hosts with several GPUs.
 ENV LD_LIBRARY_PATH=/opt/libtorch/torch/lib \
-    TMPDIR=/tmp
+    TMPDIR=/tmp \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID
 USER 10001:10001
 EXPOSE 9090
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/t2v-worker"]
