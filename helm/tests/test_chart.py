@@ -367,3 +367,11 @@ def test_telemetry_settings_reach_worker_toml():
     }
     err = render_error("defaults", "--set", "worker.telemetry.otlpEndpoint=otel-collector:4317")
     assert "otlpEndpoint" in err
+
+
+def test_memory_budget_takes_a_decimal_from_set():
+    # `helm --set` hands decimals over as strings; the schema accepts numeric strings only.
+    toml = worker_toml(render("defaults", extra=("--set", "worker.model.memoryBudgetGib=70.5")))
+    assert toml["model"]["memory_budget_gib"] == 70.5
+    assert "memoryBudgetGib" in render_error("defaults", "--set", "worker.model.memoryBudgetGib=lots")
+    assert "memoryBudgetGib" in render_error("defaults", "--set", "worker.model.memoryBudgetGib=-1")
