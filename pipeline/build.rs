@@ -1,36 +1,11 @@
-//! Keep libtorch's CUDA backend linked into every binary, test and example of this crate.
-//! No symbol of libtorch_cuda.so is referenced directly, so the linker's `--as-needed`
-//! drops it and `tch::Cuda::is_available()` then reports false on a GPU host (see shared/GPU.md).
-use std::path::PathBuf;
+//! Keep libtorch's CUDA backend linked into every binary, test and example of this crate (see
+//! build_support/libtorch.rs).
+
+#[path = "../build_support/libtorch.rs"]
+mod libtorch;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-env-changed=T2V_VENV");
-    let candidates = [
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .ok()
-            .map(PathBuf::from),
-        std::env::var("LIBTORCH")
-            .ok()
-            .map(|p| PathBuf::from(p).join("lib")),
-        torch_lib_in_venv(),
-    ];
-    if candidates
-        .iter()
-        .flatten()
-        .any(|dir| dir.join("libtorch_cuda.so").exists())
-    {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    if let Some(lib) = libtorch::lib_dir() {
+        libtorch::keep_torch_cuda_linked(&lib);
     }
-}
-
-fn torch_lib_in_venv() -> Option<PathBuf> {
-    let venv = PathBuf::from(std::env::var("T2V_VENV").ok()?);
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
-    lib.flatten()
-        .map(|e| e.path().join("site-packages/torch/lib"))
-        .find(|p| p.exists())
 }

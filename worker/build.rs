@@ -1,5 +1,5 @@
-//! Keep libtorch's CUDA backend linked into the worker binary and its tests (as pipeline/build.rs),
-//! and record libtorch's directory as the binary's run path.
+//! Keep libtorch's CUDA backend linked into the worker binary and its tests (build_support/libtorch.rs,
+//! shared with pipeline/build.rs), and record libtorch's directory as the binary's run path.
 //!
 //! - No symbol of libtorch_cuda.so is referenced directly, so the linker's `--as-needed` drops it
 //!   and `tch::Cuda::is_available()` then reports false on a GPU host (see shared/GPU.md).
@@ -8,45 +8,20 @@
 //! - `T2V_TORCH_CUDA` (read by src/gpu.rs): the CUDA version libtorch was built for, `cpu` for a
 //!   CPU-only build, unset when no version file is found — so `doctor` can compare it with the
 //!   driver's. libtorch offers no run-time query for it through tch.
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "../build_support/libtorch.rs"]
+mod libtorch;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-env-changed=T2V_VENV");
-    let candidates = [
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .ok()
-            .map(PathBuf::from),
-        std::env::var("LIBTORCH")
-            .ok()
-            .map(|p| PathBuf::from(p).join("lib")),
-        torch_lib_in_venv(),
-    ];
-    let Some(lib) = candidates
-        .iter()
-        .flatten()
-        .find(|dir| dir.join("libtorch_cpu.so").exists())
-    else {
+    let Some(lib) = libtorch::lib_dir() else {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if let Some(cuda) = torch_cuda_version(lib) {
+    if let Some(cuda) = torch_cuda_version(&lib) {
         println!("cargo:rustc-env=T2V_TORCH_CUDA={cuda}");
     }
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
-}
-
-fn torch_lib_in_venv() -> Option<PathBuf> {
-    let venv = PathBuf::from(std::env::var("T2V_VENV").ok()?);
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
-    lib.flatten()
-        .map(|e| e.path().join("site-packages/torch/lib"))
-        .find(|p| p.exists())
+    libtorch::keep_torch_cuda_linked(&lib);
 }
 
 /// libtorch's CUDA version next to its `lib/`: PyTorch's `torch/version.py` (`cuda = '13.0'` or
