@@ -36,7 +36,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
 
 use crate::{
-    brokers, list_keys, partition_count, read_topic, stack_script, WorkerProcess, WorkerSetup,
+    brokers, list_keys, now_unix_ms, partition_count, read_topic, stack_script, WorkerProcess,
+    WorkerSetup,
 };
 
 mod check;
@@ -233,13 +234,6 @@ impl Outage {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// SplitMix64: a small seeded RNG, so a run's fault schedule is reproducible.
 struct Rng(u64);
 
@@ -403,7 +397,7 @@ fn request(job_id: &str, steps: u32, seed: u64) -> GenerationRequest {
         fps: 8,
         num_inference_steps: steps,
         seed: Some(seed),
-        submitted_at_unix_ms: unix_ms(),
+        submitted_at_unix_ms: now_unix_ms(),
         ..Default::default()
     }
 }
@@ -587,13 +581,17 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
                 guard.start_kafka()
             }),
             Fault::S3Stop => {
-                let from_ms = unix_ms();
+                let from_ms = now_unix_ms();
                 let result = guard.stop_s3().and_then(|_| {
                     std::thread::sleep(Duration::from_secs(2));
                     guard.start_s3()
                 });
                 // A failed start leaves the server down until the guard restarts it at the end.
-                let to_ms = if result.is_ok() { unix_ms() } else { u64::MAX };
+                let to_ms = if result.is_ok() {
+                    now_unix_ms()
+                } else {
+                    u64::MAX
+                };
                 report.s3_outages.push(Outage { from_ms, to_ms });
                 result
             }
@@ -649,7 +647,7 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
     let all = events.snapshot();
     drop(events);
     drop(guard);
-    let up_again = unix_ms();
+    let up_again = now_unix_ms();
     for outage in &mut report.s3_outages {
         outage.to_ms = outage.to_ms.min(up_again);
     }

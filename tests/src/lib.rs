@@ -37,6 +37,62 @@ pub fn tiny_model_dir() -> PathBuf {
     dir
 }
 
+/// Prompt and negative prompt of the tiny-model jobs.
+const TINY_PROMPT: &str = "A cat and a dog baking a cake together in a kitchen.";
+const TINY_NEGATIVE: &str = "worst quality, low quality, blurred details";
+
+/// A request for the tiny model: 64×64×9 at 8 fps, guidance 4 / 3, seed 42, `steps` steps.
+pub fn tiny_model_request(job_id: &str, steps: u32) -> t2v_proto::v1::GenerationRequest {
+    t2v_proto::v1::GenerationRequest {
+        job_id: job_id.into(),
+        model: "wan2.2-t2v-a14b".into(),
+        prompt: TINY_PROMPT.into(),
+        negative_prompt: TINY_NEGATIVE.into(),
+        width: 64,
+        height: 64,
+        num_frames: 9,
+        fps: 8,
+        num_inference_steps: steps,
+        guidance_scale: Some(4.0),
+        guidance_scale_2: Some(3.0),
+        seed: Some(42),
+        ..Default::default()
+    }
+}
+
+/// The MP4 that `t2v-worker generate --out` writes for [`tiny_model_request`]'s settings on the
+/// CPU: what a worker must produce for the same request.
+pub fn tiny_model_generate_mp4(steps: u32) -> Vec<u8> {
+    let out = tempfile::tempdir().unwrap();
+    let cli = Command::new(binary("t2v-worker"))
+        .arg("generate")
+        .arg("--model")
+        .arg(tiny_model_dir())
+        .args(["--prompt", TINY_PROMPT, "--negative-prompt", TINY_NEGATIVE])
+        .args([
+            "--width", "64", "--height", "64", "--frames", "9", "--fps", "8",
+        ])
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--guidance",
+            "4",
+            "--guidance-2",
+            "3",
+        ])
+        .args(["--seed", "42", "--device", "cpu"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("running t2v-worker generate");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    std::fs::read(out.path().join("video.mp4")).unwrap()
+}
+
 /// The endpoints `make up` wrote to `.stack/env`. Panics with the fix when the stack is not up.
 pub fn stack_env() -> HashMap<String, String> {
     let path = workspace_root().join(".stack/env");
@@ -524,4 +580,25 @@ impl Drop for S3Outage {
             );
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock of `emitted_at_unix_ms` in events.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits (60 s at most) for the first Started on `events_topic`; returns its
+/// `emitted_at_unix_ms`. Panics with `worker`'s logs when none comes.
+pub fn wait_started_at(events_topic: &str, worker: &WorkerProcess) -> u64 {
+    let started = |e: &GenerationEvent| matches!(e.kind, Some(Kind::Started(_)));
+    wait_events(events_topic, Duration::from_secs(60), |e| {
+        e.iter().any(started)
+    })
+    .iter()
+    .find(|e| started(e))
+    .unwrap_or_else(|| panic!("no Started; logs:\n{}", worker.logs()))
+    .emitted_at_unix_ms
 }

@@ -16,8 +16,8 @@ use prost::Message as _;
 use rdkafka::message::Message;
 use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
 use t2v_tests::{
-    header, list_keys, read_topic, record_count, wait_committed, wait_events, S3Outage,
-    WorkerProcess, WorkerSetup,
+    header, list_keys, now_unix_ms, read_topic, record_count, wait_committed, wait_events,
+    wait_started_at, S3Outage, WorkerProcess, WorkerSetup,
 };
 
 /// One test at a time: the outage test must not take storage away from the other.
@@ -164,13 +164,6 @@ async fn a_job_that_crashes_every_worker_goes_to_the_dlq_after_max_attempts() {
     );
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[tokio::test]
 async fn storage_down_beyond_the_retries_requeues_the_job_and_it_completes_once() {
     let _serial = SERIAL.lock().await;
@@ -210,14 +203,7 @@ async fn storage_down_beyond_the_retries_requeues_the_job_and_it_completes_once(
         .unwrap();
 
     // 1. Stop the S3 server once the job started; its next object-store call is the upload.
-    let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
-        e.iter().any(|e| matches!(e.kind, Some(Kind::Started(_))))
-    });
-    let started_at = events
-        .iter()
-        .find(|e| matches!(e.kind, Some(Kind::Started(_))))
-        .unwrap_or_else(|| panic!("no Started; logs:\n{}", worker.logs()))
-        .emitted_at_unix_ms;
+    let started_at = wait_started_at(&setup.events, &worker);
     let mut outage = S3Outage::begin();
     let stopped_at = now_unix_ms();
     assert!(

@@ -7,11 +7,13 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
-use t2v_tests::{binary, get_object, list_keys, tiny_model_dir, wait_events, WorkerSetup};
+use t2v_proto::v1::{generation_event::Kind, GenerationEvent};
+use t2v_tests::{
+    get_object, list_keys, tiny_model_dir, tiny_model_generate_mp4, tiny_model_request,
+    wait_events, WorkerSetup,
+};
 
 /// Enough steps that the SIGTERM lands mid-run on the tiny model.
 const STEPS: u32 = 200;
@@ -48,21 +50,7 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
     ];
     let mut first = setup.start_worker(&env);
     first.wait_ready(Duration::from_secs(120));
-    let request = GenerationRequest {
-        job_id: "resume-1".into(),
-        model: "wan2.2-t2v-a14b".into(),
-        prompt: "A cat and a dog baking a cake together in a kitchen.".into(),
-        negative_prompt: "worst quality, low quality, blurred details".into(),
-        width: 64,
-        height: 64,
-        num_frames: 9,
-        fps: 8,
-        num_inference_steps: STEPS,
-        guidance_scale: Some(4.0),
-        guidance_scale_2: Some(3.0),
-        seed: Some(42),
-        ..Default::default()
-    };
+    let request = tiny_model_request("resume-1", STEPS);
     setup.submitter().submit(request).await.unwrap();
 
     // 1. SIGTERM once a periodic checkpoint is stored.
@@ -148,33 +136,7 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
     let video = get_object(&completed.video.as_ref().unwrap().uri).await;
 
     // 3. The uninterrupted run of the same settings.
-    let out = tempfile::tempdir().unwrap();
-    let steps = STEPS.to_string();
-    let cli = Command::new(binary("t2v-worker"))
-        .arg("generate")
-        .arg("--model")
-        .arg(&model)
-        .args([
-            "--prompt",
-            "A cat and a dog baking a cake together in a kitchen.",
-            "--negative-prompt",
-            "worst quality, low quality, blurred details",
-        ])
-        .args([
-            "--width", "64", "--height", "64", "--frames", "9", "--fps", "8",
-        ])
-        .args(["--steps", &steps, "--guidance", "4", "--guidance-2", "3"])
-        .args(["--seed", "42", "--device", "cpu"])
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("running t2v-worker generate");
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    let expected = std::fs::read(out.path().join("video.mp4")).unwrap();
+    let expected = tiny_model_generate_mp4(STEPS);
     assert!(
         video[..] == expected[..],
         "the resumed MP4 ({} bytes) differs from the uninterrupted one ({} bytes)",

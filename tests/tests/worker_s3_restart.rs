@@ -10,7 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent, GenerationRequest};
 use t2v_tests::{
-    get_object, list_keys, record_count, wait_committed, wait_events, S3Outage, WorkerSetup,
+    get_object, list_keys, now_unix_ms, record_count, wait_committed, wait_events, wait_started_at,
+    S3Outage, WorkerSetup,
 };
 
 /// Synthetic steps of the job and the sleep per step: 10 s of "denoising", long enough for
@@ -38,13 +39,6 @@ fn completed(events: &[GenerationEvent]) -> Vec<(u64, Completed)> {
             _ => None,
         })
         .collect()
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 #[tokio::test]
@@ -77,14 +71,7 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
 
     // 1. Started means the dedupe read and the attempt marker are done: the next object-store
     //    call is the upload after denoising. Stop the S3 server now.
-    let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
-        e.iter().any(|e| matches!(e.kind, Some(Kind::Started(_))))
-    });
-    let started_at = events
-        .iter()
-        .find(|e| matches!(e.kind, Some(Kind::Started(_))))
-        .unwrap_or_else(|| panic!("no Started; logs:\n{}", worker.logs()))
-        .emitted_at_unix_ms;
+    let started_at = wait_started_at(&setup.events, &worker);
     let mut outage = S3Outage::begin();
     let stopped_at = now_unix_ms();
     let denoise_end = started_at + u64::from(STEPS) * STEP_MS;

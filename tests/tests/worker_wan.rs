@@ -5,11 +5,13 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
-use std::process::Command;
 use std::time::Duration;
 
-use t2v_proto::v1::{generation_event::Kind, Completed, GenerationRequest};
-use t2v_tests::{binary, get_object, tiny_model_dir, wait_events, WorkerSetup};
+use t2v_proto::v1::{generation_event::Kind, Completed};
+use t2v_tests::{
+    get_object, tiny_model_dir, tiny_model_generate_mp4, tiny_model_request, wait_events,
+    WorkerSetup,
+};
 
 #[tokio::test]
 async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
@@ -21,21 +23,7 @@ async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
         ("T2V_MODEL__DIR", &model_arg),
         ("T2V_MODEL__DEVICE", "cpu"),
     ]);
-    let request = GenerationRequest {
-        job_id: "wan-1".into(),
-        model: "wan2.2-t2v-a14b".into(),
-        prompt: "A cat and a dog baking a cake together in a kitchen.".into(),
-        negative_prompt: "worst quality, low quality, blurred details".into(),
-        width: 64,
-        height: 64,
-        num_frames: 9,
-        fps: 8,
-        num_inference_steps: 4,
-        guidance_scale: Some(4.0),
-        guidance_scale_2: Some(3.0),
-        seed: Some(42),
-        ..Default::default()
-    };
+    let request = tiny_model_request("wan-1", 4);
     setup.submitter().submit(request).await.unwrap();
 
     let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
@@ -70,32 +58,7 @@ async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
     let video = get_object(&c.video.as_ref().unwrap().uri).await;
 
     // The same settings through `t2v-worker generate`.
-    let out = tempfile::tempdir().unwrap();
-    let cli = Command::new(binary("t2v-worker"))
-        .arg("generate")
-        .arg("--model")
-        .arg(&model)
-        .args([
-            "--prompt",
-            "A cat and a dog baking a cake together in a kitchen.",
-            "--negative-prompt",
-            "worst quality, low quality, blurred details",
-        ])
-        .args([
-            "--width", "64", "--height", "64", "--frames", "9", "--fps", "8",
-        ])
-        .args(["--steps", "4", "--guidance", "4", "--guidance-2", "3"])
-        .args(["--seed", "42", "--device", "cpu"])
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("running t2v-worker generate");
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    let expected = std::fs::read(out.path().join("video.mp4")).unwrap();
+    let expected = tiny_model_generate_mp4(4);
     assert!(
         video[..] == expected[..],
         "the worker's MP4 ({} bytes) differs from `generate`'s ({} bytes)",
