@@ -24,3 +24,4 @@ pub mod scheduler;
 pub mod wan;
 
 pub use error::{PipelineError, Result};
+pub use pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};

@@ -57,7 +57,7 @@ pub fn from_json<M: Message + Default>(schema: &'static str, json: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use t2v_proto::schema::GENERATION_REQUEST;
+    use t2v_contract::headers::schema::GENERATION_REQUEST;
     use t2v_proto::v1::GenerationRequest;
 
     #[test]

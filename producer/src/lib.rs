@@ -15,8 +15,7 @@
 //!
 //! # Layout
 //! - [`submitter`]: `Submitter` — validate, assign ULID job ids, produce idempotently (acks=all), cancel.
-//! - [`validate`]: the documented bounds of a request; shared with the worker.
-//! - [`headers`]: record headers (content-type, t2v-schema, W3C trace context).
+//! - [`headers`]: t2v-contract's record headers as rdkafka headers.
 //! - [`watch`]: follow a job's events to its terminal one.
 //! - [`topics`]: schemas/topics.yaml and `topics apply`.
 //! - [`json`]: the protobuf JSON form of the messages (batch files, `watch` output).
@@ -27,9 +26,8 @@ pub mod headers;
 pub mod json;
 pub mod submitter;
 pub mod topics;
-pub mod validate;
 pub mod watch;
 
 pub use submitter::{SubmitError, Submitted, Submitter, SubmitterConfig};
-pub use validate::InvalidRequest;
+pub use t2v_contract::{InvalidRequest, TraceContext};
 pub use watch::{JobWatch, StartAt, Terminal};

@@ -11,11 +11,43 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use t2v_producer::topics::{self, Outcome};
+use t2v_contract::validate;
 use t2v_producer::{
-    json, validate, InvalidRequest, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
+    json, InvalidRequest, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
 };
-use t2v_proto::schema;
+use t2v_contract::headers::schema;
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest, Sampler};
+
+/// Flag help built from t2v-contract's bounds and defaults, so `--help` cannot drift from them.
+mod help {
+    use t2v_contract::defaults::WAN22_T2V_A14B as D;
+    use t2v_contract::validate::*;
+
+    pub fn size() -> String {
+        format!("WIDTHxHEIGHT in pixels, each {MIN_SIDE}..={MAX_SIDE} and a multiple of {SIDE_MULTIPLE} (default: the model's, {}x{})", D.width, D.height)
+    }
+    pub fn frames() -> String {
+        format!("Number of frames, 1..={MAX_FRAMES} with frames % 4 == 1 (default: the model's, {})", D.num_frames)
+    }
+    pub fn fps() -> String {
+        format!("Frames per second of the MP4, 1..={MAX_FPS} (default: the model's, {})", D.fps)
+    }
+    pub fn steps() -> String {
+        format!("Denoising steps, 1..={MAX_STEPS} (default: the model's, {})", D.steps)
+    }
+    pub fn guidance() -> String {
+        format!("Guidance scale (high-noise expert), 0..={MAX_GUIDANCE}; 1 or less turns guidance off (default: the model's, {})", D.guidance_scale)
+    }
+    pub fn guidance_2() -> String {
+        format!("Guidance scale of the low-noise expert, 0..={MAX_GUIDANCE} (default: the model's, {}; --guidance alone sets both)", D.guidance_scale_2)
+    }
+    pub fn shift() -> String {
+        format!("Flow shift, {}..={} (default: the scheduler config's)", SHIFT_RANGE.0, SHIFT_RANGE.1)
+    }
+    pub fn priority() -> String {
+        format!("0 (lowest) ..= {MAX_PRIORITY}")
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -135,26 +167,19 @@ struct SubmitArgs {
     job_id: Option<String>,
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// WIDTHxHEIGHT in pixels, each 64..=1920 and a multiple of 16 (default: the model's, 832x480).
-    #[arg(long, value_name = "WxH")]
+    #[arg(long, value_name = "WxH", help = help::size())]
     size: Option<String>,
-    /// Number of frames, 1..=241 with frames % 4 == 1 (default: the model's, 81).
-    #[arg(long)]
+    #[arg(long, help = help::frames())]
     frames: Option<u32>,
-    /// Frames per second of the MP4, 1..=60 (default: the model's, 16).
-    #[arg(long)]
+    #[arg(long, help = help::fps())]
     fps: Option<u32>,
-    /// Denoising steps, 1..=200 (default: the model's, 40).
-    #[arg(long)]
+    #[arg(long, help = help::steps())]
     steps: Option<u32>,
-    /// Guidance scale (high-noise expert), 0..=30.
-    #[arg(long)]
+    #[arg(long, help = help::guidance())]
     guidance: Option<f32>,
-    /// Guidance scale of the low-noise expert, 0..=30.
-    #[arg(long)]
+    #[arg(long, help = help::guidance_2())]
     guidance_2: Option<f32>,
-    /// Flow shift, 0.1..=50 (default: the scheduler config's).
-    #[arg(long)]
+    #[arg(long, help = help::shift())]
     shift: Option<f32>,
     /// unipc or euler (default: the model's, unipc).
     #[arg(long)]
@@ -162,8 +187,7 @@ struct SubmitArgs {
     /// Seed for the initial noise (default: the worker picks one and reports it).
     #[arg(long)]
     seed: Option<u64>,
-    /// 0 (lowest) ..= 9.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help = help::priority())]
     priority: u32,
     /// KEY=VALUE labels copied to the events and manifest (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]

@@ -11,11 +11,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use t2v_proto::schema;
+use t2v_contract::headers::schema;
 use t2v_proto::v1::{control_command, Cancel, ControlCommand, GenerationRequest};
 
-use crate::headers::{record_headers, TraceContext};
-use crate::validate::{self, InvalidRequest};
+use crate::headers::record_headers;
+use t2v_contract::{now_unix_ms, validate, InvalidRequest, TraceContext};
 use crate::watch::JobWatch;
 
 /// Where and how to submit. Defaults suit the local stack (`make up`).
@@ -115,13 +115,6 @@ pub struct Submitted {
 pub struct Submitter {
     cfg: SubmitterConfig,
     producer: FutureProducer,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Submitter {

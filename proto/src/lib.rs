@@ -1,6 +1,7 @@
 //! `t2v-proto`: the t2v.v1 wire contracts and nothing else. The `.proto` files in
 //! `proto/t2v/v1/` are the source of truth; every field documents its unit and bounds there.
-//! Other crates convert to their own types at their edges.
+//! Other crates convert to their own types at their edges; what they agree on beyond the wire
+//! types (bounds, header keys and values, defaults) lives in t2v-contract.
 //!
 //! # Layout
 //! - [`v1`]: prost types for `GenerationRequest`, `GenerationEvent`, `ControlCommand` and friends.
@@ -24,13 +25,4 @@ pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
         prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
             .expect("the descriptor set compiled by build.rs decodes")
     })
-}
-
-/// Fully-qualified message names, as carried in the `t2v-schema` record header.
-pub mod schema {
-    pub const GENERATION_REQUEST: &str = "t2v.v1.GenerationRequest";
-    pub const GENERATION_EVENT: &str = "t2v.v1.GenerationEvent";
-    pub const CONTROL_COMMAND: &str = "t2v.v1.ControlCommand";
-    /// `content-type` header value of every record.
-    pub const CONTENT_TYPE: &str = "application/x-protobuf";
 }

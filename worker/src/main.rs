@@ -73,7 +73,7 @@ enum Command {
     Schema,
     /// Generate one video from the command line (no Kafka, no worker.toml): progress, a summary
     /// with the seed and timings, optional .npy frames and MP4.
-    Generate(Box<t2v_worker::oneshot::GenerateArgs>),
+    Generate(Box<t2v_worker::generate_command::GenerateArgs>),
 }
 
 impl Overrides {
@@ -137,7 +137,7 @@ async fn main() -> ExitCode {
         Command::Generate(args) => {
             // The pipeline's warnings reach the user as `warning:` lines; RUST_LOG shows more.
             init_logs_with(LogFormat::Text, "error", None);
-            return match t2v_worker::oneshot::run(*args).await {
+            return match t2v_worker::generate_command::run(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("t2v-worker generate: {e}");
@@ -160,7 +160,7 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run => {
-            let instance = t2v_worker::consumer::worker_id(&cfg);
+            let instance = t2v_worker::kafka::consumer::worker_id(&cfg);
             let telemetry = match Telemetry::start(&cfg.telemetry, &instance) {
                 Ok(telemetry) => telemetry,
                 Err(e) => {
@@ -175,7 +175,7 @@ async fn main() -> ExitCode {
                     "no OTLP endpoint (telemetry.otlp_endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): trace ids go to the logs only"
                 ),
             }
-            let result = t2v_worker::consumer::run(cfg, shutdown_signal()).await;
+            let result = t2v_worker::kafka::consumer::run(cfg, shutdown_signal()).await;
             if let Err(e) = &result {
                 tracing::error!("{e:#}");
             }

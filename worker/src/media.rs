@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::config::MediaConfig;
-use crate::generator::Frames;
+use crate::generate::Frames;
 
 /// ffmpeg failed; the message carries its stderr.
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,6 @@ use object_store::{
     Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
     RetryConfig,
 };
-use sha2::{Digest, Sha256};
 
 use crate::config::JobsConfig;
 
@@ -87,13 +86,7 @@ pub enum StorageError {
     },
 }
 
-/// The SHA-256 of `bytes` as 64 lowercase hex digits.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+
 
 /// A cloud backend a `storage.url` scheme names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,11 +311,7 @@ impl Storage {
                     true,
                 ),
             };
-        let retry = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(jobs.retry_min_delay_ms))
-            .with_max_delay(Duration::from_millis(jobs.retry_max_delay_ms))
-            .with_max_times(jobs.retry_times);
+        let retry = crate::retry::policy(jobs);
         Ok(Self {
             store,
             prefix: Path::from(prefix.trim_matches('/')),
@@ -609,7 +598,7 @@ mod tests {
     #[test]
     fn sha256_is_lowercase_hex() {
         assert_eq!(
-            sha256_hex(b"abc"),
+            t2v_contract::sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

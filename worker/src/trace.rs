@@ -30,7 +30,8 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use t2v_producer::headers::{TraceContext, TRACEPARENT, TRACESTATE};
+use t2v_contract::headers::{TRACEPARENT, TRACESTATE};
+use t2v_contract::TraceContext;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
@@ -229,9 +230,7 @@ pub fn parent_context(headers: &[(String, Option<Vec<u8>>)]) -> Option<TraceCont
             .and_then(|(_, v)| v.as_deref())
             .and_then(|v| std::str::from_utf8(v).ok())
     };
-    let mut parent = TraceContext::parse(value(TRACEPARENT)?)?;
-    parent.tracestate = value(TRACESTATE).map(str::to_owned);
-    Some(parent)
+    t2v_contract::headers::trace_context(value(TRACEPARENT), value(TRACESTATE))
 }
 
 /// The span of one job, named `job`, and the context its events carry: the producer's trace

@@ -15,10 +15,10 @@ use tch::{Device, Kind};
 
 use super::{finding, warning, Finding};
 use crate::config::{Backend, DeviceChoice, WorkerConfig};
-use crate::generator::WAN_DEFAULTS;
+use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
 use crate::gpu::{human, CudaVersion, Gpu, GpuMemory, TorchCuda};
-use crate::preflight::{fit_hint, MemoryLimit};
-use crate::wan::{memory_policy, resolve_dtype};
+use crate::generate::preflight::{fit_hint, MemoryLimit};
+use crate::generate::wan::{memory_policy, resolve_dtype};
 
 /// What the driver says about the GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +171,7 @@ pub type JobSize = (i64, i64, i64);
 
 /// The default job size (the model's defaults) and the largest request the fleet accepts.
 pub fn checked_sizes() -> [JobSize; 2] {
-    use t2v_producer::validate::{MAX_FRAMES, MAX_SIDE};
+    use t2v_contract::validate::{MAX_FRAMES, MAX_SIDE};
     [
         (
             i64::from(WAN_DEFAULTS.width),

@@ -17,7 +17,7 @@ pub use gpu_checks::{
 };
 
 use crate::config::{Backend, WorkerConfig};
-use crate::events::client_config;
+use crate::kafka::client_config;
 use crate::storage::{Storage, StorageError};
 use gpu_checks::gpu;
 

@@ -1,8 +1,11 @@
-//! A job's checkpoints (issue 7): `<job>/checkpoint/step-NNNNNN.safetensors`, found and checked
+//! A job's checkpoints. What one is: a t2v-pipeline checkpoint file whose metadata names the
+//! request digest and model revision it belongs to ([`checkpoint_metadata`], read back by
+//! [`check_checkpoint`]). Where they go: `<job>/checkpoint/step-NNNNNN.safetensors`, found and checked
 //! before Started, asked for by [`JobHooks`] on the generator thread (every `[checkpoint]
 //! every_steps` / `every_secs`, and at a stop), uploaded one at a time by a writer task (the older
 //! one deleted once the newer is stored), and deleted when the job ends for good.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,8 +16,82 @@ use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::{Job, Stop};
-use crate::generator::{check_checkpoint, Checkpoint, JobSpec, StepHooks, StepInfo};
-use crate::manifest;
+use t2v_pipeline::checkpoint;
+
+use super::manifest;
+use crate::generate::{JobSpec, ModelInfo, StepHooks, StepInfo};
+
+/// A saved denoising state: a checkpoint file (t2v-pipeline's format) covering `step` steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub step: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Metadata keys of the checkpoints the worker writes.
+pub mod meta {
+    pub const REQUEST_DIGEST: &str = "request_digest";
+    pub const MODEL: &str = "model";
+    pub const MODEL_REVISION: &str = "model_revision";
+    pub const STEP: &str = "step";
+    pub const TOTAL_STEPS: &str = "total_steps";
+}
+
+/// The metadata a checkpoint of `job` after `step` steps carries.
+pub fn checkpoint_metadata(
+    job: &JobSpec,
+    model: &ModelInfo,
+    step: u32,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (meta::REQUEST_DIGEST.into(), job.digest()),
+        (meta::MODEL.into(), model.name.clone()),
+        (meta::MODEL_REVISION.into(), model.revision.clone()),
+        (meta::STEP.into(), step.to_string()),
+        (meta::TOTAL_STEPS.into(), job.steps.to_string()),
+    ])
+}
+
+/// Why a stored checkpoint cannot resume a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointRejected {
+    #[error("it does not read as a checkpoint: {0}")]
+    Unreadable(String),
+    #[error("it was written for a different request (request digest differs)")]
+    OtherRequest,
+    #[error("it was written by model revision {written:?}, this worker serves {serving:?}")]
+    OtherRevision { written: String, serving: String },
+    #[error("step {step:?} is not inside the schedule of {total} steps")]
+    StepOutsideSchedule { step: String, total: u32 },
+}
+
+/// The step a stored checkpoint resumes `job` at, or why it cannot (another request digest or
+/// model revision, a step outside the schedule, an unreadable or truncated file).
+pub fn check_checkpoint(
+    bytes: &[u8],
+    job: &JobSpec,
+    model: &ModelInfo,
+) -> Result<u32, CheckpointRejected> {
+    let metadata = checkpoint::read_metadata(bytes)
+        .map_err(|e| CheckpointRejected::Unreadable(e.to_string()))?;
+    let get = |key: &str| metadata.get(key).map(String::as_str).unwrap_or_default();
+    if get(meta::REQUEST_DIGEST) != job.digest() {
+        return Err(CheckpointRejected::OtherRequest);
+    }
+    if get(meta::MODEL_REVISION) != model.revision {
+        return Err(CheckpointRejected::OtherRevision {
+            written: get(meta::MODEL_REVISION).to_string(),
+            serving: model.revision.clone(),
+        });
+    }
+    match get(meta::STEP).parse::<u32>() {
+        Ok(step) if step > 0 && step < job.steps => Ok(step),
+        _ => Err(CheckpointRejected::StepOutsideSchedule {
+            step: get(meta::STEP).to_string(),
+            total: job.steps,
+        }),
+    }
+}
 
 /// Content type of checkpoint objects (safetensors).
 const CHECKPOINT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -103,7 +180,7 @@ impl Job<'_> {
                         bytes: bytes.to_vec(),
                     }));
                 }
-                Err(why) => tracing::warn!(%key, why, "ignoring a checkpoint"),
+                Err(why) => tracing::warn!(%key, why = %why, "ignoring a checkpoint"),
             }
         }
         Ok(None)

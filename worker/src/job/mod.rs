@@ -17,8 +17,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use prost::Message as _;
 use rdkafka::error::KafkaError;
-use t2v_producer::headers::TraceContext;
-use t2v_producer::validate;
+use t2v_contract::{now_unix_ms, validate, TraceContext};
 use t2v_proto::v1::{
     generation_event::Kind, Accepted, Canceled, ErrorCode, Failed, GenerationEvent,
     GenerationRequest, Progress, Sampler, Started,
@@ -26,20 +25,24 @@ use t2v_proto::v1::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-mod checkpoints;
+pub mod attempts;
+pub mod checkpoints;
+pub mod manifest;
 
 use checkpoints::JobHooks;
 pub use checkpoints::{checkpoint_name, CHECKPOINT_DIR};
 
-use crate::attempts;
+use crate::job::attempts;
 use crate::config::WorkerConfig;
-use crate::control::CancelRegistry;
-use crate::events::{now_unix_ms, Publisher, SourceRecord};
-use crate::generator::{Checkpoint, GenerateError, GeneratorThread, JobSpec, ModelInfo, StepInfo};
-use crate::manifest::{self, Manifest, StoredFile, TimingsMs};
+use crate::kafka::control::CancelRegistry;
+use crate::kafka::events::{Publisher, SourceRecord};
+use crate::job::checkpoints::Checkpoint;
+use crate::generate::{GenerateError, GeneratorThread, JobSpec, ModelInfo, StepInfo};
+use crate::job::manifest::{self, Manifest, StoredFile, TimingsMs};
 use crate::media;
 use crate::metrics::{outcome, phase, Metrics};
-use crate::storage::{sha256_hex, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
+use t2v_contract::sha256_hex;
 use crate::trace::phase_span;
 
 /// What the consumer loop does with the record's offset.

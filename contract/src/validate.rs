@@ -1,6 +1,7 @@
-//! The documented bounds of a `GenerationRequest` (see proto/t2v/v1/request.proto), checked
-//! before a request leaves the process and again by the worker before any GPU work.
-//! Every error names the field and the allowed range in one line.
+//! The documented bounds of a `GenerationRequest` (proto/t2v/v1/request.proto; a test in
+//! `tests/bounds_match_proto.rs` reads those comments back), checked before a request leaves the
+//! producer and again by the worker before any GPU work. Every error names the field and the
+//! allowed range in one line.
 
 use t2v_proto::v1::{GenerationRequest, Sampler};
 
@@ -107,17 +108,42 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
     if !req.job_id.is_empty() {
         job_id(&req.job_id)?;
     }
-    if req.model.is_empty() || req.model.len() > MAX_ID_LEN {
+    model(&req.model)?;
+    prompts(&req.prompt, &req.negative_prompt)?;
+    side("width", req.width)?;
+    side("height", req.height)?;
+    num_frames(req.num_frames)?;
+    up_to("fps", req.fps, MAX_FPS)?;
+    up_to("num_inference_steps", req.num_inference_steps, MAX_STEPS)?;
+    guidance("guidance_scale", req.guidance_scale)?;
+    guidance("guidance_scale_2", req.guidance_scale_2)?;
+    shift(req.shift)?;
+    sampler(req.sampler)?;
+    if req.priority > MAX_PRIORITY {
         return Err(invalid(
-            "model",
-            format!(
-                "must be 1..={MAX_ID_LEN} characters, got {}",
-                req.model.len()
-            ),
+            "priority",
+            format!("must be 0..={MAX_PRIORITY}, got {}", req.priority),
         ));
     }
-    if let Some(bad) = req
-        .model
+    labels(&req.labels)?;
+    if req.attempt > MAX_ATTEMPT {
+        return Err(invalid(
+            "attempt",
+            format!("must be 0..={MAX_ATTEMPT}, got {}", req.attempt),
+        ));
+    }
+    Ok(())
+}
+
+/// Model id: 1..=128 chars of `[A-Za-z0-9._/-]`.
+pub fn model(id: &str) -> Result<(), InvalidRequest> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(invalid(
+            "model",
+            format!("must be 1..={MAX_ID_LEN} characters, got {}", id.len()),
+        ));
+    }
+    if let Some(bad) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
     {
@@ -126,13 +152,14 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
             format!("may contain only A-Z a-z 0-9 . _ - /, found {bad:?}"),
         ));
     }
-    if req.prompt.trim().is_empty() {
+    Ok(())
+}
+
+fn prompts(prompt: &str, negative_prompt: &str) -> Result<(), InvalidRequest> {
+    if prompt.trim().is_empty() {
         return Err(invalid("prompt", "must not be empty or only whitespace"));
     }
-    for (field, text) in [
-        ("prompt", &req.prompt),
-        ("negative_prompt", &req.negative_prompt),
-    ] {
+    for (field, text) in [("prompt", prompt), ("negative_prompt", negative_prompt)] {
         if text.len() > MAX_PROMPT_BYTES {
             return Err(invalid(
                 field,
@@ -143,44 +170,43 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
             ));
         }
     }
-    side("width", req.width)?;
-    side("height", req.height)?;
-    num_frames(req.num_frames)?;
-    up_to("fps", req.fps, MAX_FPS)?;
-    up_to("num_inference_steps", req.num_inference_steps, MAX_STEPS)?;
-    guidance("guidance_scale", req.guidance_scale)?;
-    guidance("guidance_scale_2", req.guidance_scale_2)?;
-    if let Some(shift) = req.shift {
-        let (lo, hi) = SHIFT_RANGE;
-        if !(shift.is_finite() && (lo..=hi).contains(&shift)) {
-            return Err(invalid(
-                "shift",
-                format!("must be {lo}..={hi} (unset = scheduler default), got {shift}"),
-            ));
-        }
+    Ok(())
+}
+
+fn shift(value: Option<f32>) -> Result<(), InvalidRequest> {
+    let (lo, hi) = SHIFT_RANGE;
+    match value {
+        Some(shift) if !(shift.is_finite() && (lo..=hi).contains(&shift)) => Err(invalid(
+            "shift",
+            format!("must be {lo}..={hi} (unset = scheduler default), got {shift}"),
+        )),
+        _ => Ok(()),
     }
-    if Sampler::try_from(req.sampler).is_err() {
+}
+
+fn sampler(value: i32) -> Result<(), InvalidRequest> {
+    if Sampler::try_from(value).is_err() {
         return Err(invalid(
             "sampler",
             format!(
-                "must be SAMPLER_UNSPECIFIED, SAMPLER_UNIPC or SAMPLER_FLOW_EULER, got {}",
-                req.sampler
+                "must be SAMPLER_UNSPECIFIED, SAMPLER_UNIPC or SAMPLER_FLOW_EULER, got {value}"
             ),
         ));
     }
-    if req.priority > MAX_PRIORITY {
-        return Err(invalid(
-            "priority",
-            format!("must be 0..={MAX_PRIORITY}, got {}", req.priority),
-        ));
-    }
-    if req.labels.len() > MAX_LABELS {
+    Ok(())
+}
+
+fn labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)> + Clone,
+) -> Result<(), InvalidRequest> {
+    let count = labels.clone().into_iter().count();
+    if count > MAX_LABELS {
         return Err(invalid(
             "labels",
-            format!("at most {MAX_LABELS} entries, got {}", req.labels.len()),
+            format!("at most {MAX_LABELS} entries, got {count}"),
         ));
     }
-    for (key, value) in &req.labels {
+    for (key, value) in labels {
         if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || value.len() > MAX_LABEL_VALUE_BYTES
         {
             return Err(invalid(
@@ -188,12 +214,6 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
                 format!("keys must be 1..={MAX_LABEL_KEY_BYTES} bytes and values at most {MAX_LABEL_VALUE_BYTES}; label {key:?} breaks this"),
             ));
         }
-    }
-    if req.attempt > MAX_ATTEMPT {
-        return Err(invalid(
-            "attempt",
-            format!("must be 0..={MAX_ATTEMPT}, got {}", req.attempt),
-        ));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //!   hooks ask;
 //!   [`VideoGenerator::generate`] converts them to RGB24 as diffusers' `numpy_to_pil` does.
 //! - Pipeline errors become [`GenerateError`]s; out-of-memory messages name settings that fit.
-//! - [`WanGenerator::with_memory_budget`] turns on the memory preflight ([`crate::preflight`]):
+//! - [`WanGenerator::with_memory_budget`] turns on the memory preflight ([`crate::generate::preflight`]):
 //!   a job whose estimated peak does not fit fails with [`GenerateError::OutOfMemory`] before
 //!   any work, naming the estimate, the limit and settings that fit.
 
@@ -19,24 +19,23 @@ use sha2::{Digest, Sha256};
 use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::{estimate, EstimateRequest, MemoryPolicy};
-use t2v_pipeline::pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
+use t2v_pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
 use t2v_pipeline::scheduler::SamplerKind;
 use t2v_pipeline::PipelineError;
 use t2v_proto::v1::Sampler;
 use tch::{Device, Kind, Tensor};
 
+use t2v_contract::defaults::{SINGLE_EXPERT_GUIDANCE, WAN22_T2V_A14B};
+
 use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice};
-use crate::generator::{
-    checkpoint_metadata, Checkpoint, Frames, GenerateError, Generated, JobSpec, ModelInfo,
-    PipelineTimings, StepHooks, StepInfo, VideoGenerator, WAN_DEFAULTS,
+use crate::generate::{
+    Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepHooks, StepInfo,
+    VideoGenerator,
 };
 use crate::gpu::{human, Gpu};
-use crate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
+use crate::job::checkpoints::{checkpoint_metadata, Checkpoint};
+use crate::generate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
 
-/// The official Wan2.2 A14B guidance: 4.0 for the high-noise expert, 3.0 for the low-noise one.
-const TWO_EXPERT_GUIDANCE: (f64, f64) = (4.0, 3.0);
-/// diffusers' `WanPipeline` default for single-expert models.
-const SINGLE_EXPERT_GUIDANCE: f64 = 5.0;
 
 /// The device `choice` names; `auto` takes CUDA device 0 when libtorch sees one.
 pub fn resolve_device(choice: DeviceChoice) -> Result<Device, GenerateError> {
@@ -104,7 +103,7 @@ impl WanGenerator {
             info: ModelInfo {
                 name: name.to_string(),
                 revision,
-                defaults: WAN_DEFAULTS,
+                defaults: WAN22_T2V_A14B,
             },
             limit: None,
         })
@@ -215,10 +214,14 @@ impl WanGenerator {
     /// The pipeline settings of `job`: its zero/unset fields take the model's defaults.
     pub fn params(&self, job: &JobSpec) -> GenerationParams {
         let two_experts = self.pipe.model_dir().boundary_ratio().is_some();
+        let defaults = &self.info.defaults;
         let (guidance, guidance_2) = if two_experts {
-            (TWO_EXPERT_GUIDANCE.0, Some(TWO_EXPERT_GUIDANCE.1))
+            (
+                f64::from(defaults.guidance_scale),
+                Some(f64::from(defaults.guidance_scale_2)),
+            )
         } else {
-            (SINGLE_EXPERT_GUIDANCE, None)
+            (f64::from(SINGLE_EXPERT_GUIDANCE), None)
         };
         let guidance_scale = job.guidance_scale.map_or(guidance, f64::from);
         GenerationParams {

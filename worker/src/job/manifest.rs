@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use t2v_proto::v1::{Artifact, Completed, Timings};
 
-use crate::storage::sha256_hex;
+use t2v_contract::sha256_hex;
 
 pub const FILE_NAME: &str = "manifest.json";
 pub const CONTENT_TYPE: &str = "application/json";

@@ -65,7 +65,7 @@ impl MemoryLimit {
 }
 
 /// Larger settings the request bounds still accept: no side below this.
-const MIN_SIDE: i64 = t2v_producer::validate::MIN_SIDE as i64;
+const MIN_SIDE: i64 = t2v_contract::validate::MIN_SIDE as i64;
 
 /// The settings near `request` whose estimated peak fits `room` bytes, each with that peak, in
 /// the request's terms: the most frames at its size, the largest size of its aspect ratio at
@@ -170,13 +170,13 @@ mod tests {
     use t2v_pipeline::wan::vae::VaeConfig;
     use t2v_pipeline::wan::TransformerConfig;
 
-    use t2v_pipeline::pipeline::LoadOptions;
+    use t2v_pipeline::LoadOptions;
     use t2v_proto::v1::Sampler;
     use tch::Kind;
 
     use super::*;
-    use crate::generator::{GenerateError, JobSpec, StepInfo, VideoGenerator};
-    use crate::wan::WanGenerator;
+    use crate::generate::{GenerateError, JobSpec, StepInfo, VideoGenerator};
+    use crate::generate::wan::WanGenerator;
 
     fn a14b() -> ModelConfigs {
         ModelConfigs {

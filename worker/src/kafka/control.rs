@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::events::client_config;
+use crate::kafka::client_config;
 
 /// Job ids canceled so far, with the reason given.
 #[derive(Clone, Default)]

@@ -37,10 +37,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, WorkerConfig};
-use crate::control;
+use crate::kafka::control;
 use crate::doctor::{self, Finding};
-use crate::events::{client_config, Publisher, SourceRecord};
-use crate::generator::{GenerateError, GeneratorThread, SyntheticGenerator, VideoGenerator};
+use crate::kafka::events::{client_config, Publisher, SourceRecord};
+use crate::generate::{GenerateError, GeneratorThread, SyntheticGenerator, VideoGenerator};
 use crate::http::{self, Health};
 use crate::job::{self, Disposition, JobContext};
 use crate::metrics::{phase, Metrics};
@@ -139,9 +139,9 @@ pub fn build_generator(
             )))
         }
         Backend::Wan => {
-            let options = crate::wan::load_options(model.device, model.dtype, model.memory_policy)?;
+            let options = crate::generate::wan::load_options(model.device, model.dtype, model.memory_policy)?;
             tracing::info!(dir = %model.dir, ?options, "loading the Wan pipeline");
-            let generator = crate::wan::WanGenerator::load(
+            let generator = crate::generate::wan::WanGenerator::load(
                 std::path::Path::new(&model.dir),
                 &model.name,
                 options,

@@ -19,10 +19,10 @@ use t2v_proto::v1::Sampler;
 use tch::{Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
-use crate::generator::{JobSpec, StepInfo, VideoGenerator};
+use crate::generate::{JobSpec, StepInfo, VideoGenerator};
 use crate::gpu::{human, Gpu, PeakSampler};
 use crate::storage::Storage;
-use crate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
+use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
 
 /// The sampler flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -264,7 +264,7 @@ pub fn write_npy(path: &Path, frames: &Tensor) -> Result<(), String> {
 /// returns their URIs.
 async fn write_video(
     out: &str,
-    frames: &crate::generator::Frames,
+    frames: &crate::generate::Frames,
     fps: u32,
 ) -> Result<Vec<String>, String> {
     let url = if out.contains("://") {

@@ -2,19 +2,19 @@
 //! and re-queued requests on t2v.requests.v1 — through one idempotent producer (acks=all), each
 //! send awaited until the brokers acknowledge it and retried in place with backoff.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use t2v_producer::headers::{record_headers, TraceContext};
-use t2v_proto::schema;
+use t2v_contract::headers::schema;
+use t2v_contract::TraceContext;
 use t2v_proto::v1::{GenerationEvent, GenerationRequest};
 
+use super::{client_config, record_headers};
 use crate::config::{JobsConfig, KafkaConfig};
 
 /// DLQ header names (schemas/topics.yaml).
@@ -25,39 +25,6 @@ pub mod dlq_header {
     pub const SOURCE_TOPIC: &str = "t2v-dlq-source-topic";
     pub const SOURCE_PARTITION: &str = "t2v-dlq-source-partition";
     pub const SOURCE_OFFSET: &str = "t2v-dlq-source-offset";
-}
-
-/// Unix epoch milliseconds now.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The librdkafka settings every client of the worker shares: brokers, security, extra properties.
-pub fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &k.brokers)
-        .set("client.id", client_id);
-    let optional = [
-        ("security.protocol", &k.security_protocol),
-        ("sasl.mechanism", &k.sasl_mechanism),
-        ("sasl.username", &k.sasl_username),
-        ("sasl.password", &k.sasl_password),
-        ("ssl.ca.location", &k.ssl_ca_location),
-        ("ssl.certificate.location", &k.ssl_certificate_location),
-        ("ssl.key.location", &k.ssl_key_location),
-    ];
-    for (key, value) in optional {
-        if !value.is_empty() {
-            cfg.set(key, value);
-        }
-    }
-    for (key, value) in &k.properties {
-        cfg.set(key, value);
-    }
-    cfg
 }
 
 /// A record as it arrived, kept whole for the DLQ.
@@ -98,11 +65,7 @@ impl Publisher {
             dlq_topic: k.dlq_topic.clone(),
             requests_topic: k.requests_topic.clone(),
             worker_id: worker_id.to_string(),
-            retry: ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(jobs.retry_min_delay_ms))
-                .with_max_delay(Duration::from_millis(jobs.retry_max_delay_ms))
-                .with_max_times(jobs.retry_times),
+            retry: crate::retry::policy(jobs),
         })
     }
 
@@ -128,6 +91,7 @@ impl Publisher {
         };
         attempt
             .retry(self.retry)
+            .when(crate::retry::is_transient_kafka)
             .notify(
                 |e, delay| tracing::warn!(topic, error = %e, ?delay, "Kafka send failed; retrying"),
             )

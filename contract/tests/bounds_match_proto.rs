@@ -1,0 +1,116 @@
+//! Every bound and default constant of t2v-contract against the range and default that the
+//! field's comment in `proto/t2v/v1/request.proto` documents: change one without the other and
+//! this fails, naming the field.
+
+use t2v_contract::defaults::WAN22_T2V_A14B as DEFAULTS;
+use t2v_contract::validate::*;
+
+/// The leading comment of `GenerationRequest.<field>` in the compiled descriptors.
+fn comment(field: &str) -> String {
+    let pool = t2v_proto::descriptor_pool();
+    let message = pool
+        .get_message_by_name("t2v.v1.GenerationRequest")
+        .expect("GenerationRequest is in the descriptor pool");
+    let field = message
+        .get_field_by_name(field)
+        .unwrap_or_else(|| panic!("GenerationRequest has no field {field}"));
+    let proto = field.field_descriptor_proto();
+    let path_index = message
+        .fields()
+        .position(|f| f.name() == field.name())
+        .unwrap();
+    // Source info path of a message field: [4 (message_type), msg index, 2 (field), field index].
+    let file = message.parent_file();
+    let info = file
+        .file_descriptor_proto()
+        .source_code_info
+        .as_ref()
+        .expect("the descriptor set keeps source info");
+    let path = [4, message.index() as i32, 2, path_index as i32];
+    info.location
+        .iter()
+        .find(|l| l.path == path)
+        .and_then(|l| l.leading_comments.clone())
+        .unwrap_or_else(|| panic!("{} has no comment", proto.name()))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn assert_documents(field: &str, expected: &[String]) {
+    let text = comment(field);
+    for want in expected {
+        assert!(
+            text.contains(want.as_str()),
+            "request.proto documents {field} as {text:?}, which does not say {want:?} — change the comment and t2v-contract together"
+        );
+    }
+}
+
+#[test]
+fn id_and_text_bounds_match_the_proto() {
+    assert_documents("job_id", &[format!("1..={MAX_ID_LEN} chars of [A-Za-z0-9._-]")]);
+    assert_documents("model", &[format!("1..={MAX_ID_LEN} chars of [A-Za-z0-9._/-]")]);
+    assert_documents("prompt", &[format!("1..={MAX_PROMPT_BYTES} bytes")]);
+    assert_documents("negative_prompt", &[format!("0..={MAX_PROMPT_BYTES} bytes")]);
+}
+
+#[test]
+fn size_and_sampling_bounds_match_the_proto() {
+    for (field, default) in [("width", DEFAULTS.width), ("height", DEFAULTS.height)] {
+        assert_documents(
+            field,
+            &[
+                format!("0 = model default ({default})"),
+                format!("{MIN_SIDE}..={MAX_SIDE} and a multiple of {SIDE_MULTIPLE}"),
+            ],
+        );
+    }
+    assert_documents(
+        "num_frames",
+        &[
+            format!("0 = model default ({})", DEFAULTS.num_frames),
+            format!("1..={MAX_FRAMES} with num_frames % 4 == 1"),
+        ],
+    );
+    assert_documents(
+        "fps",
+        &[format!("0 = model default ({}), else 1..={MAX_FPS}", DEFAULTS.fps)],
+    );
+    assert_documents(
+        "num_inference_steps",
+        &[format!("0 = model default ({}), else 1..={MAX_STEPS}", DEFAULTS.steps)],
+    );
+    for field in ["guidance_scale", "guidance_scale_2"] {
+        assert_documents(field, &[format!("0.0..={MAX_GUIDANCE:.1}")]);
+    }
+    assert_documents(
+        "shift",
+        &[format!("{:.1}..={:.1}", SHIFT_RANGE.0, SHIFT_RANGE.1)],
+    );
+}
+
+#[test]
+fn scheduling_and_label_bounds_match_the_proto() {
+    assert_documents("priority", &[format!("0 (lowest) ..= {MAX_PRIORITY} (highest)")]);
+    assert_documents(
+        "labels",
+        &[
+            format!("At most {MAX_LABELS} entries"),
+            format!("keys 1..={MAX_LABEL_KEY_BYTES} bytes, values 0..={MAX_LABEL_VALUE_BYTES} bytes"),
+        ],
+    );
+    assert_documents("attempt", &[format!("0..={MAX_ATTEMPT}.")]);
+}
+
+#[test]
+fn guidance_defaults_match_the_proto() {
+    assert_documents(
+        "guidance_scale",
+        &[format!("Unset = model default ({:.1}", DEFAULTS.guidance_scale)],
+    );
+    assert_documents(
+        "guidance_scale_2",
+        &[format!("Unset = model default ({:.1}", DEFAULTS.guidance_scale_2)],
+    );
+}

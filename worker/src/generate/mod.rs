@@ -1,0 +1,236 @@
+//! Video generation behind one trait (docs/design.md "Where each concern lives").
+//!
+//! - [`VideoGenerator`]: what a backend implements, with [`JobSpec`] (a request after the model's
+//!   defaults filled its zero fields), [`StepHooks`] (the job's side of every step boundary) and
+//!   [`Generated`] frames.
+//! - [`thread`]: [`GeneratorThread`] owns the generator on a dedicated OS thread (the GPU never
+//!   blocks the runtime); the async side sends it one job at a time.
+//! - [`synthetic`]: [`SyntheticGenerator`], the deterministic TEST/DEMO backend without a model.
+//! - [`wan`]: [`WanGenerator`], the Wan2.2 pipeline (t2v-pipeline) behind the trait.
+//! - [`preflight`]: a job's estimated peak memory against the limit, and the settings that fit.
+//!
+//! What a checkpoint is and when it resumes a job lives in [`crate::job::checkpoints`].
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+pub use t2v_contract::ModelDefaults;
+use t2v_proto::v1::Sampler;
+
+use crate::job::checkpoints::Checkpoint;
+
+pub mod preflight;
+pub mod synthetic;
+pub mod thread;
+pub mod wan;
+
+pub use synthetic::SyntheticGenerator;
+pub use thread::{GeneratorThread, Loaded};
+pub use wan::WanGenerator;
+
+/// The settings of one job after the model's defaults filled the zero fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub job_id: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub num_frames: u32,
+    pub fps: u32,
+    pub steps: u32,
+    pub guidance_scale: Option<f32>,
+    pub guidance_scale_2: Option<f32>,
+    pub shift: Option<f32>,
+    pub sampler: Sampler,
+    pub seed: u64,
+}
+
+impl JobSpec {
+    /// SHA-256 (hex) of every setting that shapes the video — all fields but the job id. A
+    /// checkpoint resumes only a request with the same digest.
+    pub fn digest(&self) -> String {
+        let bits = |v: Option<f32>| v.map(f32::to_bits);
+        let canonical = serde_json::json!({
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+            "steps": self.steps,
+            "guidance_scale": bits(self.guidance_scale),
+            "guidance_scale_2": bits(self.guidance_scale_2),
+            "shift": bits(self.shift),
+            "sampler": self.sampler.as_str_name(),
+            "seed": self.seed,
+        });
+        t2v_contract::sha256_hex(canonical.to_string().as_bytes())
+    }
+}
+
+/// The job's side of a generation's step boundaries.
+pub trait StepHooks {
+    /// After every step; `Break` stops the run at this boundary.
+    fn on_step(&mut self, step: StepInfo) -> ControlFlow<()>;
+
+    /// Asked after `on_step`: whether to save the state here (`stopping`: the run ends at this
+    /// boundary because `on_step` said `Break`).
+    fn checkpoint_due(&mut self, _step: StepInfo, _stopping: bool) -> bool {
+        false
+    }
+
+    /// The state after `checkpoint.step` steps, when `checkpoint_due` asked for it.
+    fn on_checkpoint(&mut self, _checkpoint: Checkpoint) {}
+}
+
+/// A plain step callback: progress and stop, no checkpoints.
+impl<F: FnMut(StepInfo) -> ControlFlow<()>> StepHooks for F {
+    fn on_step(&mut self, step: StepInfo) -> ControlFlow<()> {
+        self(step)
+    }
+}
+
+/// The model a generator serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Model id requests name, e.g. `wan2.2-t2v-a14b`.
+    pub name: String,
+    /// Revision of the weights, e.g. a checkpoint digest.
+    pub revision: String,
+    pub defaults: ModelDefaults,
+}
+
+/// One denoising step finished.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInfo {
+    /// Steps done so far, 1..=total.
+    pub step: u32,
+    pub total: u32,
+    /// Diffusion timestep of the step just finished.
+    pub timestep: f32,
+}
+
+/// Decoded video: `count` frames of `width`×`height` RGB24, frame after frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frames {
+    pub width: u32,
+    pub height: u32,
+    pub count: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl Frames {
+    pub fn frame_len(&self) -> usize {
+        self.width as usize * self.height as usize * 3
+    }
+
+    /// Frame `i` (0-based) as RGB24 bytes.
+    pub fn frame(&self, i: u32) -> &[u8] {
+        let len = self.frame_len();
+        &self.rgb[i as usize * len..(i as usize + 1) * len]
+    }
+}
+
+/// Where the pipeline's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineTimings {
+    pub text_encode: Duration,
+    pub denoise: Duration,
+    pub vae_decode: Duration,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub frames: Frames,
+    pub timings: PipelineTimings,
+}
+
+/// Why a generation ended without frames.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenerateError {
+    /// `on_step` asked to stop (cancel or shutdown) after `at_step` steps.
+    #[error("stopped after step {at_step}")]
+    Stopped { at_step: u32 },
+    /// Not enough GPU or host memory; `message` names settings that would fit.
+    #[error("out of memory: {message}")]
+    OutOfMemory { message: String },
+    /// The model cannot run these settings (beyond the request bounds).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The model could not be loaded; the message names the cause and the fix.
+    #[error("model load failed: {0}")]
+    Load(String),
+    /// A bug or an unexpected state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A text-to-video backend. `generate` blocks (it runs on the generator thread), continues from
+/// `resume` (a checkpoint [`check_checkpoint`] accepted for `job`) when given, and calls the
+/// hooks after every denoising step: `ControlFlow::Break` stops it at that boundary, and a due
+/// checkpoint is handed over before the next step starts.
+pub trait VideoGenerator: Send {
+    fn model(&self) -> ModelInfo;
+
+    fn generate(
+        &mut self,
+        job: &JobSpec,
+        resume: Option<&Checkpoint>,
+        hooks: &mut dyn StepHooks,
+    ) -> Result<Generated, GenerateError>;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn spec(seed: u64) -> JobSpec {
+        JobSpec {
+            job_id: "j".into(),
+            prompt: "p".into(),
+            negative_prompt: String::new(),
+            width: 64,
+            height: 48,
+            num_frames: 5,
+            fps: 8,
+            steps: 4,
+            guidance_scale: None,
+            guidance_scale_2: None,
+            shift: None,
+            sampler: Sampler::Unspecified,
+            seed,
+        }
+    }
+
+    #[test]
+    fn the_digest_covers_every_setting_but_the_job_id() {
+        let a = spec(1);
+        assert_eq!(
+            a.digest(),
+            JobSpec {
+                job_id: "other".into(),
+                ..a.clone()
+            }
+            .digest()
+        );
+        assert_ne!(a.digest(), spec(2).digest());
+        assert_ne!(
+            a.digest(),
+            JobSpec {
+                shift: Some(3.0),
+                ..a.clone()
+            }
+            .digest()
+        );
+        assert_ne!(
+            a.digest(),
+            JobSpec {
+                sampler: Sampler::FlowEuler,
+                ..a.clone()
+            }
+            .digest()
+        );
+    }
+}

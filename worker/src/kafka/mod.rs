@@ -1,0 +1,55 @@
+//! Everything the worker says to and hears from Kafka.
+//!
+//! - [`consumer`]: `run` — the consumer-group loop: pause while a job runs, offsets after the
+//!   terminal event, rebalances, shutdown.
+//! - [`events`]: [`Publisher`](events::Publisher), the idempotent producer of events, DLQ copies and re-queues.
+//! - [`control`]: Cancel commands from `t2v.control.v1`, read by every worker.
+//! - here: the client settings every client shares and t2v-contract's headers as rdkafka headers.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use t2v_contract::TraceContext;
+
+use crate::config::KafkaConfig;
+
+pub mod consumer;
+pub mod control;
+pub mod events;
+
+/// The librdkafka settings every client of the worker shares: brokers, security, extra properties.
+pub fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &k.brokers)
+        .set("client.id", client_id);
+    let optional = [
+        ("security.protocol", &k.security_protocol),
+        ("sasl.mechanism", &k.sasl_mechanism),
+        ("sasl.username", &k.sasl_username),
+        ("sasl.password", &k.sasl_password),
+        ("ssl.ca.location", &k.ssl_ca_location),
+        ("ssl.certificate.location", &k.ssl_certificate_location),
+        ("ssl.key.location", &k.ssl_key_location),
+    ];
+    for (key, value) in optional {
+        if !value.is_empty() {
+            cfg.set(key, value);
+        }
+    }
+    for (key, value) in &k.properties {
+        cfg.set(key, value);
+    }
+    cfg
+}
+
+/// The headers of a record whose value is the protobuf message `schema`, continuing `trace`.
+pub fn record_headers(schema: &str, trace: &TraceContext) -> OwnedHeaders {
+    let pairs = t2v_contract::headers::record_headers(schema, trace);
+    pairs
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(pairs.len()), |acc, (key, value)| {
+            acc.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        })
+}
