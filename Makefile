@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint fixtures test chart-test demo bench bench-worker bench-gpu chaos checkpoint-write schemas gpu-check
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-worker bench-gpu chaos checkpoint-write schemas gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -24,6 +24,11 @@ build: deps ## build every crate (debug)
 lint: deps ## rustfmt and clippy, warnings are errors
 	@$(ENV) cargo fmt --all --check
 	@$(ENV) cargo clippy --workspace --all-targets -- -D warnings
+
+unit: lint fixtures ## fmt, clippy and the library tests without the Kafka/S3 stack — the fast loop
+	@$(ENV) export T2V_FIXTURES=$(FIXTURES) && \
+	  cargo test --workspace --lib --no-fail-fast && \
+	  cargo test -p t2v-proto -p t2v-contract -p t2v-pipeline --test '*' --no-fail-fast
 
 fixtures: deps ## write the diffusers/transformers reference outputs the parity tests compare against (re-run when any parity script changes: they import each other)
 	@$(ENV) mkdir -p $(FIXTURES) && for script in pipeline/parity/*.py; do \

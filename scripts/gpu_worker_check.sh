@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device-side check of the worker's GPU paths (issue 5): doctor on device=cuda, a genuine CUDA OOM
+# Device-side check of the worker's GPU paths (doctor and the memory preflight): doctor on device=cuda, a genuine CUDA OOM
 # that passes the preflight, a preflight refusal, then a normal generate with the NVML peak.
 # Run from the repo root on a GPU host with PyTorch 2.11 (cu130), about 1 minute: `make gpu-check`
 # (builds the release binary and the tiny model fixture first), or with a binary and model copied

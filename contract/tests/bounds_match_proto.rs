@@ -11,27 +11,28 @@ fn comment(field: &str) -> String {
     let message = pool
         .get_message_by_name("t2v.v1.GenerationRequest")
         .expect("GenerationRequest is in the descriptor pool");
-    let field = message
-        .get_field_by_name(field)
-        .unwrap_or_else(|| panic!("GenerationRequest has no field {field}"));
-    let proto = field.field_descriptor_proto();
-    let path_index = message
-        .fields()
-        .position(|f| f.name() == field.name())
-        .unwrap();
-    // Source info path of a message field: [4 (message_type), msg index, 2 (field), field index].
     let file = message.parent_file();
-    let info = file
-        .file_descriptor_proto()
+    let message_index = file
+        .messages()
+        .position(|m| m.full_name() == message.full_name())
+        .expect("GenerationRequest is a top-level message of its file");
+    let field_index = message
+        .descriptor_proto()
+        .field
+        .iter()
+        .position(|f| f.name() == field)
+        .unwrap_or_else(|| panic!("GenerationRequest has no field {field}"));
+    // Source info path of a message field: [4 (message_type), message index, 2 (field), field index].
+    let path = [4, message_index as i32, 2, field_index as i32];
+    file.file_descriptor_proto()
         .source_code_info
         .as_ref()
-        .expect("the descriptor set keeps source info");
-    let path = [4, message.index() as i32, 2, path_index as i32];
-    info.location
+        .expect("the descriptor set keeps source info")
+        .location
         .iter()
         .find(|l| l.path == path)
         .and_then(|l| l.leading_comments.clone())
-        .unwrap_or_else(|| panic!("{} has no comment", proto.name()))
+        .unwrap_or_else(|| panic!("{field} has no comment"))
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -49,10 +50,19 @@ fn assert_documents(field: &str, expected: &[String]) {
 
 #[test]
 fn id_and_text_bounds_match_the_proto() {
-    assert_documents("job_id", &[format!("1..={MAX_ID_LEN} chars of [A-Za-z0-9._-]")]);
-    assert_documents("model", &[format!("1..={MAX_ID_LEN} chars of [A-Za-z0-9._/-]")]);
+    assert_documents(
+        "job_id",
+        &[format!("1..={MAX_ID_LEN} chars of [A-Za-z0-9._-]")],
+    );
+    assert_documents(
+        "model",
+        &[format!("1..={MAX_ID_LEN} chars of [A-Za-z0-9._/-]")],
+    );
     assert_documents("prompt", &[format!("1..={MAX_PROMPT_BYTES} bytes")]);
-    assert_documents("negative_prompt", &[format!("0..={MAX_PROMPT_BYTES} bytes")]);
+    assert_documents(
+        "negative_prompt",
+        &[format!("0..={MAX_PROMPT_BYTES} bytes")],
+    );
 }
 
 #[test]
@@ -75,11 +85,17 @@ fn size_and_sampling_bounds_match_the_proto() {
     );
     assert_documents(
         "fps",
-        &[format!("0 = model default ({}), else 1..={MAX_FPS}", DEFAULTS.fps)],
+        &[format!(
+            "0 = model default ({}), else 1..={MAX_FPS}",
+            DEFAULTS.fps
+        )],
     );
     assert_documents(
         "num_inference_steps",
-        &[format!("0 = model default ({}), else 1..={MAX_STEPS}", DEFAULTS.steps)],
+        &[format!(
+            "0 = model default ({}), else 1..={MAX_STEPS}",
+            DEFAULTS.steps
+        )],
     );
     for field in ["guidance_scale", "guidance_scale_2"] {
         assert_documents(field, &[format!("0.0..={MAX_GUIDANCE:.1}")]);
@@ -92,12 +108,17 @@ fn size_and_sampling_bounds_match_the_proto() {
 
 #[test]
 fn scheduling_and_label_bounds_match_the_proto() {
-    assert_documents("priority", &[format!("0 (lowest) ..= {MAX_PRIORITY} (highest)")]);
+    assert_documents(
+        "priority",
+        &[format!("0 (lowest) ..= {MAX_PRIORITY} (highest)")],
+    );
     assert_documents(
         "labels",
         &[
             format!("At most {MAX_LABELS} entries"),
-            format!("keys 1..={MAX_LABEL_KEY_BYTES} bytes, values 0..={MAX_LABEL_VALUE_BYTES} bytes"),
+            format!(
+                "keys 1..={MAX_LABEL_KEY_BYTES} bytes, values 0..={MAX_LABEL_VALUE_BYTES} bytes"
+            ),
         ],
     );
     assert_documents("attempt", &[format!("0..={MAX_ATTEMPT}.")]);
@@ -107,10 +128,16 @@ fn scheduling_and_label_bounds_match_the_proto() {
 fn guidance_defaults_match_the_proto() {
     assert_documents(
         "guidance_scale",
-        &[format!("Unset = model default ({:.1}", DEFAULTS.guidance_scale)],
+        &[format!(
+            "Unset = model default ({:.1}",
+            DEFAULTS.guidance_scale
+        )],
     );
     assert_documents(
         "guidance_scale_2",
-        &[format!("Unset = model default ({:.1}", DEFAULTS.guidance_scale_2)],
+        &[format!(
+            "Unset = model default ({:.1}",
+            DEFAULTS.guidance_scale_2
+        )],
     );
 }

@@ -7,10 +7,18 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
-    #[error("not a valid {schema} in JSON form: {reason}")]
+    #[error("not a valid {schema} in JSON form: {source}")]
     Parse {
         schema: &'static str,
-        reason: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The JSON form did not re-encode into the prost type (a descriptor out of step with it).
+    #[error("not a valid {schema} in JSON form: {source}")]
+    Decode {
+        schema: &'static str,
+        #[source]
+        source: prost::DecodeError,
     },
 }
 
@@ -40,18 +48,10 @@ pub fn from_json<M: Message + Default>(schema: &'static str, json: &str) -> Resu
         &mut deserializer,
         &DeserializeOptions::new().deny_unknown_fields(true),
     )
-    .map_err(|e| JsonError::Parse {
-        schema,
-        reason: e.to_string(),
-    })?;
-    deserializer.end().map_err(|e| JsonError::Parse {
-        schema,
-        reason: e.to_string(),
-    })?;
-    M::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| JsonError::Parse {
-        schema,
-        reason: e.to_string(),
-    })
+    .and_then(|dynamic| deserializer.end().map(|()| dynamic))
+    .map_err(|source| JsonError::Parse { schema, source })?;
+    M::decode(dynamic.encode_to_vec().as_slice())
+        .map_err(|source| JsonError::Decode { schema, source })
 }
 
 #[cfg(test)]

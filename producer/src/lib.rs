@@ -15,19 +15,24 @@
 //!
 //! # Layout
 //! - [`submitter`]: `Submitter` — validate, assign ULID job ids, produce idempotently (acks=all), cancel.
+//! - [`error`]: `SubmitError`, and which Kafka failures are transient ([`Retry`]).
 //! - [`headers`]: t2v-contract's record headers as rdkafka headers.
 //! - [`watch`]: follow a job's events to its terminal one.
 //! - [`topics`]: schemas/topics.yaml and `topics apply`.
 //! - [`json`]: the protobuf JSON form of the messages (batch files, `watch` output).
 //!
-//! The `t2v` CLI (src/main.rs) is a thin layer over these.
+//! Request bounds, header names, trace context and model defaults live in `t2v-contract`, shared
+//! with the worker. The `t2v` CLI (src/main.rs) is a thin layer over these; docs/design.md
+//! describes the whole system.
 
+pub mod error;
 pub mod headers;
 pub mod json;
 pub mod submitter;
 pub mod topics;
 pub mod watch;
 
-pub use submitter::{SubmitError, Submitted, Submitter, SubmitterConfig};
+pub use error::{Retry, SubmitError};
+pub use submitter::{Submitted, Submitter, SubmitterConfig};
 pub use t2v_contract::{InvalidRequest, TraceContext};
 pub use watch::{JobWatch, StartAt, Terminal};

@@ -3,19 +3,20 @@
 //! Exit codes: 0 ok · 2 invalid input (nothing produced) · 3 brokers unreachable or topic
 //! missing · 4 the job failed · 5 the job was canceled · 6 --wait timed out · 1 anything else.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use t2v_producer::topics::{self, Outcome};
-use t2v_contract::validate;
-use t2v_producer::{
-    json, InvalidRequest, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
-};
 use t2v_contract::headers::schema;
+use t2v_contract::validate;
+use t2v_producer::topics::{self, Outcome};
+use t2v_producer::{
+    json, InvalidRequest, JobWatch, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
+};
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest, Sampler};
 
 /// Flag help built from t2v-contract's bounds and defaults, so `--help` cannot drift from them.
@@ -27,13 +28,22 @@ mod help {
         format!("WIDTHxHEIGHT in pixels, each {MIN_SIDE}..={MAX_SIDE} and a multiple of {SIDE_MULTIPLE} (default: the model's, {}x{})", D.width, D.height)
     }
     pub fn frames() -> String {
-        format!("Number of frames, 1..={MAX_FRAMES} with frames % 4 == 1 (default: the model's, {})", D.num_frames)
+        format!(
+            "Number of frames, 1..={MAX_FRAMES} with frames % 4 == 1 (default: the model's, {})",
+            D.num_frames
+        )
     }
     pub fn fps() -> String {
-        format!("Frames per second of the MP4, 1..={MAX_FPS} (default: the model's, {})", D.fps)
+        format!(
+            "Frames per second of the MP4, 1..={MAX_FPS} (default: the model's, {})",
+            D.fps
+        )
     }
     pub fn steps() -> String {
-        format!("Denoising steps, 1..={MAX_STEPS} (default: the model's, {})", D.steps)
+        format!(
+            "Denoising steps, 1..={MAX_STEPS} (default: the model's, {})",
+            D.steps
+        )
     }
     pub fn guidance() -> String {
         format!("Guidance scale (high-noise expert), 0..={MAX_GUIDANCE}; 1 or less turns guidance off (default: the model's, {})", D.guidance_scale)
@@ -42,7 +52,10 @@ mod help {
         format!("Guidance scale of the low-noise expert, 0..={MAX_GUIDANCE} (default: the model's, {}; --guidance alone sets both)", D.guidance_scale_2)
     }
     pub fn shift() -> String {
-        format!("Flow shift, {}..={} (default: the scheduler config's)", SHIFT_RANGE.0, SHIFT_RANGE.1)
+        format!(
+            "Flow shift, {}..={} (default: the scheduler config's)",
+            SHIFT_RANGE.0, SHIFT_RANGE.1
+        )
     }
     pub fn priority() -> String {
         format!("0 (lowest) ..= {MAX_PRIORITY}")
@@ -257,17 +270,25 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Splits a `KEY=VALUE` flag.
+fn key_value(item: &str) -> Option<(String, String)> {
+    let (k, v) = item.split_once('=')?;
+    Some((k.to_string(), v.to_string()))
+}
+
 fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
-    let mut kafka = std::collections::BTreeMap::new();
-    for prop in &args.kafka_properties {
-        let (k, v) = prop.split_once('=').ok_or_else(|| {
-            fail(
-                2,
-                format!("invalid --kafka-property {prop:?}: expected KEY=VALUE"),
-            )
-        })?;
-        kafka.insert(k.to_string(), v.to_string());
-    }
+    let kafka = args
+        .kafka_properties
+        .iter()
+        .map(|prop| {
+            key_value(prop).ok_or_else(|| {
+                fail(
+                    2,
+                    format!("invalid --kafka-property {prop:?}: expected KEY=VALUE"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let timeout = Duration::from_secs(args.connect_timeout_secs.max(1));
     Ok(SubmitterConfig {
         brokers: args.brokers.clone(),
@@ -288,24 +309,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             job_id,
             from_beginning,
             until_done,
-        } => {
-            if let Some(id) = &job_id {
-                validate::job_id(id)?;
-            }
-            let start = if from_beginning {
-                StartAt::Beginning
-            } else {
-                StartAt::Now
-            };
-            let mut watch = t2v_producer::JobWatch::start_at(&cfg, job_id, start).await?;
-            loop {
-                let event = watch.next_event().await?;
-                println!("{}", json::to_json(schema::GENERATION_EVENT, &event));
-                if until_done && t2v_producer::watch::is_terminal(&event) {
-                    return Ok(());
-                }
-            }
-        }
+        } => watch(cfg, job_id, from_beginning, until_done).await,
         Command::Cancel { job_id, reason } => {
             let submitter = Submitter::new(cfg)?;
             submitter.cancel(&job_id, &reason).await?;
@@ -318,116 +322,167 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     file,
                     replication_factor,
                 },
-        } => {
-            let specs = topics::load(&file).map_err(|e| fail(2, e.to_string()))?;
-            let outcomes = topics::apply(
-                cfg.client_config(),
-                &specs,
-                replication_factor,
-                cfg.connect_timeout,
-                &cfg.brokers,
-            )
-            .await
-            .map_err(|e| match e {
-                topics::TopicsError::Kafka(k) => Failure::from(k),
-                other => fail(1, other.to_string()),
-            })?;
-            for (name, outcome) in outcomes {
-                match outcome {
-                    Outcome::Created => println!("{name}: created"),
-                    Outcome::Unchanged => println!("{name}: ok"),
-                    Outcome::Updated(changes) => {
-                        println!("{name}: updated ({})", changes.join(", "))
-                    }
-                }
-            }
-            Ok(())
+        } => topics_apply(cfg, &file, replication_factor).await,
+    }
+}
+
+/// `t2v watch`: prints events as JSON lines, forever or until the job's terminal event.
+async fn watch(
+    cfg: SubmitterConfig,
+    job_id: Option<String>,
+    from_beginning: bool,
+    until_done: bool,
+) -> Result<(), Failure> {
+    if let Some(id) = &job_id {
+        validate::job_id(id)?;
+    }
+    let start = if from_beginning {
+        StartAt::Beginning
+    } else {
+        StartAt::Now
+    };
+    let mut events = JobWatch::start_at(&cfg, job_id, start).await?;
+    loop {
+        let event = events.next_event().await?;
+        println!("{}", json::to_json(schema::GENERATION_EVENT, &event));
+        if until_done && t2v_producer::watch::is_terminal(&event) {
+            return Ok(());
         }
     }
+}
+
+/// `t2v topics apply`: creates or aligns the topics of `file`, one line a topic.
+async fn topics_apply(
+    cfg: SubmitterConfig,
+    file: &Path,
+    replication_factor: Option<i32>,
+) -> Result<(), Failure> {
+    let specs = topics::load(file).map_err(|e| fail(2, e.to_string()))?;
+    let outcomes = topics::apply(
+        cfg.client_config(),
+        &specs,
+        replication_factor,
+        cfg.connect_timeout,
+        &cfg.brokers,
+    )
+    .await
+    .map_err(|e| match e {
+        topics::TopicsError::Kafka(k) => Failure::from(k),
+        other => fail(1, other.to_string()),
+    })?;
+    for (name, outcome) in outcomes {
+        match outcome {
+            Outcome::Created => println!("{name}: created"),
+            Outcome::Unchanged => println!("{name}: ok"),
+            Outcome::Updated(changes) => println!("{name}: updated ({})", changes.join(", ")),
+        }
+    }
+    Ok(())
 }
 
 /// Builds the request from the flags. Explicit values must be in range (0 is not "default" here:
 /// omit the flag for the model's default).
 fn request_from_flags(args: &SubmitArgs, prompt: String) -> Result<GenerationRequest, Failure> {
-    let mut req = GenerationRequest {
+    let (width, height) = match &args.size {
+        Some(size) => parse_size(size)?,
+        None => (0, 0),
+    };
+    reject_zero_counts(args)?;
+    let req = GenerationRequest {
         job_id: args.job_id.clone().unwrap_or_default(),
         model: args.model.clone(),
         prompt,
         negative_prompt: args.negative_prompt.clone().unwrap_or_default(),
+        width,
+        height,
+        num_frames: args.frames.unwrap_or(0),
+        fps: args.fps.unwrap_or(0),
+        num_inference_steps: args.steps.unwrap_or(0),
         guidance_scale: args.guidance,
         guidance_scale_2: args.guidance_2,
         shift: args.shift,
+        sampler: parse_sampler(args.sampler.as_deref())? as i32,
         seed: args.seed,
         priority: args.priority,
+        labels: parse_labels(&args.labels)?,
         ..Default::default()
     };
-    if let Some(size) = &args.size {
-        let (w, h) = size
-            .split_once(['x', 'X'])
-            .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
-            .ok_or_else(|| {
-                fail(
-                    2,
-                    format!("invalid size: expected WIDTHxHEIGHT such as 1280x720, got {size:?}"),
-                )
-            })?;
-        for (field, v) in [("width", w), ("height", h)] {
-            if v == 0 {
-                return Err(fail(
-                    2,
-                    format!(
-                        "invalid {field}: must be {}..={}, got 0",
-                        validate::MIN_SIDE,
-                        validate::MAX_SIDE
-                    ),
-                ));
-            }
+    validate::request(&req)?;
+    Ok(req)
+}
+
+/// `WIDTHxHEIGHT`, each side non-zero (the contract checks the rest).
+fn parse_size(size: &str) -> Result<(u32, u32), Failure> {
+    let (w, h) = size
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| {
+            fail(
+                2,
+                format!("invalid size: expected WIDTHxHEIGHT such as 1280x720, got {size:?}"),
+            )
+        })?;
+    for (field, v) in [("width", w), ("height", h)] {
+        if v == 0 {
+            return Err(fail(
+                2,
+                format!(
+                    "invalid {field}: must be {}..={}, got 0",
+                    validate::MIN_SIDE,
+                    validate::MAX_SIDE
+                ),
+            ));
         }
-        req.width = w;
-        req.height = h;
     }
+    Ok((w, h))
+}
+
+/// An explicit 0 for frames, fps or steps is an error, not "the model's default".
+fn reject_zero_counts(args: &SubmitArgs) -> Result<(), Failure> {
     for (field, value, max) in [
         ("num_frames", args.frames, validate::MAX_FRAMES),
         ("fps", args.fps, validate::MAX_FPS),
         ("num_inference_steps", args.steps, validate::MAX_STEPS),
     ] {
         if value == Some(0) {
-            return Err(fail(2, format!("invalid {field}: must be 1..={max}, got 0 (omit the flag for the model default)")));
-        }
-    }
-    req.num_frames = args.frames.unwrap_or(0);
-    req.fps = args.fps.unwrap_or(0);
-    req.num_inference_steps = args.steps.unwrap_or(0);
-    req.sampler = match args
-        .sampler
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None => Sampler::Unspecified,
-        Some("unipc") => Sampler::Unipc,
-        Some("euler" | "flow-euler" | "flow_euler") => Sampler::FlowEuler,
-        Some(other) => {
             return Err(fail(
                 2,
-                format!("invalid sampler: must be unipc or euler, got {other:?}"),
-            ))
+                format!(
+                    "invalid {field}: must be 1..={max}, got 0 (omit the flag for the model default)"
+                ),
+            ));
         }
-    } as i32;
-    for label in &args.labels {
-        let (k, v) = label.split_once('=').ok_or_else(|| {
-            fail(
-                2,
-                format!("invalid labels: expected KEY=VALUE, got {label:?}"),
-            )
-        })?;
-        req.labels.insert(k.to_string(), v.to_string());
     }
-    validate::request(&req)?;
-    Ok(req)
+    Ok(())
 }
 
-fn read_batch(path: &PathBuf) -> Result<Vec<GenerationRequest>, Failure> {
+fn parse_sampler(sampler: Option<&str>) -> Result<Sampler, Failure> {
+    match sampler.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(Sampler::Unspecified),
+        Some("unipc") => Ok(Sampler::Unipc),
+        Some("euler" | "flow-euler" | "flow_euler") => Ok(Sampler::FlowEuler),
+        Some(other) => Err(fail(
+            2,
+            format!("invalid sampler: must be unipc or euler, got {other:?}"),
+        )),
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    labels
+        .iter()
+        .map(|label| {
+            key_value(label).ok_or_else(|| {
+                fail(
+                    2,
+                    format!("invalid labels: expected KEY=VALUE, got {label:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn read_batch(path: &Path) -> Result<Vec<GenerationRequest>, Failure> {
     let file = std::fs::File::open(path)
         .map_err(|e| fail(2, format!("cannot read --batch {}: {e}", path.display())))?;
     let mut requests = Vec::new();
@@ -436,10 +491,11 @@ fn read_batch(path: &PathBuf) -> Result<Vec<GenerationRequest>, Failure> {
         if line.trim().is_empty() {
             continue;
         }
-        let req: GenerationRequest = json::from_json(schema::GENERATION_REQUEST, &line)
-            .map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
-        validate::request(&req)
-            .map_err(|e| fail(2, format!("{}:{}: {e}", path.display(), n + 1)))?;
+        let at_line =
+            |e: &dyn std::fmt::Display| fail(2, format!("{}:{}: {e}", path.display(), n + 1));
+        let req: GenerationRequest =
+            json::from_json(schema::GENERATION_REQUEST, &line).map_err(|e| at_line(&e))?;
+        validate::request(&req).map_err(|e| at_line(&e))?;
         requests.push(req);
     }
     if requests.is_empty() {
@@ -457,22 +513,43 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
     };
     let submitter = Submitter::new(cfg)?;
     submitter.check_brokers().await?;
-    if let Some(path) = &args.batch {
-        let submitted = submitter.submit_many(requests).await?;
-        for s in &submitted {
-            println!(
-                "submitted {} (partition {}, offset {})",
-                s.job_id, s.partition, s.offset
-            );
+    match &args.batch {
+        Some(path) => submit_batch(&submitter, requests, path).await,
+        None => {
+            let req = requests.into_iter().next().expect("one request");
+            submit_one(&submitter, req, &args).await
         }
-        eprintln!(
-            "t2v: {} requests from {} submitted",
-            submitted.len(),
-            path.display()
-        );
-        return Ok(());
     }
-    let req = submitter.prepare(requests.into_iter().next().expect("one request"))?;
+}
+
+/// `submit --batch`: one line a request.
+async fn submit_batch(
+    submitter: &Submitter,
+    requests: Vec<GenerationRequest>,
+    path: &Path,
+) -> Result<(), Failure> {
+    let submitted = submitter.submit_many(requests).await?;
+    for s in &submitted {
+        println!(
+            "submitted {} (partition {}, offset {})",
+            s.job_id, s.partition, s.offset
+        );
+    }
+    eprintln!(
+        "t2v: {} requests from {} submitted",
+        submitted.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `submit PROMPT`, with `--wait` following the job to its end.
+async fn submit_one(
+    submitter: &Submitter,
+    req: GenerationRequest,
+    args: &SubmitArgs,
+) -> Result<(), Failure> {
+    let req = submitter.prepare(req)?;
     let mut watch = if args.wait {
         Some(submitter.watch_job(&req.job_id).await?)
     } else {
@@ -489,18 +566,27 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
     let Some(watch) = watch.as_mut() else {
         return Ok(());
     };
+    let terminal = wait_with_progress(watch, &submitted.job_id, args.wait_timeout_secs).await?;
+    report_terminal(terminal, args.wait_timeout_secs)
+}
 
+/// Waits for the job's end with a progress bar (plain lines when no terminal is attached).
+async fn wait_with_progress(
+    watch: &mut JobWatch,
+    job_id: &str,
+    timeout_secs: u64,
+) -> Result<Option<Terminal>, Failure> {
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] step {pos}/{len} · ETA {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_prefix(submitted.job_id.clone());
+    bar.set_prefix(job_id.to_string());
     bar.set_message("waiting for a worker");
     bar.enable_steady_tick(Duration::from_millis(200));
     let terminal = watch
-        .wait_terminal(Some(Duration::from_secs(args.wait_timeout_secs)), |p| {
+        .wait_terminal(Some(Duration::from_secs(timeout_secs)), |p| {
             bar.set_length(u64::from(p.total_steps.max(1)));
             bar.set_position(u64::from(p.step));
             bar.set_message(format!("{:.0}s", p.eta_ms as f64 / 1000.0));
@@ -508,11 +594,11 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
                 return;
             }
             // No terminal attached: a plain line per update keeps logs readable.
-            eprintln!("{}: step {}/{}", submitted.job_id, p.step, p.total_steps);
+            eprintln!("{job_id}: step {}/{}", p.step, p.total_steps);
         })
         .await?;
     bar.finish_and_clear();
-    report_terminal(terminal, args.wait_timeout_secs)
+    Ok(terminal)
 }
 
 fn report_terminal(terminal: Option<Terminal>, timeout_secs: u64) -> Result<(), Failure> {

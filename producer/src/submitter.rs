@@ -3,7 +3,7 @@
 //! It also cancels jobs and follows a job's events to its terminal one.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::try_join_all;
 use prost::Message;
@@ -14,8 +14,10 @@ use rdkafka::util::Timeout;
 use t2v_contract::headers::schema;
 use t2v_proto::v1::{control_command, Cancel, ControlCommand, GenerationRequest};
 
-use crate::headers::record_headers;
 use t2v_contract::{now_unix_ms, validate, InvalidRequest, TraceContext};
+
+pub use crate::error::SubmitError;
+use crate::headers::record_headers;
 use crate::watch::JobWatch;
 
 /// Where and how to submit. Defaults suit the local stack (`make up`).
@@ -51,6 +53,12 @@ impl Default for SubmitterConfig {
 impl SubmitterConfig {
     /// The librdkafka client config shared by the producer and event consumers.
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(&[])
+    }
+
+    /// [`SubmitterConfig::client_config`] with a client's own `settings`; the extra properties
+    /// of [`SubmitterConfig::kafka`] still come last, so they override both.
+    pub fn client_config_with(&self, settings: &[(&str, &str)]) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
             .set("client.id", "t2v-producer")
@@ -58,46 +66,13 @@ impl SubmitterConfig {
                 "socket.connection.setup.timeout.ms",
                 self.connect_timeout.as_millis().max(1000).to_string(),
             );
+        for (key, value) in settings {
+            cfg.set(*key, *value);
+        }
         for (key, value) in &self.kafka {
             cfg.set(key, value);
         }
         cfg
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// The request breaks a documented bound; nothing was produced.
-    #[error(transparent)]
-    Invalid(#[from] InvalidRequest),
-    /// No broker answered in time.
-    #[error("cannot reach Kafka brokers at {brokers} within {timeout:?} ({reason}) — is the cluster up (`make up`) and --brokers / T2V_BROKERS right?")]
-    BrokersUnreachable {
-        brokers: String,
-        timeout: Duration,
-        reason: String,
-    },
-    /// The topic does not exist on the cluster.
-    #[error("topic {topic} does not exist on {brokers} — create it with `t2v topics apply`")]
-    TopicMissing { topic: String, brokers: String },
-    /// The brokers did not acknowledge a record.
-    #[error("Kafka did not acknowledge the record for job {job_id}: {source}")]
-    Delivery {
-        job_id: String,
-        #[source]
-        source: KafkaError,
-    },
-    #[error("Kafka client error: {0}")]
-    Kafka(#[from] KafkaError),
-}
-
-impl SubmitError {
-    /// True when trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::BrokersUnreachable { .. } | Self::Delivery { .. } | Self::Kafka(_)
-        )
     }
 }
 
@@ -111,7 +86,20 @@ pub struct Submitted {
     pub trace: TraceContext,
 }
 
+/// One record to produce, keyed by its job id.
+struct Outgoing<'a> {
+    topic: &'a str,
+    job_id: &'a str,
+    schema: &'a str,
+    payload: Vec<u8>,
+}
+
 /// Validates and publishes generation requests. Cheap to share (`&self` everywhere).
+///
+/// Retrying: librdkafka retries transient broker errors itself until `delivery_timeout`, and a
+/// full local queue is waited out here. Whatever still fails comes back as a [`SubmitError`]
+/// whose [`SubmitError::is_retryable`] says whether sending again may help (a request keeps its
+/// job id, the fleet's idempotency key, so resubmitting it is safe).
 pub struct Submitter {
     cfg: SubmitterConfig,
     producer: FutureProducer,
@@ -120,22 +108,18 @@ pub struct Submitter {
 impl Submitter {
     /// Creates the idempotent producer. Does not contact the brokers; see [`Submitter::check_brokers`].
     pub fn new(cfg: SubmitterConfig) -> Result<Self, SubmitError> {
-        let mut client = cfg.client_config();
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                cfg.delivery_timeout.as_millis().to_string(),
-            );
-        for (key, value) in &cfg.kafka {
-            client.set(key, value);
-        }
-        let producer = client.create()?;
+        let message_timeout = cfg.delivery_timeout.as_millis().to_string();
+        let producer = cfg
+            .client_config_with(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("batch.num.messages", "10000"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("compression.type", "lz4"),
+                ("message.timeout.ms", &message_timeout),
+            ])
+            .create()?;
         Ok(Self { cfg, producer })
     }
 
@@ -154,12 +138,8 @@ impl Submitter {
                 .fetch_metadata(Some(&topic), Timeout::After(timeout))
         })
         .await
-        .expect("metadata task does not panic");
-        let metadata = metadata.map_err(|e| SubmitError::BrokersUnreachable {
-            brokers: self.cfg.brokers.clone(),
-            timeout,
-            reason: e.to_string(),
-        })?;
+        .expect("metadata task does not panic")
+        .map_err(|e| SubmitError::unreachable(&self.cfg.brokers, timeout, e))?;
         let exists = metadata.topics().iter().any(|t| {
             t.name() == self.cfg.requests_topic && t.error().is_none() && !t.partitions().is_empty()
         });
@@ -184,33 +164,48 @@ impl Submitter {
         Ok(req)
     }
 
-    /// Enqueues one prepared request; the returned future resolves when the brokers acknowledge it.
+    /// Enqueues one record with the t2v headers; the returned future resolves when the brokers
+    /// acknowledge it. A full local queue is the one send error retried here (librdkafka drains
+    /// it); any other returns at once as [`SubmitError::Delivery`].
     fn enqueue(
         &self,
-        req: &GenerationRequest,
+        out: &Outgoing<'_>,
         trace: &TraceContext,
     ) -> Result<DeliveryFuture, SubmitError> {
-        let payload = req.encode_to_vec();
-        let mut record = FutureRecord::to(&self.cfg.requests_topic)
-            .key(req.job_id.as_bytes())
-            .payload(&payload)
-            .headers(record_headers(schema::GENERATION_REQUEST, trace));
+        let mut record = FutureRecord::to(out.topic)
+            .key(out.job_id.as_bytes())
+            .payload(&out.payload)
+            .headers(record_headers(out.schema, trace));
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // The local queue is full: let librdkafka drain it, then retry.
                     self.producer.poll(Duration::from_millis(10));
                     record = returned;
                 }
-                Err((e, _)) => {
+                Err((source, _)) => {
                     return Err(SubmitError::Delivery {
-                        job_id: req.job_id.clone(),
-                        source: e,
+                        job_id: out.job_id.to_string(),
+                        source,
                     })
                 }
             }
         }
+    }
+
+    /// Enqueues one prepared request (see [`Submitter::enqueue`]).
+    fn enqueue_request(
+        &self,
+        req: &GenerationRequest,
+        trace: &TraceContext,
+    ) -> Result<DeliveryFuture, SubmitError> {
+        let out = Outgoing {
+            topic: &self.cfg.requests_topic,
+            job_id: &req.job_id,
+            schema: schema::GENERATION_REQUEST,
+            payload: req.encode_to_vec(),
+        };
+        self.enqueue(&out, trace)
     }
 
     async fn acknowledged(
@@ -245,7 +240,7 @@ impl Submitter {
         trace: TraceContext,
     ) -> Result<Submitted, SubmitError> {
         let req = self.prepare(req)?;
-        let delivery = self.enqueue(&req, &trace)?;
+        let delivery = self.enqueue_request(&req, &trace)?;
         Self::acknowledged(req.job_id, trace, delivery).await
     }
 
@@ -262,7 +257,7 @@ impl Submitter {
         let mut pending = Vec::with_capacity(prepared.len());
         for req in prepared {
             let trace = TraceContext::new_root();
-            let delivery = self.enqueue(&req, &trace)?;
+            let delivery = self.enqueue_request(&req, &trace)?;
             pending.push(Self::acknowledged(req.job_id, trace, delivery));
         }
         try_join_all(pending).await
@@ -278,22 +273,15 @@ impl Submitter {
                 reason: reason.to_string(),
             })),
         };
-        let payload = command.encode_to_vec();
-        let record = FutureRecord::to(&self.cfg.control_topic)
-            .key(job_id.as_bytes())
-            .payload(&payload)
-            .headers(record_headers(
-                schema::CONTROL_COMMAND,
-                &TraceContext::new_root(),
-            ));
-        let delivery =
-            self.producer
-                .send_result(record)
-                .map_err(|(source, _)| SubmitError::Delivery {
-                    job_id: job_id.to_string(),
-                    source,
-                })?;
-        Self::acknowledged(job_id.to_string(), TraceContext::new_root(), delivery)
+        let out = Outgoing {
+            topic: &self.cfg.control_topic,
+            job_id,
+            schema: schema::CONTROL_COMMAND,
+            payload: command.encode_to_vec(),
+        };
+        let trace = TraceContext::new_root();
+        let delivery = self.enqueue(&out, &trace)?;
+        Self::acknowledged(job_id.to_string(), trace, delivery)
             .await
             .map(|_| ())
     }

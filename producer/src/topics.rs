@@ -1,6 +1,8 @@
 //! Topic contracts from schemas/topics.yaml, and `apply`: create what is missing, grow
 //! partitions that are too few, align cleanup policy and retention. Running it twice is a no-op.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,6 +12,9 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaResult;
+use rdkafka::metadata::Metadata;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
 
@@ -39,45 +44,67 @@ struct TopicsFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicsError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{path} is not a valid topics file: {reason}")]
-    Parse { path: String, reason: String },
-    #[error("topic {topic}: {reason}")]
-    Apply { topic: String, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid topics file: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: SpecError,
+    },
+    /// The cluster refused one step (`create`, `growing partitions`, ...) for one topic.
+    #[error("topic {topic}: {step} failed: {code}")]
+    Apply {
+        topic: String,
+        step: &'static str,
+        code: RDKafkaErrorCode,
+    },
     #[error(transparent)]
     Kafka(#[from] SubmitError),
 }
 
+/// What is wrong with a topics file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("{topic}: partitions and replication_factor must be >= 1")]
+    Counts { topic: String },
+    #[error("{topic}: cleanup_policy must be delete, compact or compact,delete")]
+    CleanupPolicy { topic: String },
+}
+
 /// Reads and checks schemas/topics.yaml.
 pub fn load(path: &Path) -> Result<Vec<TopicSpec>, TopicsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TopicsError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| TopicsError::Read {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     })?;
-    parse(&text).map_err(|reason| TopicsError::Parse {
+    parse(&text).map_err(|source| TopicsError::Parse {
         path: path.display().to_string(),
-        reason,
+        source,
     })
 }
 
-fn parse(text: &str) -> Result<Vec<TopicSpec>, String> {
-    let file: TopicsFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+fn parse(text: &str) -> Result<Vec<TopicSpec>, SpecError> {
+    let file: TopicsFile = serde_yaml::from_str(text)?;
     for t in &file.topics {
         if t.partitions < 1 || t.replication_factor < 1 {
-            return Err(format!(
-                "{}: partitions and replication_factor must be >= 1",
-                t.name
-            ));
+            return Err(SpecError::Counts {
+                topic: t.name.clone(),
+            });
         }
         if !matches!(
             t.cleanup_policy.as_str(),
             "delete" | "compact" | "compact,delete"
         ) {
-            return Err(format!(
-                "{}: cleanup_policy must be delete, compact or compact,delete",
-                t.name
-            ));
+            return Err(SpecError::CleanupPolicy {
+                topic: t.name.clone(),
+            });
         }
     }
     Ok(file.topics)
@@ -100,88 +127,156 @@ pub async fn apply(
     timeout: Duration,
     brokers: &str,
 ) -> Result<Vec<(String, Outcome)>, TopicsError> {
-    let admin: AdminClient<DefaultClientContext> = client.create().map_err(SubmitError::from)?;
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Timeout::After(timeout)))
-        .request_timeout(Some(timeout));
+    let admin = Admin::new(client, timeout)?;
     let metadata = admin
+        .client
         .inner()
         .fetch_metadata(None, Timeout::After(timeout))
-        .map_err(|e| SubmitError::BrokersUnreachable {
-            brokers: brokers.to_string(),
-            timeout,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| SubmitError::unreachable(brokers, timeout, e))?;
     let mut outcomes = Vec::new();
     for spec in specs {
-        // A topic that is still electing leaders reports an error but exists all the same.
-        let existing = metadata.topics().iter().find(|t| {
-            t.name() == spec.name
+        let outcome = match existing_partitions(&metadata, &spec.name) {
+            None => {
+                let replication = replication_override.unwrap_or(spec.replication_factor);
+                admin.create(spec, replication).await?;
+                Outcome::Created
+            }
+            Some(have) => admin.reconcile(spec, have).await?,
+        };
+        outcomes.push((spec.name.clone(), outcome));
+    }
+    Ok(outcomes)
+}
+
+/// The partition count of topic `name`, or `None` when the cluster does not have it. A topic that
+/// is still electing leaders reports an error but exists all the same.
+fn existing_partitions(metadata: &Metadata, name: &str) -> Option<i32> {
+    metadata
+        .topics()
+        .iter()
+        .find(|t| {
+            t.name() == name
                 && !matches!(
                     t.error(),
-                    Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                    Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 )
-        });
+        })
+        .map(|t| t.partitions().len() as i32)
+}
+
+/// The config changes that turn `current` into `wanted`, as `key old -> new` lines.
+fn config_changes(wanted: &[(&str, &str)], current: &HashMap<String, String>) -> Vec<String> {
+    wanted
+        .iter()
+        .filter_map(|(k, v)| {
+            let have = current.get(*k).map(String::as_str);
+            (have != Some(*v)).then(|| format!("{k} {} -> {v}", have.unwrap_or("unset")))
+        })
+        .collect()
+}
+
+/// Awaits an admin request about `topic`; fails with [`TopicsError::Apply`] when the cluster
+/// refused it for a reason other than the `tolerated` ones.
+async fn accepted<T, N>(
+    request: impl Future<Output = KafkaResult<Vec<Result<T, (N, RDKafkaErrorCode)>>>>,
+    topic: &str,
+    step: &'static str,
+    tolerated: &[RDKafkaErrorCode],
+) -> Result<(), TopicsError> {
+    for result in request.await.map_err(SubmitError::from)? {
+        match result {
+            Err((_, code)) if !tolerated.contains(&code) => {
+                return Err(TopicsError::Apply {
+                    topic: topic.to_string(),
+                    step,
+                    code,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An admin client with the operation timeouts of one `apply`.
+struct Admin {
+    client: AdminClient<DefaultClientContext>,
+    options: AdminOptions,
+}
+
+impl Admin {
+    fn new(client: ClientConfig, timeout: Duration) -> Result<Self, TopicsError> {
+        Ok(Self {
+            client: client.create().map_err(SubmitError::from)?,
+            options: AdminOptions::new()
+                .operation_timeout(Some(Timeout::After(timeout)))
+                .request_timeout(Some(timeout)),
+        })
+    }
+
+    /// Creates `spec`'s topic; one that appeared in the meantime is fine.
+    async fn create(&self, spec: &TopicSpec, replication: i32) -> Result<(), TopicsError> {
         let retention = spec.retention_ms.to_string();
-        let Some(existing) = existing else {
-            let replication = replication_override.unwrap_or(spec.replication_factor);
-            let topic = NewTopic::new(
-                &spec.name,
-                spec.partitions,
-                TopicReplication::Fixed(replication),
-            )
-            .set("cleanup.policy", &spec.cleanup_policy)
-            .set("retention.ms", &retention);
-            for result in admin
-                .create_topics([&topic], &options)
-                .await
-                .map_err(SubmitError::from)?
-            {
-                match result {
-                    Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((topic, code)) => {
-                        return Err(TopicsError::Apply {
-                            topic,
-                            reason: format!("create failed: {code}"),
-                        })
-                    }
-                }
-            }
-            outcomes.push((spec.name.clone(), Outcome::Created));
-            continue;
-        };
+        let topic = NewTopic::new(
+            &spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(replication),
+        )
+        .set("cleanup.policy", &spec.cleanup_policy)
+        .set("retention.ms", &retention);
+        let request = self.client.create_topics([&topic], &self.options);
+        let tolerated = [RDKafkaErrorCode::TopicAlreadyExists];
+        accepted(request, &spec.name, "create", &tolerated).await
+    }
+
+    /// Grows the partitions of an existing topic that has `have` and aligns its configs.
+    async fn reconcile(&self, spec: &TopicSpec, have: i32) -> Result<Outcome, TopicsError> {
         let mut changes = Vec::new();
-        let have = existing.partitions().len() as i32;
-        if have < spec.partitions {
-            let grow = NewPartitions::new(&spec.name, spec.partitions as usize);
-            for result in admin
-                .create_partitions([&grow], &options)
-                .await
-                .map_err(SubmitError::from)?
-            {
-                result.map_err(|(topic, code)| TopicsError::Apply {
-                    topic,
-                    reason: format!("growing partitions failed: {code}"),
-                })?;
-            }
-            changes.push(format!("partitions {have} -> {}", spec.partitions));
-        } else if have > spec.partitions {
+        changes.extend(self.grow_partitions(spec, have).await?);
+        changes.extend(self.align_configs(spec).await?);
+        Ok(if changes.is_empty() {
+            Outcome::Unchanged
+        } else {
+            Outcome::Updated(changes)
+        })
+    }
+
+    /// Grows the topic to `spec.partitions` when it has fewer; Kafka cannot shrink, so more only
+    /// warns. Returns the change made, if any.
+    async fn grow_partitions(
+        &self,
+        spec: &TopicSpec,
+        have: i32,
+    ) -> Result<Option<String>, TopicsError> {
+        if have > spec.partitions {
             tracing::warn!(
                 topic = spec.name,
                 "has {have} partitions, more than the {} in topics.yaml; Kafka cannot shrink them — update topics.yaml",
                 spec.partitions
             );
         }
-        let resource = ResourceSpecifier::Topic(&spec.name);
-        let described = admin
-            .describe_configs([&resource], &options)
+        if have >= spec.partitions {
+            return Ok(None);
+        }
+        let grow = NewPartitions::new(&spec.name, spec.partitions as usize);
+        let request = self.client.create_partitions([&grow], &self.options);
+        accepted(request, &spec.name, "growing partitions", &[]).await?;
+        Ok(Some(format!("partitions {have} -> {}", spec.partitions)))
+    }
+
+    /// The topic's current config values.
+    async fn current_configs(&self, name: &str) -> Result<HashMap<String, String>, TopicsError> {
+        let described = self
+            .client
+            .describe_configs([&ResourceSpecifier::Topic(name)], &self.options)
             .await
             .map_err(SubmitError::from)?;
-        let mut current = std::collections::HashMap::new();
+        let mut current = HashMap::new();
         for result in described {
             let config = result.map_err(|code| TopicsError::Apply {
-                topic: spec.name.clone(),
-                reason: format!("describe configs failed: {code}"),
+                topic: name.to_string(),
+                step: "describe configs",
+                code,
             })?;
             for entry in config.entries {
                 if let Some(value) = entry.value {
@@ -189,48 +284,30 @@ pub async fn apply(
                 }
             }
         }
+        Ok(current)
+    }
+
+    /// Sets cleanup policy and retention where they differ from `spec`. Returns the changes made.
+    async fn align_configs(&self, spec: &TopicSpec) -> Result<Vec<String>, TopicsError> {
+        let retention = spec.retention_ms.to_string();
         let wanted = [
             ("cleanup.policy", spec.cleanup_policy.as_str()),
             ("retention.ms", retention.as_str()),
         ];
-        let differing: Vec<_> = wanted
-            .iter()
-            .filter(|(k, v)| current.get(*k).map(String::as_str) != Some(*v))
-            .collect();
-        if !differing.is_empty() {
-            // Incremental alter is not exposed by rdkafka; a plain alter replaces the topic's
-            // dynamic configs, so send every config we own.
-            let mut alter = AlterConfig::new(resource);
-            for (k, v) in wanted {
-                alter = alter.set(k, v);
-            }
-            for result in admin
-                .alter_configs([&alter], &options)
-                .await
-                .map_err(SubmitError::from)?
-            {
-                result.map_err(|(_, code)| TopicsError::Apply {
-                    topic: spec.name.clone(),
-                    reason: format!("alter configs failed: {code}"),
-                })?;
-            }
-            for (k, v) in differing {
-                changes.push(format!(
-                    "{k} {} -> {v}",
-                    current.get(*k).map(String::as_str).unwrap_or("unset")
-                ));
-            }
+        let changes = config_changes(&wanted, &self.current_configs(&spec.name).await?);
+        if changes.is_empty() {
+            return Ok(changes);
         }
-        outcomes.push((
-            spec.name.clone(),
-            if changes.is_empty() {
-                Outcome::Unchanged
-            } else {
-                Outcome::Updated(changes)
-            },
-        ));
+        // Incremental alter is not exposed by rdkafka; a plain alter replaces the topic's
+        // dynamic configs, so send every config we own.
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
+        for (k, v) in wanted {
+            alter = alter.set(k, v);
+        }
+        let request = self.client.alter_configs([&alter], &self.options);
+        accepted(request, &spec.name, "alter configs", &[]).await?;
+        Ok(changes)
     }
-    Ok(outcomes)
 }
 
 #[cfg(test)]
@@ -258,8 +335,26 @@ mod tests {
     #[test]
     fn bad_specs_are_rejected() {
         let bad = "topics:\n  - {name: a, key: k, value: v, partitions: 0, replication_factor: 1, cleanup_policy: delete, retention_ms: 1}\n";
-        assert!(parse(bad).unwrap_err().contains("partitions"));
+        assert!(parse(bad).unwrap_err().to_string().contains("partitions"));
         let unknown = "topics:\n  - {name: a, key: k, value: v, partitions: 1, replication_factor: 1, cleanup_policy: delete, retention_ms: 1, extra: 2}\n";
-        assert!(parse(unknown).unwrap_err().contains("extra"));
+        assert!(parse(unknown).unwrap_err().to_string().contains("extra"));
+    }
+
+    #[test]
+    fn config_changes_lists_only_what_differs() {
+        let current = HashMap::from([
+            ("cleanup.policy".to_string(), "delete".to_string()),
+            ("retention.ms".to_string(), "1000".to_string()),
+        ]);
+        let wanted = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "2000"),
+            ("segment.ms", "5"),
+        ];
+        assert_eq!(
+            config_changes(&wanted, &current),
+            ["retention.ms 1000 -> 2000", "segment.ms unset -> 5"]
+        );
+        assert!(config_changes(&wanted[..1], &current).is_empty());
     }
 }

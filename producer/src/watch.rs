@@ -50,57 +50,32 @@ impl JobWatch {
         Self::start_at(cfg, job_id, StartAt::Now).await
     }
 
+    /// Events of `job_id` (or all jobs) from `start` on.
     pub async fn start_at(
         cfg: &SubmitterConfig,
         job_id: Option<String>,
         start: StartAt,
     ) -> Result<Self, SubmitError> {
-        let mut client = cfg.client_config();
-        client
-            .set("group.id", "t2v-watch-unused")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = client.create()?;
-        let topic = cfg.events_topic.clone();
-        let timeout = cfg.connect_timeout;
-        let brokers = cfg.brokers.clone();
+        let consumer: StreamConsumer = cfg
+            .client_config_with(&[
+                ("group.id", "t2v-watch-unused"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create()?;
         // Metadata and watermarks are blocking calls: resolve the assignment off the runtime.
         let probe: BaseConsumer = cfg.client_config().create()?;
-        let assignment =
-            tokio::task::spawn_blocking(move || -> Result<TopicPartitionList, SubmitError> {
-                let metadata = probe
-                    .fetch_metadata(Some(&topic), Timeout::After(timeout))
-                    .map_err(|e| SubmitError::BrokersUnreachable {
-                        brokers: brokers.clone(),
-                        timeout,
-                        reason: e.to_string(),
-                    })?;
-                let partitions: Vec<i32> = metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
-                if partitions.is_empty() {
-                    return Err(SubmitError::TopicMissing { topic, brokers });
-                }
-                let mut list = TopicPartitionList::new();
-                for p in partitions {
-                    let offset = match start {
-                        StartAt::Beginning => Offset::Beginning,
-                        StartAt::Now => {
-                            let (_, high) =
-                                probe.fetch_watermarks(&topic, p, Timeout::After(timeout))?;
-                            Offset::Offset(high)
-                        }
-                    };
-                    list.add_partition_offset(&topic, p, offset)?;
-                }
-                Ok(list)
-            })
-            .await
-            .expect("assignment task does not panic")?;
+        let (topic, brokers, timeout) = (
+            cfg.events_topic.clone(),
+            cfg.brokers.clone(),
+            cfg.connect_timeout,
+        );
+        let assignment = tokio::task::spawn_blocking(move || {
+            assignment(&probe, &topic, start, &brokers, timeout)
+        })
+        .await
+        .expect("assignment task does not panic")?;
         consumer.assign(&assignment)?;
         Ok(Self { consumer, job_id })
     }
@@ -154,4 +129,41 @@ impl JobWatch {
             None => wait.await.map(Some),
         }
     }
+}
+
+/// Every partition of `topic`, each at its end (or beginning).
+fn assignment(
+    probe: &BaseConsumer,
+    topic: &str,
+    start: StartAt,
+    brokers: &str,
+    timeout: Duration,
+) -> Result<TopicPartitionList, SubmitError> {
+    let metadata = probe
+        .fetch_metadata(Some(topic), Timeout::After(timeout))
+        .map_err(|e| SubmitError::unreachable(brokers, timeout, e))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(SubmitError::TopicMissing {
+            topic: topic.to_string(),
+            brokers: brokers.to_string(),
+        });
+    }
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        let offset = match start {
+            StartAt::Beginning => Offset::Beginning,
+            StartAt::Now => {
+                let (_, high) = probe.fetch_watermarks(topic, p, Timeout::After(timeout))?;
+                Offset::Offset(high)
+            }
+        };
+        list.add_partition_offset(topic, p, offset)?;
+    }
+    Ok(list)
 }

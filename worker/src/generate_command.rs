@@ -19,10 +19,10 @@ use t2v_proto::v1::Sampler;
 use tch::{Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
+use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
 use crate::generate::{JobSpec, StepInfo, VideoGenerator};
 use crate::gpu::{human, Gpu, PeakSampler};
 use crate::storage::Storage;
-use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
 
 /// The sampler flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -38,7 +38,7 @@ pub fn is_transient_kafka(e: &KafkaError) -> bool {
             | RDKafkaErrorCode::InvalidMessageSize
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::RecordListTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
             | RDKafkaErrorCode::UnknownTopic
             | RDKafkaErrorCode::InvalidTopic
             | RDKafkaErrorCode::TopicAuthorizationFailed
@@ -60,7 +60,9 @@ mod tests {
             RDKafkaErrorCode::UnknownTopic,
             RDKafkaErrorCode::TopicAuthorizationFailed,
         ] {
-            assert!(!is_transient_kafka(&KafkaError::MessageProduction(permanent)));
+            assert!(!is_transient_kafka(&KafkaError::MessageProduction(
+                permanent
+            )));
         }
         for transient in [
             RDKafkaErrorCode::MessageTimedOut,
@@ -68,7 +70,9 @@ mod tests {
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::NotEnoughReplicas,
         ] {
-            assert!(is_transient_kafka(&KafkaError::MessageProduction(transient)));
+            assert!(is_transient_kafka(&KafkaError::MessageProduction(
+                transient
+            )));
         }
     }
 }

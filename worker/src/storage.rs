@@ -86,8 +86,6 @@ pub enum StorageError {
     },
 }
 
-
-
 /// A cloud backend a `storage.url` scheme names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cloud {

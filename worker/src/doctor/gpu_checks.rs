@@ -15,10 +15,10 @@ use tch::{Device, Kind};
 
 use super::{finding, warning, Finding};
 use crate::config::{Backend, DeviceChoice, WorkerConfig};
-use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
-use crate::gpu::{human, CudaVersion, Gpu, GpuMemory, TorchCuda};
 use crate::generate::preflight::{fit_hint, MemoryLimit};
 use crate::generate::wan::{memory_policy, resolve_dtype};
+use crate::gpu::{human, CudaVersion, Gpu, GpuMemory, TorchCuda};
+use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
 
 /// What the driver says about the GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]

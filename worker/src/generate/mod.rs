@@ -92,7 +92,7 @@ impl<F: FnMut(StepInfo) -> ControlFlow<()>> StepHooks for F {
 }
 
 /// The model a generator serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     /// Model id requests name, e.g. `wan2.2-t2v-a14b`.
     pub name: String,

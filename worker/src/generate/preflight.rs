@@ -175,8 +175,8 @@ mod tests {
     use tch::Kind;
 
     use super::*;
-    use crate::generate::{GenerateError, JobSpec, StepInfo, VideoGenerator};
     use crate::generate::wan::WanGenerator;
+    use crate::generate::{GenerateError, JobSpec, StepInfo, VideoGenerator};
 
     fn a14b() -> ModelConfigs {
         ModelConfigs {

@@ -19,23 +19,22 @@ use sha2::{Digest, Sha256};
 use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::{estimate, EstimateRequest, MemoryPolicy};
-use t2v_pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
 use t2v_pipeline::scheduler::SamplerKind;
 use t2v_pipeline::PipelineError;
+use t2v_pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
 use t2v_proto::v1::Sampler;
 use tch::{Device, Kind, Tensor};
 
 use t2v_contract::defaults::{SINGLE_EXPERT_GUIDANCE, WAN22_T2V_A14B};
 
 use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice};
+use crate::generate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
 use crate::generate::{
     Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepHooks, StepInfo,
     VideoGenerator,
 };
 use crate::gpu::{human, Gpu};
 use crate::job::checkpoints::{checkpoint_metadata, Checkpoint};
-use crate::generate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
-
 
 /// The device `choice` names; `auto` takes CUDA device 0 when libtorch sees one.
 pub fn resolve_device(choice: DeviceChoice) -> Result<Device, GenerateError> {

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
-use super::{Job, Stop};
+use super::failure::Stop;
+use super::lifecycle::Job;
 use t2v_pipeline::checkpoint;
 
 use super::manifest;

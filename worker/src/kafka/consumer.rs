@@ -1,4 +1,4 @@
-//! `t2v-worker run`: the consumer loop (DESIGN.md "Delivery semantics", STYLE items 7–9).
+//! `t2v-worker run`: the consumer loop (docs/design.md "Delivery semantics").
 //!
 //! One job at a time, and the loop keeps polling all the while, so rebalances are served and the
 //! group never evicts the worker. The first record that arrives during a job is held as the next
@@ -37,12 +37,13 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, WorkerConfig};
-use crate::kafka::control;
 use crate::doctor::{self, Finding};
-use crate::kafka::events::{client_config, Publisher, SourceRecord};
 use crate::generate::{GenerateError, GeneratorThread, SyntheticGenerator, VideoGenerator};
 use crate::http::{self, Health};
 use crate::job::{self, Disposition, JobContext};
+use crate::kafka::client_config;
+use crate::kafka::control;
+use crate::kafka::events::{Publisher, SourceRecord};
 use crate::metrics::{phase, Metrics};
 use crate::storage::Storage;
 
@@ -139,7 +140,8 @@ pub fn build_generator(
             )))
         }
         Backend::Wan => {
-            let options = crate::generate::wan::load_options(model.device, model.dtype, model.memory_policy)?;
+            let options =
+                crate::generate::wan::load_options(model.device, model.dtype, model.memory_policy)?;
             tracing::info!(dir = %model.dir, ?options, "loading the Wan pipeline");
             let generator = crate::generate::wan::WanGenerator::load(
                 std::path::Path::new(&model.dir),
@@ -170,8 +172,13 @@ fn source_record<M: Message>(m: &M) -> SourceRecord {
     }
 }
 
-/// The running job: its task and the record's topic, partition and offset.
-type Running = (tokio::task::JoinHandle<Disposition>, String, i32, i64);
+/// The running job: its task and where its record came from.
+struct RunningJob {
+    task: tokio::task::JoinHandle<Disposition>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
 
 /// The running job's partition and its stop token, for the rebalance callback: a job whose
 /// partition moves to another worker stops at the next step with a checkpoint, so two workers
@@ -221,13 +228,18 @@ fn start_job(
     record: SourceRecord,
     shutdown: &CancellationToken,
     slot: &RunningPartition,
-) -> Running {
+) -> RunningJob {
     let (topic, partition, offset) = (record.topic.clone(), record.partition, record.offset);
     let stop = shutdown.child_token();
     slot.set(Some((topic.clone(), partition, stop.clone())));
     let ctx = ctx.clone();
-    let handle = tokio::spawn(async move { job::handle(&ctx, record, stop).await });
-    (handle, topic, partition, offset)
+    let task = tokio::spawn(async move { job::handle(&ctx, record, stop).await });
+    RunningJob {
+        task,
+        topic,
+        partition,
+        offset,
+    }
 }
 
 fn pause_all<C: ConsumerContext>(consumer: &StreamConsumer<C>) {
@@ -296,6 +308,42 @@ pub async fn run(
     let health = Arc::new(Health::default());
 
     // 1. HTTP first: /healthz answers while the weights load.
+    let http_task = serve_http(&cfg, &metrics, &health).await?;
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    // 2. Host checks: fail fast on what never heals.
+    startup_checks(&cfg).await?;
+    // 3. The generator loads on its own thread; meanwhile connect to storage and Kafka.
+    let Some(started) = start_services(&cfg, &stop, &metrics, &health).await? else {
+        return Ok(());
+    };
+    // 4. Join the group.
+    let shared = LoopShared::default();
+    let consumer = subscribe(&cfg, &shared, &health, &metrics)?;
+    // 5. The loop: one job at a time, polling all the while.
+    let publisher = started.ctx.publisher.clone();
+    ConsumerLoop::new(consumer, started.ctx, shared, stop)
+        .run()
+        .await?;
+    // 6. Stop the rest.
+    started.control_stop.cancel();
+    let _ = started.control_task.await;
+    publisher.flush(Duration::from_secs(5));
+    http_task.abort();
+    tracing::info!("left the group; bye");
+    Ok(())
+}
+
+async fn serve_http(
+    cfg: &WorkerConfig,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let (addr, http_task) = http::serve(&cfg.http, metrics.clone(), health.clone())
         .await
         .with_context(|| {
@@ -305,15 +353,12 @@ pub async fn run(
             )
         })?;
     tracing::info!(%addr, "HTTP server listening (/healthz, /readyz, /metrics)");
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        });
-    }
+    Ok(http_task)
+}
 
-    // 2. Host checks first (doctor's shm, model and GPU lines): fail fast on what never heals.
+/// Doctor's shm, model and GPU lines; any failure stops the start. The storage probe only
+/// informs (an outage is retried per job), so it runs alongside and does not hold up the start.
+async fn startup_checks(cfg: &Arc<WorkerConfig>) -> anyhow::Result<()> {
     let startup_cfg = cfg.clone();
     let findings = tokio::task::spawn_blocking(move || doctor::startup(&startup_cfg))
         .await
@@ -330,16 +375,28 @@ pub async fn run(
             failed.join("\n")
         );
     }
-    {
-        // The storage probe only informs (an outage is retried per job), so it does not hold
-        // up the start.
-        let cfg = cfg.clone();
-        tokio::spawn(async move { log_findings(&doctor::storage_probe(&cfg).await) });
-    }
+    let cfg = cfg.clone();
+    tokio::spawn(async move { log_findings(&doctor::storage_probe(&cfg).await) });
+    Ok(())
+}
 
-    // 3. The generator loads on its own thread; meanwhile connect to storage and Kafka.
-    let (generator, loaded) = GeneratorThread::start(build_generator(&cfg));
-    let worker_id = worker_id(&cfg);
+/// What the loop needs once the model is loaded, and the control reader to stop at the end.
+struct Started {
+    ctx: Arc<JobContext>,
+    control_stop: CancellationToken,
+    control_task: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the generator while storage, the producer and the control reader connect; waits for
+/// the control topic to be read to its end (30 s at most). `None`: shutdown came first.
+async fn start_services(
+    cfg: &Arc<WorkerConfig>,
+    stop: &CancellationToken,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<Option<Started>> {
+    let (generator, loaded) = GeneratorThread::start(build_generator(cfg));
+    let worker_id = worker_id(cfg);
     let storage = Storage::from_url(&cfg.storage.url, &cfg.jobs)?;
     let publisher = Publisher::new(&cfg.kafka, &cfg.jobs, &worker_id)
         .context("cannot create the Kafka producer")?;
@@ -349,7 +406,7 @@ pub async fn run(
             .context("cannot create the control-topic consumer")?;
     let (model, model_load) = tokio::select! {
         loaded = loaded => loaded.context("the generator thread died while loading")??,
-        _ = stop.cancelled() => return Ok(()),
+        _ = stop.cancelled() => return Ok(None),
     };
     metrics.phase(phase::MODEL_LOAD, model_load);
     health.model_loaded.store(true, Ordering::Relaxed);
@@ -363,13 +420,43 @@ pub async fn run(
         r = tokio::time::timeout(Duration::from_secs(30), caught_up.wait_for(|c| *c)) => {
             if r.is_err() { tracing::warn!("control topic not read to its end within 30 s; continuing"); }
         }
-        _ = stop.cancelled() => return Ok(()),
+        _ = stop.cancelled() => return Ok(None),
     }
+    let ctx = Arc::new(JobContext {
+        cfg: cfg.clone(),
+        publisher,
+        storage,
+        generator,
+        model,
+        model_load,
+        cancels,
+        metrics: metrics.clone(),
+    });
+    Ok(Some(Started {
+        ctx,
+        control_stop,
+        control_task,
+    }))
+}
 
-    // 4. Join the group.
-    let holding = Arc::new(AtomicBool::new(false));
-    let rebalances = Arc::new(AtomicU64::new(0));
-    let running_partition = Arc::new(RunningPartition::default());
+/// State the rebalance callback shares with the loop.
+#[derive(Default, Clone)]
+struct LoopShared {
+    /// Set while a record is held: partitions assigned now are paused too.
+    holding: Arc<AtomicBool>,
+    /// Counts rebalances, so a held record fetched before one is given back.
+    rebalances: Arc<AtomicU64>,
+    running_partition: Arc<RunningPartition>,
+}
+
+/// The group consumer: offsets stored by hand after the terminal event, committed in the
+/// background; cooperative-sticky; static membership when `instance_id` is set.
+fn subscribe(
+    cfg: &WorkerConfig,
+    shared: &LoopShared,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<StreamConsumer<WorkerContext>> {
     let k = &cfg.kafka;
     let mut consumer_cfg = client_config(k, "t2v-worker");
     consumer_cfg
@@ -394,9 +481,9 @@ pub async fn run(
     }
     let consumer: StreamConsumer<WorkerContext> = consumer_cfg
         .create_with_context(WorkerContext {
-            holding: holding.clone(),
-            rebalances: rebalances.clone(),
-            running: running_partition.clone(),
+            holding: shared.holding.clone(),
+            rebalances: shared.rebalances.clone(),
+            running: shared.running_partition.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             requests_topic: k.requests_topic.clone(),
@@ -408,121 +495,209 @@ pub async fn run(
     tracing::info!(
         group = k.group_id,
         topic = k.requests_topic,
-        worker_id,
+        worker_id = worker_id(cfg),
         "consuming"
     );
+    Ok(consumer)
+}
 
-    let ctx = Arc::new(JobContext {
-        cfg: cfg.clone(),
-        publisher: publisher.clone(),
-        storage,
-        generator,
-        model,
-        model_load,
-        cancels,
-        metrics: metrics.clone(),
-    });
-    // The running job may first finish its step, then write its checkpoint.
-    let drain =
-        Duration::from_secs(cfg.shutdown.drain_deadline_secs + cfg.checkpoint.max_write_secs);
-    let mut running: Option<Running> = None;
-    let mut held: Option<Held> = None;
-    let mut drain_until: Option<tokio::time::Instant> = None;
+/// Whether the loop goes on after an event.
+enum Next {
+    Continue,
+    Leave,
+}
 
-    // 5. The loop: one job at a time, polling all the while.
-    loop {
-        tokio::select! {
-            _ = stop.cancelled(), if drain_until.is_none() => {
-                tracing::info!(job_running = running.is_some(), "shutdown requested: taking no more work");
-                if running.is_none() {
-                    break;
-                }
-                drain_until = Some(tokio::time::Instant::now() + drain);
-            }
-            _ = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {
-                tracing::error!(deadline_s = drain.as_secs(), "drain deadline passed: leaving without the running job (its offset is not stored)");
-                break;
-            }
-            finished = async { (&mut running.as_mut().expect("guarded").0).await }, if running.is_some() => {
-                let (_, topic, partition, offset) = running.take().expect("guarded");
-                running_partition.set(None);
-                let disposition = finished.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "the job task failed; the record will be read again");
-                    Disposition::Redeliver
-                });
-                match disposition {
-                    Disposition::Done => {
-                        // rd_kafka_offset_store stores `offset + 1`, the next record to read.
-                        if let Err(e) = consumer.store_offset(&topic, partition, offset) {
-                            tracing::warn!(error = %e, partition, offset, "cannot store the offset (partition revoked?) — its next owner will see the manifest");
-                        } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-                            tracing::debug!(error = %e, "commit request not accepted");
-                        }
-                    }
-                    Disposition::Interrupted => {}
-                    Disposition::Redeliver => {
-                        if let Some(next) = held.take() {
-                            give_back(&consumer, &next.record);
-                        }
-                        if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
-                            tracing::warn!(error = %e, "cannot seek back to the record");
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                if stop.is_cancelled() {
-                    break;
-                }
-                if let Some(next) = held.take() {
-                    if next.rebalances == rebalances.load(Ordering::SeqCst) {
-                        running = Some(start_job(&ctx, next.record, &stop, &running_partition));
-                    } else {
-                        tracing::info!(partition = next.record.partition, offset = next.record.offset, "a rebalance happened since the next record was fetched: reading it again");
-                        give_back(&consumer, &next.record);
-                    }
-                }
-                if holding.swap(false, Ordering::SeqCst) {
-                    resume_all(&consumer);
-                }
-            }
-            message = consumer.recv() => match message {
-                Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
-                Ok(m) => {
-                    if stop.is_cancelled() || held.is_some() {
-                        // Fetched before its partition was paused: read it again later.
-                        let list = one_partition(m.topic(), m.partition());
-                        let _ = consumer.pause(&list);
-                        if let Err(e) = consumer.seek(m.topic(), m.partition(), Offset::Offset(m.offset()), Duration::from_secs(5)) {
-                            tracing::warn!(error = %e, "cannot seek back to a record fetched during a job");
-                        }
-                        continue;
-                    }
-                    let record = source_record(&m);
-                    drop(m);
-                    if running.is_some() {
-                        // The next job: hold it, and fetch nothing more until it starts.
-                        holding.store(true, Ordering::SeqCst);
-                        held = Some(Held { record, rebalances: rebalances.load(Ordering::SeqCst) });
-                        pause_all(&consumer);
-                        continue;
-                    }
-                    running = Some(start_job(&ctx, record, &stop, &running_partition));
-                }
-            },
+/// The consumer loop's state; one method per event it reacts to.
+struct ConsumerLoop {
+    consumer: StreamConsumer<WorkerContext>,
+    ctx: Arc<JobContext>,
+    shared: LoopShared,
+    stop: CancellationToken,
+    running: Option<RunningJob>,
+    held: Option<Held>,
+    /// The running job may first finish its step, then write its checkpoint.
+    drain: Duration,
+    drain_until: Option<tokio::time::Instant>,
+}
+
+impl ConsumerLoop {
+    fn new(
+        consumer: StreamConsumer<WorkerContext>,
+        ctx: Arc<JobContext>,
+        shared: LoopShared,
+        stop: CancellationToken,
+    ) -> Self {
+        let c = &ctx.cfg;
+        let drain =
+            Duration::from_secs(c.shutdown.drain_deadline_secs + c.checkpoint.max_write_secs);
+        Self {
+            consumer,
+            ctx,
+            shared,
+            stop,
+            running: None,
+            held: None,
+            drain,
+            drain_until: None,
         }
     }
 
-    // 6. Leave: commit what is done, close the consumer (leaves the group), stop the rest.
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "final commit: nothing to commit");
+    /// Polls until shutdown (and the drain) ends it, then leaves the group.
+    async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled(), if self.drain_until.is_none() => self.on_shutdown(),
+                _ = tokio::time::sleep_until(self.drain_until.unwrap_or_else(tokio::time::Instant::now)), if self.drain_until.is_some() => {
+                    tracing::error!(deadline_s = self.drain.as_secs(), "drain deadline passed: leaving without the running job (its offset is not stored)");
+                    Next::Leave
+                }
+                finished = async { (&mut self.running.as_mut().expect("guarded").task).await }, if self.running.is_some() => {
+                    let disposition = finished.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "the job task failed; the record will be read again");
+                        Disposition::Redeliver
+                    });
+                    self.on_job_finished(disposition).await
+                }
+                message = self.consumer.recv() => match message {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error");
+                        Next::Continue
+                    }
+                    Ok(m) => {
+                        if self.stop.is_cancelled() || self.held.is_some() {
+                            self.put_back_fetched(m.topic(), m.partition(), m.offset());
+                        } else {
+                            let record = source_record(&m);
+                            drop(m);
+                            self.on_record(record);
+                        }
+                        Next::Continue
+                    }
+                },
+            };
+            if let Next::Leave = next {
+                break;
+            }
+        }
+        self.leave().await
     }
-    tokio::task::spawn_blocking(move || drop(consumer))
-        .await
-        .context("closing the consumer")?;
-    control_stop.cancel();
-    let _ = control_task.await;
-    publisher.flush(Duration::from_secs(5));
-    http_task.abort();
-    tracing::info!("left the group; bye");
-    Ok(())
+
+    fn on_shutdown(&mut self) -> Next {
+        tracing::info!(
+            job_running = self.running.is_some(),
+            "shutdown requested: taking no more work"
+        );
+        if self.running.is_none() {
+            return Next::Leave;
+        }
+        self.drain_until = Some(tokio::time::Instant::now() + self.drain);
+        Next::Continue
+    }
+
+    /// Settles the finished job's offset, then starts the held record (if still ours) and
+    /// resumes fetching.
+    async fn on_job_finished(&mut self, disposition: Disposition) -> Next {
+        let job = self.running.take().expect("a job was running");
+        self.shared.running_partition.set(None);
+        match disposition {
+            Disposition::Done => self.store_offset(&job),
+            Disposition::Interrupted => {}
+            Disposition::Redeliver => self.read_again(&job).await,
+        }
+        if self.stop.is_cancelled() {
+            return Next::Leave;
+        }
+        if let Some(next) = self.held.take() {
+            if next.rebalances == self.shared.rebalances.load(Ordering::SeqCst) {
+                self.start(next.record);
+            } else {
+                tracing::info!(
+                    partition = next.record.partition,
+                    offset = next.record.offset,
+                    "a rebalance happened since the next record was fetched: reading it again"
+                );
+                give_back(&self.consumer, &next.record);
+            }
+        }
+        if self.shared.holding.swap(false, Ordering::SeqCst) {
+            resume_all(&self.consumer);
+        }
+        Next::Continue
+    }
+
+    /// The job's terminal event is acknowledged: its record is done.
+    fn store_offset(&self, job: &RunningJob) {
+        // rd_kafka_offset_store stores `offset + 1`, the next record to read.
+        if let Err(e) = self
+            .consumer
+            .store_offset(&job.topic, job.partition, job.offset)
+        {
+            tracing::warn!(error = %e, partition = job.partition, offset = job.offset, "cannot store the offset (partition revoked?) — its next owner will see the manifest");
+        } else if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!(error = %e, "commit request not accepted");
+        }
+    }
+
+    /// The job must run again: its record (and the held one) are read again after a pause.
+    async fn read_again(&mut self, job: &RunningJob) {
+        if let Some(next) = self.held.take() {
+            give_back(&self.consumer, &next.record);
+        }
+        if let Err(e) = self.consumer.seek(
+            &job.topic,
+            job.partition,
+            Offset::Offset(job.offset),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(error = %e, "cannot seek back to the record");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// A record fetched before its partition was paused (or after shutdown): read it again later.
+    fn put_back_fetched(&self, topic: &str, partition: i32, offset: i64) {
+        let _ = self.consumer.pause(&one_partition(topic, partition));
+        if let Err(e) = self.consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(error = %e, "cannot seek back to a record fetched during a job");
+        }
+    }
+
+    /// Starts `record` now, or holds it as the next job (fetching nothing more until it starts).
+    fn on_record(&mut self, record: SourceRecord) {
+        if self.running.is_none() {
+            self.start(record);
+            return;
+        }
+        self.shared.holding.store(true, Ordering::SeqCst);
+        self.held = Some(Held {
+            record,
+            rebalances: self.shared.rebalances.load(Ordering::SeqCst),
+        });
+        pause_all(&self.consumer);
+    }
+
+    fn start(&mut self, record: SourceRecord) {
+        self.running = Some(start_job(
+            &self.ctx,
+            record,
+            &self.stop,
+            &self.shared.running_partition,
+        ));
+    }
+
+    /// Commits what is done and closes the consumer, which leaves the group.
+    async fn leave(self) -> anyhow::Result<()> {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit: nothing to commit");
+        }
+        let consumer = self.consumer;
+        tokio::task::spawn_blocking(move || drop(consumer))
+            .await
+            .context("closing the consumer")
+    }
 }

@@ -44,12 +44,13 @@ pub fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
 /// The headers of a record whose value is the protobuf message `schema`, continuing `trace`.
 pub fn record_headers(schema: &str, trace: &TraceContext) -> OwnedHeaders {
     let pairs = t2v_contract::headers::record_headers(schema, trace);
-    pairs
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(pairs.len()), |acc, (key, value)| {
+    pairs.iter().fold(
+        OwnedHeaders::new_with_capacity(pairs.len()),
+        |acc, (key, value)| {
             acc.insert(Header {
                 key,
                 value: Some(value.as_str()),
             })
-        })
+        },
+    )
 }

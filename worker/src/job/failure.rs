@@ -1,0 +1,241 @@
+//! How a job that ends early is classified, and what each class publishes:
+//!
+//! | class | event | retried | DLQ copy |
+//! |---|---|---|---|
+//! | [`Failure::invalid_input`] — the request can never run | Failed | no | yes |
+//! | [`Failure::poison`] — the job keeps crashing workers, or its stored state is unreadable | Failed | no | yes |
+//! | [`Failure::refused`] — not for this fleet now (model, deadline, memory) | Failed | no | no |
+//! | [`Failure::internal`] — a fault on our side another run may not hit | Failed (retryable) | by the client | no |
+//! | [`Stop::StorageDown`] — object storage down after in-place retries | none | re-queued with attempt + 1 | no |
+//! | [`Stop::Kafka`] — Kafka did not acknowledge | none | the record is read again | no |
+//! | [`Stop::Canceled`] | Canceled | no | no |
+//! | [`Stop::Interrupted`] — shutdown or the partition moved | none | the next owner resumes | no |
+//!
+//! In-place retries with backoff (storage, Kafka sends) happen below this, in [`crate::retry`].
+
+use rdkafka::error::KafkaError;
+use t2v_contract::validate;
+use t2v_proto::v1::{generation_event::Kind, Canceled, ErrorCode, Failed};
+
+use super::lifecycle::Job;
+use super::Disposition;
+use crate::generate::GenerateError;
+use crate::metrics::outcome;
+use crate::storage::StorageError;
+
+/// A Failed event to publish, and whether the request also goes to the DLQ.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Said in the Failed event: the client may submit the same request again.
+    pub retryable: bool,
+    pub dead_letter: bool,
+}
+
+impl Failure {
+    /// The request breaks its documented bounds or the model's limits: never retried; a copy
+    /// goes to the DLQ.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message, false, true)
+    }
+
+    /// The job cannot be run without a person looking at it (it kept crashing workers, or its
+    /// stored state is unreadable): never retried; a copy goes to the DLQ.
+    pub fn poison(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(code, message, false, true)
+    }
+
+    /// A valid request this fleet will not run (another model, a passed deadline, settings that
+    /// do not fit in memory): final, no DLQ copy.
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(code, message, false, false)
+    }
+
+    /// A fault on our side (model load, encoder, a bug): the event says retryable.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message, true, false)
+    }
+
+    fn new(
+        code: ErrorCode,
+        message: impl Into<String>,
+        retryable: bool,
+        dead_letter: bool,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retryable,
+            dead_letter,
+        }
+    }
+}
+
+/// A job ended early with this terminal event (or without one, for `Interrupted`, `StorageDown`
+/// and `Kafka`).
+pub enum Stop {
+    Failed(Failure),
+    Canceled { reason: String, at_step: u32 },
+    Interrupted,
+    StorageDown(StorageError),
+    Kafka(KafkaError),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Stop::Failed(f)
+    }
+}
+
+impl From<StorageError> for Stop {
+    fn from(e: StorageError) -> Self {
+        Stop::StorageDown(e)
+    }
+}
+
+impl From<KafkaError> for Stop {
+    fn from(e: KafkaError) -> Self {
+        Stop::Kafka(e)
+    }
+}
+
+/// A generator's error as a failure (`Stopped` is the caller's: cancel or interruption).
+pub fn generate_failure(e: GenerateError) -> Failure {
+    match e {
+        GenerateError::OutOfMemory { message } => {
+            Failure::refused(ErrorCode::ResourceExhausted, message)
+        }
+        GenerateError::InvalidInput(message) => Failure::invalid_input(message),
+        e @ (GenerateError::Load(_)
+        | GenerateError::Internal(_)
+        | GenerateError::Stopped { .. }) => Failure::internal(e.to_string()),
+    }
+}
+
+/// What a finished stop did: the offset's fate, the outcome label and a detail for the log.
+type Finished = (Disposition, &'static str, String);
+
+impl Job<'_> {
+    /// Turns an early stop into its terminal event, DLQ copy or re-queue.
+    pub(super) async fn finish_stop(&self, stop: Stop) -> Finished {
+        let (sent, label, detail) = match stop {
+            Stop::Failed(failure) => self.finish_failed(failure).await,
+            Stop::Canceled { reason, at_step } => {
+                let detail = format!("CANCELED at step {at_step}: {reason}");
+                let sent = self.emit(Kind::Canceled(Canceled { reason, at_step })).await;
+                (sent, outcome::CANCELED, detail)
+            }
+            Stop::Interrupted => {
+                return (
+                    Disposition::Interrupted,
+                    outcome::INTERRUPTED,
+                    format!(
+                        "interrupted after step {} (shutdown, or the partition moved to another worker)",
+                        self.at_step
+                    ),
+                )
+            }
+            Stop::StorageDown(e) => self.finish_storage_down(e).await,
+            Stop::Kafka(e) => (Err(e), outcome::FAILED, String::new()),
+        };
+        match sent {
+            Ok(()) => (Disposition::Done, label, detail),
+            Err(e) => {
+                tracing::error!(error = %e, "Kafka did not acknowledge; the record will be read again");
+                (
+                    Disposition::Redeliver,
+                    outcome::FAILED,
+                    format!("Kafka unavailable: {e}"),
+                )
+            }
+        }
+    }
+
+    async fn finish_failed(&self, f: Failure) -> (Result<(), KafkaError>, &'static str, String) {
+        let code = f.code.as_str_name();
+        let sent = async {
+            if f.dead_letter {
+                let reason = format!("{code}: {}", f.message);
+                self.ctx
+                    .publisher
+                    .dead_letter(self.record, &reason, self.req.attempt)
+                    .await?;
+            }
+            self.emit(Kind::Failed(Failed {
+                code: f.code as i32,
+                message: f.message.clone(),
+                retryable: f.retryable,
+            }))
+            .await
+        }
+        .await;
+        if sent.is_ok() {
+            // Failed is final for this job id: its checkpoints would only cost storage.
+            self.delete_checkpoints().await;
+        }
+        tracing::warn!(code, message = f.message, "job failed");
+        (sent, outcome::FAILED, code.to_string())
+    }
+
+    /// Storage stayed down through the in-place retries: re-queue the request with attempt + 1
+    /// (the attempt bound ends it with a retryable Failed).
+    async fn finish_storage_down(
+        &self,
+        e: StorageError,
+    ) -> (Result<(), KafkaError>, &'static str, String) {
+        tracing::warn!(error = %e, "object store unavailable after retries");
+        if self.req.attempt < validate::MAX_ATTEMPT {
+            let mut again = self.req.clone();
+            again.attempt += 1;
+            let sent = self.ctx.publisher.requeue(&again, &self.trace).await;
+            let detail = format!("re-queued as attempt {}: {e}", again.attempt);
+            return (sent, outcome::REQUEUED, detail);
+        }
+        let sent = self
+            .emit(Kind::Failed(Failed {
+                code: ErrorCode::Unavailable as i32,
+                message: e.to_string(),
+                retryable: true,
+            }))
+            .await;
+        (sent, outcome::FAILED, "ERROR_CODE_UNAVAILABLE".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_class_says_what_is_retried_and_what_goes_to_the_dlq() {
+        let bad = Failure::invalid_input("x");
+        assert_eq!(
+            (bad.code, bad.retryable, bad.dead_letter),
+            (ErrorCode::InvalidArgument, false, true)
+        );
+        let poison = Failure::poison(ErrorCode::AttemptsExhausted, "x");
+        assert_eq!((poison.retryable, poison.dead_letter), (false, true));
+        let refused = Failure::refused(ErrorCode::ModelNotFound, "x");
+        assert_eq!((refused.retryable, refused.dead_letter), (false, false));
+        let internal = Failure::internal("x");
+        assert_eq!(
+            (internal.code, internal.retryable, internal.dead_letter),
+            (ErrorCode::Internal, true, false)
+        );
+        let oom = generate_failure(GenerateError::OutOfMemory {
+            message: "m".into(),
+        });
+        assert_eq!(
+            (oom.code, oom.dead_letter),
+            (ErrorCode::ResourceExhausted, false)
+        );
+        let invalid = generate_failure(GenerateError::InvalidInput("m".into()));
+        assert_eq!(
+            (invalid.code, invalid.dead_letter),
+            (ErrorCode::InvalidArgument, true)
+        );
+        let load = generate_failure(GenerateError::Load("m".into()));
+        assert_eq!((load.code, load.retryable), (ErrorCode::Internal, true));
+    }
+}

@@ -1,0 +1,479 @@
+//! One request's life after decoding: validate → manifest lookup → Accepted → attempt marker →
+//! Started → generate with Progress (throttled) → MP4 + thumbnail → upload → manifest
+//! (create-only, the commit point) → Completed. An early end is a [`Stop`], classified and
+//! published by [`super::failure`].
+
+use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use rdkafka::error::KafkaError;
+use t2v_contract::{now_unix_ms, sha256_hex, validate, TraceContext};
+use t2v_proto::v1::{
+    generation_event::Kind, Accepted, ErrorCode, GenerationEvent, GenerationRequest, Progress,
+    Sampler, Started,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::attempts;
+use super::checkpoints::{Checkpoint, JobHooks};
+use super::failure::{generate_failure, Failure, Stop};
+use super::manifest::{self, Manifest, StoredFile, TimingsMs};
+use super::{default_seed, JobContext};
+use crate::generate::{GenerateError, Generated, JobSpec, StepInfo};
+use crate::kafka::events::SourceRecord;
+use crate::media;
+use crate::metrics::{outcome, phase};
+use crate::storage::StorageError;
+use crate::trace::phase_span;
+
+pub(super) struct Job<'a> {
+    pub(super) ctx: &'a JobContext,
+    /// Shutdown, or this record's partition revoked: stop at the next step, checkpoint, no event.
+    pub(super) stop: CancellationToken,
+    pub(super) record: &'a SourceRecord,
+    pub(super) req: GenerationRequest,
+    pub(super) trace: TraceContext,
+    pub(super) accepted_at: Instant,
+    pub(super) timings: TimingsMs,
+    pub(super) at_step: u32,
+}
+
+/// The encoded outputs, read into memory for upload.
+struct Encoded {
+    video: Bytes,
+    thumbnail: Bytes,
+}
+
+impl Job<'_> {
+    fn event(&self, kind: Kind) -> GenerationEvent {
+        GenerationEvent {
+            job_id: self.req.job_id.clone(),
+            emitted_at_unix_ms: now_unix_ms(),
+            worker_id: self.ctx.publisher.worker_id.clone(),
+            attempt: self.req.attempt,
+            labels: self.req.labels.clone(),
+            kind: Some(kind),
+        }
+    }
+
+    pub(super) async fn emit(&self, kind: Kind) -> Result<(), KafkaError> {
+        self.ctx
+            .publisher
+            .event(&self.event(kind), &self.trace)
+            .await
+    }
+
+    /// The whole lifecycle after decoding; the `Ok` value is the outcome label.
+    pub(super) async fn run(&mut self) -> Result<&'static str, Stop> {
+        let ctx = self.ctx;
+        // 1. Validate, before anything else touches the request.
+        self.check_admissible()?;
+        // 2. Dedupe: a manifest means the job completed; announce the same Completed again.
+        let manifest_key = ctx.storage.job_path(&self.req.job_id, manifest::FILE_NAME);
+        if let Some(bytes) = ctx.storage.get(&manifest_key).await? {
+            self.delete_checkpoints().await;
+            self.republish(&manifest_key, &bytes).await?;
+            return Ok(outcome::DUPLICATE);
+        }
+        // 3. Accepted, then the attempt marker (poison jobs stop after max_attempts).
+        self.accept().await?;
+        let (previous, marker) = attempts::claim(
+            &ctx.storage,
+            &self.req.job_id,
+            self.req.attempt,
+            &ctx.publisher.worker_id,
+        )
+        .await?;
+        if previous >= ctx.cfg.jobs.max_attempts {
+            return Err(Failure::poison(
+                ErrorCode::AttemptsExhausted,
+                format!(
+                    "{previous} earlier attempts started and never finished (limit jobs.max_attempts = {}); the request is in the DLQ — inspect it before replaying",
+                    ctx.cfg.jobs.max_attempts
+                ),
+            )
+            .into());
+        }
+        // 4.–7. Generate, encode, upload, commit.
+        let result = self.generate_and_store().await;
+        if matches!(result, Err(Stop::Interrupted | Stop::StorageDown(_))) {
+            // A clean stop is not a crash: give the attempt back.
+            let _ = ctx.storage.delete(&marker).await;
+        }
+        result
+    }
+
+    /// Bounds, model, deadline and cancel: what ends a job before any work.
+    fn check_admissible(&self) -> Result<(), Stop> {
+        let (ctx, req) = (self.ctx, &self.req);
+        validate::job_id(&req.job_id)
+            .and_then(|()| validate::request(req))
+            .map_err(|e| Failure::invalid_input(e.to_string()))?;
+        if req.model != ctx.model.name {
+            return Err(Failure::refused(
+                ErrorCode::ModelNotFound,
+                format!(
+                    "this fleet serves model {:?}, not {:?} — submit to the fleet that serves it",
+                    ctx.model.name, req.model
+                ),
+            )
+            .into());
+        }
+        if req.deadline_unix_ms != 0 && now_unix_ms() > req.deadline_unix_ms {
+            return Err(Failure::refused(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "the deadline ({} ms since epoch) passed before the job started",
+                    req.deadline_unix_ms
+                ),
+            )
+            .into());
+        }
+        if let Some(reason) = ctx.cancels.reason(&req.job_id) {
+            return Err(Stop::Canceled { reason, at_step: 0 });
+        }
+        Ok(())
+    }
+
+    async fn accept(&mut self) -> Result<(), KafkaError> {
+        let req = &self.req;
+        self.timings.queue_wait = now_unix_ms().saturating_sub(req.submitted_at_unix_ms);
+        if req.submitted_at_unix_ms > 0 {
+            self.ctx.metrics.phase(
+                phase::QUEUE_WAIT,
+                Duration::from_millis(self.timings.queue_wait),
+            );
+        }
+        self.emit(Kind::Accepted(Accepted {
+            queue_wait_ms: self.timings.queue_wait,
+        }))
+        .await
+    }
+
+    pub(super) async fn republish(&self, key: &Path, bytes: &Bytes) -> Result<(), Stop> {
+        let manifest = Manifest::from_bytes(bytes).map_err(|e| {
+            Failure::poison(
+                ErrorCode::Internal,
+                format!("the stored manifest {key} is unreadable ({e}) — delete it to let the job run again"),
+            )
+        })?;
+        let completed = manifest.completed(&self.ctx.storage.uri(key), bytes);
+        self.emit(Kind::Completed(completed)).await?;
+        Ok(())
+    }
+
+    fn spec(&self) -> JobSpec {
+        let (req, d) = (&self.req, self.ctx.model.defaults);
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        JobSpec {
+            job_id: req.job_id.clone(),
+            prompt: req.prompt.clone(),
+            negative_prompt: req.negative_prompt.clone(),
+            width: or(req.width, d.width),
+            height: or(req.height, d.height),
+            num_frames: or(req.num_frames, d.num_frames),
+            fps: or(req.fps, d.fps),
+            steps: or(req.num_inference_steps, d.steps),
+            guidance_scale: req.guidance_scale,
+            guidance_scale_2: req.guidance_scale_2,
+            shift: req.shift,
+            sampler: Sampler::try_from(req.sampler).unwrap_or(Sampler::Unspecified),
+            seed: req.seed.unwrap_or_else(|| default_seed(&req.job_id)),
+        }
+    }
+
+    async fn generate_and_store(&mut self) -> Result<&'static str, Stop> {
+        let spec = self.spec();
+        self.timings.model_load = self.ctx.model_load.as_millis() as u64;
+        let resume = self.find_checkpoint(&spec).await?;
+        self.announce_started(&spec, resume.as_ref().map_or(0, |c| c.step))
+            .await?;
+        let generated = self.generate(&spec, resume).await?;
+        let encoded = self.encode(&spec, &generated).await?;
+        drop(generated);
+        let (video, thumbnail) = self.upload_outputs(encoded).await?;
+        let manifest = self.manifest(&spec, video, thumbnail);
+        self.commit(manifest).await
+    }
+
+    async fn announce_started(
+        &self,
+        spec: &JobSpec,
+        resumed_from_step: u32,
+    ) -> Result<(), KafkaError> {
+        let model = &self.ctx.model;
+        self.emit(Kind::Started(Started {
+            model: model.name.clone(),
+            model_revision: model.revision.clone(),
+            seed: spec.seed,
+            total_steps: spec.steps,
+            resumed_from_step,
+            width: spec.width,
+            height: spec.height,
+            num_frames: spec.num_frames,
+        }))
+        .await
+    }
+
+    /// Step 4: generates on the generator thread (from `resume` when given) while Progress goes
+    /// out from here, at most one per interval, and due checkpoints are written.
+    async fn generate(
+        &mut self,
+        spec: &JobSpec,
+        resume: Option<Checkpoint>,
+    ) -> Result<Generated, Stop> {
+        let ctx = self.ctx;
+        let resumed_from_step = resume.as_ref().map_or(0, |c| c.step);
+        let (steps_tx, steps_rx) = tokio::sync::mpsc::unbounded_channel::<StepInfo>();
+        let (writer_tx, writer_rx) = tokio::sync::mpsc::unbounded_channel::<Checkpoint>();
+        let in_flight = Arc::new(AtomicBool::new(false));
+        let hooks = self.step_hooks(
+            spec,
+            steps_tx,
+            writer_tx,
+            in_flight.clone(),
+            resumed_from_step,
+        );
+        let writer = self.write_checkpoints(writer_rx, in_flight, resume.as_ref().map(|c| c.step));
+        let progress = self.report_progress(steps_rx, resumed_from_step);
+        let (generated, last_step, ()) = async {
+            tokio::join!(
+                ctx.generator.generate(spec.clone(), resume, hooks),
+                progress,
+                writer
+            )
+        }
+        .instrument(phase_span("generate"))
+        .await;
+        self.at_step = last_step;
+        let generated = match generated {
+            Ok(g) => g,
+            Err(GenerateError::Stopped { at_step }) => {
+                self.at_step = at_step;
+                return Err(self.stopped(at_step).await);
+            }
+            Err(e) => return Err(generate_failure(e).into()),
+        };
+        self.record_pipeline_timings(&generated);
+        Ok(generated)
+    }
+
+    /// The hooks the generator thread calls at every step: progress out, stop on shutdown or
+    /// cancel, checkpoints when due.
+    fn step_hooks(
+        &self,
+        spec: &JobSpec,
+        steps: tokio::sync::mpsc::UnboundedSender<StepInfo>,
+        writer: tokio::sync::mpsc::UnboundedSender<Checkpoint>,
+        in_flight: Arc<AtomicBool>,
+        resumed_from_step: u32,
+    ) -> JobHooks<impl FnMut(StepInfo) -> ControlFlow<()> + Send + 'static> {
+        let ctx = self.ctx;
+        let (cancels, metrics, job_id) = (
+            ctx.cancels.clone(),
+            ctx.metrics.clone(),
+            spec.job_id.clone(),
+        );
+        let stop_on = self.stop.clone();
+        let on_step = move |step: StepInfo| {
+            metrics.step_done();
+            let _ = steps.send(step);
+            if stop_on.is_cancelled() || cancels.reason(&job_id).is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        JobHooks {
+            on_step,
+            every_steps: ctx.cfg.checkpoint.every_steps,
+            every_secs: ctx.cfg.checkpoint.every_secs,
+            last_step: resumed_from_step,
+            last_at: Instant::now(),
+            in_flight,
+            shutdown: self.stop.clone(),
+            writer,
+        }
+    }
+
+    /// Publishes Progress for the steps the generator reports, at most one per
+    /// `progress_interval_ms`; returns the last step seen.
+    async fn report_progress(
+        &self,
+        mut steps: UnboundedReceiver<StepInfo>,
+        resumed_from_step: u32,
+    ) -> u32 {
+        let interval = Duration::from_millis(self.ctx.cfg.jobs.progress_interval_ms);
+        let started = Instant::now();
+        let mut last_sent: Option<Instant> = None;
+        let mut last_step = 0;
+        while let Some(s) = steps.recv().await {
+            last_step = s.step;
+            if last_sent.is_some_and(|t| t.elapsed() < interval) {
+                continue;
+            }
+            last_sent = Some(Instant::now());
+            let per_step = started.elapsed() / s.step.saturating_sub(resumed_from_step).max(1);
+            let event = Kind::Progress(Progress {
+                step: s.step,
+                total_steps: s.total,
+                timestep: s.timestep,
+                eta_ms: (per_step * (s.total - s.step)).as_millis() as u64,
+                resumed_from_step,
+            });
+            if let Err(e) = self.emit(event).await {
+                tracing::warn!(error = %e, "a Progress event was not delivered");
+            }
+        }
+        last_step
+    }
+
+    /// The generator stopped at a step boundary: a cancel (checkpoints deleted) or an
+    /// interruption (the checkpoint stays for the next owner).
+    async fn stopped(&self, at_step: u32) -> Stop {
+        match self.ctx.cancels.reason(&self.req.job_id) {
+            Some(reason) => {
+                self.delete_checkpoints().await;
+                Stop::Canceled { reason, at_step }
+            }
+            None => Stop::Interrupted,
+        }
+    }
+
+    fn record_pipeline_timings(&mut self, generated: &Generated) {
+        let t = generated.timings;
+        self.timings.text_encode = t.text_encode.as_millis() as u64;
+        self.timings.denoise = t.denoise.as_millis() as u64;
+        self.timings.vae_decode = t.vae_decode.as_millis() as u64;
+        for (name, took) in [
+            (phase::TEXT_ENCODE, t.text_encode),
+            (phase::DENOISE, t.denoise),
+            (phase::VAE_DECODE, t.vae_decode),
+        ] {
+            self.ctx.metrics.phase(name, took);
+        }
+    }
+
+    /// Step 5: MP4 and thumbnail through ffmpeg, read back into memory.
+    async fn encode(&mut self, spec: &JobSpec, generated: &Generated) -> Result<Encoded, Stop> {
+        let ctx = self.ctx;
+        let started = Instant::now();
+        let files = media::encode(&ctx.cfg.media, &generated.frames, spec.fps, &spec.job_id)
+            .instrument(phase_span("encode"))
+            .await
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path)
+                .map(Bytes::from)
+                .map_err(|e| Failure::internal(format!("cannot read the {what}: {e}")))
+        };
+        let encoded = Encoded {
+            video: read(&files.video, "encoded video")?,
+            thumbnail: read(&files.thumbnail, "thumbnail")?,
+        };
+        drop(files);
+        let took = started.elapsed();
+        self.timings.encode = took.as_millis() as u64;
+        ctx.metrics.phase(phase::ENCODE, took);
+        Ok(encoded)
+    }
+
+    /// Step 6: the video and thumbnail at their deterministic keys.
+    async fn upload_outputs(&mut self, encoded: Encoded) -> Result<(StoredFile, StoredFile), Stop> {
+        let started = Instant::now();
+        let stored = async {
+            let video = self.upload("video.mp4", encoded.video, "video/mp4").await?;
+            let thumbnail = self
+                .upload("thumbnail.jpg", encoded.thumbnail, "image/jpeg")
+                .await?;
+            Ok::<_, Stop>((video, thumbnail))
+        }
+        .instrument(phase_span("upload"))
+        .await?;
+        let took = started.elapsed();
+        self.timings.upload = took.as_millis() as u64;
+        self.ctx.metrics.phase(phase::UPLOAD, took);
+        Ok(stored)
+    }
+
+    async fn upload(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<StoredFile, Stop> {
+        let key = self.ctx.storage.job_path(&self.req.job_id, name);
+        let file = StoredFile {
+            uri: self.ctx.storage.uri(&key),
+            size_bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            content_type: content_type.into(),
+        };
+        self.ctx
+            .storage
+            .put(&key, bytes, content_type, false)
+            .await?;
+        Ok(file)
+    }
+
+    fn manifest(&mut self, spec: &JobSpec, video: StoredFile, thumbnail: StoredFile) -> Manifest {
+        let ctx = self.ctx;
+        self.timings.total = self.accepted_at.elapsed().as_millis() as u64;
+        Manifest {
+            format: 1,
+            job_id: spec.job_id.clone(),
+            model: ctx.model.name.clone(),
+            model_revision: ctx.model.revision.clone(),
+            prompt: spec.prompt.clone(),
+            negative_prompt: spec.negative_prompt.clone(),
+            seed: spec.seed,
+            width: spec.width,
+            height: spec.height,
+            num_frames: spec.num_frames,
+            fps: spec.fps,
+            num_inference_steps: spec.steps,
+            labels: self.req.labels.clone().into_iter().collect(),
+            video,
+            thumbnail,
+            timings_ms: self.timings,
+            worker_id: ctx.publisher.worker_id.clone(),
+            created_at_unix_ms: now_unix_ms(),
+        }
+    }
+
+    /// Steps 6–7: the manifest, create-only (the commit point), then Completed — traced as one phase
+    /// (`commit`). When another worker committed first, its result is announced, not ours.
+    async fn commit(&self, manifest: Manifest) -> Result<&'static str, Stop> {
+        let ctx = self.ctx;
+        async {
+            let key = ctx.storage.job_path(&manifest.job_id, manifest::FILE_NAME);
+            let bytes = Bytes::from(manifest.to_bytes());
+            match ctx
+                .storage
+                .put(&key, bytes.clone(), manifest::CONTENT_TYPE, true)
+                .await
+            {
+                Ok(()) => {}
+                Err(StorageError::AlreadyExists(_)) => {
+                    let stored = ctx.storage.get(&key).await?.unwrap_or_default();
+                    self.republish(&key, &stored).await?;
+                    return Ok(outcome::DUPLICATE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // The checkpoints are of no use any more.
+            self.delete_checkpoints().await;
+            let completed = manifest.completed(&ctx.storage.uri(&key), &bytes);
+            self.emit(Kind::Completed(completed)).await?;
+            Ok::<_, Stop>(outcome::COMPLETED)
+        }
+        .instrument(phase_span("commit"))
+        .await
+    }
+}
