@@ -33,8 +33,8 @@ fn torch_lib_in_venv() -> Option<PathBuf> {
 }
 
 /// No symbol of libtorch_cuda.so is referenced directly, so the linker's `--as-needed` drops it
-/// and `tch::Cuda::is_available()` then reports false on a GPU host (see shared/GPU.md): link it
-/// unconditionally when `lib` has it.
+/// and `tch::Cuda::is_available()` then reports false on a GPU host: link it unconditionally
+/// when `lib` has it.
 pub fn keep_torch_cuda_linked(lib: &std::path::Path) {
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -2,7 +2,7 @@
 //! shared with pipeline/build.rs), and record libtorch's directory as the binary's run path.
 //!
 //! - No symbol of libtorch_cuda.so is referenced directly, so the linker's `--as-needed` drops it
-//!   and `tch::Cuda::is_available()` then reports false on a GPU host (see shared/GPU.md).
+//!   and `tch::Cuda::is_available()` then reports false on a GPU host.
 //! - The run path lets `t2v-worker` start without `LD_LIBRARY_PATH` (tests start it with a
 //!   cleared environment); an image that moves libtorch still sets `LD_LIBRARY_PATH`.
 //! - `T2V_TORCH_CUDA` (read by src/gpu.rs): the CUDA version libtorch was built for, `cpu` for a

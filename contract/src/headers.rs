@@ -34,10 +34,18 @@ pub fn record_headers(schema: &str, trace: &TraceContext) -> Vec<(&'static str, 
     headers
 }
 
+/// The longest `tracestate` carried on (W3C trace context: 32 list members, and vendors must
+/// propagate at least 512 characters); a longer one is dropped, not cut, as the spec allows.
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
 /// The trace context that a record's `traceparent` and `tracestate` header values carry, if any.
+/// An invalid `traceparent` gives none; a `tracestate` over [`MAX_TRACESTATE_BYTES`] or with
+/// characters outside printable ASCII is dropped, so every event copies at most that much.
 pub fn trace_context(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<TraceContext> {
     let mut ctx = TraceContext::parse(traceparent?)?;
-    ctx.tracestate = tracestate.map(str::to_owned);
+    ctx.tracestate = tracestate
+        .filter(|s| s.len() <= MAX_TRACESTATE_BYTES && s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .map(str::to_owned);
     Some(ctx)
 }
 
@@ -58,5 +66,18 @@ mod tests {
         assert_eq!(headers[3], (TRACESTATE, "vendor=1".into()));
         let back = trace_context(Some(&headers[2].1), Some(&headers[3].1)).unwrap();
         assert_eq!(back, trace);
+    }
+
+    #[test]
+    fn an_oversized_or_binary_tracestate_is_dropped() {
+        let parent = TraceContext::new_root().traceparent();
+        let huge = "a=".to_string() + &"b".repeat(MAX_TRACESTATE_BYTES);
+        let ctx = trace_context(Some(&parent), Some(&huge)).unwrap();
+        assert_eq!(ctx.tracestate, None);
+        let ctx = trace_context(Some(&parent), Some("vendor=1,other=x")).unwrap();
+        assert_eq!(ctx.tracestate.as_deref(), Some("vendor=1,other=x"));
+        let ctx = trace_context(Some(&parent), Some("a=1\n")).unwrap();
+        assert_eq!(ctx.tracestate, None);
+        assert_eq!(trace_context(Some("00-zz"), Some("a=1")), None);
     }
 }

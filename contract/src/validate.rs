@@ -37,6 +37,34 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 pub const MAX_ATTEMPT: u32 = 100;
+/// The largest encoded `GenerationRequest` the fleet takes. Every field at its bound fits in
+/// well under half of it; the worker dead-letters larger records without decoding them.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The longest Failed message and DLQ reason: what a person reads, not a copy of the input.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when something was cut.
+pub fn truncate_reason(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The size of an encoded request: at most [`MAX_REQUEST_BYTES`].
+pub fn request_size(encoded_len: usize) -> Result<(), InvalidRequest> {
+    if encoded_len > MAX_REQUEST_BYTES {
+        return Err(invalid(
+            "request",
+            format!("the encoded request is {encoded_len} bytes, more than the {MAX_REQUEST_BYTES} allowed — shorten the prompts or labels"),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a job id (also used for Cancel): 1..=128 chars of `[A-Za-z0-9._-]`.
 pub fn job_id(id: &str) -> Result<(), InvalidRequest> {
@@ -105,6 +133,7 @@ fn guidance(field: &'static str, value: Option<f32>) -> Result<(), InvalidReques
 
 /// Checks every documented bound. `job_id` may be empty here: the submitter assigns one.
 pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
+    request_size(prost::Message::encoded_len(req))?;
     if !req.job_id.is_empty() {
         job_id(&req.job_id)?;
     }
@@ -232,6 +261,20 @@ mod tests {
             num_frames: 81,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn oversized_requests_and_reasons_are_bounded() {
+        let mut req = valid();
+        req.labels.insert("k".into(), "v".repeat(MAX_REQUEST_BYTES));
+        assert_eq!(request(&req).unwrap_err().field, "request");
+        let cut = truncate_reason(&"é".repeat(MAX_REASON_BYTES), MAX_REASON_BYTES);
+        assert!(
+            cut.len() <= MAX_REASON_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(truncate_reason("short", MAX_REASON_BYTES), "short");
     }
 
     #[test]

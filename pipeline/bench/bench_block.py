@@ -2,7 +2,8 @@
 counterpart of `cargo run --release -p t2v-pipeline --example bench_block` (same pieces, same
 shapes, same timing: median of --runs calls after two warm-ups, CUDA synchronised around each).
 
-Random bf16 weights drawn as the Rust example draws them (N(0, 0.02), q/k/norm2 gains 1),
+Random bf16 weights drawn as the Rust example draws them (`loader::random_weights`: N(0, 0.02),
+norm gains 1),
 diffusers' `_keep_in_fp32_modules` in f32. "rope apply" is the rotation
 diffusers' `WanAttnProcessor` applies to q and k (re-stated here: it is a closure there).
 
@@ -67,7 +68,7 @@ def main():
     torch.set_default_dtype(torch.float32)
     for name, param in model.named_parameters():
         with torch.no_grad():
-            if name.endswith(("norm_q.weight", "norm_k.weight", "norm2.weight")):
+            if name.endswith("gamma") or (param.dim() == 1 and "norm" in name):
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02)

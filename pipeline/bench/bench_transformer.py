@@ -4,8 +4,8 @@
 The Wan2.2 T2V-A14B expert (14.3 B parameters) with random weights, created on CUDA in bf16
 with diffusers' `_keep_in_fp32_modules` in fp32 (as `from_pretrained(torch_dtype=bf16)` leaves
 them), one forward at 480×832 and 1280×720, 81 frames, 512 text tokens, native SDPA attention.
-`--init normal` (the default) draws the weights as the Rust example does (N(0, 0.02), q/k/norm2
-gains 1), so both run on the same weight distribution (an H100's clocks can depend on the data);
+`--init normal` (the default) draws the weights as the Rust example does (`loader::random_weights`:
+N(0, 0.02), norm gains 1), so both run on the same weight distribution (an H100's clocks can depend on the data);
 `--init default` keeps diffusers' own initialisation.
 Prints the median / min time after a warm-up, TFLOP/s (same FLOP count as the Rust example),
 torch.cuda.max_memory_allocated / max_memory_reserved, and the process memory nvidia-smi reports
@@ -81,7 +81,7 @@ def main():
     for name, param in model.named_parameters():
         if args.init == "normal":
             with torch.no_grad():
-                if name.endswith(("norm_q.weight", "norm_k.weight", "norm2.weight")):
+                if name.endswith("gamma") or (param.dim() == 1 and "norm" in name):
                     param.fill_(1.0)
                 else:
                     param.normal_(0.0, 0.02)

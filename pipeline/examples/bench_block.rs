@@ -15,8 +15,9 @@
 use std::time::Instant;
 
 use t2v_pipeline::wan::rope::apply_rotary_emb;
-use t2v_pipeline::wan::{TransformerConfig, WanTransformer3DModel};
-use tch::{nn, Cuda, Device, Kind, Tensor};
+use tch::{Cuda, Device, Kind, Tensor};
+
+mod common;
 
 const VAE_STRIDE: [i64; 3] = [4, 8, 8];
 const TEXT_LEN: i64 = 512;
@@ -30,25 +31,11 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let (mut runs, mut sizes, mut frames) = (10, vec![(480, 832), (720, 1280)], 81);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+    for (flag, value) in common::flags()? {
         match flag.as_str() {
             "--runs" => runs = value.parse()?,
             "--frames" => frames = value.parse()?,
-            "--sizes" => {
-                sizes = value
-                    .split(',')
-                    .map(|s| {
-                        let (h, w) = s
-                            .split_once('x')
-                            .ok_or_else(|| anyhow::anyhow!("size {s}: expected HEIGHTxWIDTH"))?;
-                        Ok((h.parse()?, w.parse()?))
-                    })
-                    .collect::<anyhow::Result<_>>()?
-            }
+            "--sizes" => sizes = common::parse_sizes(&value)?,
             other => anyhow::bail!("unknown option {other}"),
         }
     }
@@ -88,22 +75,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cuda(0);
     let _guard = tch::no_grad_guard();
 
-    let mut cfg = TransformerConfig::wan22_t2v_a14b();
-    cfg.num_layers = 1;
-    let mut vs = nn::VarStore::new(device);
-    vs.set_kind(Kind::BFloat16);
-    let model = WanTransformer3DModel::new(&cfg, vs.root())?;
-    tch::manual_seed(0);
-    for (name, mut tensor) in vs.variables() {
-        if name.ends_with("norm_q.weight")
-            || name.ends_with("norm_k.weight")
-            || name.ends_with("norm2.weight")
-        {
-            let _ = tensor.f_fill_(1.0)?;
-        } else {
-            let _ = tensor.f_normal_(0.0, 0.02)?;
-        }
-    }
+    let (cfg, model) = common::random_a14b_expert(Some(1), device)?;
     let block = &model.blocks()[0];
     let dim = cfg.inner_dim();
     let heads = cfg.num_attention_heads;

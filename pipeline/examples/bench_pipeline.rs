@@ -25,8 +25,11 @@ use std::time::Instant;
 
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::MemoryPolicy;
-use t2v_pipeline::pipeline::{GenerationParams, LoadOptions, WanT2V};
+use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
 use tch::{Cuda, Device, Kind};
+
+mod common;
+use common::process_gpu_mib;
 
 const PROMPT: &str = "A cat walks on the grass, realistic";
 
@@ -69,11 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
         vae_dtype: Kind::BFloat16,
         seed: 0,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+    for (flag, value) in common::flags()? {
         match flag.as_str() {
             "--model" => args.model = value,
             "--height" => args.height = value.parse()?,
@@ -110,24 +109,6 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     anyhow::ensure!(!args.model.is_empty(), "--model DIR is required");
     Ok(args)
-}
-
-/// MiB of GPU memory `nvidia-smi` attributes to this process, if it can tell.
-fn process_gpu_mib() -> Option<u64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-compute-apps=pid,used_memory",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .ok()?;
-    let pid = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| {
-            let (p, mib) = line.split_once(',')?;
-            (p.trim() == pid).then(|| mib.trim().parse().ok())?
-        })
 }
 
 fn synchronize(device: Device) {

@@ -22,8 +22,11 @@
 
 use std::time::Instant;
 
-use t2v_pipeline::wan::{TransformerConfig, WanTransformer3DModel};
-use tch::{nn, Cuda, Device, Kind, Tensor};
+use t2v_pipeline::wan::TransformerConfig;
+use tch::{Cuda, Device, Kind, Tensor};
+
+mod common;
+use common::process_gpu_mib;
 
 /// VAE stride of the Wan2.1 VAE the A14B experts use: (frames, height, width).
 const VAE_STRIDE: [i64; 3] = [4, 8, 8];
@@ -43,26 +46,12 @@ fn parse_args() -> anyhow::Result<Args> {
         frames: 81,
         layers: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+    for (flag, value) in common::flags()? {
         match flag.as_str() {
             "--runs" => args.runs = value.parse()?,
             "--frames" => args.frames = value.parse()?,
             "--layers" => args.layers = Some(value.parse()?),
-            "--sizes" => {
-                args.sizes = value
-                    .split(',')
-                    .map(|s| {
-                        let (h, w) = s
-                            .split_once('x')
-                            .ok_or_else(|| anyhow::anyhow!("size {s}: expected HEIGHTxWIDTH"))?;
-                        Ok((h.parse()?, w.parse()?))
-                    })
-                    .collect::<anyhow::Result<_>>()?
-            }
+            "--sizes" => args.sizes = common::parse_sizes(&value)?,
             other => anyhow::bail!("unknown option {other}"),
         }
     }
@@ -86,48 +75,13 @@ fn forward_flops(cfg: &TransformerConfig, tokens: i64, text_len: i64) -> f64 {
     cfg.num_layers as f64 * per_block + edges
 }
 
-/// MiB of GPU memory `nvidia-smi` attributes to this process, if it can tell.
-fn process_gpu_mib() -> Option<u64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-compute-apps=pid,used_memory",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .ok()?;
-    let pid = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| {
-            let (p, mib) = line.split_once(',')?;
-            (p.trim() == pid).then(|| mib.trim().parse().ok())?
-        })
-}
-
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     anyhow::ensure!(Cuda::is_available(), "no CUDA device visible to libtorch");
     let device = Device::Cuda(0);
     let _guard = tch::no_grad_guard();
 
-    let mut cfg = TransformerConfig::wan22_t2v_a14b();
-    if let Some(layers) = args.layers {
-        cfg.num_layers = layers;
-    }
-    let mut vs = nn::VarStore::new(device);
-    vs.set_kind(Kind::BFloat16);
-    let model = WanTransformer3DModel::new(&cfg, vs.root())?;
-    tch::manual_seed(0);
-    for (name, mut tensor) in vs.variables() {
-        if name.ends_with("norm_q.weight")
-            || name.ends_with("norm_k.weight")
-            || name.ends_with("norm2.weight")
-        {
-            let _ = tensor.f_fill_(1.0)?;
-        } else {
-            let _ = tensor.f_normal_(0.0, 0.02)?;
-        }
-    }
+    let (cfg, model) = common::random_a14b_expert(args.layers, device)?;
     Cuda::synchronize(0);
     println!(
         "A14B expert: {} layers, {:.2} B parameters, bf16 on {device:?}; weights resident: {:?} MiB",

@@ -4,19 +4,23 @@
 //!
 //! ```text
 //! cargo run -p t2v-pipeline --example generate_frames -- --model DIR [--prompt TEXT]
-//!     [--negative-prompt TEXT] [--width 832 --height 480 --frames 81 --steps 50 --guidance 5
-//!     --guidance-2 G --shift S --seed N] [--device cpu|cuda] [--dtype f32|bf16|f16]
+//!     [--negative-prompt TEXT] [--width 832 --height 480 --frames 81 --steps 40 --guidance 4
+//!     --guidance-2 3 --shift S --seed N] [--device cpu|cuda] [--dtype f32|bf16|f16]
 //!     [--policy resident|low-memory] [--save-frames out.npy] [--compare-cpu]
 //! ```
+//! The defaults are [`GenerationParams::default`]'s (the fleet's, for Wan2.2 T2V-A14B); on a
+//! single-expert model an unset `--guidance-2` is dropped and an unset `--guidance` is
+//! [`SINGLE_EXPERT_GUIDANCE`].
 //! `--compare-cpu` runs the same request again on the CPU in f32 and prints the largest
 //! difference of the frames (a check of the device path on small models).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use t2v_contract::defaults::SINGLE_EXPERT_GUIDANCE;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::MemoryPolicy;
-use t2v_pipeline::pipeline::{GenerationParams, LoadOptions, WanT2V};
+use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
@@ -24,6 +28,7 @@ fn main() -> Result<()> {
     let mut model = None;
     let mut save = None;
     let mut compare_cpu = false;
+    let (mut guidance_given, mut guidance_2_given) = (false, false);
     let mut options = LoadOptions::new(Device::Cpu, Kind::Float);
     let mut params = GenerationParams {
         prompt: "A cat and a dog baking a cake together in a kitchen.".into(),
@@ -50,8 +55,14 @@ fn main() -> Result<()> {
             "--height" => params.height = number()? as i64,
             "--frames" => params.num_frames = number()? as i64,
             "--steps" => params.num_inference_steps = number()? as usize,
-            "--guidance" => params.guidance_scale = number()?,
-            "--guidance-2" => params.guidance_scale_2 = Some(number()?),
+            "--guidance" => {
+                params.guidance_scale = number()?;
+                guidance_given = true;
+            }
+            "--guidance-2" => {
+                params.guidance_scale_2 = Some(number()?);
+                guidance_2_given = true;
+            }
             "--shift" => params.shift = Some(number()?),
             "--seed" => params.seed = Some(value.parse().context("--seed")?),
             "--save-frames" => save = Some(value.clone()),
@@ -86,6 +97,14 @@ fn main() -> Result<()> {
     let loading = Instant::now();
     let mut pipe = WanT2V::load(&model, options)?;
     println!("loaded {model} in {:.2?} ({options:?})", loading.elapsed());
+    if pipe.model_dir().boundary_ratio().is_none() {
+        if !guidance_2_given {
+            params.guidance_scale_2 = None;
+        }
+        if !guidance_given {
+            params.guidance_scale = f64::from(SINGLE_EXPERT_GUIDANCE);
+        }
+    }
     let estimate = pipe.estimate_memory(&params)?;
     println!(
         "estimated peak device memory {:.3} GiB (encode {:.3}, denoise {:.3}, decode {:.3}); pinned host {:.3} GiB",

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use t2v_pipeline::wan::WanTransformer3DModel;
 use tch::{Cuda, Device, Kind, Tensor};
 
+mod common;
+
 const CASES: [&str; 5] = ["tiny", "odd_shapes", "rope36", "sharded", "expand"];
 const BF16_MAX_REL: f64 = 1e-2;
 const F32_MAX_REL: f64 = 1e-3;
@@ -38,11 +40,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .unwrap_or_else(|| PathBuf::from("build/fixtures")),
         device: Device::Cuda(0),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+    for (flag, value) in common::flags()? {
         match flag.as_str() {
             "--fixtures" => args.fixtures = PathBuf::from(value),
             "--device" => {

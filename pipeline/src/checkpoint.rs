@@ -1,7 +1,7 @@
 //! Denoising checkpoints: the state a run needs to continue on another machine, as one
 //! safetensors file.
 //!
-//! [`DenoiseState`] is what [`crate::pipeline::WanT2V::generate_with`] resumes from: the latents
+//! [`DenoiseState`] is what [`crate::text_to_video::WanT2V::generate_with`] resumes from: the latents
 //! after `step` steps, the scheduler's schedule and history (UniPC's model outputs and last
 //! sample), the expert of the last step and the seed. [`DenoiseState::to_bytes`] writes it as
 //! a standard safetensors file (readable with `safetensors.torch.load`):

@@ -138,16 +138,7 @@ pub fn denoise<P: NoisePredictor + ?Sized>(
         }
         (_, negative) => negative,
     };
-    let boundary = match (settings.boundary_ratio, experts.low) {
-        (Some(_), None) => {
-            return Err(PipelineError::invalid(
-                "boundary_ratio",
-                "set, but the model has no transformer_2 (low-noise expert)",
-            ))
-        }
-        (Some(ratio), Some(_)) => Some(boundary_timestep(ratio, scheduler.num_train_timesteps())),
-        (None, _) => None,
-    };
+    let boundary = expert_boundary(experts, settings, scheduler.num_train_timesteps())?;
     let guidance_2 = settings.guidance_scale_2.unwrap_or(settings.guidance_scale);
 
     // 2. Text in the transformer dtype (of `transformer`, as the reference), latents in f32.
@@ -176,12 +167,15 @@ pub fn denoise<P: NoisePredictor + ?Sized>(
         } else {
             Tensor::f_full([batch], t, (Kind::Float, device))?
         };
-        let mut noise_pred = model.predict(&latent_model_input, &timestep, &prompt)?;
-        if let (true, Some(negative)) = (do_cfg, &negative) {
-            let noise_uncond = model.predict(&latent_model_input, &timestep, negative)?;
-            noise_pred =
-                noise_uncond.f_add(&noise_pred.f_sub(&noise_uncond)?.f_mul_scalar(guidance)?)?;
-        }
+        let uncond = negative.as_ref().filter(|_| do_cfg);
+        let noise_pred = predict_noise(
+            model,
+            &latent_model_input,
+            &timestep,
+            &prompt,
+            uncond,
+            guidance,
+        )?;
         latents = scheduler.step(&noise_pred, t, &latents)?;
         let control = on_step_end(&StepEnd {
             index: i,
@@ -197,6 +191,43 @@ pub fn denoise<P: NoisePredictor + ?Sized>(
         }
     }
     Ok(latents)
+}
+
+/// The timestep where the low-noise expert takes over, when the settings split the schedule;
+/// an error when they do and the model has one expert.
+fn expert_boundary<P: NoisePredictor + ?Sized>(
+    experts: &Experts<'_, P>,
+    settings: &DenoiseSettings,
+    num_train_timesteps: usize,
+) -> Result<Option<f32>> {
+    match (settings.boundary_ratio, experts.low) {
+        (Some(_), None) => Err(PipelineError::invalid(
+            "boundary_ratio",
+            "set, but the model has no transformer_2 (low-noise expert)",
+        )),
+        (Some(ratio), Some(_)) => Ok(Some(boundary_timestep(ratio, num_train_timesteps))),
+        (None, _) => Ok(None),
+    }
+}
+
+/// One step's noise prediction; with `negative`, classifier-free guidance as the reference:
+/// `uncond + guidance · (cond − uncond)`.
+fn predict_noise<P: NoisePredictor + ?Sized>(
+    model: &P,
+    latents: &Tensor,
+    timestep: &Tensor,
+    prompt: &Tensor,
+    negative: Option<&Tensor>,
+    guidance: f64,
+) -> Result<Tensor> {
+    let noise_pred = model.predict(latents, timestep, prompt)?;
+    match negative {
+        None => Ok(noise_pred),
+        Some(negative) => {
+            let noise_uncond = model.predict(latents, timestep, negative)?;
+            Ok(noise_uncond.f_add(&noise_pred.f_sub(&noise_uncond)?.f_mul_scalar(guidance)?)?)
+        }
+    }
 }
 
 fn check_input(input: &DenoiseInput<'_>, timesteps: &[f64], step_index: usize) -> Result<()> {

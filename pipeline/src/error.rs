@@ -50,6 +50,48 @@ pub enum PipelineError {
     Torch(#[from] tch::TchError),
 }
 
+/// A config value this crate cannot honour, found by a check that does not know which file it
+/// came from (`TransformerConfig::validate`, …): the key and why. [`Self::in_file`] names the
+/// file, [`Self::in_component`] the component.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigProblem {
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// As [`PipelineError::Config`] of the file `path`.
+    pub fn in_file(self, path: impl Into<PathBuf>) -> PipelineError {
+        PipelineError::Config {
+            path: path.into(),
+            message: self.message,
+        }
+    }
+
+    /// As [`PipelineError::InvalidInput`] of `component` (a config built in code, not read).
+    pub fn in_component(self, component: impl Into<String>) -> PipelineError {
+        PipelineError::invalid(component, self.message)
+    }
+}
+
+impl From<String> for ConfigProblem {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for ConfigProblem {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
 impl PipelineError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

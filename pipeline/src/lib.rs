@@ -4,14 +4,18 @@
 //!
 //! # Layout
 //! - [`error`]: the crate's error type; every message names the cause and the fix.
-//! - [`loader`]: diffusers-format directories: `model_index.json`, configs, sharded safetensors.
+//! - [`loader`]: diffusers-format weights and JSON: configs, sharded safetensors, and the random
+//!   weights of the benchmarks.
+//! - [`model_dir`]: a diffusers-format model directory (`model_index.json`, its components) and
+//!   the check that it is complete.
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.
 //! - [`denoise`]: the denoising loop with the two-expert boundary switch and CFG.
 //! - [`checkpoint`]: the denoising state as a safetensors file, to resume a run elsewhere.
 //! - [`memory`]: GPU memory policy (resident or swapped experts, parked text encoder, tiled
 //!   decode) and the preflight estimate of peak GPU memory.
-//! - [`pipeline`]: `WanT2V`, the whole text-to-video pipeline (prompt → noise → denoise → VAE → frames).
+//! - [`text_to_video`]: [`WanT2V`], the whole text-to-video pipeline (prompt → noise → denoise →
+//!   VAE → frames), its [`GenerationParams`] and [`LoadOptions`].
 
 pub mod checkpoint;
 pub mod denoise;
@@ -19,9 +23,9 @@ pub mod error;
 pub mod loader;
 pub mod memory;
 pub mod model_dir;
-pub mod pipeline;
 pub mod scheduler;
+pub mod text_to_video;
 pub mod wan;
 
-pub use error::{PipelineError, Result};
-pub use pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
+pub use error::{ConfigProblem, PipelineError, Result};
+pub use text_to_video::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};

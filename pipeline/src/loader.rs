@@ -3,6 +3,8 @@
 //! by a `*.safetensors.index.json`. Weights are copied shard by shard into variables that the
 //! module tree already created (with the target dtype and device), so a model is never held
 //! twice: at most one shard is in host memory besides the model itself.
+//!
+//! Benchmarks at full size fill the same variables with [`random_weights`] instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -154,4 +156,24 @@ pub fn tensor_names(dir: &Path) -> Result<HashSet<String>> {
         );
     }
     Ok(keys)
+}
+
+/// Random weights in place, for benchmarks without checkpoints on disk — the one rule every
+/// benchmark (and [`crate::WanT2V::random`]) draws by, and that `pipeline/bench/*.py` mirror:
+/// in name order (so the same `tch::manual_seed` gives the same weights), N(0, 0.02), except
+/// norm gains (`gamma`, 1-D `*norm*`) set to 1.
+pub fn random_weights(vs: &nn::VarStore) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
+        let mut variables: Vec<_> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut tensor) in variables {
+            let gain = name.ends_with("gamma") || (tensor.dim() == 1 && name.contains("norm"));
+            if gain {
+                let _ = tensor.f_fill_(1.0)?;
+            } else {
+                let _ = tensor.f_normal_(0.0, 0.02)?;
+            }
+        }
+        Ok(())
+    })
 }

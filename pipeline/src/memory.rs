@@ -249,6 +249,19 @@ impl ModelConfigs {
     pub fn from_dir(root: &Path) -> Result<Self> {
         Self::load(&ModelDir::open(root)?)
     }
+
+    /// Wan2.2 T2V-A14B as `Wan-AI/Wan2.2-T2V-A14B-Diffusers` ships it, without reading the
+    /// directory: two experts of [`TransformerConfig::wan22_t2v_a14b`], the umT5-XXL encoder
+    /// ([`UMT5Config::umt5_xxl`]) and the Wan2.1 VAE ([`VaeConfig::default`]). For estimates
+    /// and tests of the model the fleet serves.
+    pub fn wan22_t2v_a14b() -> Self {
+        Self {
+            transformer: TransformerConfig::wan22_t2v_a14b(),
+            transformer_2: Some(TransformerConfig::wan22_t2v_a14b()),
+            text_encoder: UMT5Config::umt5_xxl(),
+            vae: VaeConfig::default(),
+        }
+    }
 }
 
 /// What a run is estimated for.
@@ -422,39 +435,21 @@ fn umt5_activation_bytes(cfg: &UMT5Config, text_len: i64) -> u64 {
     l * (4 * cfg.d_model + 3 * cfg.d_ff) as u64 * 4 + 2 * cfg.num_heads as u64 * l * l * 4
 }
 
-/// The decoder's stages: (input width, output width, temporal upsampler after it, spatial
-/// upsampler after it), widths as the decoder builds them.
-fn vae_stages(cfg: &VaeConfig) -> Vec<(i64, i64, bool, bool)> {
-    let base = cfg.decoder_dim();
-    let last = *cfg.dim_mult.last().unwrap_or(&1);
-    let dims: Vec<i64> = std::iter::once(last)
-        .chain(cfg.dim_mult.iter().rev().copied())
-        .map(|m| base * m)
-        .collect();
-    let temporal = cfg.temporal_upsample();
-    let stages = dims.len() - 1;
-    (0..stages)
-        .map(|i| {
-            let c_in = if i > 0 { dims[i] / 2 } else { dims[i] };
-            let up = i + 1 < stages;
-            (c_in, dims[i + 1], up && temporal[i], up)
-        })
-        .collect()
-}
-
 /// Parameters of the VAE's decoding half (`post_quant_conv` + `decoder`).
 pub fn vae_decoder_parameters(cfg: &VaeConfig) -> i64 {
     let conv3 = |i: i64, o: i64| i * o * 27 + o;
     let conv1 = |i: i64, o: i64| i * o + o;
     let resnet =
         |i: i64, o: i64| i + conv3(i, o) + o + conv3(o, o) + if i != o { conv1(i, o) } else { 0 };
-    let stages = vae_stages(cfg);
-    let d0 = stages.first().map_or(cfg.decoder_dim(), |s| s.0);
+    let stages = cfg.decoder_stages();
+    let d0 = stages.first().map_or(cfg.decoder_dim(), |s| s.in_channels);
     let attention = d0 + conv1(d0, 3 * d0) + conv1(d0, d0);
     let mut total =
         conv1(cfg.z_dim, cfg.z_dim) + conv3(cfg.z_dim, d0) + 2 * resnet(d0, d0) + attention;
     let mut c_last = d0;
-    for &(c_in, c_out, temporal, up) in &stages {
+    for stage in &stages {
+        let (c_in, c_out) = (stage.in_channels, stage.out_channels);
+        let (temporal, up) = (stage.temporal_upsample, stage.upsample);
         total += resnet(c_in, c_out) + cfg.num_res_blocks * resnet(c_out, c_out);
         if up {
             total += (c_out / 2) * c_out * 9 + c_out / 2;
@@ -480,15 +475,17 @@ fn vae_decode_bytes(cfg: &VaeConfig, request: &EstimateRequest, tiling: Option<T
         None => (height, width),
     };
     // Element counts per output pixel of the region, summed in f64 (stages shrink by 4×).
-    let stages = vae_stages(cfg);
+    let stages = cfg.decoder_stages();
     let n = stages.len() as i32;
     let area = |i: usize| 0.25f64.powi(n - 1 - i as i32);
     let frames_max = cfg.temporal_ratio() as f64;
-    let d0 = stages.first().map_or(0, |s| s.0) as f64;
+    let d0 = stages.first().map_or(0, |s| s.in_channels) as f64;
     let mut cache = (cfg.z_dim as f64 + 4.0 * d0) * 2.0 * area(0);
     let mut widest: f64 = 0.0;
     let mut frames = 1.0;
-    for (i, &(c_in, c_out, temporal, up)) in stages.iter().enumerate() {
+    for (i, stage) in stages.iter().enumerate() {
+        let (c_in, c_out) = (stage.in_channels, stage.out_channels);
+        let (temporal, up) = (stage.temporal_upsample, stage.upsample);
         let convs_in = c_in + c_out + 2 * cfg.num_res_blocks * c_out;
         cache += convs_in as f64 * 2.0 * area(i);
         if temporal {
@@ -503,7 +500,7 @@ fn vae_decode_bytes(cfg: &VaeConfig, request: &EstimateRequest, tiling: Option<T
             widest = widest.max(c_out as f64 * frames * area(i + 1));
         }
     }
-    let c_last = stages.last().map_or(0, |s| s.1) as f64;
+    let c_last = stages.last().map_or(0, |s| s.out_channels) as f64;
     cache += c_last * 2.0;
     let per_pixel = cache + 3.0 * widest;
     let working = (per_pixel * (h * w) as f64).ceil() as u64 * b;
@@ -521,15 +518,6 @@ mod tests {
     use crate::wan::vae::AutoencoderKLWan;
 
     const GB: u64 = 1_000_000_000;
-
-    fn a14b() -> ModelConfigs {
-        ModelConfigs {
-            transformer: TransformerConfig::wan22_t2v_a14b(),
-            transformer_2: Some(TransformerConfig::wan22_t2v_a14b()),
-            text_encoder: UMT5Config::umt5_xxl(),
-            vae: VaeConfig::default(),
-        }
-    }
 
     fn request(width: i64, height: i64, policy: MemoryPolicy) -> EstimateRequest {
         EstimateRequest {
@@ -587,7 +575,11 @@ mod tests {
 
     #[test]
     fn a14b_480p_all_resident_by_hand() {
-        let e = estimate(&a14b(), &request(832, 480, MemoryPolicy::all_resident())).unwrap();
+        let e = estimate(
+            &ModelConfigs::wan22_t2v_a14b(),
+            &request(832, 480, MemoryPolicy::all_resident()),
+        )
+        .unwrap();
         let expert = transformer_weight_bytes(&TransformerConfig::wan22_t2v_a14b(), 2);
         assert_eq!(e.text_encoder_weights, 5_680_910_336 * 2);
         // Denoise: latent 16×21×60×104 → N = 21·30·52 = 32,760 tokens of D = 5120.
@@ -609,12 +601,16 @@ mod tests {
 
     #[test]
     fn swap_experts_saves_one_expert_and_pins_both() {
-        let all = estimate(&a14b(), &request(1280, 720, MemoryPolicy::all_resident())).unwrap();
+        let all = estimate(
+            &ModelConfigs::wan22_t2v_a14b(),
+            &request(1280, 720, MemoryPolicy::all_resident()),
+        )
+        .unwrap();
         let low = MemoryPolicy {
             vae_tiling: None,
             ..MemoryPolicy::low_memory()
         };
-        let swap = estimate(&a14b(), &request(1280, 720, low)).unwrap();
+        let swap = estimate(&ModelConfigs::wan22_t2v_a14b(), &request(1280, 720, low)).unwrap();
         let expert = all.transformer_weights;
         assert_eq!(
             all.denoise - swap.denoise,

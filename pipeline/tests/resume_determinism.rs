@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use common::fixture;
 use t2v_pipeline::checkpoint::{read_metadata, DenoiseState};
 use t2v_pipeline::denoise::{Expert, StepControl};
-use t2v_pipeline::pipeline::{GenerationParams, LoadOptions, WanT2V};
 use t2v_pipeline::scheduler::SamplerKind;
+use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
 use t2v_pipeline::PipelineError;
 use tch::{Device, Kind, Tensor};
 

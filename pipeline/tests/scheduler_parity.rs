@@ -166,17 +166,18 @@ fn restored_state_continues_bit_identically() {
     }
 }
 
+/// The case called `name` among `all`.
+fn named<'a>(all: &'a [Case], name: &str) -> &'a Case {
+    all.iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no scheduler case {name}"))
+}
+
 #[test]
 fn restore_refuses_another_samplers_state() {
     let all = cases();
-    let unipc = all
-        .iter()
-        .find(|c| c.name == "unipc_shift3_steps10")
-        .unwrap();
-    let euler = all
-        .iter()
-        .find(|c| c.name == "euler_shift5_steps10")
-        .unwrap();
+    let unipc = named(&all, "unipc_shift3_steps10");
+    let euler = named(&all, "euler_shift5_steps10");
     let state = build(euler).state().unwrap();
     let err = build(unipc).restore(&state).unwrap_err();
     assert!(err.to_string().contains("another sampler"), "{err}");
@@ -185,10 +186,7 @@ fn restore_refuses_another_samplers_state() {
 #[test]
 fn step_refuses_an_unexpected_timestep() {
     let all = cases();
-    let case = all
-        .iter()
-        .find(|c| c.name == "unipc_shift3_steps10")
-        .unwrap();
+    let case = named(&all, "unipc_shift3_steps10");
     let mut s = build(case);
     let x = Tensor::zeros([1, 1, 1, 2, 2], (Kind::Float, tch::Device::Cpu));
     let wrong = s.timesteps()[1];
@@ -240,14 +238,8 @@ fn unknown_config_fields_are_rejected_by_name_and_file() {
 #[test]
 fn unsupported_config_values_are_rejected_by_name() {
     let all = cases();
-    let unipc = all
-        .iter()
-        .find(|c| c.name == "unipc_shift3_steps10")
-        .unwrap();
-    let euler = all
-        .iter()
-        .find(|c| c.name == "euler_shift5_steps10")
-        .unwrap();
+    let unipc = named(&all, "unipc_shift3_steps10");
+    let euler = named(&all, "euler_shift5_steps10");
     let checks: [(&Case, &str, serde_json::Value); 6] = [
         (unipc, "use_flow_sigmas", false.into()),
         (unipc, "thresholding", true.into()),

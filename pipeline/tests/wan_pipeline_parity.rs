@@ -2,8 +2,8 @@
 //! over the tiny model directories `pipeline/parity/wan_pipeline.py` writes (two experts with a
 //! boundary, and a single expert), plus the pipeline's input errors.
 //!
-//! Tolerances: frames (in [0, 1]) within 1e-3 absolute, the bar; the final latents within
-//! 1e-4 absolute + 1e-4 relative; the initial noise and the prompt embeddings exactly / within
+//! Tolerances: frames (in [0, 1]) within 1e-3 absolute, the acceptance bar; the final latents
+//! within 1e-4 absolute + 1e-4 relative; the initial noise and the prompt embeddings exactly / within
 //! 1e-5. Runs that draw noise hold `SEED_LOCK`: the seed goes through libtorch's global generator.
 
 mod common;
@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use common::{assert_close, fixture, load_tensors};
 use t2v_pipeline::denoise::{Expert, StepControl};
 use t2v_pipeline::memory::{ExpertPlacement, MemoryPolicy};
-use t2v_pipeline::pipeline::{
+use t2v_pipeline::text_to_video::{
     initial_noise, GenerationOutput, GenerationParams, LoadOptions, WanT2V,
 };
 use t2v_pipeline::PipelineError;

@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         replication_factor: 1,
         cleanup_policy: "delete".into(),
         retention_ms: 3_600_000,
+        max_message_bytes: None,
     };
     topics::apply(
         cfg.client_config(),

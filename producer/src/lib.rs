@@ -14,12 +14,14 @@
 //! ```
 //!
 //! # Layout
-//! - [`submitter`]: `Submitter` — validate, assign ULID job ids, produce idempotently (acks=all), cancel.
+//! - [`submitter`]: `Submitter` — validate, assign ULID job ids, produce idempotently (acks=all), cancel;
+//!   [`submitter::batch_job_id`], the stable id of a batch file's line.
 //! - [`error`]: `SubmitError`, and which Kafka failures are transient ([`Retry`]).
 //! - [`headers`]: t2v-contract's record headers as rdkafka headers.
 //! - [`watch`]: follow a job's events to its terminal one.
 //! - [`topics`]: schemas/topics.yaml and `topics apply`.
 //! - [`json`]: the protobuf JSON form of the messages (batch files, `watch` output).
+//! - [`properties`]: librdkafka properties from a file and the environment; secret redaction.
 //!
 //! Request bounds, header names, trace context and model defaults live in `t2v-contract`, shared
 //! with the worker. The `t2v` CLI (src/main.rs) is a thin layer over these; docs/design.md
@@ -28,6 +30,7 @@
 pub mod error;
 pub mod headers;
 pub mod json;
+pub mod properties;
 pub mod submitter;
 pub mod topics;
 pub mod watch;

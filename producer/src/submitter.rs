@@ -18,10 +18,12 @@ use t2v_contract::{now_unix_ms, validate, InvalidRequest, TraceContext};
 
 pub use crate::error::SubmitError;
 use crate::headers::record_headers;
+use crate::properties;
 use crate::watch::JobWatch;
 
-/// Where and how to submit. Defaults suit the local stack (`make up`).
-#[derive(Debug, Clone)]
+/// Where and how to submit. Defaults suit the local stack (`make up`). Its `Debug` form shows
+/// the values of secret properties (see [`crate::properties::is_secret`]) as `<redacted>`.
+#[derive(Clone)]
 pub struct SubmitterConfig {
     /// Kafka bootstrap servers, comma-separated.
     pub brokers: String,
@@ -47,6 +49,32 @@ impl Default for SubmitterConfig {
             delivery_timeout: Duration::from_secs(30),
             kafka: BTreeMap::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for SubmitterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kafka: BTreeMap<&str, &str> = self
+            .kafka
+            .iter()
+            .map(|(k, v)| {
+                let shown = if properties::is_secret(k) {
+                    properties::REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("SubmitterConfig")
+            .field("brokers", &self.brokers)
+            .field("requests_topic", &self.requests_topic)
+            .field("events_topic", &self.events_topic)
+            .field("control_topic", &self.control_topic)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("kafka", &kafka)
+            .finish()
     }
 }
 
@@ -107,6 +135,8 @@ pub struct Submitter {
 
 impl Submitter {
     /// Creates the idempotent producer. Does not contact the brokers; see [`Submitter::check_brokers`].
+    /// A refused property comes back as [`SubmitError::Kafka`] naming the key; the value of a
+    /// secret one is redacted.
     pub fn new(cfg: SubmitterConfig) -> Result<Self, SubmitError> {
         let message_timeout = cfg.delivery_timeout.as_millis().to_string();
         let producer = cfg
@@ -119,7 +149,8 @@ impl Submitter {
                 ("compression.type", "lz4"),
                 ("message.timeout.ms", &message_timeout),
             ])
-            .create()?;
+            .create()
+            .map_err(properties::redact_error)?;
         Ok(Self { cfg, producer })
     }
 
@@ -129,8 +160,14 @@ impl Submitter {
 
     /// Fails within `connect_timeout` when no broker answers, or when the requests topic is missing.
     pub async fn check_brokers(&self) -> Result<(), SubmitError> {
+        self.check_topic(&self.cfg.requests_topic).await
+    }
+
+    /// Fails within `connect_timeout` when no broker answers, or when `topic` is missing.
+    pub async fn check_topic(&self, topic: &str) -> Result<(), SubmitError> {
         let producer = self.producer.clone();
-        let topic = self.cfg.requests_topic.clone();
+        let wanted = topic.to_string();
+        let topic = wanted.clone();
         let timeout = self.cfg.connect_timeout;
         let metadata = tokio::task::spawn_blocking(move || {
             producer
@@ -140,12 +177,13 @@ impl Submitter {
         .await
         .expect("metadata task does not panic")
         .map_err(|e| SubmitError::unreachable(&self.cfg.brokers, timeout, e))?;
-        let exists = metadata.topics().iter().any(|t| {
-            t.name() == self.cfg.requests_topic && t.error().is_none() && !t.partitions().is_empty()
-        });
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == wanted && t.error().is_none() && !t.partitions().is_empty());
         if !exists {
             return Err(SubmitError::TopicMissing {
-                topic: self.cfg.requests_topic.clone(),
+                topic: wanted,
                 brokers: self.cfg.brokers.clone(),
             });
         }
@@ -263,6 +301,33 @@ impl Submitter {
         try_join_all(pending).await
     }
 
+    /// As [`Submitter::submit_many`], but one failed record does not hide the others: every
+    /// request is enqueued, and each one's outcome comes back with its job id, in input order.
+    /// Only an invalid request (checked for all of them before anything is sent) fails the call.
+    /// A rerun of the failed ones is safe when their job ids are kept (the fleet's idempotency key).
+    pub async fn submit_each(
+        &self,
+        reqs: Vec<GenerationRequest>,
+    ) -> Result<Vec<(String, Result<Submitted, SubmitError>)>, SubmitError> {
+        let prepared = reqs
+            .into_iter()
+            .map(|r| self.prepare(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = Vec::with_capacity(prepared.len());
+        for req in prepared {
+            let trace = TraceContext::new_root();
+            let job_id = req.job_id.clone();
+            let outcome = match self.enqueue_request(&req, &trace) {
+                Ok(delivery) => {
+                    futures::future::Either::Left(Self::acknowledged(req.job_id, trace, delivery))
+                }
+                Err(e) => futures::future::Either::Right(futures::future::ready(Err(e))),
+            };
+            pending.push(async move { (job_id, outcome.await) });
+        }
+        Ok(futures::future::join_all(pending).await)
+    }
+
     /// Publishes a Cancel for `job_id` on the control topic.
     pub async fn cancel(&self, job_id: &str, reason: &str) -> Result<(), SubmitError> {
         validate::job_id(job_id)?;
@@ -297,5 +362,43 @@ impl Submitter {
         self.producer
             .flush(Timeout::After(self.cfg.delivery_timeout))
             .map_err(SubmitError::from)
+    }
+}
+
+/// The job id of line `line_number` (1-based) of a batch file when the line names none: `b-`
+/// and the first 32 hex digits of the SHA-256 of the line number and the line's text (trimmed).
+/// Resubmitting the same file yields the same ids, so the fleet renders each line once however
+/// often the file is sent; the same text on another line is another job.
+pub fn batch_job_id(line_number: usize, line: &str) -> String {
+    let digest = t2v_contract::sha256_hex(format!("{line_number}\n{}", line.trim()).as_bytes());
+    format!("b-{}", &digest[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_job_ids_are_stable_valid_and_depend_on_line_and_text() {
+        let a = batch_job_id(1, "{\"prompt\":\"a\"}");
+        assert_eq!(a, batch_job_id(1, "{\"prompt\":\"a\"}\r"));
+        assert_ne!(a, batch_job_id(2, "{\"prompt\":\"a\"}"));
+        assert_ne!(a, batch_job_id(1, "{\"prompt\":\"b\"}"));
+        assert_eq!(a.len(), 34);
+        validate::job_id(&a).unwrap();
+    }
+
+    #[test]
+    fn debug_redacts_secret_properties() {
+        let cfg = SubmitterConfig {
+            kafka: [
+                ("sasl.password".to_string(), "hunter2".to_string()),
+                ("client.id".to_string(), "me".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("me"), "{shown}");
     }
 }

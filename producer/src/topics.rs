@@ -34,6 +34,23 @@ pub struct TopicSpec {
     pub cleanup_policy: String,
     /// Milliseconds; -1 keeps records forever.
     pub retention_ms: i64,
+    /// The topic's `max.message.bytes`; unset = the brokers' default (about 1 MiB).
+    #[serde(default)]
+    pub max_message_bytes: Option<i64>,
+}
+
+impl TopicSpec {
+    /// The topic configs `topics apply` sets and keeps aligned.
+    fn configs(&self) -> Vec<(&'static str, String)> {
+        let mut configs = vec![
+            ("cleanup.policy", self.cleanup_policy.clone()),
+            ("retention.ms", self.retention_ms.to_string()),
+        ];
+        if let Some(max) = self.max_message_bytes {
+            configs.push(("max.message.bytes", max.to_string()));
+        }
+        configs
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,14 +233,15 @@ impl Admin {
 
     /// Creates `spec`'s topic; one that appeared in the meantime is fine.
     async fn create(&self, spec: &TopicSpec, replication: i32) -> Result<(), TopicsError> {
-        let retention = spec.retention_ms.to_string();
-        let topic = NewTopic::new(
-            &spec.name,
-            spec.partitions,
-            TopicReplication::Fixed(replication),
-        )
-        .set("cleanup.policy", &spec.cleanup_policy)
-        .set("retention.ms", &retention);
+        let configs = spec.configs();
+        let topic = configs.iter().fold(
+            NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(replication),
+            ),
+            |topic, (key, value)| topic.set(key, value),
+        );
         let request = self.client.create_topics([&topic], &self.options);
         let tolerated = [RDKafkaErrorCode::TopicAlreadyExists];
         accepted(request, &spec.name, "create", &tolerated).await
@@ -289,11 +307,8 @@ impl Admin {
 
     /// Sets cleanup policy and retention where they differ from `spec`. Returns the changes made.
     async fn align_configs(&self, spec: &TopicSpec) -> Result<Vec<String>, TopicsError> {
-        let retention = spec.retention_ms.to_string();
-        let wanted = [
-            ("cleanup.policy", spec.cleanup_policy.as_str()),
-            ("retention.ms", retention.as_str()),
-        ];
+        let configs = spec.configs();
+        let wanted: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let changes = config_changes(&wanted, &self.current_configs(&spec.name).await?);
         if changes.is_empty() {
             return Ok(changes);

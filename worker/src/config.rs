@@ -423,89 +423,140 @@ impl WorkerConfig {
     }
 
     /// Checks what serde cannot: cross-field bounds, the drain deadline against the consumer's
-    /// timeouts, and the SASL settings.
+    /// timeouts, and the SASL settings. The first problem found is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |msg: String| Err(ConfigError::Invalid(msg));
-        let k = &self.kafka;
-        if k.brokers.trim().is_empty() {
-            return fail(
+        self.kafka
+            .validate_membership()
+            .and_then(|()| self.validate_drain_deadline())
+            .and_then(|()| self.kafka.validate_security())
+            .and_then(|()| self.validate_storage())
+            .and_then(|()| self.model.validate())
+            .and_then(|()| self.jobs.validate())
+            .and_then(|()| self.media.validate())
+            .and_then(|()| self.telemetry.validate())
+            .map_err(ConfigError::Invalid)
+    }
+
+    /// The drain deadline plus a checkpoint write must end before the group evicts a silent
+    /// consumer.
+    fn validate_drain_deadline(&self) -> Result<(), String> {
+        let shutdown = self.shutdown.drain_deadline_secs + self.checkpoint.max_write_secs;
+        if self.shutdown.drain_deadline_secs == 0 {
+            return Err("shutdown.drain_deadline_secs must be at least 1".into());
+        }
+        let max_poll_interval_ms = self.kafka.max_poll_interval_ms;
+        if shutdown * 1000 >= u64::from(max_poll_interval_ms) {
+            return Err(format!(
+                "shutdown.drain_deadline_secs + checkpoint.max_write_secs = {shutdown} s is not below kafka.max_poll_interval_ms ({max_poll_interval_ms} ms): a draining worker could be evicted from the group mid-drain — lower the deadline or raise max_poll_interval_ms"
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), String> {
+        crate::storage::check_url(&self.storage.url)
+            .map_err(|reason| format!("storage.url {:?}: {reason}", self.storage.url))
+    }
+}
+
+impl KafkaConfig {
+    /// Brokers, the group, and the group's timeouts.
+    fn validate_membership(&self) -> Result<(), String> {
+        if self.brokers.trim().is_empty() {
+            return Err(
                 "kafka.brokers is empty — set it to host:port[,host:port] (env T2V_KAFKA__BROKERS)"
                     .into(),
             );
         }
-        if k.group_id.trim().is_empty() {
-            return fail(
+        if self.group_id.trim().is_empty() {
+            return Err(
                 "kafka.group_id is empty — every worker of a fleet needs the same group id".into(),
             );
         }
-        if k.session_timeout_ms > k.max_poll_interval_ms {
-            return fail(format!(
+        if self.session_timeout_ms > self.max_poll_interval_ms {
+            return Err(format!(
                 "kafka.session_timeout_ms ({}) exceeds kafka.max_poll_interval_ms ({}) — librdkafka requires session <= max poll interval",
-                k.session_timeout_ms, k.max_poll_interval_ms
+                self.session_timeout_ms, self.max_poll_interval_ms
             ));
         }
-        let shutdown = self.shutdown.drain_deadline_secs + self.checkpoint.max_write_secs;
-        if self.shutdown.drain_deadline_secs == 0 {
-            return fail("shutdown.drain_deadline_secs must be at least 1".into());
-        }
-        if shutdown * 1000 >= u64::from(k.max_poll_interval_ms) {
-            return fail(format!(
-                "shutdown.drain_deadline_secs + checkpoint.max_write_secs = {shutdown} s is not below kafka.max_poll_interval_ms ({} ms): a draining worker could be evicted from the group mid-drain — lower the deadline or raise max_poll_interval_ms",
-                k.max_poll_interval_ms
-            ));
-        }
-        let protocol = k.security_protocol.to_ascii_uppercase();
+        Ok(())
+    }
+
+    /// The security protocol, and the SASL settings it needs.
+    fn validate_security(&self) -> Result<(), String> {
+        let protocol = self.security_protocol.to_ascii_uppercase();
         if !matches!(
             protocol.as_str(),
             "" | "PLAINTEXT" | "SSL" | "SASL_PLAINTEXT" | "SASL_SSL"
         ) {
-            return fail(format!(
+            return Err(format!(
                 "kafka.security_protocol {:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
-                k.security_protocol
+                self.security_protocol
             ));
         }
         if protocol.starts_with("SASL")
-            && (k.sasl_mechanism.is_empty()
-                || k.sasl_username.is_empty()
-                || k.sasl_password.is_empty())
+            && (self.sasl_mechanism.is_empty()
+                || self.sasl_username.is_empty()
+                || self.sasl_password.is_empty())
         {
-            return fail(format!(
+            return Err(format!(
                 "kafka.security_protocol is {protocol} but sasl_mechanism, T2V_KAFKA__SASL_USERNAME or T2V_KAFKA__SASL_PASSWORD is empty — set all three"
             ));
         }
-        if let Err(reason) = crate::storage::check_url(&self.storage.url) {
-            return fail(format!("storage.url {:?}: {reason}", self.storage.url));
-        }
-        let budget = self.model.memory_budget_gib;
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    fn validate(&self) -> Result<(), String> {
+        let budget = self.memory_budget_gib;
         if !(budget.is_finite() && budget >= 0.0) {
-            return fail(format!(
+            return Err(format!(
                 "model.memory_budget_gib must be a number >= 0 (0 = the GPU's total memory), got {budget}"
             ));
         }
-        if self.jobs.max_attempts == 0 {
-            return fail("jobs.max_attempts must be at least 1".into());
+        Ok(())
+    }
+}
+
+impl JobsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("jobs.max_attempts must be at least 1".into());
         }
-        if self.media.crf > 51 {
-            return fail(format!("media.crf must be 0..=51, got {}", self.media.crf));
+        Ok(())
+    }
+}
+
+impl MediaConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.crf > 51 {
+            return Err(format!("media.crf must be 0..=51, got {}", self.crf));
         }
-        let t = &self.telemetry;
-        if !(t.otlp_endpoint.is_empty()
-            || t.otlp_endpoint.starts_with("http://")
-            || t.otlp_endpoint.starts_with("https://"))
+        Ok(())
+    }
+}
+
+impl TelemetryConfig {
+    /// An http(s) endpoint (or none), a sampling ratio, and a service name.
+    fn validate(&self) -> Result<(), String> {
+        if !(self.otlp_endpoint.is_empty()
+            || self.otlp_endpoint.starts_with("http://")
+            || self.otlp_endpoint.starts_with("https://"))
         {
-            return fail(format!(
+            return Err(format!(
                 "telemetry.otlp_endpoint {:?} is not an http(s) URL — use the collector's OTLP/HTTP base URL, e.g. http://otel-collector:4318, or leave it empty",
-                t.otlp_endpoint
+                self.otlp_endpoint
             ));
         }
-        if !(0.0..=1.0).contains(&t.sample_ratio) {
-            return fail(format!(
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!(
                 "telemetry.sample_ratio must be 0.0..=1.0 (the share of new traces sampled), got {}",
-                t.sample_ratio
+                self.sample_ratio
             ));
         }
-        if t.service_name.trim().is_empty() {
-            return fail(
+        if self.service_name.trim().is_empty() {
+            return Err(
                 "telemetry.service_name is empty — name the service the spans belong to, e.g. t2v-worker"
                     .into(),
             );

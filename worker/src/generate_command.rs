@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use t2v_pipeline::GenerationOutput;
 use t2v_proto::v1::Sampler;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
 use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
-use crate::generate::{JobSpec, StepInfo, VideoGenerator};
+use crate::generate::{JobSpec, ModelDefaults, StepInfo, VideoGenerator};
 use crate::gpu::{human, Gpu, PeakSampler};
 use crate::storage::Storage;
 
@@ -94,22 +95,46 @@ pub struct GenerateArgs {
 /// Runs `generate`; `Err` is the one-line message for the user.
 pub async fn run(args: GenerateArgs) -> Result<(), String> {
     let started = Instant::now();
-    // 1. load
+    let (generator, device) = load(&args).await?;
+    let load_time = started.elapsed();
+    let job = job_spec(&args, generator.model().defaults);
+    let (output, gpu_peak) = generate(generator, job.clone(), device).await?;
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let written = write_outputs(&args, &output, job.fps).await?;
+    let summary = summary(
+        &output,
+        job.steps,
+        (load_time, started.elapsed()),
+        gpu_peak,
+        args.save_frames.as_deref(),
+        &written,
+    );
+    println!("{summary}");
+    Ok(())
+}
+
+/// Step 1: loads the model directory with `--device / --dtype / --memory-policy` (and the
+/// preflight of `--memory-budget-gib`) on a blocking thread; returns the device it runs on.
+async fn load(args: &GenerateArgs) -> Result<(WanGenerator, Device), String> {
     let options =
         load_options(args.device, args.dtype, args.memory_policy).map_err(|e| e.to_string())?;
     let (model, budget) = (args.model.clone(), args.memory_budget_gib);
-    let mut generator = tokio::task::spawn_blocking(move || {
+    let generator = tokio::task::spawn_blocking(move || {
         WanGenerator::load(&model, "wan", options)
             .map(|g| g.with_memory_budget(budget))
             .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("the loader thread failed: {e}"))??;
-    let load_time = started.elapsed();
+    Ok((generator, options.device))
+}
 
-    // 2. generate
-    let defaults = generator.model().defaults;
-    let job = JobSpec {
+/// The job the flags describe; unset flags take the model's `defaults`, an unset seed a random
+/// one.
+fn job_spec(args: &GenerateArgs, defaults: ModelDefaults) -> JobSpec {
+    JobSpec {
         job_id: "generate".into(),
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -127,60 +152,83 @@ pub async fn run(args: GenerateArgs) -> Result<(), String> {
             Some(SamplerArg::Euler) => Sampler::FlowEuler,
         },
         seed: args.seed.unwrap_or_else(|| rand::random::<u64>() >> 1),
-    };
-    let spec = job.clone();
-    // The device's peak `used` (NVML) while generating, on CUDA.
-    let gpu = options.device.is_cuda().then(Gpu::shared).flatten();
-    let (output, gpu_peak) = tokio::task::spawn_blocking(move || {
+    }
+}
+
+/// The device's peak memory `used` (NVML) while generating and its total, in bytes.
+type GpuPeak = Option<(u64, u64)>;
+
+/// Step 2: generates `job` on a blocking thread, showing progress; on CUDA also samples the
+/// GPU's peak memory.
+async fn generate(
+    mut generator: WanGenerator,
+    job: JobSpec,
+    device: Device,
+) -> Result<(GenerationOutput, GpuPeak), String> {
+    let gpu = device.is_cuda().then(Gpu::shared).flatten();
+    tokio::task::spawn_blocking(move || {
         let sampler = gpu.map(|g| (g, PeakSampler::start(g, Duration::from_millis(100))));
-        let mut progress = Progress::new(spec.steps);
-        let result = generator.run(&spec, None, &mut |step| progress.step(step));
+        let mut progress = Progress::new(job.steps);
+        let result = generator.run(&job, None, &mut |step| progress.step(step));
         progress.finish();
         let peak = sampler.map(|(g, s)| (s.finish(g), g.memory().map_or(0, |m| m.total)));
         result.map(|o| (o, peak)).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| format!("the generator thread failed: {e}"))??;
-    for warning in &output.warnings {
-        eprintln!("warning: {warning}");
-    }
+    .map_err(|e| format!("the generator thread failed: {e}"))?
+}
 
-    // 3. outputs
+/// Step 3: the `.npy` frames (`--save-frames`) and the MP4 + thumbnail (`--out`); returns the
+/// URIs of the latter.
+async fn write_outputs(
+    args: &GenerateArgs,
+    output: &GenerationOutput,
+    fps: u32,
+) -> Result<Vec<String>, String> {
     if let Some(path) = &args.save_frames {
         write_npy(path, &output.frames)?;
     }
-    let mut written = Vec::new();
-    if let Some(out) = &args.out {
-        let frames = to_rgb24(&output.frames).map_err(|e| e.to_string())?;
-        written = write_video(out, &frames, job.fps).await?;
-    }
+    let Some(out) = &args.out else {
+        return Ok(Vec::new());
+    };
+    let frames = to_rgb24(&output.frames).map_err(|e| e.to_string())?;
+    write_video(out, &frames, fps).await
+}
 
-    // 4. summary
-    let t = timings(&output);
+/// Step 4: the summary line: size, steps, seed, the per-phase timings (`load` and `total` are
+/// measured here), peak GPU memory and what was written.
+fn summary(
+    output: &GenerationOutput,
+    steps: u32,
+    (load, total): (Duration, Duration),
+    gpu_peak: GpuPeak,
+    frames_path: Option<&Path>,
+    written: &[String],
+) -> String {
+    let t = timings(output);
     let mut summary = format!(
         "generated {} frames {}×{} in {} steps, seed {}: load {}, text encode {}, denoise {}, VAE decode {}, total {}",
         output.num_frames,
         output.width,
         output.height,
-        job.steps,
+        steps,
         output.seed,
-        seconds(load_time),
+        seconds(load),
         seconds(t.text_encode),
         seconds(t.denoise),
         seconds(t.vae_decode),
-        seconds(started.elapsed()),
+        seconds(total),
     );
     if let Some((peak, total)) = gpu_peak {
         summary += &format!("; peak GPU memory {} of {}", human(peak), human(total));
     }
-    if let Some(path) = &args.save_frames {
+    if let Some(path) = frames_path {
         summary += &format!("; frames {}", path.display());
     }
     for uri in written {
         summary += &format!("; {uri}");
     }
-    println!("{summary}");
-    Ok(())
+    summary
 }
 
 /// A progress bar on a terminal, one line per step otherwise.

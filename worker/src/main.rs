@@ -132,72 +132,94 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Schema => {
             println!("{:#}", t2v_worker::config::json_schema());
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
-        Command::Generate(args) => {
-            // The pipeline's warnings reach the user as `warning:` lines; RUST_LOG shows more.
-            init_logs_with(LogFormat::Text, "error", None);
-            return match t2v_worker::generate_command::run(*args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("t2v-worker generate: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Command::Run | Command::Doctor => {}
+        Command::Generate(args) => generate(*args).await,
+        Command::Run => match load_config(&cli.overrides) {
+            Ok(cfg) => run(cfg).await,
+            Err(code) => code,
+        },
+        Command::Doctor => match load_config(&cli.overrides) {
+            Ok(cfg) => doctor(&cfg).await,
+            Err(code) => code,
+        },
     }
-    let cfg = match WorkerConfig::load(
-        cli.overrides.config.as_deref(),
-        std::env::vars(),
-        &cli.overrides.pairs(),
-    ) {
-        Ok(cfg) => cfg,
+}
+
+/// `generate`: no worker.toml; the error is one line.
+async fn generate(args: t2v_worker::generate_command::GenerateArgs) -> ExitCode {
+    // The pipeline's warnings reach the user as `warning:` lines; RUST_LOG shows more.
+    init_logs_with(LogFormat::Text, "error", None);
+    match t2v_worker::generate_command::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("t2v-worker: {e}");
-            return ExitCode::from(2);
+            eprintln!("t2v-worker generate: {e}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// The configuration of `run` and `doctor` (defaults < file < env < flags); exit code 2 when it
+/// cannot be used.
+fn load_config(overrides: &Overrides) -> Result<WorkerConfig, ExitCode> {
+    WorkerConfig::load(
+        overrides.config.as_deref(),
+        std::env::vars(),
+        &overrides.pairs(),
+    )
+    .map_err(|e| {
+        eprintln!("t2v-worker: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// `run`: telemetry and logs, the consumer loop until a signal has drained it, then the last
+/// spans flushed.
+async fn run(cfg: WorkerConfig) -> ExitCode {
+    let telemetry = match start_telemetry(&cfg) {
+        Ok(telemetry) => telemetry,
+        Err(code) => return code,
     };
-    match cli.command {
-        Command::Run => {
-            let instance = t2v_worker::kafka::consumer::worker_id(&cfg);
-            let telemetry = match Telemetry::start(&cfg.telemetry, &instance) {
-                Ok(telemetry) => telemetry,
-                Err(e) => {
-                    eprintln!("t2v-worker: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_logs_with(cfg.log.format, "info", Some(&telemetry));
-            match telemetry.endpoint() {
-                Some(endpoint) => tracing::info!(endpoint, "exporting spans over OTLP/HTTP"),
-                None => tracing::info!(
-                    "no OTLP endpoint (telemetry.otlp_endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): trace ids go to the logs only"
-                ),
-            }
-            let result = t2v_worker::kafka::consumer::run(cfg, shutdown_signal()).await;
-            if let Err(e) = &result {
-                tracing::error!("{e:#}");
-            }
-            // After the drain, so the last job's spans are in the queue; blocking, bounded.
-            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
-            }
-        }
-        Command::Doctor => {
-            init_logs_with(cfg.log.format, "info", None);
-            let findings = t2v_worker::doctor::run(&cfg).await;
-            for f in &findings {
-                println!("{f}");
-            }
-            if findings.iter().all(|f| f.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Command::Schema | Command::Generate(_) => unreachable!("handled above"),
+    let result = t2v_worker::kafka::consumer::run(cfg, shutdown_signal()).await;
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    // After the drain, so the last job's spans are in the queue; blocking, bounded.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Starts the tracer provider and the logs of `run`, and says where spans go; exit code 2 when
+/// the telemetry settings cannot be used.
+fn start_telemetry(cfg: &WorkerConfig) -> Result<Telemetry, ExitCode> {
+    let instance = t2v_worker::kafka::consumer::worker_id(cfg);
+    let telemetry = Telemetry::start(&cfg.telemetry, &instance).map_err(|e| {
+        eprintln!("t2v-worker: {e}");
+        ExitCode::from(2)
+    })?;
+    init_logs_with(cfg.log.format, "info", Some(&telemetry));
+    match telemetry.endpoint() {
+        Some(endpoint) => tracing::info!(endpoint, "exporting spans over OTLP/HTTP"),
+        None => tracing::info!(
+            "no OTLP endpoint (telemetry.otlp_endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): trace ids go to the logs only"
+        ),
+    }
+    Ok(telemetry)
+}
+
+/// `doctor`: one line per finding; failure when any finding fails.
+async fn doctor(cfg: &WorkerConfig) -> ExitCode {
+    init_logs_with(cfg.log.format, "info", None);
+    let findings = t2v_worker::doctor::run(cfg).await;
+    for f in &findings {
+        println!("{f}");
+    }
+    if findings.iter().all(|f| f.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

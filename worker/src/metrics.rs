@@ -30,6 +30,8 @@ pub mod outcome {
     pub const DUPLICATE: &str = "duplicate";
     pub const FAILED: &str = "failed";
     pub const CANCELED: &str = "canceled";
+    /// A record whose result and DLQ copy Kafka both refused for good: skipped, logged.
+    pub const DROPPED: &str = "dropped";
     /// Undecodable records sent to the DLQ.
     pub const UNDECODABLE: &str = "undecodable";
     /// Stopped by shutdown; the offset is not stored, another worker takes it.

@@ -1,6 +1,6 @@
-//! Traces (issue 5 "Observability"): an OpenTelemetry span per job and per phase, parented on
-//! the producer's `traceparent`, exported over OTLP/HTTP when configured, and continued by every
-//! event the job publishes.
+//! Traces: an OpenTelemetry span per job and per phase, parented on the producer's `traceparent`,
+//! exported over OTLP/HTTP when configured, and continued by every event the job publishes (the
+//! trace context's path through the fleet: docs/design.md, "Headers").
 //!
 //! `t2v-worker run` always installs [`Telemetry::layer`] (tracing-opentelemetry over an SDK
 //! tracer provider); the provider gets a batching OTLP exporter only when an endpoint is

@@ -389,21 +389,8 @@ impl UniPcMultistepScheduler {
             (Some(rhos), Some(d1s)) => Residual::Tensor(einsum(rhos, d1s)?),
             _ => Residual::Zero,
         };
-        let x_t = if self.config.predict_x0 {
-            let x_t_ = c
-                .sigma_t
-                .f_div(&c.sigma_s0)?
-                .f_mul(x)?
-                .f_sub(&c.alpha_t.f_mul(&c.h_phi_1)?.f_mul(m0)?)?;
-            x_t_.f_sub(&pred_res.scaled(&c.alpha_t.f_mul(&c.b_h)?)?)?
-        } else {
-            let x_t_ = c
-                .alpha_t
-                .f_div(&c.alpha_s0)?
-                .f_mul(x)?
-                .f_sub(&c.sigma_t.f_mul(&c.h_phi_1)?.f_mul(m0)?)?;
-            x_t_.f_sub(&pred_res.scaled(&c.sigma_t.f_mul(&c.b_h)?)?)?
-        };
+        let (x_t_, coef) = c.first_order(x, m0, self.config.predict_x0)?;
+        let x_t = x_t_.f_sub(&pred_res.scaled(&coef)?)?;
         Ok(x_t.f_to_kind(x.kind())?)
     }
 
@@ -441,21 +428,8 @@ impl UniPcMultistepScheduler {
             Residual::Tensor(t) => t.f_add(&last_rho_d1)?,
             Residual::Zero => last_rho_d1.f_add_scalar(0i64)?,
         };
-        let x_t = if self.config.predict_x0 {
-            let x_t_ = c
-                .sigma_t
-                .f_div(&c.sigma_s0)?
-                .f_mul(x)?
-                .f_sub(&c.alpha_t.f_mul(&c.h_phi_1)?.f_mul(m0)?)?;
-            x_t_.f_sub(&c.alpha_t.f_mul(&c.b_h)?.f_mul(&correction)?)?
-        } else {
-            let x_t_ = c
-                .alpha_t
-                .f_div(&c.alpha_s0)?
-                .f_mul(x)?
-                .f_sub(&c.sigma_t.f_mul(&c.h_phi_1)?.f_mul(m0)?)?;
-            x_t_.f_sub(&c.sigma_t.f_mul(&c.b_h)?.f_mul(&correction)?)?
-        };
+        let (x_t_, coef) = c.first_order(x, m0, self.config.predict_x0)?;
+        let x_t = x_t_.f_sub(&coef.f_mul(&correction)?)?;
         Ok(x_t.f_to_kind(x.kind())?)
     }
 
@@ -484,6 +458,25 @@ struct Coefficients {
     b: Tensor,
     /// `(mi − m0) / rk` stacked on dim 1, `None` for a first-order step.
     d1s: Option<Tensor>,
+}
+
+impl Coefficients {
+    /// What UniP and UniC share: the first-order update `x_t_` from `x` and `m0`, and the
+    /// coefficient the residual is scaled by before it is subtracted — with `predict_x0`
+    /// `σ_t/σ_s0·x − α_t·h_phi_1·m0` and `α_t·B(h)`, else `α_t/α_s0·x − σ_t·h_phi_1·m0` and
+    /// `σ_t·B(h)`.
+    fn first_order(&self, x: &Tensor, m0: &Tensor, predict_x0: bool) -> Result<(Tensor, Tensor)> {
+        let (scale_t, scale_s0, other_t) = if predict_x0 {
+            (&self.sigma_t, &self.sigma_s0, &self.alpha_t)
+        } else {
+            (&self.alpha_t, &self.alpha_s0, &self.sigma_t)
+        };
+        let x_t_ = scale_t
+            .f_div(scale_s0)?
+            .f_mul(x)?
+            .f_sub(&other_t.f_mul(&self.h_phi_1)?.f_mul(m0)?)?;
+        Ok((x_t_, other_t.f_mul(&self.b_h)?))
+    }
 }
 
 /// The reference's `pred_res`/`corr_res`: a tensor, or the Python int 0 for first order.

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{PipelineError, Result};
+use crate::error::{ConfigProblem, Result};
 use crate::loader;
 
 /// The only `qk_norm` diffusers implements (RMS norm over all heads, learned gain).
@@ -133,42 +133,40 @@ impl TransformerConfig {
     /// implements what it describes. Errors name the file and the offending key.
     pub fn from_file(path: &Path) -> Result<Self> {
         let cfg: Self = loader::read_json(path, "transformer config.json")?;
-        cfg.validate().map_err(|message| PipelineError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        cfg.validate().map_err(|problem| problem.in_file(path))?;
         Ok(cfg)
     }
 
     /// Checks the values this implementation supports; the message names the key and why.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigProblem> {
         if let Some(class) = &self.class_name {
             if class != CLASS_NAME {
                 return Err(format!(
                     "_class_name is {class:?}, expected {CLASS_NAME:?} — this folder holds another model"
-                ));
+                ).into());
             }
         }
         if let Some(dim) = self.image_dim {
             return Err(format!(
                 "image_dim = {dim} (an image-to-video checkpoint) is not supported; use a text-to-video (T2V or TI2V) checkpoint"
-            ));
+            ).into());
         }
         if let Some(dim) = self.added_kv_proj_dim {
             return Err(format!(
                 "added_kv_proj_dim = {dim} (image key/value projections of I2V) is not supported; use a text-to-video checkpoint"
-            ));
+            ).into());
         }
         if let Some(len) = self.pos_embed_seq_len {
             return Err(format!(
                 "pos_embed_seq_len = {len} (first/last-frame image embedding) is not supported; use a text-to-video checkpoint"
-            ));
+            ).into());
         }
         if self.qk_norm.as_deref() != Some(QK_NORM_ACROSS_HEADS) {
             return Err(format!(
                 "qk_norm = {:?} is not supported; expected {QK_NORM_ACROSS_HEADS:?}",
                 self.qk_norm
-            ));
+            )
+            .into());
         }
         let positive = [
             ("num_attention_heads", self.num_attention_heads),
@@ -184,28 +182,27 @@ impl TransformerConfig {
             ("patch_size[2]", self.patch_size[2]),
         ];
         if let Some((key, value)) = positive.iter().find(|(_, v)| *v <= 0) {
-            return Err(format!("{key} = {value} must be positive"));
+            return Err(format!("{key} = {value} must be positive").into());
         }
         if self.num_layers < 0 {
-            return Err(format!(
-                "num_layers = {} must not be negative",
-                self.num_layers
-            ));
+            return Err(format!("num_layers = {} must not be negative", self.num_layers).into());
         }
         if self.attention_head_dim % 2 != 0 {
             return Err(format!(
                 "attention_head_dim = {} must be even: RoPE rotates channel pairs",
                 self.attention_head_dim
-            ));
+            )
+            .into());
         }
         if self.freq_dim % 2 != 0 {
             return Err(format!(
                 "freq_dim = {} must be even (cos and sin halves)",
                 self.freq_dim
-            ));
+            )
+            .into());
         }
         if self.eps.is_nan() || self.eps <= 0.0 {
-            return Err(format!("eps = {} must be positive", self.eps));
+            return Err(format!("eps = {} must be positive", self.eps).into());
         }
         Ok(())
     }
@@ -367,7 +364,10 @@ mod tests {
         ];
         for (cfg, needle) in cases {
             let err = cfg.validate().unwrap_err();
-            assert!(err.contains(needle), "{err:?} should mention {needle}");
+            assert!(
+                err.message.contains(needle),
+                "{err:?} should mention {needle}"
+            );
         }
     }
 }

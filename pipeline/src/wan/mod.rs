@@ -1,10 +1,12 @@
 //! The Wan model family (Wan2.1 / Wan2.2), module paths equal to the diffusers checkpoint keys.
 //!
 //! # Layout
+//! - `config`: `TransformerConfig`, the transformer's `config.json`, with presets of the published models.
 //! - `transformer`: `WanTransformer3DModel` (patch embedding, condition embedder, blocks, output).
 //! - `attention`: self/cross attention with RMS q/k norm through `scaled_dot_product_attention`.
 //! - `rope`: 3-D rotary position embedding split over (frames, height, width).
-//! - `text_encoder`: umT5 encoder and prompt handling.
+//! - `text_encoder`: the umT5 encoder and its config.
+//! - `prompt`: the tokenizer, prompt cleaning and `TextEncoder` (tokenize → umT5 → embeddings).
 //! - `vae`: `AutoencoderKLWan` decoder with causal 3-D convolutions.
 
 pub mod attention;

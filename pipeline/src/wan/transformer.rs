@@ -259,7 +259,7 @@ impl WanTransformer3DModel {
     /// fp32 modules). Fill it with [`loader::load_weights`], or use [`Self::load`].
     pub fn new(cfg: &TransformerConfig, vs: nn::Path<'_>) -> Result<Self> {
         cfg.validate()
-            .map_err(|message| PipelineError::invalid("transformer config", message))?;
+            .map_err(|problem| problem.in_component("transformer config"))?;
         let kind = vs.kind();
         if !matches!(
             kind,

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
-pub use config::VaeConfig;
+pub use config::{DecoderStage, VaeConfig};
 use decoder::Decoder;
 use layers::{CausalConv3d, FeatCache};
 
@@ -63,7 +63,7 @@ impl AutoencoderKLWan {
     /// Creates the variables under `vs` (the VAE's root). Fails on a config it cannot build.
     pub fn new(cfg: &VaeConfig, vs: nn::Path<'_>) -> Result<Self> {
         cfg.validate()
-            .map_err(|message| PipelineError::invalid("VAE config", message))?;
+            .map_err(|problem| problem.in_component("VAE config"))?;
         let z = cfg.z_dim;
         Ok(Self {
             cfg: cfg.clone(),

@@ -76,66 +76,85 @@ pub fn cuda_findings(device: DeviceChoice, facts: &CudaFacts) -> Vec<Finding> {
             "model.device = cpu: the pipeline runs on the CPU (no GPU checks)",
         )];
     }
-    let setting = match device {
-        DeviceChoice::Cuda => "model.device = cuda",
-        _ => "model.device = auto",
-    };
-    let or_cpu = "or set model.device = cpu to run on the CPU on purpose";
-    let mut out = Vec::new();
-    let version_mismatch = match (&facts.driver, facts.torch_cuda) {
+    let mismatch = version_mismatch(facts);
+    let mut out: Vec<Finding> = mismatch
+        .map(|(driver, built)| driver_too_old(driver, built, facts.torch_sees_cuda))
+        .into_iter()
+        .collect();
+    if facts.torch_sees_cuda {
+        out.push(cuda_device_seen(facts));
+    } else if mismatch.is_none() {
+        // A too-old driver is the cause already said; otherwise say why libtorch sees no device.
+        out.push(no_cuda_device(device, &no_cuda_cause(facts)));
+    }
+    out
+}
+
+/// The driver and libtorch's CUDA version when the driver supports only an older CUDA than
+/// libtorch was built for.
+fn version_mismatch(facts: &CudaFacts) -> Option<(&DriverFacts, CudaVersion)> {
+    match (&facts.driver, facts.torch_cuda) {
         (Ok(driver), TorchCuda::Cuda(built)) if driver.cuda < built => Some((driver, built)),
         _ => None,
-    };
-    if let Some((driver, built)) = version_mismatch {
-        let cause = format!(
-            "the NVIDIA driver {} supports CUDA up to {}, older than the CUDA {built} libtorch was built for",
-            driver.version, driver.cuda
-        );
-        let fix = format!(
-            "upgrade the node's driver to one that supports CUDA {built}, or build t2v-worker against a torch for CUDA {} or older (e.g. torch 2.11.0+cu{}{})",
-            driver.cuda, driver.cuda.major, driver.cuda.minor
-        );
-        out.push(if driver.cuda.major < built.major || !facts.torch_sees_cuda {
-            finding("gpu", false, format!("{cause} — {fix}"))
-        } else {
-            warning(
-                "gpu",
-                format!("{cause}: CUDA minor-version compatibility runs it, but kernels that need PTX JIT fail — {fix}"),
-            )
-        });
     }
-    if facts.torch_sees_cuda {
-        let Ok(driver) = &facts.driver else {
-            out.push(warning(
-                "gpu",
-                format!("libtorch sees a CUDA device but NVML does not answer ({}): no GPU memory checks or metrics — mount the driver's libnvidia-ml.so.1 (NVIDIA container toolkit)",
-                    facts.driver.as_ref().err().map_or("", String::as_str)),
-            ));
-            return out;
-        };
-        let built = match facts.torch_cuda {
-            TorchCuda::Cuda(v) => format!("libtorch built for CUDA {v}"),
-            _ => "libtorch's CUDA version unknown".into(),
-        };
-        out.push(finding(
+}
+
+/// The driver is older than libtorch's CUDA: a failure when that stops libtorch (an older major
+/// version, or no device seen), else a warning (minor-version compatibility runs it).
+fn driver_too_old(driver: &DriverFacts, built: CudaVersion, torch_sees_cuda: bool) -> Finding {
+    let cause = format!(
+        "the NVIDIA driver {} supports CUDA up to {}, older than the CUDA {built} libtorch was built for",
+        driver.version, driver.cuda
+    );
+    let fix = format!(
+        "upgrade the node's driver to one that supports CUDA {built}, or build t2v-worker against a torch for CUDA {} or older (e.g. torch 2.11.0+cu{}{})",
+        driver.cuda, driver.cuda.major, driver.cuda.minor
+    );
+    if driver.cuda.major < built.major || !torch_sees_cuda {
+        finding("gpu", false, format!("{cause} — {fix}"))
+    } else {
+        warning(
             "gpu",
-            true,
-            format!(
-                "{}, {} of memory, driver {} (CUDA {}), {built}",
-                driver.gpu_name,
-                human(driver.memory.total),
-                driver.version,
-                driver.cuda
-            ),
-        ));
-        return out;
+            format!("{cause}: CUDA minor-version compatibility runs it, but kernels that need PTX JIT fail — {fix}"),
+        )
     }
-    // libtorch sees no CUDA device: say why.
-    let cause = match (&facts.driver, facts.torch_cuda, facts.libtorch_cuda_loaded) {
+}
+
+/// libtorch sees a CUDA device: the GPU, its memory and the CUDA versions, or a warning when
+/// NVML does not answer.
+fn cuda_device_seen(facts: &CudaFacts) -> Finding {
+    let driver = match &facts.driver {
+        Ok(driver) => driver,
+        Err(e) => {
+            return warning(
+                "gpu",
+                format!("libtorch sees a CUDA device but NVML does not answer ({e}): no GPU memory checks or metrics — mount the driver's libnvidia-ml.so.1 (NVIDIA container toolkit)"),
+            )
+        }
+    };
+    let built = match facts.torch_cuda {
+        TorchCuda::Cuda(v) => format!("libtorch built for CUDA {v}"),
+        _ => "libtorch's CUDA version unknown".into(),
+    };
+    finding(
+        "gpu",
+        true,
+        format!(
+            "{}, {} of memory, driver {} (CUDA {}), {built}",
+            driver.gpu_name,
+            human(driver.memory.total),
+            driver.version,
+            driver.cuda
+        ),
+    )
+}
+
+/// Why libtorch sees no CUDA device (when the driver is not too old), with the fix.
+fn no_cuda_cause(facts: &CudaFacts) -> String {
+    match (&facts.driver, facts.torch_cuda, facts.libtorch_cuda_loaded) {
         (Err(e), _, _) => format!(
             "there is no NVIDIA driver here ({e}) — run on a GPU node with the NVIDIA driver and container toolkit, with an nvidia.com/gpu limit on the pod"
         ),
-        (Ok(_), _, _) if version_mismatch.is_some() => return out,
         (Ok(d), TorchCuda::CpuOnly, _) => format!(
             "the driver shows {} but this t2v-worker was built against a CPU-only libtorch — install torch 2.11.0 with CUDA (cu130) and rebuild with LIBTORCH_USE_PYTORCH=1",
             d.gpu_name
@@ -149,8 +168,18 @@ pub fn cuda_findings(device: DeviceChoice, facts: &CudaFacts) -> Vec<Finding> {
             d.gpu_name,
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
         ),
+    }
+}
+
+/// libtorch sees no CUDA device for `device` (`cuda` or `auto`): a failure for `cuda`, a warning
+/// for `auto`, which falls back to the CPU.
+fn no_cuda_device(device: DeviceChoice, cause: &str) -> Finding {
+    let setting = match device {
+        DeviceChoice::Cuda => "model.device = cuda",
+        _ => "model.device = auto",
     };
-    out.push(if device == DeviceChoice::Auto {
+    let or_cpu = "or set model.device = cpu to run on the CPU on purpose";
+    if device == DeviceChoice::Auto {
         // `auto` means "CUDA when there is one": the CPU is a legal, if slow, fallback.
         warning(
             "gpu",
@@ -162,8 +191,7 @@ pub fn cuda_findings(device: DeviceChoice, facts: &CudaFacts) -> Vec<Finding> {
             false,
             format!("{setting} but libtorch sees no CUDA device: {cause}, {or_cpu}"),
         )
-    });
-    out
+    }
 }
 
 /// A job size: width × height × frames.
@@ -196,73 +224,89 @@ pub fn memory_findings(
     gpu_total: Option<u64>,
     [default, largest]: [JobSize; 2],
 ) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let what = if limit.configured {
-        format!("model.memory_budget_gib ({})", human(limit.bytes))
-    } else {
-        format!("the GPU's {}", human(limit.bytes))
-    };
-    if let Some(total) = gpu_total.filter(|&t| limit.configured && limit.bytes > t) {
-        out.push(warning(
-            "memory",
-            format!(
-                "model.memory_budget_gib ({}) exceeds the GPU's {}: the preflight lets through jobs that run out of memory — lower it, or set 0 for the GPU's total",
-                human(limit.bytes),
-                human(total)
-            ),
-        ));
+    let mut out: Vec<Finding> = budget_above_gpu(limit, gpu_total).into_iter().collect();
+    for (size, is_default) in [(default, true), (largest, false)] {
+        match size_fits(configs, base, limit, size, is_default) {
+            Ok(found) => out.push(found),
+            Err(no_estimate) => {
+                out.push(no_estimate);
+                break;
+            }
+        }
     }
+    out
+}
+
+/// A WARN when `model.memory_budget_gib` is set above the GPU's memory.
+fn budget_above_gpu(limit: MemoryLimit, gpu_total: Option<u64>) -> Option<Finding> {
+    let total = gpu_total.filter(|&t| limit.configured && limit.bytes > t)?;
+    Some(warning(
+        "memory",
+        format!(
+            "model.memory_budget_gib ({}) exceeds the GPU's {}: the preflight lets through jobs that run out of memory — lower it, or set 0 for the GPU's total",
+            human(limit.bytes),
+            human(total)
+        ),
+    ))
+}
+
+/// Whether the job `size` fits `limit`: OK, or (with the settings that fit) a FAIL for the
+/// default job and a WARN for the largest request; `Err` when there is no estimate at all.
+fn size_fits(
+    configs: &ModelConfigs,
+    base: &EstimateRequest,
+    limit: MemoryLimit,
+    (width, height, num_frames): JobSize,
+    is_default: bool,
+) -> Result<Finding, Finding> {
+    let request = EstimateRequest {
+        width,
+        height,
+        num_frames,
+        ..*base
+    };
+    let peak = estimate(configs, &request).map(|e| e.peak).map_err(|e| {
+        finding(
+            "memory",
+            false,
+            format!("no memory estimate: {e} — check the model's config.json files"),
+        )
+    })?;
+    let label = if is_default {
+        "the default job"
+    } else {
+        "the largest request the fleet accepts,"
+    };
     let overhead = if limit.overhead > 0 {
         format!(" + {} CUDA context", human(limit.overhead))
     } else {
         String::new()
     };
-    for (i, (width, height, num_frames)) in [default, largest].into_iter().enumerate() {
-        let request = EstimateRequest {
-            width,
-            height,
-            num_frames,
-            ..*base
-        };
-        let label = if i == 0 {
-            "the default job"
-        } else {
-            "the largest request the fleet accepts,"
-        };
-        let peak = match estimate(configs, &request) {
-            Ok(e) => e.peak,
-            Err(e) => {
-                out.push(finding(
-                    "memory",
-                    false,
-                    format!("no memory estimate: {e} — check the model's config.json files"),
-                ));
-                return out;
-            }
-        };
-        let sized = format!(
-            "{label} {width}×{height}×{num_frames} needs an estimated {}{overhead}",
-            human(peak)
-        );
-        if peak <= limit.room() {
-            out.push(finding("memory", true, format!("{sized}, within {what}")));
-            continue;
-        }
-        let fix = fit_hint(configs, &request, limit.room());
-        out.push(if i == 0 {
-            finding(
-                "memory",
-                false,
-                format!("{sized}, more than {what} — {fix}"),
-            )
-        } else {
-            warning(
-                "memory",
-                format!("{sized}, more than {what}: jobs over it are refused with RESOURCE_EXHAUSTED before they start — {fix}"),
-            )
-        });
+    let sized = format!(
+        "{label} {width}×{height}×{num_frames} needs an estimated {}{overhead}",
+        human(peak)
+    );
+    let what = if limit.configured {
+        format!("model.memory_budget_gib ({})", human(limit.bytes))
+    } else {
+        format!("the GPU's {}", human(limit.bytes))
+    };
+    if peak <= limit.room() {
+        return Ok(finding("memory", true, format!("{sized}, within {what}")));
     }
-    out
+    let fix = fit_hint(configs, &request, limit.room());
+    Ok(if is_default {
+        finding(
+            "memory",
+            false,
+            format!("{sized}, more than {what} — {fix}"),
+        )
+    } else {
+        warning(
+            "memory",
+            format!("{sized}, more than {what}: jobs over it are refused with RESOURCE_EXHAUSTED before they start — {fix}"),
+        )
+    })
 }
 
 /// The GPU checks of the Wan backend.
@@ -319,9 +363,6 @@ pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use t2v_pipeline::memory::MemoryPolicy;
-    use t2v_pipeline::wan::text_encoder::UMT5Config;
-    use t2v_pipeline::wan::vae::VaeConfig;
-    use t2v_pipeline::wan::TransformerConfig;
 
     use super::*;
     use crate::gpu::GIB;
@@ -468,15 +509,6 @@ mod tests {
         );
     }
 
-    fn a14b() -> ModelConfigs {
-        ModelConfigs {
-            transformer: TransformerConfig::wan22_t2v_a14b(),
-            transformer_2: Some(TransformerConfig::wan22_t2v_a14b()),
-            text_encoder: UMT5Config::umt5_xxl(),
-            vae: VaeConfig::default(),
-        }
-    }
-
     fn base(policy: MemoryPolicy) -> EstimateRequest {
         EstimateRequest {
             width: 0,
@@ -494,7 +526,13 @@ mod tests {
         let h100 = 81_559u64 << 20;
         let limit = MemoryLimit::new(0.0, Device::Cuda(0), Some(h100)).unwrap();
         let resident = base(MemoryPolicy::all_resident());
-        let found = memory_findings(&a14b(), &resident, limit, Some(h100), checked_sizes());
+        let found = memory_findings(
+            &ModelConfigs::wan22_t2v_a14b(),
+            &resident,
+            limit,
+            Some(h100),
+            checked_sizes(),
+        );
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].ok && !found[0].warning, "{found:?}");
         assert!(
@@ -521,11 +559,17 @@ mod tests {
 
         let a100 = 40_960u64 << 20;
         let limit = MemoryLimit::new(0.0, Device::Cuda(0), Some(a100)).unwrap();
-        let found = memory_findings(&a14b(), &resident, limit, Some(a100), checked_sizes());
+        let found = memory_findings(
+            &ModelConfigs::wan22_t2v_a14b(),
+            &resident,
+            limit,
+            Some(a100),
+            checked_sizes(),
+        );
         assert!(!found[0].ok, "{found:?}");
         assert!(found[0].message.contains("more than the GPU's 40.00 GiB — settings that fit: 832×480×81 with [model] memory_policy = \"low-memory\""), "{found:?}");
         let low = memory_findings(
-            &a14b(),
+            &ModelConfigs::wan22_t2v_a14b(),
             &base(MemoryPolicy::low_memory()),
             limit,
             Some(a100),
@@ -539,7 +583,7 @@ mod tests {
         let gpu = 24 * GIB;
         let limit = MemoryLimit::new(100.0, Device::Cuda(0), Some(gpu)).unwrap();
         let found = memory_findings(
-            &a14b(),
+            &ModelConfigs::wan22_t2v_a14b(),
             &base(MemoryPolicy::low_memory()),
             limit,
             Some(gpu),

@@ -166,10 +166,6 @@ pub fn torch_oom_room(message: &str) -> Option<u64> {
 mod tests {
     use std::ops::ControlFlow;
 
-    use t2v_pipeline::wan::text_encoder::UMT5Config;
-    use t2v_pipeline::wan::vae::VaeConfig;
-    use t2v_pipeline::wan::TransformerConfig;
-
     use t2v_pipeline::LoadOptions;
     use t2v_proto::v1::Sampler;
     use tch::Kind;
@@ -177,15 +173,6 @@ mod tests {
     use super::*;
     use crate::generate::wan::WanGenerator;
     use crate::generate::{GenerateError, JobSpec, StepInfo, VideoGenerator};
-
-    fn a14b() -> ModelConfigs {
-        ModelConfigs {
-            transformer: TransformerConfig::wan22_t2v_a14b(),
-            transformer_2: Some(TransformerConfig::wan22_t2v_a14b()),
-            text_encoder: UMT5Config::umt5_xxl(),
-            vae: VaeConfig::default(),
-        }
-    }
 
     fn request(width: i64, height: i64, num_frames: i64, policy: MemoryPolicy) -> EstimateRequest {
         EstimateRequest {
@@ -220,7 +207,7 @@ mod tests {
 
     #[test]
     fn a14b_at_480p_fits_an_h100_resident_and_an_a100_40gb_only_with_low_memory() {
-        let configs = a14b();
+        let configs = ModelConfigs::wan22_t2v_a14b();
         let resident = request(832, 480, 81, MemoryPolicy::all_resident());
         let peak = estimate(&configs, &resident).unwrap().peak;
         let h100 = MemoryLimit::new(0.0, Device::Cuda(0), Some(H100)).unwrap();
@@ -244,7 +231,7 @@ mod tests {
 
     #[test]
     fn every_setting_offered_fits_and_is_the_largest_of_its_kind() {
-        let configs = a14b();
+        let configs = ModelConfigs::wan22_t2v_a14b();
         let low = MemoryPolicy::low_memory();
         let big = request(1280, 720, 241, low);
         let peak = |r: &EstimateRequest| estimate(&configs, r).unwrap().peak;

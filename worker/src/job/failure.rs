@@ -14,7 +14,7 @@
 //! In-place retries with backoff (storage, Kafka sends) happen below this, in [`crate::retry`].
 
 use rdkafka::error::KafkaError;
-use t2v_contract::validate;
+use t2v_contract::validate::{self, truncate_reason, MAX_REASON_BYTES};
 use t2v_proto::v1::{generation_event::Kind, Canceled, ErrorCode, Failed};
 
 use super::lifecycle::Job;
@@ -52,6 +52,12 @@ impl Failure {
         Self::new(code, message, false, false)
     }
 
+    /// The job id already names a committed job of another request: never retried, and the
+    /// request goes to the DLQ (nothing the client sent is lost).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::JobIdConflict, message, false, true)
+    }
+
     /// A fault on our side (model load, encoder, a bug): the event says retryable.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message, true, false)
@@ -65,7 +71,8 @@ impl Failure {
     ) -> Self {
         Self {
             code,
-            message: message.into(),
+            // A reason quotes the input at times: keep events and DLQ headers small.
+            message: truncate_reason(&message.into(), MAX_REASON_BYTES),
             retryable,
             dead_letter,
         }
@@ -141,12 +148,46 @@ impl Job<'_> {
         };
         match sent {
             Ok(()) => (Disposition::Done, label, detail),
-            Err(e) => {
+            Err(e) if crate::retry::is_transient_kafka(&e) => {
                 tracing::error!(error = %e, "Kafka did not acknowledge; the record will be read again");
                 (
                     Disposition::Redeliver,
                     outcome::FAILED,
                     format!("Kafka unavailable: {e}"),
+                )
+            }
+            Err(e) => self.refused_by_kafka(e).await,
+        }
+    }
+
+    /// Kafka refused what this record led to for good (too large, no such topic, not
+    /// authorised): reading the record again would loop. Its bytes go to the DLQ and its offset
+    /// is stored; when even the DLQ refuses them, the offset is stored all the same, loudly.
+    async fn refused_by_kafka(&self, e: KafkaError) -> Finished {
+        let reason = truncate_reason(
+            &format!(
+                "Kafka refused this record's result for good ({e}); the request is here untouched"
+            ),
+            MAX_REASON_BYTES,
+        );
+        match self
+            .ctx
+            .publisher
+            .dead_letter(self.record, &reason, self.req.attempt)
+            .await
+        {
+            Ok(()) => (Disposition::Done, outcome::FAILED, reason),
+            Err(dlq) if crate::retry::is_transient_kafka(&dlq) => (
+                Disposition::Redeliver,
+                outcome::FAILED,
+                format!("Kafka unavailable: {dlq}"),
+            ),
+            Err(dlq) => {
+                tracing::error!(error = %e, dlq_error = %dlq, partition = self.record.partition, offset = self.record.offset, "the DLQ refused the record too: skipping it so the partition moves on");
+                (
+                    Disposition::Done,
+                    outcome::DROPPED,
+                    format!("dropped: {dlq}"),
                 )
             }
         }
@@ -162,12 +203,16 @@ impl Job<'_> {
                     .dead_letter(self.record, &reason, self.req.attempt)
                     .await?;
             }
-            self.emit(Kind::Failed(Failed {
+            let failed = Kind::Failed(Failed {
                 code: f.code as i32,
                 message: f.message.clone(),
                 retryable: f.retryable,
-            }))
-            .await
+            });
+            match self.event_id() {
+                Some(_) => self.emit(failed).await,
+                // No valid job id to key a Failed by: the DLQ copy is the answer.
+                None => Ok(()),
+            }
         }
         .await;
         if sent.is_ok() {

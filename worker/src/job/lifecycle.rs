@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::path::Path;
 use rdkafka::error::KafkaError;
+use t2v_contract::validate::truncate_reason;
 use t2v_contract::{now_unix_ms, sha256_hex, validate, TraceContext};
 use t2v_proto::v1::{
     generation_event::Kind, Accepted, ErrorCode, GenerationEvent, GenerationRequest, Progress,
@@ -42,6 +43,8 @@ pub(super) struct Job<'a> {
     pub(super) accepted_at: Instant,
     pub(super) timings: TimingsMs,
     pub(super) at_step: u32,
+    /// The request passed validation: its labels may be echoed on events.
+    pub(super) admitted: bool,
 }
 
 /// The encoded outputs, read into memory for upload.
@@ -51,13 +54,33 @@ struct Encoded {
 }
 
 impl Job<'_> {
+    /// The job id events are keyed by: the request's when valid, else the record key's when that
+    /// is valid, else none (a Failed cannot be announced; the DLQ copy is the answer).
+    pub(super) fn event_id(&self) -> Option<&str> {
+        let key = self
+            .record
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok());
+        [Some(self.req.job_id.as_str()), key]
+            .into_iter()
+            .flatten()
+            .find(|id| validate::job_id(id).is_ok())
+    }
+
+    /// An event of this job. It echoes only validated fields, so it stays small whatever the
+    /// record carried.
     fn event(&self, kind: Kind) -> GenerationEvent {
         GenerationEvent {
-            job_id: self.req.job_id.clone(),
+            job_id: self.event_id().unwrap_or_default().to_string(),
             emitted_at_unix_ms: now_unix_ms(),
             worker_id: self.ctx.publisher.worker_id.clone(),
-            attempt: self.req.attempt,
-            labels: self.req.labels.clone(),
+            attempt: self.req.attempt.min(validate::MAX_ATTEMPT),
+            labels: if self.admitted {
+                self.req.labels.clone()
+            } else {
+                Default::default()
+            },
             kind: Some(kind),
         }
     }
@@ -72,16 +95,18 @@ impl Job<'_> {
     /// The whole lifecycle after decoding; the `Ok` value is the outcome label.
     pub(super) async fn run(&mut self) -> Result<&'static str, Stop> {
         let ctx = self.ctx;
-        // 1. Validate, before anything else touches the request.
-        self.check_admissible()?;
-        // 2. Dedupe: a manifest means the job completed; announce the same Completed again.
+        // 1. The job id names the outputs and must match the record key: check both first.
+        self.check_identity()?;
+        // 2. A committed job stays committed: whatever happened since (its deadline passed, a late
+        //    cancel, a lost Completed ack), its manifest answers with the same Completed.
         let manifest_key = ctx.storage.job_path(&self.req.job_id, manifest::FILE_NAME);
         if let Some(bytes) = ctx.storage.get(&manifest_key).await? {
             self.delete_checkpoints().await;
-            self.republish(&manifest_key, &bytes).await?;
-            return Ok(outcome::DUPLICATE);
+            return self.answer_from_manifest(&manifest_key, &bytes).await;
         }
-        // 3. Accepted, then the attempt marker (poison jobs stop after max_attempts).
+        // 3. Bounds, model, deadline, cancel.
+        self.check_admissible()?;
+        // 4. Accepted, then the attempt marker (poison jobs stop after max_attempts).
         self.accept().await?;
         let (previous, marker) = attempts::claim(
             &ctx.storage,
@@ -100,21 +125,41 @@ impl Job<'_> {
             )
             .into());
         }
-        // 4.–7. Generate, encode, upload, commit.
+        // 5.–8. Generate, encode, upload, commit.
         let result = self.generate_and_store().await;
-        if matches!(result, Err(Stop::Interrupted | Stop::StorageDown(_))) {
-            // A clean stop is not a crash: give the attempt back.
+        if matches!(
+            result,
+            Err(Stop::Interrupted | Stop::StorageDown(_) | Stop::Kafka(_))
+        ) {
+            // A clean stop or an outage is not a crash: give the attempt back.
             let _ = ctx.storage.delete(&marker).await;
         }
         result
     }
 
+    /// A valid job id, and a record key (when there is one) equal to it: a request keyed
+    /// otherwise would land one job on two partitions.
+    fn check_identity(&self) -> Result<(), Stop> {
+        let req = &self.req;
+        validate::job_id(&req.job_id).map_err(|e| Failure::invalid_input(e.to_string()))?;
+        if let Some(key) = self.record.key.as_deref() {
+            if key != req.job_id.as_bytes() {
+                return Err(Failure::invalid_input(format!(
+                    "the record key {:?} differs from the request's job_id {:?} — key every request by its job_id (the t2v producer does)",
+                    String::from_utf8_lossy(key),
+                    req.job_id
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// Bounds, model, deadline and cancel: what ends a job before any work.
-    fn check_admissible(&self) -> Result<(), Stop> {
+    fn check_admissible(&mut self) -> Result<(), Stop> {
         let (ctx, req) = (self.ctx, &self.req);
-        validate::job_id(&req.job_id)
-            .and_then(|()| validate::request(req))
-            .map_err(|e| Failure::invalid_input(e.to_string()))?;
+        validate::request(req).map_err(|e| Failure::invalid_input(e.to_string()))?;
+        self.admitted = true;
         if req.model != ctx.model.name {
             return Err(Failure::refused(
                 ErrorCode::ModelNotFound,
@@ -156,16 +201,35 @@ impl Job<'_> {
         .await
     }
 
-    pub(super) async fn republish(&self, key: &Path, bytes: &Bytes) -> Result<(), Stop> {
+    /// The job is committed: the same request gets the identical Completed again; another
+    /// request under the same job id gets a conflict, never someone else's video.
+    async fn answer_from_manifest(
+        &mut self,
+        key: &Path,
+        bytes: &Bytes,
+    ) -> Result<&'static str, Stop> {
         let manifest = Manifest::from_bytes(bytes).map_err(|e| {
             Failure::poison(
                 ErrorCode::Internal,
                 format!("the stored manifest {key} is unreadable ({e}) — delete it to let the job run again"),
             )
         })?;
+        let digest = self.spec().digest();
+        let same_request = manifest.model == self.req.model
+            && (manifest.request_digest.is_empty() || manifest.request_digest == digest);
+        if !same_request {
+            return Err(Failure::conflict(format!(
+                "job id {:?} already names a committed video of another request (model {:?}, prompt {:?}) — submit this request under a new job id",
+                self.req.job_id,
+                manifest.model,
+                truncate_reason(&manifest.prompt, 120),
+            ))
+            .into());
+        }
+        self.admitted = validate::request(&self.req).is_ok();
         let completed = manifest.completed(&self.ctx.storage.uri(key), bytes);
         self.emit(Kind::Completed(completed)).await?;
-        Ok(())
+        Ok(outcome::DUPLICATE)
     }
 
     fn spec(&self) -> JobSpec {
@@ -438,6 +502,7 @@ impl Job<'_> {
             num_frames: spec.num_frames,
             fps: spec.fps,
             num_inference_steps: spec.steps,
+            request_digest: spec.digest(),
             labels: self.req.labels.clone().into_iter().collect(),
             video,
             thumbnail,
@@ -449,7 +514,7 @@ impl Job<'_> {
 
     /// Steps 6–7: the manifest, create-only (the commit point), then Completed — traced as one phase
     /// (`commit`). When another worker committed first, its result is announced, not ours.
-    async fn commit(&self, manifest: Manifest) -> Result<&'static str, Stop> {
+    async fn commit(&mut self, manifest: Manifest) -> Result<&'static str, Stop> {
         let ctx = self.ctx;
         async {
             let key = ctx.storage.job_path(&manifest.job_id, manifest::FILE_NAME);
@@ -462,8 +527,7 @@ impl Job<'_> {
                 Ok(()) => {}
                 Err(StorageError::AlreadyExists(_)) => {
                     let stored = ctx.storage.get(&key).await?.unwrap_or_default();
-                    self.republish(&key, &stored).await?;
-                    return Ok(outcome::DUPLICATE);
+                    return self.answer_from_manifest(&key, &stored).await;
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -62,6 +62,11 @@ pub struct Manifest {
     pub num_frames: u32,
     pub fps: u32,
     pub num_inference_steps: u32,
+    /// The request digest ([`crate::generate::JobSpec::digest`]) the video was made for: the
+    /// same job id with another request is a conflict, not a duplicate. Empty in manifests
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_digest: String,
     pub labels: BTreeMap<String, String>,
     pub video: StoredFile,
     pub thumbnail: StoredFile,

@@ -91,23 +91,22 @@ pub async fn handle(
     record: SourceRecord,
     stop: CancellationToken,
 ) -> Disposition {
+    // Only a valid job id names the job in spans and events, whatever size the key has.
     let key_id = record
         .key
         .as_deref()
         .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| validate::job_id(k).is_ok())
         .unwrap_or_default()
         .to_string();
     let (span, trace) = crate::trace::job_span(&key_id, &ctx.publisher.worker_id, &record.headers);
     async move {
         let started = Instant::now();
-        let decoded = record
-            .payload
-            .as_deref()
-            .ok_or_else(|| "the record has no value".to_string())
-            .and_then(|p| GenerationRequest::decode(p).map_err(|e| e.to_string()));
-        let req = match decoded {
+        let req = match decode(&record) {
             Ok(req) => req,
-            Err(why) => return undecodable(ctx, &record, &key_id, &trace, &why).await,
+            Err((code, reason)) => {
+                return unreadable(ctx, &record, &key_id, &trace, code, &reason).await
+            }
         };
         crate::trace::record_request(req.attempt, &req.model);
         let mut job = Job {
@@ -119,6 +118,7 @@ pub async fn handle(
             accepted_at: started,
             timings: TimingsMs::default(),
             at_step: 0,
+            admitted: false,
         };
         ctx.metrics.set_in_flight(1);
         let result = job.run().await;
@@ -152,15 +152,37 @@ pub async fn handle(
     .await
 }
 
-/// Undecodable bytes: a DLQ copy, and a Failed event when the key names a job.
-async fn undecodable(
+/// The request in `record`, or the failure code and reason of a record that is none: no value,
+/// more than [`validate::MAX_REQUEST_BYTES`] (not even decoded), or not a `GenerationRequest`.
+fn decode(record: &SourceRecord) -> Result<GenerationRequest, (ErrorCode, String)> {
+    let undecodable = |why: String| {
+        let reason = format!("ERROR_CODE_UNDECODABLE: not a t2v.v1.GenerationRequest ({why})");
+        (ErrorCode::Undecodable, reason)
+    };
+    let payload = record
+        .payload
+        .as_deref()
+        .ok_or_else(|| undecodable("the record has no value".into()))?;
+    validate::request_size(payload.len()).map_err(|e| {
+        (
+            ErrorCode::InvalidArgument,
+            format!("ERROR_CODE_INVALID_ARGUMENT: {e}"),
+        )
+    })?;
+    GenerationRequest::decode(payload).map_err(|e| undecodable(e.to_string()))
+}
+
+/// A record that holds no request we can read: a DLQ copy, and a Failed event when the key
+/// names a job.
+async fn unreadable(
     ctx: &JobContext,
     record: &SourceRecord,
     key_id: &str,
     trace: &TraceContext,
-    why: &str,
+    code: ErrorCode,
+    reason: &str,
 ) -> Disposition {
-    let reason = format!("ERROR_CODE_UNDECODABLE: not a t2v.v1.GenerationRequest ({why})");
+    let reason = validate::truncate_reason(reason, validate::MAX_REASON_BYTES);
     let mut sent = ctx.publisher.dead_letter(record, &reason, 0).await;
     if sent.is_ok() && validate::job_id(key_id).is_ok() {
         let event = GenerationEvent {
@@ -170,7 +192,7 @@ async fn undecodable(
             attempt: 0,
             labels: Default::default(),
             kind: Some(Kind::Failed(Failed {
-                code: ErrorCode::Undecodable as i32,
+                code: code as i32,
                 message: format!("{reason}; the bytes are in the DLQ"),
                 retryable: false,
             })),
@@ -188,9 +210,15 @@ async fn undecodable(
             );
             Disposition::Done
         }
-        Err(e) => {
+        Err(e) if crate::retry::is_transient_kafka(&e) => {
             tracing::error!(error = %e, "the DLQ did not acknowledge; the record will be read again");
             Disposition::Redeliver
+        }
+        Err(e) => {
+            // Reading it again would loop: the partition moves on, loudly.
+            tracing::error!(error = %e, partition = record.partition, offset = record.offset, "Kafka refused the record's DLQ copy for good: skipping it");
+            ctx.metrics.job_finished(outcome::DROPPED);
+            Disposition::Done
         }
     }
 }

@@ -27,6 +27,10 @@ pub mod dlq_header {
     pub const SOURCE_OFFSET: &str = "t2v-dlq-source-offset";
 }
 
+/// The largest record the worker's producer sends: a 1 MiB request with its headers and the
+/// DLQ headers, with room to spare. The DLQ topic takes records this large (schemas/topics.yaml).
+pub const DLQ_RECORD_MAX_BYTES: usize = 2 * 1024 * 1024;
+
 /// A record as it arrived, kept whole for the DLQ.
 #[derive(Debug, Clone)]
 pub struct SourceRecord {
@@ -55,7 +59,10 @@ impl Publisher {
         cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            // A DLQ copy is the original record (up to the brokers' default 1 MiB) plus our
+            // headers: librdkafka's own default (1,000,000 bytes) would refuse it locally.
+            .set("message.max.bytes", DLQ_RECORD_MAX_BYTES.to_string());
         for (key, value) in &k.properties {
             cfg.set(key, value);
         }
@@ -121,6 +128,10 @@ impl Publisher {
         reason: &str,
         attempt: u32,
     ) -> Result<(), KafkaError> {
+        let reason = t2v_contract::validate::truncate_reason(
+            reason,
+            t2v_contract::validate::MAX_REASON_BYTES,
+        );
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 6);
         for (key, value) in &record.headers {
             headers = headers.insert(Header {

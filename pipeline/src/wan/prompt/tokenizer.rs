@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tch::Tensor;
 use tokenizers::{Encoding, PaddingDirection, PostProcessor, Tokenizer, TruncationDirection};
 
-use crate::error::{PipelineError, Result};
+use crate::error::{ConfigProblem, PipelineError, Result};
 
 /// Tokenizer classes whose loading the rewrite above reproduces.
 const T5_CLASSES: [&str; 2] = ["T5Tokenizer", "T5TokenizerFast"];
@@ -76,10 +76,7 @@ impl T5Tokenizer {
             }
         }
         let mut file: Value = crate::loader::read_json(path, "tokenizer file (tokenizer.json)")?;
-        rebuild_as_t5(&mut file).map_err(|message| PipelineError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        rebuild_as_t5(&mut file).map_err(|problem| problem.in_file(path))?;
         let mut inner: Tokenizer =
             file.to_string()
                 .parse()
@@ -119,11 +116,13 @@ impl T5Tokenizer {
             inner,
             pad_id,
             pad_token,
-            padding_side: match side(config, "padding_side").map_err(config_error)? {
+            padding_side: match side(config, "padding_side").map_err(|p| config_error(p.message))? {
                 Side::Left => PaddingDirection::Left,
                 Side::Right => PaddingDirection::Right,
             },
-            truncation_side: match side(config, "truncation_side").map_err(config_error)? {
+            truncation_side: match side(config, "truncation_side")
+                .map_err(|p| config_error(p.message))?
+            {
                 Side::Left => TruncationDirection::Left,
                 Side::Right => TruncationDirection::Right,
             },
@@ -200,7 +199,7 @@ impl T5Tokenizer {
 }
 
 /// Rewrites a `tokenizer.json` the way transformers 5 rebuilds `T5Tokenizer` (module docs).
-fn rebuild_as_t5(file: &mut Value) -> std::result::Result<(), String> {
+fn rebuild_as_t5(file: &mut Value) -> std::result::Result<(), ConfigProblem> {
     let model = file
         .get_mut("model")
         .and_then(Value::as_object_mut)
@@ -210,7 +209,8 @@ fn rebuild_as_t5(file: &mut Value) -> std::result::Result<(), String> {
         other => {
             return Err(format!(
                 "model type {other:?}, a T5 tokenizer needs a Unigram (SentencePiece) model"
-            ))
+            )
+            .into())
         }
     }
     model.insert("unk_id".into(), json!(UNK_ID));
@@ -272,10 +272,10 @@ enum Side {
     Right,
 }
 
-fn side(config: &Value, key: &str) -> std::result::Result<Side, String> {
+fn side(config: &Value, key: &str) -> std::result::Result<Side, ConfigProblem> {
     match config.get(key).and_then(Value::as_str) {
         None | Some("right") => Ok(Side::Right),
         Some("left") => Ok(Side::Left),
-        Some(other) => Err(format!("{key} `{other}` must be \"left\" or \"right\"")),
+        Some(other) => Err(format!("{key} `{other}` must be \"left\" or \"right\"").into()),
     }
 }

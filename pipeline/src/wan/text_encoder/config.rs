@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{PipelineError, Result};
+use crate::error::{ConfigProblem, Result};
 
 /// Fields accepted and ignored: they do not change the encoder's forward pass.
 #[rustfmt::skip]
@@ -123,8 +123,8 @@ impl Default for UMT5Config {
 }
 
 impl UMT5Config {
-    /// The google/umt5-xxl encoder Wan uses (sizes as in `shared/WAN.md`: vocab 256384, dim 4096,
-    /// ffn 10240, 64 heads of 64, 24 layers); the other fields are `UMT5Config` defaults.
+    /// The google/umt5-xxl encoder Wan uses (its `config.json`: vocab 256384, dim 4096, ffn
+    /// 10240, 64 heads of 64, 24 layers); the other fields are `UMT5Config` defaults.
     pub fn umt5_xxl() -> Self {
         Self {
             vocab_size: 256_384,
@@ -140,15 +140,12 @@ impl UMT5Config {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = crate::loader::read_json(path, "text encoder config")?;
-        config.validate().map_err(|message| PipelineError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        config.validate().map_err(|problem| problem.in_file(path))?;
         Ok(config)
     }
 
     /// Checks the fields this encoder cannot honour; the message names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigProblem> {
         if let Some(field) = self
             .other
             .keys()
@@ -157,7 +154,8 @@ impl UMT5Config {
             return Err(format!(
                 "unknown field `{field}` — not a umT5 encoder setting this implementation knows; \
                  is this a UMT5EncoderModel config?"
-            ));
+            )
+            .into());
         }
         if self.is_decoder {
             return Err("`is_decoder` is true — this is the umT5 encoder".into());
@@ -174,17 +172,18 @@ impl UMT5Config {
             ),
         ] {
             if value < 1 {
-                return Err(format!("`{name}` is {value}, it must be positive"));
+                return Err(format!("`{name}` is {value}, it must be positive").into());
             }
         }
         if self.num_layers < 0 {
-            return Err(format!("`num_layers` is {}", self.num_layers));
+            return Err(format!("`num_layers` is {}", self.num_layers).into());
         }
         if self.relative_attention_num_buckets < 4 {
             return Err(format!(
                 "`relative_attention_num_buckets` is {}, at least 4 are needed",
                 self.relative_attention_num_buckets
-            ));
+            )
+            .into());
         }
         self.activation().map(|_| ())
     }
@@ -196,13 +195,14 @@ impl UMT5Config {
     }
 
     /// `dense_act_fn` as transformers resolves it (`gated-gelu` means `gelu_new`).
-    pub fn activation(&self) -> std::result::Result<Activation, String> {
+    pub fn activation(&self) -> std::result::Result<Activation, ConfigProblem> {
         let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
         if parts.len() > 2 || (parts.len() == 2 && parts[0] != "gated") {
             return Err(format!(
                 "`feed_forward_proj` `{}` must be `gated-ACT` or `ACT`",
                 self.feed_forward_proj
-            ));
+            )
+            .into());
         }
         let derived = match self.feed_forward_proj.as_str() {
             "gated-gelu" => "gelu_new",
@@ -210,7 +210,7 @@ impl UMT5Config {
         };
         let name = self.dense_act_fn.as_deref().unwrap_or(derived);
         Activation::parse(name).ok_or_else(|| {
-            format!("activation `{name}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu)")
+            format!("activation `{name}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu)").into()
         })
     }
 }
@@ -221,7 +221,7 @@ mod tests {
 
     fn parse(json: &str) -> std::result::Result<UMT5Config, String> {
         let config: UMT5Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        config.validate().map(|_| config)
+        config.validate().map_err(|e| e.to_string()).map(|_| config)
     }
 
     #[test]

@@ -218,10 +218,9 @@ impl UMT5EncoderModel {
         vs: nn::Path<'_>,
         embedding: EmbeddingKey,
     ) -> Result<Self> {
-        let act = cfg.activation().map_err(|message| PipelineError::Config {
-            path: "text_encoder/config.json".into(),
-            message,
-        })?;
+        let act = cfg
+            .activation()
+            .map_err(|problem| problem.in_file("text_encoder/config.json"))?;
         let embed_path = match embedding {
             EmbeddingKey::Shared => &vs / "shared",
             EmbeddingKey::EncoderEmbedTokens => &vs / "encoder" / "embed_tokens",

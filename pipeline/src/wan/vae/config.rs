@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{PipelineError, Result};
+use crate::error::{ConfigProblem, Result};
 use crate::loader::read_json;
 
 /// Latent channel means of the Wan2.1 VAE (diffusers `AutoencoderKLWan` default `latents_mean`).
@@ -59,6 +59,19 @@ pub struct VaeConfig {
     pub clip_output: Option<bool>,
 }
 
+/// One up block of the decoder, as [`VaeConfig::decoder_stages`] lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderStage {
+    /// Width into the block's first residual block.
+    pub in_channels: i64,
+    /// Width of its residual blocks' output.
+    pub out_channels: i64,
+    /// The upsampler after it also doubles the frames.
+    pub temporal_upsample: bool,
+    /// An upsampler follows it (every block but the last): 2× height and width, half the width.
+    pub upsample: bool,
+}
+
 impl Default for VaeConfig {
     /// The Wan2.1 VAE as diffusers 0.42.1 `AutoencoderKLWan.__init__` defines it
     /// (Wan-AI/Wan2.1-T2V-*-Diffusers and Wan2.2-T2V-A14B-Diffusers `vae/config.json`).
@@ -93,20 +106,18 @@ impl VaeConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let cfg: Self = read_json(&path, "VAE config")?;
-        cfg.validate().map_err(|message| PipelineError::Config {
-            path: path.clone(),
-            message,
-        })?;
+        cfg.validate()
+            .map_err(|problem| problem.in_file(path.clone()))?;
         Ok(cfg)
     }
 
     /// Checks that the fields agree and that this decoder supports them; the message names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigProblem> {
         if let Some(class) = &self.class_name {
             if class != "AutoencoderKLWan" {
                 return Err(format!(
                     "_class_name is {class:?}, expected \"AutoencoderKLWan\" — this folder holds another VAE"
-                ));
+                ).into());
             }
         }
         if self.is_residual || self.patch_size.is_some() {
@@ -114,14 +125,15 @@ impl VaeConfig {
                 "the Wan2.2 VAE (is_residual {}, patch_size {:?}, z_dim {}) is not supported yet — \
                  use a model with the Wan2.1 VAE (z_dim 16), such as Wan2.2-T2V-A14B or Wan2.1-T2V",
                 self.is_residual, self.patch_size, self.z_dim
-            ));
+            )
+            .into());
         }
         if self.dim_mult.is_empty() || self.dim_mult.len() != self.temperal_downsample.len() + 1 {
             return Err(format!(
                 "dim_mult has {} entries and temperal_downsample {}; expected one more dim_mult than temperal_downsample",
                 self.dim_mult.len(),
                 self.temperal_downsample.len()
-            ));
+            ).into());
         }
         let positive = [
             ("base_dim", self.base_dim),
@@ -132,18 +144,16 @@ impl VaeConfig {
         ];
         let mults = self.dim_mult.iter().map(|&m| ("dim_mult", m));
         if let Some((name, value)) = positive.into_iter().chain(mults).find(|(_, v)| *v < 1) {
-            return Err(format!("{name} must be positive, found {value}"));
+            return Err(format!("{name} must be positive, found {value}").into());
         }
         for (name, list) in [
             ("latents_mean", &self.latents_mean),
             ("latents_std", &self.latents_std),
         ] {
             if list.len() as i64 != self.z_dim {
-                return Err(format!(
-                    "{name} has {} entries, z_dim is {}",
-                    list.len(),
-                    self.z_dim
-                ));
+                return Err(
+                    format!("{name} has {} entries, z_dim is {}", list.len(), self.z_dim).into(),
+                );
             }
         }
         if self.latents_std.contains(&0.0) {
@@ -160,6 +170,37 @@ impl VaeConfig {
     /// Whether each decoder up block (in order) doubles the frames: `temperal_downsample` reversed.
     pub fn temporal_upsample(&self) -> Vec<bool> {
         self.temperal_downsample.iter().rev().copied().collect()
+    }
+
+    /// Channel widths along the decoder: the middle block's, then each up block's output —
+    /// [`Self::decoder_dim`] × the last multiplier, then × every multiplier in reverse.
+    pub fn decoder_widths(&self) -> Vec<i64> {
+        let base = self.decoder_dim();
+        let last = *self.dim_mult.last().unwrap_or(&1);
+        std::iter::once(last)
+            .chain(self.dim_mult.iter().rev().copied())
+            .map(|m| base * m)
+            .collect()
+    }
+
+    /// The decoder's up blocks in order, widths as the decoder builds them (the decoder and the
+    /// memory estimate both walk this list).
+    pub fn decoder_stages(&self) -> Vec<DecoderStage> {
+        let dims = self.decoder_widths();
+        let temporal = self.temporal_upsample();
+        let stages = dims.len() - 1;
+        (0..stages)
+            .map(|i| {
+                let upsample = i + 1 < stages;
+                DecoderStage {
+                    // After the first stage the previous upsampler has halved the width.
+                    in_channels: if i > 0 { dims[i] / 2 } else { dims[i] },
+                    out_channels: dims[i + 1],
+                    temporal_upsample: upsample && temporal[i],
+                    upsample,
+                }
+            })
+            .collect()
     }
 
     /// Pixels per latent along height and width (`scale_factor_spatial`, else 2 per upsampling stage).
@@ -180,7 +221,7 @@ mod tests {
 
     fn parse(json: &str) -> std::result::Result<VaeConfig, String> {
         let cfg: VaeConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 

@@ -64,20 +64,12 @@ pub struct Decoder {
 impl Decoder {
     /// `vs` is the `decoder` path. The config must have passed [`VaeConfig::validate`].
     pub fn new(cfg: &VaeConfig, vs: nn::Path<'_>) -> Self {
-        // Stage widths: the last multiplier, then all of them in reverse.
-        let base = cfg.decoder_dim();
-        let last = *cfg.dim_mult.last().unwrap_or(&1);
-        let dims: Vec<i64> = std::iter::once(last)
-            .chain(cfg.dim_mult.iter().rev().copied())
-            .map(|m| base * m)
-            .collect();
-        let temporal = cfg.temporal_upsample();
-        let stages = dims.len() - 1;
-        let mut up_blocks = Vec::with_capacity(stages);
-        for i in 0..stages {
-            // After the first stage the previous upsampler has halved the width.
-            let mut c_in = if i > 0 { dims[i] / 2 } else { dims[i] };
-            let c_out = dims[i + 1];
+        let dims = cfg.decoder_widths();
+        let stages = cfg.decoder_stages();
+        let mut up_blocks = Vec::with_capacity(stages.len());
+        for (i, stage) in stages.iter().enumerate() {
+            let mut c_in = stage.in_channels;
+            let c_out = stage.out_channels;
             let block = &vs / "up_blocks" / i;
             let resnets = (0..=cfg.num_res_blocks)
                 .map(|j| {
@@ -86,11 +78,13 @@ impl Decoder {
                     resnet
                 })
                 .collect();
-            let upsampler = (i + 1 < stages)
-                .then(|| Upsample::new(&block / "upsamplers" / 0, c_out, c_out / 2, temporal[i]));
+            let upsampler = stage.upsample.then(|| {
+                let path = &block / "upsamplers" / 0;
+                Upsample::new(path, c_out, c_out / 2, stage.temporal_upsample)
+            });
             up_blocks.push(UpBlock { resnets, upsampler });
         }
-        let c_last = dims[stages];
+        let c_last = dims[stages.len()];
         Self {
             conv_in: CausalConv3d::new(&vs / "conv_in", cfg.z_dim, dims[0], [3; 3], [1; 3]),
             mid_block: MidBlock::new(&vs / "mid_block", dims[0]),

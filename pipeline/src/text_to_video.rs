@@ -23,6 +23,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use t2v_contract::defaults::WAN22_T2V_A14B;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::DenoiseState;
@@ -36,7 +37,7 @@ use crate::memory::{
     ParkedWeights,
 };
 use crate::model_dir::{Component, ModelDir};
-use crate::scheduler::{SamplerKind, SchedulerConfig};
+use crate::scheduler::{SamplerKind, Scheduler, SchedulerConfig};
 use crate::wan::prompt::{T5Tokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
 use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
 use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
@@ -70,7 +71,7 @@ impl LoadOptions {
     }
 }
 
-/// One generation request. [`Default`] holds `WanPipeline.__call__`'s defaults.
+/// One generation request. [`Default`] is the fleet's model defaults (see its doc).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
     pub prompt: String,
@@ -101,16 +102,23 @@ pub struct GenerationParams {
 }
 
 impl Default for GenerationParams {
+    /// The model the fleet serves, Wan2.2 T2V-A14B, with the numbers of
+    /// [`t2v_contract::defaults::WAN22_T2V_A14B`] — their one home, shared with the worker and
+    /// the producer: 832×480, 81 frames, 40 steps, guidance 4.0 (high-noise expert) and 3.0
+    /// (low-noise expert). A single-expert model refuses `guidance_scale_2`: set it to `None`
+    /// there (and `guidance_scale` to [`t2v_contract::defaults::SINGLE_EXPERT_GUIDANCE`] for
+    /// the Wan2.1 default). The flow shift and the sampler stay the model directory's.
     fn default() -> Self {
+        let model = WAN22_T2V_A14B;
         Self {
             prompt: String::new(),
             negative_prompt: None,
-            width: 832,
-            height: 480,
-            num_frames: 81,
-            num_inference_steps: 50,
-            guidance_scale: 5.0,
-            guidance_scale_2: None,
+            width: i64::from(model.width),
+            height: i64::from(model.height),
+            num_frames: i64::from(model.num_frames),
+            num_inference_steps: model.steps as usize,
+            guidance_scale: f64::from(model.guidance_scale),
+            guidance_scale_2: Some(f64::from(model.guidance_scale_2)),
             shift: None,
             sampler: None,
             seed: None,
@@ -316,6 +324,38 @@ impl WanT2V {
     pub fn resolve(&self, params: &GenerationParams) -> Result<ResolvedParams> {
         let mut warnings = Vec::new();
         // 1. check_inputs: sizes divisible by 16; guidance_scale_2 only with a boundary
+        self.check_inputs(params)?;
+        // 2. frames: `num_frames − 1` divisible by the VAE's temporal factor
+        let num_frames = self.round_num_frames(params.num_frames, &mut warnings);
+        // 3. size: whole patches of the latent
+        let (height, width) = self.round_size(params, &mut warnings)?;
+        // The reference's default for the low-noise expert: the high-noise scale.
+        let guidance_scale_2 = self
+            .model_dir
+            .boundary_ratio()
+            .map(|_| params.guidance_scale_2.unwrap_or(params.guidance_scale));
+        let (temporal, spatial) = self.vae_scale_factors();
+        Ok(ResolvedParams {
+            width,
+            height,
+            num_frames,
+            latent_shape: [
+                1,
+                self.high.model.config().in_channels,
+                (num_frames - 1) / temporal + 1,
+                height / spatial,
+                width / spatial,
+            ],
+            guidance_scale: params.guidance_scale,
+            guidance_scale_2,
+            seed: params.seed.unwrap_or_else(random_seed),
+            warnings,
+        })
+    }
+
+    /// Step 1 of [`Self::resolve`]: the reference's `check_inputs`, plus the ranges it leaves to
+    /// later failures (finite guidance, at least one step, frame and token).
+    fn check_inputs(&self, params: &GenerationParams) -> Result<()> {
         for (field, value) in [("height", params.height), ("width", params.width)] {
             if value <= 0 || value % SIZE_MULTIPLE != 0 {
                 return Err(PipelineError::invalid(
@@ -324,8 +364,7 @@ impl WanT2V {
                 ));
             }
         }
-        let boundary = self.model_dir.boundary_ratio();
-        if boundary.is_none() && params.guidance_scale_2.is_some() {
+        if self.model_dir.boundary_ratio().is_none() && params.guidance_scale_2.is_some() {
             return Err(PipelineError::invalid(
                 "guidance_scale_2",
                 "only supported by two-expert models (boundary_ratio in model_index.json); leave it unset",
@@ -361,21 +400,38 @@ impl WanT2V {
         if params.reject_long_prompts {
             self.check_prompt_lengths(params)?;
         }
+        Ok(())
+    }
 
-        // 2. frames: `num_frames − 1` divisible by the VAE's temporal factor
+    /// The VAE's (temporal, spatial) compression: frames and pixels per latent.
+    fn vae_scale_factors(&self) -> (i64, i64) {
         let vae = self.vae.config();
         let temporal = vae.scale_factor_temporal.unwrap_or(vae.temporal_ratio());
-        let mut num_frames = params.num_frames;
+        (temporal, vae.spatial_ratio())
+    }
+
+    /// Step 2 of [`Self::resolve`]: `num_frames` rounded down to `temporal·k + 1`, with the
+    /// reference's warning.
+    fn round_num_frames(&self, num_frames: i64, warnings: &mut Vec<String>) -> i64 {
+        let (temporal, _) = self.vae_scale_factors();
+        let mut num_frames = num_frames;
         if num_frames % temporal != 1 {
             warnings.push(format!(
                 "`num_frames - 1` has to be divisible by {temporal}. Rounding to the nearest number."
             ));
             num_frames = num_frames / temporal * temporal + 1;
         }
-        let num_frames = num_frames.max(1);
+        num_frames.max(1)
+    }
 
-        // 3. size: whole patches of the latent
-        let spatial = vae.spatial_ratio();
+    /// Step 3 of [`Self::resolve`]: `(height, width)` rounded down to whole latent patches, with
+    /// the reference's warning; an error when nothing is left.
+    fn round_size(
+        &self,
+        params: &GenerationParams,
+        warnings: &mut Vec<String>,
+    ) -> Result<(i64, i64)> {
+        let (_, spatial) = self.vae_scale_factors();
         let [_, p_h, p_w] = self.high.model.config().patch_size;
         let (h_multiple, w_multiple) = (spatial * p_h, spatial * p_w);
         let height = params.height / h_multiple * h_multiple;
@@ -393,25 +449,7 @@ impl WanT2V {
                 params.height, params.width
             ));
         }
-        // The reference's default for the low-noise expert: the high-noise scale.
-        let guidance_scale_2 =
-            boundary.map(|_| params.guidance_scale_2.unwrap_or(params.guidance_scale));
-        Ok(ResolvedParams {
-            width,
-            height,
-            num_frames,
-            latent_shape: [
-                1,
-                self.high.model.config().in_channels,
-                (num_frames - 1) / temporal + 1,
-                height / spatial,
-                width / spatial,
-            ],
-            guidance_scale: params.guidance_scale,
-            guidance_scale_2,
-            seed: params.seed.unwrap_or_else(random_seed),
-            warnings,
-        })
+        Ok((height, width))
     }
 
     fn check_prompt_lengths(&self, params: &GenerationParams) -> Result<()> {
@@ -518,52 +556,18 @@ impl WanT2V {
         scheduler.set_timesteps(params.num_inference_steps, params.shift)?;
 
         // 4. initial noise from the seed, or the saved latents and scheduler state
-        let (latents, start_step) = match resume {
-            None => (initial_noise(resolved.seed, resolved.latent_shape)?, 0),
-            Some(state) => {
-                check_resume(state, params, &resolved)?;
-                scheduler.restore(&state.scheduler)?;
-                (state.latents.to_tensor()?, state.step)
-            }
-        };
+        let (latents, start_step) = initial_latents(scheduler.as_mut(), params, &resolved, resume)?;
         let latents = latents.f_to_device(device)?;
 
         // 5. denoising loop
         let denoise_start = Instant::now();
-        let high = OnDemand {
-            expert: &self.high,
-            other: self.low.as_ref(),
-        };
-        let low = self.low.as_ref().map(|low| OnDemand {
-            expert: low,
-            other: Some(&self.high),
-        });
-        let experts = Experts {
-            high: &high,
-            low: low.as_ref(),
-        };
-        let settings = DenoiseSettings {
-            guidance_scale: resolved.guidance_scale,
-            guidance_scale_2: resolved.guidance_scale_2,
-            boundary_ratio: self.model_dir.boundary_ratio(),
-            expand_timesteps: self.model_dir.expand_timesteps(),
-        };
         let input = DenoiseInput {
             latents,
             prompt_embeds: &prompt_embeds,
             negative_prompt_embeds: negative_embeds.as_ref(),
             start_step,
         };
-        let denoised = denoise(&experts, scheduler.as_mut(), &settings, input, on_step);
-        // Swapping keeps no expert on the device outside the loop, even after a failure.
-        if self.options.memory.experts == ExpertPlacement::SwapExperts {
-            for expert in std::iter::once(&self.high).chain(self.low.as_ref()) {
-                if let Some(weights) = &expert.weights {
-                    weights.park()?;
-                }
-            }
-        }
-        let latents = denoised.map_err(out_of_memory)?;
+        let latents = self.denoise_latents(scheduler.as_mut(), &resolved, input, on_step)?;
         drop((prompt_embeds, negative_embeds));
         synchronize(device);
         let denoise_time = denoise_start.elapsed();
@@ -588,6 +592,45 @@ impl WanT2V {
         })
     }
 
+    /// Step 5 of [`Self::generate_with`]: the denoising loop over the experts (fetched on
+    /// demand), then — even after a failure — no expert left on the device when swapping.
+    fn denoise_latents(
+        &self,
+        scheduler: &mut dyn Scheduler,
+        resolved: &ResolvedParams,
+        input: DenoiseInput<'_>,
+        on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
+    ) -> Result<Tensor> {
+        let high = OnDemand {
+            expert: &self.high,
+            other: self.low.as_ref(),
+        };
+        let low = self.low.as_ref().map(|low| OnDemand {
+            expert: low,
+            other: Some(&self.high),
+        });
+        let experts = Experts {
+            high: &high,
+            low: low.as_ref(),
+        };
+        let settings = DenoiseSettings {
+            guidance_scale: resolved.guidance_scale,
+            guidance_scale_2: resolved.guidance_scale_2,
+            boundary_ratio: self.model_dir.boundary_ratio(),
+            expand_timesteps: self.model_dir.expand_timesteps(),
+        };
+        let denoised = denoise(&experts, scheduler, &settings, input, on_step);
+        // Swapping keeps no expert on the device outside the loop, even after a failure.
+        if self.options.memory.experts == ExpertPlacement::SwapExperts {
+            for expert in std::iter::once(&self.high).chain(self.low.as_ref()) {
+                if let Some(weights) = &expert.weights {
+                    weights.park()?;
+                }
+            }
+        }
+        denoised.map_err(out_of_memory)
+    }
+
     /// Final latents → `(F, H, W, 3)` f32 frames on the CPU.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let vae_latents = latents
@@ -596,6 +639,24 @@ impl WanT2V {
         let denormalized = denormalize_latents(&vae_latents, self.vae.config())?;
         let video = self.vae.decode(&denormalized)?;
         to_frames_f32(&video)
+    }
+}
+
+/// Step 4 of [`WanT2V::generate_with`]: the initial noise from the seed and step 0, or the
+/// saved latents and step with the scheduler restored from `resume`; on the CPU.
+fn initial_latents(
+    scheduler: &mut dyn Scheduler,
+    params: &GenerationParams,
+    resolved: &ResolvedParams,
+    resume: Option<&DenoiseState>,
+) -> Result<(Tensor, usize)> {
+    match resume {
+        None => Ok((initial_noise(resolved.seed, resolved.latent_shape)?, 0)),
+        Some(state) => {
+            check_resume(state, params, resolved)?;
+            scheduler.restore(&state.scheduler)?;
+            Ok((state.latents.to_tensor()?, state.step))
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use tch::{nn, Kind};
 
 use super::{Expert, LoadOptions, WanT2V};
 use crate::error::Result;
+use crate::loader::random_weights;
 use crate::memory::{ExpertPlacement, ParkedWeights};
 use crate::model_dir::{Component, ModelDir};
 use crate::scheduler::SchedulerConfig;
@@ -19,7 +20,7 @@ impl WanT2V {
     /// Builds every component from the configs in `model_dir` with random weights drawn on the
     /// device instead of read from checkpoints — for benchmarks at full size with no weights
     /// on disk. The directory needs `model_index.json`, the components' `config.json`, the
-    /// tokenizer and the scheduler config. Weights are N(0, 0.02) from `seed`, norm gains 1;
+    /// tokenizer and the scheduler config. Weights follow [`random_weights`] from `seed`;
     /// the memory policy is applied as [`Self::load`] does.
     pub fn random(model_dir: impl AsRef<Path>, options: LoadOptions, seed: i64) -> Result<Self> {
         let model_dir = ModelDir::open(model_dir)?;
@@ -42,7 +43,7 @@ impl WanT2V {
             let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
             let vs = random_store(dtype);
             let model = WanTransformer3DModel::new(&cfg, vs.root())?;
-            randomize(&vs)?;
+            random_weights(&vs)?;
             let weights = if swap {
                 let parked = ParkedWeights::new(vs.variables().into_iter().collect(), device)?;
                 parked.park()?;
@@ -62,7 +63,7 @@ impl WanT2V {
             UMT5Config::from_file(&model_dir.path(Component::TextEncoder)?.join("config.json"))?;
         let text_vs = random_store(dtype);
         let text_model = UMT5EncoderModel::new(&text_cfg, text_vs.root())?;
-        randomize(&text_vs)?;
+        random_weights(&text_vs)?;
         let text_weights = if policy.offload_text_encoder {
             let parked = ParkedWeights::new(text_vs.variables().into_iter().collect(), device)?;
             parked.park()?;
@@ -77,7 +78,7 @@ impl WanT2V {
         let vae_cfg = VaeConfig::load(&model_dir.path(Component::Vae)?)?;
         let vae_vs = random_store(options.vae_dtype);
         let mut vae = AutoencoderKLWan::new(&vae_cfg, vae_vs.root())?;
-        randomize(&vae_vs)?;
+        random_weights(&vae_vs)?;
         if let Some(tiling) = policy.vae_tiling {
             vae.enable_tiling(tiling)?;
         }
@@ -92,22 +93,4 @@ impl WanT2V {
             scheduler,
         })
     }
-}
-
-/// Random weights in place, in name order: N(0, 0.02), except norm gains (`gamma`, 1-D
-/// `*norm*`) set to 1.
-fn randomize(vs: &nn::VarStore) -> Result<()> {
-    tch::no_grad(|| -> Result<()> {
-        let mut variables: Vec<_> = vs.variables().into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, mut tensor) in variables {
-            let gain = name.ends_with("gamma") || (tensor.dim() == 1 && name.contains("norm"));
-            if gain {
-                let _ = tensor.f_fill_(1.0)?;
-            } else {
-                let _ = tensor.f_normal_(0.0, 0.02)?;
-            }
-        }
-        Ok(())
-    })
 }
