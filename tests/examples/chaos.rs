@@ -1,4 +1,4 @@
-//! `make chaos` (issue 7): the fault-injection suite at full size against the shared stack
+//! `make chaos`: the fault-injection suite at full size against the shared stack
 //! (`make up`; build the worker first: `cargo build -p t2v-worker`). Kills and restarts the
 //! Kafka broker and stops and starts the S3 server — run it alone. Prints the table of
 //! [`t2v_tests::chaos::ChaosReport`] and exits 1 when an invariant broke.

@@ -1,4 +1,5 @@
-//! Benchmark (not a test): size and write time of an A14B 720p checkpoint (issue 7).
+//! Benchmark (not a test): size and write time of an A14B 720p checkpoint (docs/design.md,
+//! "The checkpoint format").
 //!
 //! The state of a 1280×720, 81-frame Wan2.2 A14B run: latents `[1, 16, 21, 90, 160]` f32 (VAE
 //! stride 4 in time, 8 in space, 16 channels) and UniPC order 2's history — 2 model outputs and

@@ -10,14 +10,14 @@
 //!   decode, dedupe read, Accepted, attempt marker, Started), and its part up to Accepted;
 //! - overhead: in-job + the gap that follows it.
 //!
-//! Goals (issue 5): overhead ≤ 1 s per job and gap ≤ 0.2 s on this machine.
+//! Goals (docs/design.md "Performance"): overhead ≤ 1 s per job and gap ≤ 0.2 s on this machine.
 //!
 //! `[T2V_CONFIG=worker.toml] [WORKER_RUST_LOG=debug] cargo run -p t2v-tests --example worker_overhead [-- JOBS]`
 
 use std::time::Duration;
 
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
-use t2v_tests::WorkerSetup;
+use t2v_tests::{synthetic_request, WorkerSetup};
 
 const WIDTH: u32 = 832;
 const HEIGHT: u32 = 480;
@@ -115,16 +115,13 @@ async fn main() {
     for i in 0..jobs {
         submitter
             .submit(GenerationRequest {
-                job_id: format!("overhead-{i}"),
-                model: "wan2.2-t2v-a14b".into(),
                 prompt: "a lighthouse at dusk, waves breaking".into(),
                 width: WIDTH,
                 height: HEIGHT,
                 num_frames: FRAMES,
                 fps: 16,
-                num_inference_steps: 4,
                 seed: Some(i as u64),
-                ..Default::default()
+                ..synthetic_request(&format!("overhead-{i}"), 4)
             })
             .await
             .unwrap();

@@ -1,4 +1,4 @@
-//! Fault injection (issue 7): N `t2v-worker run` processes (synthetic backend, a sleep per step,
+//! Fault injection (docs/design.md "Delivery semantics"): N `t2v-worker run` processes (synthetic backend, a sleep per step,
 //! a checkpoint every few steps) take M jobs on fresh topics and a fresh prefix while faults
 //! chosen by a seeded RNG hit them — SIGKILL or SIGTERM of a busy worker (a replacement starts),
 //! SIGKILL and restart of the Kafka broker, stop and start of the S3 server — with garbage bytes,
@@ -19,7 +19,7 @@
 //! checkpoints could be stored: an interruption whose earlier run overlaps an S3 outage of the
 //! schedule is reported as redone during an outage, not as a violation.
 //!
-//! The broker and the S3 server are the shared stack's: [`StackGuard`] starts them again when
+//! The broker and the S3 server are the shared stack's: a [`StackGuard`] starts them again when
 //! dropped, so a failing run still leaves the stack up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,17 +28,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use t2v_contract::now_unix_ms;
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
 
-use crate::{
-    brokers, list_keys, now_unix_ms, partition_count, read_topic, stack_script, WorkerProcess,
-    WorkerSetup,
-};
+use crate::kafka::{decode_event, is_terminal, producer, read_topic, reader};
+use crate::s3::list_keys;
+use crate::stack::{Service, StackGuard};
+use crate::worker::{synthetic_request, WorkerProcess, WorkerSetup};
 
 mod check;
 
@@ -251,55 +249,6 @@ impl Rng {
     }
 }
 
-/// Keeps the shared Kafka broker and S3 server up: whatever is down when this is dropped is
-/// started again, so a failing chaos run leaves the stack as it found it.
-#[derive(Default)]
-pub struct StackGuard {
-    kafka_down: bool,
-    s3_down: bool,
-}
-
-impl StackGuard {
-    fn kill_kafka(&mut self) -> Result<(), String> {
-        self.kafka_down = true;
-        stack_script("kill-kafka")
-    }
-
-    fn start_kafka(&mut self) -> Result<(), String> {
-        stack_script("start-kafka")?;
-        self.kafka_down = false;
-        Ok(())
-    }
-
-    fn stop_s3(&mut self) -> Result<(), String> {
-        self.s3_down = true;
-        stack_script("stop-s3")
-    }
-
-    fn start_s3(&mut self) -> Result<(), String> {
-        stack_script("start-s3")?;
-        self.s3_down = false;
-        Ok(())
-    }
-}
-
-impl Drop for StackGuard {
-    fn drop(&mut self) {
-        if self.kafka_down {
-            if let Err(e) = self.start_kafka() {
-                eprintln!("COULD NOT RESTART KAFKA: {e} — run `bash scripts/stack.sh start-kafka`");
-            }
-        }
-        if self.s3_down {
-            if let Err(e) = self.start_s3() {
-                eprintln!(
-                    "COULD NOT RESTART THE S3 SERVER: {e} — run `bash scripts/stack.sh start-s3`"
-                );
-            }
-        }
-    }
-}
-
 /// Reads the events topic from the beginning on a thread until dropped.
 struct EventLog {
     events: Arc<Mutex<Vec<GenerationEvent>>>,
@@ -311,25 +260,12 @@ impl EventLog {
     fn start(topic: &str) -> Self {
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", "t2v-tests-chaos")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut list = TopicPartitionList::new();
-        for p in 0..partition_count(topic) as i32 {
-            list.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&list).unwrap();
+        let consumer = reader("t2v-tests-chaos", topic);
         let (sink, flag) = (events.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    let event = GenerationEvent::decode(m.payload().unwrap_or_default())
-                        .expect("events decode");
-                    sink.lock().unwrap().push(event);
+                    sink.lock().unwrap().push(decode_event(&m));
                 }
             }
         });
@@ -352,13 +288,6 @@ impl Drop for EventLog {
             let _ = t.join();
         }
     }
-}
-
-fn is_terminal(kind: &Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)
-    )
 }
 
 /// Worker ids (`host:pid`) running a job now, by the events: the last Started/Progress of the
@@ -386,22 +315,17 @@ fn busy_workers(events: &[GenerationEvent]) -> BTreeSet<String> {
         .collect()
 }
 
+/// A valid chaos job: the synthetic request with its own prompt and seed.
 fn request(job_id: &str, steps: u32, seed: u64) -> GenerationRequest {
     GenerationRequest {
-        job_id: job_id.into(),
-        model: "wan2.2-t2v-a14b".into(),
         prompt: format!("chaos job {job_id}"),
-        width: 64,
-        height: 64,
-        num_frames: 5,
-        fps: 8,
-        num_inference_steps: steps,
         seed: Some(seed),
         submitted_at_unix_ms: now_unix_ms(),
-        ..Default::default()
+        ..synthetic_request(job_id, steps)
     }
 }
 
+/// The workers of a run, on one setup; a killed or stopped worker is replaced.
 struct Fleet {
     setup: WorkerSetup,
     env: Vec<(String, String)>,
@@ -409,6 +333,35 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Fresh topics and `cfg.workers` ready workers: a sleep per step, a checkpoint every
+    /// `cfg.checkpoint_every` steps, Progress every step.
+    async fn start(cfg: &ChaosConfig) -> Self {
+        let setup = WorkerSetup::new("chaos", cfg.workers.max(1) as i32).await;
+        let env = vec![
+            ("T2V_MODEL__SYNTHETIC_STEP_MS", cfg.step_ms.to_string()),
+            (
+                "T2V_CHECKPOINT__EVERY_STEPS",
+                cfg.checkpoint_every.to_string(),
+            ),
+            ("T2V_JOBS__PROGRESS_INTERVAL_MS", "0".to_string()),
+            // Kills land on the same job more than the default 3 times by design.
+            ("T2V_JOBS__MAX_ATTEMPTS", "50".to_string()),
+            ("T2V_JOBS__RETRY_TIMES", "20".to_string()),
+        ];
+        let mut fleet = Fleet {
+            setup,
+            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            workers: Vec::new(),
+        };
+        for _ in 0..cfg.workers {
+            fleet.start_one();
+        }
+        for w in &fleet.workers {
+            w.wait_ready(Duration::from_secs(60));
+        }
+        fleet
+    }
+
     fn start_one(&mut self) {
         let env: Vec<(&str, &str)> = self
             .env
@@ -437,6 +390,102 @@ impl Fleet {
             (busy[rng.below(busy.len())], true)
         }
     }
+
+    /// SIGKILLs or SIGTERMs a worker (a busy one when there is one), then starts a replacement.
+    fn hit_worker(
+        &mut self,
+        fault: Fault,
+        events: &EventLog,
+        rng: &mut Rng,
+        report: &mut ChaosReport,
+    ) {
+        let (i, busy) = self.pick(&events.snapshot(), rng);
+        report.busy_victims += busy as usize;
+        let mut victim = self.workers.swap_remove(i);
+        if fault == Fault::WorkerKill {
+            let _ = victim.child.kill();
+            let _ = victim.child.wait();
+        } else {
+            victim.terminate();
+            if victim.wait_exit(Duration::from_secs(30)).is_none() {
+                report
+                    .violations
+                    .push("a SIGTERMed worker did not exit within 30 s".into());
+            }
+        }
+        self.start_one();
+    }
+}
+
+/// What a run submits: the valid jobs, and the ids of the poison records (garbage bytes, then
+/// invalid requests).
+struct Submissions {
+    valid: Vec<GenerationRequest>,
+    poison_ids: Vec<String>,
+}
+
+impl Submissions {
+    fn valid_ids(&self) -> Vec<String> {
+        self.valid.iter().map(|r| r.job_id.clone()).collect()
+    }
+
+    /// Submits the first `cfg.duplicates` valid jobs again, with the same job ids.
+    async fn resubmit(&self, cfg: &ChaosConfig, submitter: &t2v_producer::Submitter) {
+        for req in self.valid.iter().take(cfg.duplicates) {
+            submitter
+                .submit(req.clone())
+                .await
+                .expect("duplicate submit");
+        }
+    }
+}
+
+/// Submits the valid jobs with a poison record after each of the first ones (a plain producer:
+/// the Submitter refuses invalid requests).
+async fn submit_all(
+    cfg: &ChaosConfig,
+    setup: &WorkerSetup,
+    submitter: &t2v_producer::Submitter,
+) -> Submissions {
+    let producer: FutureProducer = producer();
+    let valid: Vec<GenerationRequest> = (0..cfg.jobs)
+        .map(|i| request(&format!("job-{i:03}"), cfg.steps, 1000 + i as u64))
+        .collect();
+    let mut poison: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..cfg.garbage {
+        let text = format!("\u{fffd}garbage {i}\u{0}\u{1}").into_bytes();
+        poison.push((
+            format!("garbage-{i}"),
+            [b"\xff\xfe".as_slice(), &text].concat(),
+        ));
+    }
+    for i in 0..cfg.invalid {
+        let id = format!("invalid-{i}");
+        let bad = GenerationRequest {
+            num_frames: 80,
+            ..request(&id, cfg.steps, 1)
+        };
+        poison.push((id, bad.encode_to_vec()));
+    }
+    let poison_ids = poison.iter().map(|(id, _)| id.clone()).collect();
+    let mut poison = poison.into_iter();
+    for req in &valid {
+        submitter.submit(req.clone()).await.expect("submit");
+        if let Some((key, payload)) = poison.next() {
+            producer
+                .send(
+                    FutureRecord::to(&setup.requests)
+                        .key(&key)
+                        .payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce poison");
+        }
+    }
+    assert_eq!(poison.len(), 0, "more poison records than valid jobs");
+    Submissions { valid, poison_ids }
 }
 
 /// The fault schedule: every enabled kind at least once (when `faults` allows), the rest drawn
@@ -477,126 +526,29 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
     };
 
     // 1. Topics, the event log and the workers.
-    let setup = WorkerSetup::new("chaos", cfg.workers.max(1) as i32).await;
+    let mut fleet = Fleet::start(cfg).await;
+    let setup = fleet.setup.clone();
     let events = EventLog::start(&setup.events);
-    let env = vec![
-        ("T2V_MODEL__SYNTHETIC_STEP_MS", cfg.step_ms.to_string()),
-        (
-            "T2V_CHECKPOINT__EVERY_STEPS",
-            cfg.checkpoint_every.to_string(),
-        ),
-        ("T2V_JOBS__PROGRESS_INTERVAL_MS", "0".to_string()),
-        // Kills land on the same job more than the default 3 times by design.
-        ("T2V_JOBS__MAX_ATTEMPTS", "50".to_string()),
-        ("T2V_JOBS__RETRY_TIMES", "20".to_string()),
-    ];
-    let mut fleet = Fleet {
-        setup: setup.clone(),
-        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        workers: Vec::new(),
-    };
-    for _ in 0..cfg.workers {
-        fleet.start_one();
-    }
-    for w in &fleet.workers {
-        w.wait_ready(Duration::from_secs(60));
-    }
 
     // 2. Valid jobs, duplicates, garbage and invalid requests, interleaved.
     let submitter = setup.submitter();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let valid: Vec<GenerationRequest> = (0..cfg.jobs)
-        .map(|i| request(&format!("job-{i:03}"), cfg.steps, 1000 + i as u64))
-        .collect();
-    let garbage_ids: Vec<String> = (0..cfg.garbage).map(|i| format!("garbage-{i}")).collect();
-    let invalid_ids: Vec<String> = (0..cfg.invalid).map(|i| format!("invalid-{i}")).collect();
-    // Poison records go through a plain producer: the Submitter refuses invalid requests.
-    let mut poison: Vec<(String, Vec<u8>)> = Vec::new();
-    for (i, id) in garbage_ids.iter().enumerate() {
-        let text = format!("\u{fffd}garbage {i}\u{0}\u{1}").into_bytes();
-        poison.push((id.clone(), [b"\xff\xfe".as_slice(), &text].concat()));
-    }
-    for id in &invalid_ids {
-        let bad = GenerationRequest {
-            num_frames: 80,
-            ..request(id, cfg.steps, 1)
-        };
-        poison.push((id.clone(), bad.encode_to_vec()));
-    }
-    let mut poison = poison.into_iter();
-    for req in &valid {
-        submitter.submit(req.clone()).await.expect("submit");
-        // One poison record after each of the first valid jobs.
-        if let Some((key, payload)) = poison.next() {
-            producer
-                .send(
-                    FutureRecord::to(&setup.requests)
-                        .key(&key)
-                        .payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("produce poison");
-        }
-    }
-    assert_eq!(poison.len(), 0, "more poison records than valid jobs");
+    let submitted = submit_all(cfg, &setup, &submitter).await;
 
     // 3. Faults, every 1.5–4 s, with the duplicates submitted half-way.
     let plan = schedule(cfg, &mut rng);
     for (n, fault) in plan.iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(1500 + rng.below(2500) as u64)).await;
         if n == plan.len() / 2 {
-            for req in valid.iter().take(cfg.duplicates) {
-                submitter
-                    .submit(req.clone())
-                    .await
-                    .expect("duplicate submit");
-            }
+            submitted.resubmit(cfg, &submitter).await;
         }
-        let result = match fault {
-            Fault::WorkerKill | Fault::WorkerTerm => {
-                let (i, busy) = fleet.pick(&events.snapshot(), &mut rng);
-                report.busy_victims += busy as usize;
-                let mut victim = fleet.workers.swap_remove(i);
-                if *fault == Fault::WorkerKill {
-                    let _ = victim.child.kill();
-                    let _ = victim.child.wait();
-                } else {
-                    victim.terminate();
-                    if victim.wait_exit(Duration::from_secs(30)).is_none() {
-                        report
-                            .violations
-                            .push("a SIGTERMed worker did not exit within 30 s".into());
-                    }
-                }
-                fleet.start_one();
-                Ok(())
-            }
-            Fault::KafkaKill => guard.kill_kafka().and_then(|_| {
-                std::thread::sleep(Duration::from_secs(2));
-                guard.start_kafka()
-            }),
-            Fault::S3Stop => {
-                let from_ms = now_unix_ms();
-                let result = guard.stop_s3().and_then(|_| {
-                    std::thread::sleep(Duration::from_secs(2));
-                    guard.start_s3()
-                });
-                // A failed start leaves the server down until the guard restarts it at the end.
-                let to_ms = if result.is_ok() {
-                    now_unix_ms()
-                } else {
-                    u64::MAX
-                };
-                report.s3_outages.push(Outage { from_ms, to_ms });
-                result
-            }
-        };
-        if let Err(e) = result {
+        if let Err(e) = inject(
+            *fault,
+            &mut fleet,
+            &events,
+            &mut guard,
+            &mut rng,
+            &mut report,
+        ) {
             report.violations.push(format!("fault {fault:?}: {e}"));
         }
         eprintln!(
@@ -607,44 +559,13 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
         );
         *report.faults.entry(format!("{fault:?}")).or_default() += 1;
     }
-    if cfg.duplicates > 0 && plan.is_empty() {
-        for req in valid.iter().take(cfg.duplicates) {
-            submitter
-                .submit(req.clone())
-                .await
-                .expect("duplicate submit");
-        }
+    if plan.is_empty() {
+        submitted.resubmit(cfg, &submitter).await;
     }
 
     // 4. Wait until every valid job completed and every poison message failed.
-    let poison_ids: Vec<String> = garbage_ids.iter().chain(&invalid_ids).cloned().collect();
-    let valid_ids: Vec<String> = valid.iter().map(|r| r.job_id.clone()).collect();
-    let deadline = Instant::now() + cfg.settle;
-    let done = |evs: &[GenerationEvent]| {
-        let completed = |id: &String, f: fn(&Kind) -> bool| {
-            evs.iter()
-                .any(|e| &e.job_id == id && e.kind.as_ref().is_some_and(f))
-        };
-        let dup_done = valid_ids.iter().take(cfg.duplicates).all(|id| {
-            evs.iter()
-                .filter(|e| &e.job_id == id && matches!(e.kind, Some(Kind::Completed(_))))
-                .count()
-                >= 2
-        });
-        valid_ids
-            .iter()
-            .all(|id| completed(id, |k| matches!(k, Kind::Completed(_))))
-            && poison_ids
-                .iter()
-                .all(|id| completed(id, |k| matches!(k, Kind::Failed(_))))
-            && dup_done
-    };
-    while !done(&events.snapshot()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // Late duplicates of events (a redelivery after the broker restart) settle too.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let all = events.snapshot();
+    let valid_ids = submitted.valid_ids();
+    let all = settle(cfg, &events, &valid_ids, &submitted.poison_ids).await;
     drop(events);
     drop(guard);
     let up_again = now_unix_ms();
@@ -653,14 +574,92 @@ pub async fn run(cfg: &ChaosConfig) -> ChaosReport {
     }
 
     // 5. The checks.
-    check(cfg, &setup, &valid_ids, &poison_ids, &all, &mut report).await;
+    check(
+        cfg,
+        &setup,
+        &valid_ids,
+        &submitted.poison_ids,
+        &all,
+        &mut report,
+    )
+    .await;
     report.wall = started.elapsed();
-    for w in &fleet.workers {
-        if !report.violations.is_empty() {
+    if !report.violations.is_empty() {
+        for w in &fleet.workers {
             eprintln!("--- worker log {} ---\n{}", w.log.display(), w.logs());
         }
     }
     report
+}
+
+/// One fault of the plan; an S3 stop is recorded in `report.s3_outages`.
+fn inject(
+    fault: Fault,
+    fleet: &mut Fleet,
+    events: &EventLog,
+    guard: &mut StackGuard,
+    rng: &mut Rng,
+    report: &mut ChaosReport,
+) -> Result<(), String> {
+    // Down for 2 s, then started again.
+    let mut bounce = |service: Service| {
+        guard.take_down(service).and_then(|_| {
+            std::thread::sleep(Duration::from_secs(2));
+            guard.bring_up(service)
+        })
+    };
+    match fault {
+        Fault::WorkerKill | Fault::WorkerTerm => {
+            fleet.hit_worker(fault, events, rng, report);
+            Ok(())
+        }
+        Fault::KafkaKill => bounce(Service::Kafka),
+        Fault::S3Stop => {
+            let from_ms = now_unix_ms();
+            let result = bounce(Service::S3);
+            // A failed start leaves the server down until the guard restarts it at the end.
+            let to_ms = if result.is_ok() {
+                now_unix_ms()
+            } else {
+                u64::MAX
+            };
+            report.s3_outages.push(Outage { from_ms, to_ms });
+            result
+        }
+    }
+}
+
+/// Waits (`cfg.settle` at most) until every valid job completed — the duplicates twice — and
+/// every poison message failed, then a little longer for late duplicates of events (a
+/// redelivery after the broker restart); returns every event seen.
+async fn settle(
+    cfg: &ChaosConfig,
+    events: &EventLog,
+    valid_ids: &[String],
+    poison_ids: &[String],
+) -> Vec<GenerationEvent> {
+    let deadline = Instant::now() + cfg.settle;
+    let done = |evs: &[GenerationEvent]| {
+        let count = |id: &String, f: fn(&Kind) -> bool| {
+            evs.iter()
+                .filter(|e| &e.job_id == id && e.kind.as_ref().is_some_and(f))
+                .count()
+        };
+        let completed = |k: &Kind| matches!(k, Kind::Completed(_));
+        valid_ids.iter().all(|id| count(id, completed) >= 1)
+            && poison_ids
+                .iter()
+                .all(|id| count(id, |k| matches!(k, Kind::Failed(_))) >= 1)
+            && valid_ids
+                .iter()
+                .take(cfg.duplicates)
+                .all(|id| count(id, completed) >= 2)
+    };
+    while !done(&events.snapshot()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    events.snapshot()
 }
 
 #[cfg(test)]

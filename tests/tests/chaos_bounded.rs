@@ -1,4 +1,4 @@
-//! The bounded fault-injection suite of `make test` (issue 7): 8 jobs on 2 workers, 5 faults —
+//! The bounded fault-injection suite of `make test`: 8 jobs on 2 workers, 5 faults —
 //! SIGKILL and SIGTERM of busy workers and one stop/start of the S3 server; no Kafka kill (the
 //! full `make chaos` does that) — with garbage, invalid and duplicate submissions. Every
 //! invariant of [`t2v_tests::chaos`] must hold. The only test in this binary, because it stops

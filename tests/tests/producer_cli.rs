@@ -9,27 +9,16 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use t2v_producer::headers::TraceContext;
+use t2v_contract::headers::{schema, CONTENT_TYPE, PROTOBUF_CONTENT_TYPE, SCHEMA, TRACEPARENT};
+use t2v_contract::TraceContext;
 use t2v_proto::v1::{
     control_command, generation_event::Kind, Artifact, Completed, ControlCommand, GenerationEvent,
     GenerationRequest, Progress,
 };
-use t2v_tests::{binary, brokers, create_topics, header, read_topic, record_count, unique_name};
-
-struct Topics {
-    requests: String,
-    events: String,
-    control: String,
-}
+use t2v_tests::{binary, brokers, header, read_topic, record_count, unique_name, Topics};
 
 async fn fresh_topics() -> Topics {
-    let t = Topics {
-        requests: unique_name("requests"),
-        events: unique_name("events"),
-        control: unique_name("control"),
-    };
-    create_topics(&[(&t.requests, 3), (&t.events, 3), (&t.control, 1)]).await;
-    t
+    Topics::create(3).await
 }
 
 fn t2v(topics: &Topics, args: &[&str]) -> Output {
@@ -97,14 +86,14 @@ async fn submit_lands_on_the_requests_topic_with_key_headers_and_payload() {
     let record = &records[0];
     assert_eq!(record.key(), Some(b"fox-1".as_slice()));
     assert_eq!(
-        header(record, "content-type").as_deref(),
-        Some("application/x-protobuf")
+        header(record, CONTENT_TYPE).as_deref(),
+        Some(PROTOBUF_CONTENT_TYPE)
     );
     assert_eq!(
-        header(record, "t2v-schema").as_deref(),
-        Some("t2v.v1.GenerationRequest")
+        header(record, SCHEMA).as_deref(),
+        Some(schema::GENERATION_REQUEST)
     );
-    let traceparent = header(record, "traceparent").expect("traceparent header");
+    let traceparent = header(record, TRACEPARENT).expect("traceparent header");
     assert!(
         TraceContext::parse(&traceparent).is_some(),
         "valid W3C traceparent: {traceparent}"
@@ -201,11 +190,7 @@ async fn unreachable_brokers_fail_with_exit_3_within_15_seconds() {
 
 #[tokio::test]
 async fn a_missing_topic_exits_3_and_says_how_to_create_it() {
-    let topics = Topics {
-        requests: unique_name("absent"),
-        events: unique_name("absent"),
-        control: unique_name("absent"),
-    };
+    let topics = Topics::absent();
     let out = t2v(&topics, &["submit", "a cat"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
@@ -369,8 +354,8 @@ async fn cancel_publishes_a_control_command_keyed_by_job() {
     let records = read_topic(&topics.control, 1, Duration::from_secs(20));
     assert_eq!(records[0].key(), Some(b"job-9".as_slice()));
     assert_eq!(
-        header(&records[0], "t2v-schema").as_deref(),
-        Some("t2v.v1.ControlCommand")
+        header(&records[0], SCHEMA).as_deref(),
+        Some(schema::CONTROL_COMMAND)
     );
     let command = ControlCommand::decode(records[0].payload().unwrap()).unwrap();
     match command.command {
@@ -481,16 +466,9 @@ async fn topics_apply_is_idempotent_and_matches_the_file() {
 
 #[tokio::test]
 async fn submitter_library_submits_many_in_order_and_follows_a_job() {
-    use t2v_producer::{Submitter, SubmitterConfig, Terminal};
+    use t2v_producer::Terminal;
     let topics = fresh_topics().await;
-    let submitter = Submitter::new(SubmitterConfig {
-        brokers: brokers(),
-        requests_topic: topics.requests.clone(),
-        events_topic: topics.events.clone(),
-        control_topic: topics.control.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let submitter = topics.submitter();
     submitter.check_brokers().await.unwrap();
     let reqs: Vec<GenerationRequest> = (0..50)
         .map(|i| GenerationRequest {

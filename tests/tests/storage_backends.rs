@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::{Attribute, ObjectStore, ObjectStoreExt};
+use t2v_contract::sha256_hex;
 use t2v_tests::{free_port, stack_env, unique_name};
-use t2v_worker::attempts;
 use t2v_worker::config::JobsConfig;
-use t2v_worker::storage::{sha256_hex, Storage, StorageError};
+use t2v_worker::job::attempts;
+use t2v_worker::storage::{Storage, StorageError};
 
 /// Azurite's well-known development account and key (public, documented by Microsoft).
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use prost::Message as _;
 use rdkafka::message::Message;
+use t2v_contract::now_unix_ms;
 use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
 use t2v_tests::{
-    header, list_keys, now_unix_ms, read_topic, record_count, wait_committed, wait_events,
-    wait_started_at, S3Outage, WorkerProcess, WorkerSetup,
+    assert_dlq_source, completed, header, is_terminal, list_keys, read_topic, record_count,
+    synthetic_request, wait_committed, wait_events, S3Outage, WorkerProcess, WorkerSetup,
 };
 
 /// One test at a time: the outage test must not take storage away from the other.
@@ -42,7 +43,7 @@ fn terminal(events: &[GenerationEvent]) -> Vec<Kind> {
         .iter()
         .filter(|e| e.job_id == JOB)
         .filter_map(|e| e.kind.clone())
-        .filter(|k| matches!(k, Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)))
+        .filter(is_terminal)
         .collect()
 }
 
@@ -64,16 +65,9 @@ async fn a_job_that_crashes_every_worker_goes_to_the_dlq_after_max_attempts() {
     setup
         .submitter()
         .submit(GenerationRequest {
-            job_id: JOB.into(),
-            model: "wan2.2-t2v-a14b".into(),
             prompt: "a kite in a storm".into(),
-            width: 64,
-            height: 64,
-            num_frames: 5,
-            fps: 8,
-            num_inference_steps: STEPS,
             seed: Some(3),
-            ..Default::default()
+            ..synthetic_request(JOB, STEPS)
         })
         .await
         .unwrap();
@@ -130,14 +124,7 @@ async fn a_job_that_crashes_every_worker_goes_to_the_dlq_after_max_attempts() {
     assert!(header(&dlq[0], "t2v-dlq-reason")
         .unwrap()
         .contains("ATTEMPTS_EXHAUSTED"));
-    assert_eq!(
-        header(&dlq[0], "t2v-dlq-source-topic").as_deref(),
-        Some(setup.requests.as_str())
-    );
-    assert_eq!(
-        header(&dlq[0], "t2v-dlq-source-offset").as_deref(),
-        Some("0")
-    );
+    assert_dlq_source(&dlq[0], &setup.requests, 0);
     assert_eq!(header(&dlq[0], "t2v-dlq-attempt").as_deref(), Some("0"));
 
     // 4. No outputs, and the crashed runs' checkpoints deleted with the Failed; only the markers
@@ -188,29 +175,17 @@ async fn storage_down_beyond_the_retries_requeues_the_job_and_it_completes_once(
     setup
         .submitter()
         .submit(GenerationRequest {
-            job_id: JOB2.into(),
-            model: "wan2.2-t2v-a14b".into(),
             prompt: "waves on a breakwater".into(),
-            width: 64,
-            height: 64,
-            num_frames: 5,
-            fps: 8,
-            num_inference_steps: STEPS2,
             seed: Some(11),
-            ..Default::default()
+            ..synthetic_request(JOB2, STEPS2)
         })
         .await
         .unwrap();
 
     // 1. Stop the S3 server once the job started; its next object-store call is the upload.
-    let started_at = wait_started_at(&setup.events, &worker);
-    let mut outage = S3Outage::begin();
-    let stopped_at = now_unix_ms();
-    assert!(
-        stopped_at < started_at + u64::from(STEPS2) * STEP2_MS,
-        "the S3 server took too long to stop ({} ms after Started)",
-        stopped_at - started_at
-    );
+    let (mut outage, started_at) =
+        S3Outage::after_started(&setup.events, &worker, u64::from(STEPS2) * STEP2_MS);
+    let stopped_at = outage.stopped_at;
 
     // 2. The upload fails past its retries: the job comes back as a new record, attempt 1.
     let records = read_topic(&setup.requests, 2, Duration::from_secs(40));
@@ -231,12 +206,9 @@ async fn storage_down_beyond_the_retries_requeues_the_job_and_it_completes_once(
     let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
         e.iter().any(|e| matches!(e.kind, Some(Kind::Completed(_))))
     });
-    let done: Vec<&GenerationEvent> = events
-        .iter()
-        .filter(|e| matches!(e.kind, Some(Kind::Completed(_))))
-        .collect();
+    let done = completed(&events);
     assert_eq!(done.len(), 1, "{events:?}\nlogs:\n{}", worker.logs());
-    assert!(done[0].attempt >= 1, "completed by a re-queued attempt");
+    assert!(done[0].0.attempt >= 1, "completed by a re-queued attempt");
     assert!(
         events
             .iter()
@@ -266,6 +238,6 @@ async fn storage_down_beyond_the_retries_requeues_the_job_and_it_completes_once(
         stopped_at - started_at,
         requeued_at - started_at,
         restarted_at - started_at,
-        done[0].emitted_at_unix_ms - started_at
+        done[0].0.emitted_at_unix_ms - started_at
     );
 }

@@ -5,11 +5,11 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use t2v_tests::{binary, brokers, create_topics, stack_env, unique_name, WorkerSetup};
+use t2v_tests::{aws_env, binary, brokers, create_topics, stack_env, unique_name, WorkerSetup};
 
 fn doctor(requests: &str, others: &str, storage_url: &str, aws_endpoint: &str) -> Output {
-    let mut cmd = Command::new(binary("t2v-worker"));
-    cmd.arg("doctor")
+    Command::new(binary("t2v-worker"))
+        .arg("doctor")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .args(["--brokers", &brokers(), "--requests-topic", requests])
@@ -22,13 +22,9 @@ fn doctor(requests: &str, others: &str, storage_url: &str, aws_endpoint: &str) -
             others,
         ])
         .args(["--storage-url", storage_url])
-        .env("T2V_MODEL__BACKEND", "synthetic");
-    for (key, value) in stack_env() {
-        if key.starts_with("AWS_") {
-            cmd.env(key, value);
-        }
-    }
-    cmd.env("AWS_ENDPOINT_URL", aws_endpoint)
+        .env("T2V_MODEL__BACKEND", "synthetic")
+        .envs(aws_env())
+        .env("AWS_ENDPOINT_URL", aws_endpoint)
         .env("T2V_JOBS__RETRY_TIMES", "1")
         .output()
         .expect("run t2v-worker doctor")

@@ -5,46 +5,31 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
-use t2v_tests::{brokers, header, list_keys, read_topic, wait_committed, wait_events, WorkerSetup};
+use t2v_tests::{
+    assert_dlq_source, header, is_terminal, list_keys, producer, read_topic, synthetic_request,
+    wait_committed, wait_events, WorkerSetup,
+};
 
 fn terminal(events: &[GenerationEvent], job_id: &str) -> Option<Kind> {
     events
         .iter()
         .filter(|e| e.job_id == job_id)
         .filter_map(|e| e.kind.clone())
-        .find(|k| matches!(k, Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)))
-}
-
-fn request(job_id: &str, steps: u32) -> GenerationRequest {
-    GenerationRequest {
-        job_id: job_id.into(),
-        model: "wan2.2-t2v-a14b".into(),
-        prompt: "a lighthouse at dusk".into(),
-        width: 64,
-        height: 64,
-        num_frames: 5,
-        fps: 8,
-        num_inference_steps: steps,
-        ..Default::default()
-    }
+        .find(is_terminal)
 }
 
 #[tokio::test]
 async fn garbage_and_invalid_requests_go_to_the_dlq_and_the_worker_keeps_going() {
     let setup = WorkerSetup::new("failures", 1).await;
     let worker = setup.start_worker(&[]);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let producer = producer();
     let garbage: &[u8] = b"\xff\xfe not a protobuf \x00\x01";
     let invalid = GenerationRequest {
         num_frames: 80,
-        ..request("bad-1", 2)
+        ..synthetic_request("bad-1", 2)
     }
     .encode_to_vec();
     for (key, payload) in [("garbage-1", garbage), ("bad-1", invalid.as_slice())] {
@@ -56,7 +41,11 @@ async fn garbage_and_invalid_requests_go_to_the_dlq_and_the_worker_keeps_going()
             .await
             .unwrap();
     }
-    setup.submitter().submit(request("ok-1", 2)).await.unwrap();
+    setup
+        .submitter()
+        .submit(synthetic_request("ok-1", 2))
+        .await
+        .unwrap();
 
     let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
         terminal(e, "ok-1").is_some()
@@ -93,14 +82,7 @@ async fn garbage_and_invalid_requests_go_to_the_dlq_and_the_worker_keeps_going()
     assert!(header(&dlq[1], "t2v-dlq-reason")
         .unwrap()
         .contains("num_frames"));
-    assert_eq!(
-        header(&dlq[1], "t2v-dlq-source-topic").as_deref(),
-        Some(setup.requests.as_str())
-    );
-    assert_eq!(
-        header(&dlq[1], "t2v-dlq-source-offset").as_deref(),
-        Some("1")
-    );
+    assert_dlq_source(&dlq[1], &setup.requests, 1);
     assert!(header(&dlq[1], "t2v-dlq-worker").is_some());
     assert!(list_keys(&format!("{}/bad-1", setup.prefix))
         .await
@@ -117,8 +99,14 @@ async fn a_cancel_stops_a_job_before_start_and_between_steps() {
         .await
         .unwrap();
     let worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "200")]);
-    submitter.submit(request("early-1", 3)).await.unwrap();
-    submitter.submit(request("late-1", 100)).await.unwrap();
+    submitter
+        .submit(synthetic_request("early-1", 3))
+        .await
+        .unwrap();
+    submitter
+        .submit(synthetic_request("late-1", 100))
+        .await
+        .unwrap();
 
     let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
         e.iter()

@@ -5,26 +5,13 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); missing ones fail the test.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use t2v_tests::{binary, workspace_root};
+use t2v_tests::{binary, fixture_dir};
 
 /// Frames are compared with this absolute tolerance (values in [0, 1]).
 const FRAMES_ATOL: f32 = 1e-3;
-
-fn fixture(name: &str) -> PathBuf {
-    let root = std::env::var_os("T2V_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/fixtures"));
-    let dir = root.join("wan_pipeline").join(name);
-    assert!(
-        dir.join("model_index.json").exists(),
-        "fixture {} missing — run `make fixtures`",
-        dir.display()
-    );
-    dir
-}
 
 fn settings(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("settings.json")).expect("settings.json");
@@ -127,7 +114,7 @@ fn read_safetensors(path: &Path, name: &str) -> Array {
 }
 
 fn check_against_diffusers(case: &str) {
-    let dir = fixture(case);
+    let dir = fixture_dir(case);
     let s = settings(&dir);
     let tmp = tempfile::tempdir().unwrap();
     let npy = tmp.path().join("frames.npy");
@@ -195,7 +182,7 @@ fn assert_one_error_line(out: &Output, needle: &str) {
 
 #[test]
 fn a_missing_tokenizer_is_one_line_naming_the_path() {
-    let source = fixture("single_expert");
+    let source = fixture_dir("single_expert");
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     copy_dir(&source, &model);
@@ -206,7 +193,7 @@ fn a_missing_tokenizer_is_one_line_naming_the_path() {
 
 #[test]
 fn an_impossible_size_is_one_line_naming_width() {
-    let dir = fixture("single_expert");
+    let dir = fixture_dir("single_expert");
     let args: Vec<String> = [
         "--prompt", "a cat", "--width", "30", "--height", "48", "--frames", "5", "--steps", "2",
     ]
@@ -220,7 +207,7 @@ fn an_impossible_size_is_one_line_naming_width() {
 
 #[test]
 fn a_prompt_over_the_token_limit_is_one_line_naming_the_prompt() {
-    let dir = fixture("single_expert");
+    let dir = fixture_dir("single_expert");
     let long_prompt = "a red fox running through fresh snow at dawn ".repeat(120);
     let args: Vec<String> = [
         "--prompt",
@@ -248,7 +235,7 @@ fn a_prompt_over_the_token_limit_is_one_line_naming_the_prompt() {
 
 #[test]
 fn out_dir_gets_an_h264_mp4_with_every_frame_and_a_thumbnail() {
-    let dir = fixture("two_experts");
+    let dir = fixture_dir("two_experts");
     let s = settings(&dir);
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("video");

@@ -9,10 +9,12 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest};
-use t2v_tests::{brokers, wait_committed, wait_events, WorkerProcess, WorkerSetup};
+use rdkafka::producer::FutureRecord;
+use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
+use t2v_tests::{
+    completed, producer, starts, synthetic_request, wait_committed, wait_events, WorkerProcess,
+    WorkerSetup,
+};
 
 const JOB: &str = "handover-1";
 /// 120 steps of 150 ms: 18 s of denoising, time for a few join/leave rounds.
@@ -24,16 +26,6 @@ fn start(setup: &WorkerSetup) -> WorkerProcess {
     setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", STEP_MS)])
 }
 
-fn started_by(events: &[GenerationEvent]) -> Vec<(String, u32)> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Started(s)) => Some((e.worker_id.clone(), s.resumed_from_step)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_revoked_running_job_is_handed_over_not_run_twice() {
     let setup = WorkerSetup::new("handover", 2).await;
@@ -42,22 +34,11 @@ async fn a_revoked_running_job_is_handed_over_not_run_twice() {
 
     // 1. The job, on partition 0, starts on the only worker.
     let request = GenerationRequest {
-        job_id: JOB.into(),
-        model: "wan2.2-t2v-a14b".into(),
         prompt: "a lighthouse in fog".into(),
-        width: 64,
-        height: 64,
-        num_frames: 5,
-        fps: 8,
-        num_inference_steps: STEPS,
         seed: Some(5),
-        ..Default::default()
+        ..synthetic_request(JOB, STEPS)
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    producer
+    producer()
         .send(
             FutureRecord::to(&setup.requests)
                 .partition(0)
@@ -68,9 +49,9 @@ async fn a_revoked_running_job_is_handed_over_not_run_twice() {
         .await
         .unwrap();
     let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
-        !started_by(e).is_empty()
+        !starts(e).is_empty()
     });
-    let first_id = started_by(&events)
+    let first_id = starts(&events)
         .first()
         .unwrap_or_else(|| panic!("not started; logs:\n{}", first.logs()))
         .0
@@ -89,8 +70,7 @@ async fn a_revoked_running_job_is_handed_over_not_run_twice() {
             break;
         }
         let mut second = second;
-        second.terminate();
-        assert_eq!(second.wait_exit(Duration::from_secs(20)), Some(0));
+        second.stop(Duration::from_secs(20));
     }
     let second = newcomer.unwrap_or_else(|| {
         panic!(
@@ -104,10 +84,7 @@ async fn a_revoked_running_job_is_handed_over_not_run_twice() {
     let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
         e.iter().any(|e| matches!(e.kind, Some(Kind::Completed(_))))
     });
-    let completed: Vec<&GenerationEvent> = events
-        .iter()
-        .filter(|e| matches!(e.kind, Some(Kind::Completed(_))))
-        .collect();
+    let completed = completed(&events);
     assert_eq!(
         completed.len(),
         1,
@@ -115,11 +92,11 @@ async fn a_revoked_running_job_is_handed_over_not_run_twice() {
         first.logs(),
         second.logs()
     );
-    let starts = started_by(&events);
+    let starts = starts(&events);
     assert_eq!(starts.len(), 2, "{starts:?}");
     let (second_id, resumed_from) = starts[1].clone();
     assert_ne!(second_id, first_id);
-    assert_eq!(completed[0].worker_id, second_id);
+    assert_eq!(completed[0].0.worker_id, second_id);
     let handed_over_at = events
         .iter()
         .position(|e| matches!(e.kind, Some(Kind::Started(_))) && e.worker_id == second_id)

@@ -5,29 +5,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use t2v_producer::headers::TraceContext;
-use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent, GenerationRequest};
+use t2v_contract::headers::TRACEPARENT;
+use t2v_contract::{sha256_hex, TraceContext};
+use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
 use t2v_tests::{
-    committed_offset, get_object, header, list_keys, read_topic, wait_events, WorkerSetup,
+    assert_success, committed_offset, completed, get_object, header, list_keys, read_topic,
+    synthetic_request, wait_completed, wait_events, WorkerSetup,
 };
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn completed(events: &[GenerationEvent]) -> Vec<Completed> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Completed(c)) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// ffprobe's view of the first video stream: codec, width, height, pix_fmt, frames, rate.
 fn ffprobe(path: &std::path::Path) -> serde_json::Value {
@@ -46,11 +30,7 @@ fn ffprobe(path: &std::path::Path) -> serde_json::Value {
         .arg(path)
         .output()
         .expect("ffprobe runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     json["streams"][0].clone()
 }
@@ -61,17 +41,12 @@ async fn a_request_becomes_one_video_and_a_duplicate_changes_nothing() {
     let worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "20")]);
     let submitter = setup.submitter();
     let request = GenerationRequest {
-        job_id: "happy-1".into(),
-        model: "wan2.2-t2v-a14b".into(),
         prompt: "a red fox in fresh snow".into(),
         width: 96,
-        height: 64,
         num_frames: 9,
-        fps: 8,
-        num_inference_steps: 6,
         seed: Some(42),
         labels: [("team".to_string(), "vfx".to_string())].into(),
-        ..Default::default()
+        ..synthetic_request("happy-1", 6)
     };
     let trace = TraceContext::new_root();
     submitter
@@ -79,17 +54,7 @@ async fn a_request_becomes_one_video_and_a_duplicate_changes_nothing() {
         .await
         .unwrap();
 
-    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
-        !completed(e).is_empty()
-    });
-    let done = completed(&events);
-    assert_eq!(
-        done.len(),
-        1,
-        "one Completed; events: {events:?}\nlogs:\n{}",
-        worker.logs()
-    );
-    let c = &done[0];
+    let (events, c) = wait_completed(&setup.events, &worker, Duration::from_secs(90));
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| match e.kind {
@@ -120,8 +85,7 @@ async fn a_request_becomes_one_video_and_a_duplicate_changes_nothing() {
 
     // Every event continues the producer's trace.
     for record in read_topic(&setup.events, events.len(), Duration::from_secs(10)) {
-        let tp =
-            TraceContext::parse(&header(&record, "traceparent").expect("traceparent")).unwrap();
+        let tp = TraceContext::parse(&header(&record, TRACEPARENT).expect("traceparent")).unwrap();
         assert_eq!(tp.trace_id, trace.trace_id);
     }
 
@@ -208,7 +172,7 @@ async fn a_request_becomes_one_video_and_a_duplicate_changes_nothing() {
     });
     let done = completed(&events);
     assert_eq!(done.len(), 2, "logs:\n{}", worker.logs());
-    assert_eq!(done[0], done[1], "both Completed events are identical");
+    assert_eq!(done[0].1, done[1].1, "both Completed events are identical");
     assert_eq!(
         list_keys(&setup.prefix).await,
         keys_before,

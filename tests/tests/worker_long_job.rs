@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
-use t2v_tests::{count_kind, wait_committed, wait_events, WorkerSetup};
+use t2v_tests::{
+    completed, count_kind, synthetic_request, wait_committed, wait_events, WorkerSetup,
+};
 
 /// `max.poll.interval.ms` and `session.timeout.ms` of the worker under test.
 const MAX_POLL_INTERVAL_MS: u64 = 6000;
@@ -34,15 +36,8 @@ async fn a_job_longer_than_max_poll_interval_completes_without_a_rebalance() {
     setup
         .submitter()
         .submit(GenerationRequest {
-            job_id: "long-poll-1".into(),
-            model: "wan2.2-t2v-a14b".into(),
             prompt: "a glacier calving, slow motion".into(),
-            width: 64,
-            height: 64,
-            num_frames: 5,
-            fps: 8,
-            num_inference_steps: STEPS,
-            ..Default::default()
+            ..synthetic_request("long-poll-1", STEPS)
         })
         .await
         .unwrap();
@@ -70,12 +65,9 @@ async fn a_job_longer_than_max_poll_interval_completes_without_a_rebalance() {
     );
 
     // The job really outlasted the backstop.
-    let denoise_ms = events
+    let denoise_ms = completed(&events)
         .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::Completed(c)) => c.timings.as_ref().map(|t| t.denoise_ms),
-            _ => None,
-        })
+        .find_map(|(_, c)| c.timings.as_ref().map(|t| t.denoise_ms))
         .unwrap();
     assert!(
         denoise_ms > 2 * MAX_POLL_INTERVAL_MS,

@@ -10,20 +10,17 @@
 use std::time::Duration;
 
 use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
-use t2v_tests::{list_keys, tiny_model_dir, wait_committed, wait_events, WorkerSetup};
+use t2v_tests::{
+    is_terminal, list_keys, synthetic_request, wait_committed, wait_events, WorkerSetup,
+};
 
 fn request(job_id: &str, width: u32, height: u32, num_frames: u32) -> GenerationRequest {
     GenerationRequest {
-        job_id: job_id.into(),
-        model: "wan2.2-t2v-a14b".into(),
-        prompt: "a lighthouse at dusk".into(),
         width,
         height,
         num_frames,
-        fps: 8,
-        num_inference_steps: 2,
         seed: Some(7),
-        ..Default::default()
+        ..synthetic_request(job_id, 2)
     }
 }
 
@@ -35,8 +32,7 @@ fn of_job<'a>(events: &'a [GenerationEvent], job_id: &'a str) -> impl Iterator<I
 }
 
 fn terminal(events: &[GenerationEvent], job_id: &str) -> bool {
-    of_job(events, job_id)
-        .any(|k| matches!(k, Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)))
+    of_job(events, job_id).any(is_terminal)
 }
 
 /// `"80×80 with 81 frames (45.1 MiB)"` → (80, 80, 81): the first setting an OOM message offers.
@@ -57,14 +53,8 @@ fn first_offer(message: &str) -> (u32, u32, u32) {
 
 #[tokio::test]
 async fn a_job_over_the_memory_budget_fails_up_front_and_the_worker_goes_on() {
-    let model = tiny_model_dir().display().to_string();
     let setup = WorkerSetup::new("oom", 1).await;
-    let worker = setup.start_worker(&[
-        ("T2V_MODEL__BACKEND", "wan"),
-        ("T2V_MODEL__DIR", &model),
-        ("T2V_MODEL__DEVICE", "cpu"),
-        ("T2V_MODEL__MEMORY_BUDGET_GIB", "0.05"),
-    ]);
+    let worker = setup.start_tiny_model_worker(&[("T2V_MODEL__MEMORY_BUDGET_GIB", "0.05")]);
     worker.wait_ready(Duration::from_secs(120));
     let submitter = setup.submitter();
 

@@ -1,4 +1,4 @@
-//! OpenTelemetry export from `t2v-worker run` (issue 5 "Observability"): with
+//! OpenTelemetry export from `t2v-worker run` (docs/design.md, "trace context"): with
 //! `[telemetry] otlp_endpoint` set, each job becomes a `job` span, a child of the producer's
 //! `traceparent`, with one child span per phase, sent over OTLP/HTTP (protobuf) to a collector —
 //! here a small receiver in the test that decodes `ExportTraceServiceRequest`. The events' own
@@ -19,9 +19,12 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use t2v_producer::headers::TraceContext;
-use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
-use t2v_tests::{free_port, header, read_topic, wait_events, WorkerProcess, WorkerSetup};
+use t2v_contract::headers::TRACEPARENT;
+use t2v_contract::TraceContext;
+use t2v_proto::v1::GenerationRequest;
+use t2v_tests::{
+    free_port, header, read_topic, synthetic_request, wait_completed, WorkerProcess, WorkerSetup,
+};
 
 /// One exported span with its resource's `service.name`.
 #[derive(Debug, Clone)]
@@ -105,15 +108,8 @@ fn attribute(attributes: &[KeyValue], key: &str) -> Option<Value> {
 
 fn request(job_id: &str) -> GenerationRequest {
     GenerationRequest {
-        job_id: job_id.into(),
-        model: "wan2.2-t2v-a14b".into(),
         prompt: "a lantern drifting on a dark river".into(),
-        width: 64,
-        height: 64,
-        num_frames: 5,
-        fps: 8,
-        num_inference_steps: 3,
-        ..Default::default()
+        ..synthetic_request(job_id, 3)
     }
 }
 
@@ -130,16 +126,7 @@ async fn complete(
         .submit_traced(request(job_id), producer.clone())
         .await
         .unwrap();
-    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
-        e.iter().any(|e| matches!(e.kind, Some(Kind::Completed(_))))
-    });
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e.kind, Some(Kind::Completed(_)))),
-        "no Completed; logs:\n{}",
-        worker.logs()
-    );
+    let (events, _) = wait_completed(&setup.events, worker, Duration::from_secs(90));
     events.len()
 }
 
@@ -177,13 +164,7 @@ async fn jobs_and_phases_are_exported_as_children_of_the_producers_span() {
 
     // 1. SIGTERM: the worker drains, flushes the queued spans and exits cleanly.
     let stopped = Instant::now();
-    worker.terminate();
-    assert_eq!(
-        worker.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "logs:\n{}",
-        worker.logs()
-    );
+    worker.stop(Duration::from_secs(30));
     let spans = collector.spans();
     eprintln!(
         "{} spans received; SIGTERM to exit {:?}",
@@ -244,7 +225,7 @@ async fn jobs_and_phases_are_exported_as_children_of_the_producers_span() {
     let records = read_topic(&setup.events, published, Duration::from_secs(10));
     assert_eq!(records.len(), published);
     for record in records {
-        let tp = TraceContext::parse(&header(&record, "traceparent").expect("traceparent"))
+        let tp = TraceContext::parse(&header(&record, TRACEPARENT).expect("traceparent"))
             .expect("a valid traceparent");
         assert_eq!(tp.trace_id, producer.trace_id);
         assert_eq!(
@@ -268,13 +249,7 @@ async fn an_unreachable_collector_costs_a_warning_not_a_job() {
     wait_log(&worker, "OTLP export failed", Duration::from_secs(20));
 
     let stopped = Instant::now();
-    worker.terminate();
-    assert_eq!(
-        worker.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "logs:\n{}",
-        worker.logs()
-    );
+    worker.stop(Duration::from_secs(30));
     let logs = worker.logs();
     let warnings = logs
         .lines()

@@ -1,4 +1,4 @@
-//! Spot-safe jobs (issue 7) with `backend = wan` on the tiny two-expert model of `make fixtures`,
+//! Spot-safe jobs (docs/design.md "Delivery semantics") with `backend = wan` on the tiny two-expert model of `make fixtures`,
 //! through the real broker and S3 server: a worker checkpointing every step is SIGTERMed mid-job,
 //! exits 0 leaving a checkpoint `<prefix>/<job>/checkpoint/step-NNNNNN.safetensors`; a second
 //! worker process resumes at that step (`resumed_from_step` in Started and Progress), completes
@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use t2v_proto::v1::{generation_event::Kind, GenerationEvent};
+use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    get_object, list_keys, tiny_model_dir, tiny_model_generate_mp4, tiny_model_request,
+    completed, get_object, list_keys, starts, tiny_model_generate_mp4, tiny_model_request,
     wait_events, WorkerSetup,
 };
 
@@ -27,28 +27,11 @@ fn step_of(key: &str) -> u32 {
         .unwrap_or_else(|| panic!("not a checkpoint key: {key}"))
 }
 
-fn started(events: &[GenerationEvent]) -> Vec<(String, u32)> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Started(s)) => Some((e.worker_id.clone(), s.resumed_from_step)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
-    let model = tiny_model_dir();
-    let model_arg = model.display().to_string();
     let setup = WorkerSetup::new("resume", 1).await;
-    let env = [
-        ("T2V_MODEL__BACKEND", "wan"),
-        ("T2V_MODEL__DIR", model_arg.as_str()),
-        ("T2V_MODEL__DEVICE", "cpu"),
-        ("T2V_CHECKPOINT__EVERY_STEPS", "1"),
-    ];
-    let mut first = setup.start_worker(&env);
+    let env = [("T2V_CHECKPOINT__EVERY_STEPS", "1")];
+    let mut first = setup.start_tiny_model_worker(&env);
     first.wait_ready(Duration::from_secs(120));
     let request = tiny_model_request("resume-1", STEPS);
     setup.submitter().submit(request).await.unwrap();
@@ -64,13 +47,7 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.terminate();
-    assert_eq!(
-        first.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "exit 0; logs:\n{}",
-        first.logs()
-    );
+    first.stop(Duration::from_secs(30));
     let left = list_keys(&checkpoints).await;
     assert_eq!(
         left.len(),
@@ -92,12 +69,12 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
     );
 
     // 2. Another worker process resumes and completes.
-    let second = setup.start_worker(&env);
+    let second = setup.start_tiny_model_worker(&env);
     let events = wait_events(&setup.events, Duration::from_secs(180), |e| {
         e.iter()
             .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
     });
-    let starts = started(&events);
+    let starts = starts(&events);
     assert_eq!(starts.len(), 2, "{starts:?}\nlogs:\n{}", second.logs());
     assert_eq!(starts[0].1, 0, "the first run started from step 0");
     assert_eq!(
@@ -122,12 +99,9 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
                 .all(|&(step, from)| from == saved && step > saved),
         "{resumed_progress:?}"
     );
-    let completed = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::Completed(c)) => Some(c.clone()),
-            _ => None,
-        })
+    let completed = completed(&events)
+        .first()
+        .map(|(_, c)| (*c).clone())
         .unwrap_or_else(|| panic!("Completed; events {events:?}\n{}", second.logs()));
     assert!(
         list_keys(&checkpoints).await.is_empty(),

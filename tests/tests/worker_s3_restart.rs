@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent, GenerationRequest};
+use t2v_contract::{now_unix_ms, sha256_hex};
+use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
 use t2v_tests::{
-    get_object, list_keys, now_unix_ms, record_count, wait_committed, wait_events, wait_started_at,
-    S3Outage, WorkerSetup,
+    completed, get_object, list_keys, record_count, synthetic_request, wait_committed,
+    wait_completed, wait_events, S3Outage, WorkerSetup,
 };
 
 /// Synthetic steps of the job and the sleep per step: 10 s of "denoising", long enough for
@@ -23,23 +23,6 @@ const STEP_MS: u64 = 125;
 /// How long the S3 server stays down after the job's denoising ended: longer than the first retries
 /// (200 ms, 400 ms, 800 ms, 1.6 s with jitter), shorter than the retry budget below.
 const DOWN_AFTER_DENOISE: Duration = Duration::from_secs(5);
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn completed(events: &[GenerationEvent]) -> Vec<(u64, Completed)> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Completed(c)) => Some((e.emitted_at_unix_ms, c.clone())),
-            _ => None,
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn s3_down_during_upload_and_back_the_job_completes_once() {
@@ -55,31 +38,18 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
     setup
         .submitter()
         .submit(GenerationRequest {
-            job_id: "s3-outage-1".into(),
-            model: "wan2.2-t2v-a14b".into(),
             prompt: "rain on a tin roof".into(),
-            width: 64,
-            height: 64,
-            num_frames: 5,
-            fps: 8,
-            num_inference_steps: STEPS,
             seed: Some(7),
-            ..Default::default()
+            ..synthetic_request("s3-outage-1", STEPS)
         })
         .await
         .unwrap();
 
     // 1. Started means the dedupe read and the attempt marker are done: the next object-store
     //    call is the upload after denoising. Stop the S3 server now.
-    let started_at = wait_started_at(&setup.events, &worker);
-    let mut outage = S3Outage::begin();
-    let stopped_at = now_unix_ms();
-    let denoise_end = started_at + u64::from(STEPS) * STEP_MS;
-    assert!(
-        stopped_at < denoise_end,
-        "the S3 server took too long to stop ({} ms after Started); the upload may have run before the outage",
-        stopped_at - started_at
-    );
+    let denoise_ms = u64::from(STEPS) * STEP_MS;
+    let (mut outage, started_at) = S3Outage::after_started(&setup.events, &worker, denoise_ms);
+    let denoise_end = started_at + denoise_ms;
 
     // 2. Keep it down past the end of denoising plus the first retries, then start it again.
     let down_until = Duration::from_millis(denoise_end.saturating_sub(now_unix_ms()));
@@ -94,19 +64,10 @@ async fn s3_down_during_upload_and_back_the_job_completes_once() {
     outage.end().unwrap();
 
     // 3. The job completes once, after the restart.
-    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
-        !completed(e).is_empty()
-    });
-    let done = completed(&events);
-    assert_eq!(
-        done.len(),
-        1,
-        "one Completed; events: {events:?}\nlogs:\n{}",
-        worker.logs()
-    );
-    let (completed_at, c) = &done[0];
+    let (events, c) = wait_completed(&setup.events, &worker, Duration::from_secs(120));
+    let completed_at = completed(&events)[0].0.emitted_at_unix_ms;
     assert!(
-        *completed_at >= restarted_at,
+        completed_at >= restarted_at,
         "Completed ({completed_at}) before the S3 server was started again ({restarted_at})"
     );
     assert!(

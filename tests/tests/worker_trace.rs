@@ -1,14 +1,15 @@
-//! Trace propagation through `t2v-worker run` (issue 5 "Observability"): the producer's trace id
-//! appears on the worker's job and phase spans (JSON logs, spans logged on close) and on every
-//! event it publishes, whose `traceparent` names the worker's job span, itself a child of the
-//! producer's span.
+//! Trace propagation through `t2v-worker run` (docs/design.md, "trace context"): the producer's
+//! trace id appears on the worker's job and phase spans (JSON logs, spans logged on close) and on
+//! every event it publishes, whose `traceparent` names the worker's job span, itself a child of
+//! the producer's span.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use t2v_producer::headers::TraceContext;
-use t2v_proto::v1::{generation_event::Kind, GenerationRequest};
-use t2v_tests::{header, read_topic, wait_events, WorkerSetup};
+use t2v_contract::headers::TRACEPARENT;
+use t2v_contract::TraceContext;
+use t2v_proto::v1::GenerationRequest;
+use t2v_tests::{header, read_topic, synthetic_request, wait_completed, WorkerSetup};
 
 /// The worker's JSON log lines.
 fn json_lines(logs: &str) -> Vec<serde_json::Value> {
@@ -25,15 +26,8 @@ async fn the_producers_trace_id_is_on_the_workers_spans_and_events() {
         ("T2V_LOG__FORMAT", "json"),
     ]);
     let request = GenerationRequest {
-        job_id: "trace-1".into(),
-        model: "wan2.2-t2v-a14b".into(),
         prompt: "a paper boat on a puddle".into(),
-        width: 64,
-        height: 64,
-        num_frames: 5,
-        fps: 8,
-        num_inference_steps: 3,
-        ..Default::default()
+        ..synthetic_request("trace-1", 3)
     };
     let producer = TraceContext::new_root();
     setup
@@ -41,21 +35,12 @@ async fn the_producers_trace_id_is_on_the_workers_spans_and_events() {
         .submit_traced(request, producer.clone())
         .await
         .unwrap();
-    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
-        e.iter().any(|e| matches!(e.kind, Some(Kind::Completed(_))))
-    });
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e.kind, Some(Kind::Completed(_)))),
-        "no Completed; logs:\n{}",
-        worker.logs()
-    );
+    let (events, _) = wait_completed(&setup.events, &worker, Duration::from_secs(90));
 
     // 1. Every event continues the trace from one new span: the worker's job span.
     let mut event_spans = HashSet::new();
     for record in read_topic(&setup.events, events.len(), Duration::from_secs(10)) {
-        let tp = TraceContext::parse(&header(&record, "traceparent").expect("traceparent"))
+        let tp = TraceContext::parse(&header(&record, TRACEPARENT).expect("traceparent"))
             .expect("a valid traceparent");
         assert_eq!(tp.trace_id, producer.trace_id, "the producer's trace id");
         assert!(tp.sampled);

@@ -7,22 +7,15 @@
 
 use std::time::Duration;
 
-use t2v_proto::v1::{generation_event::Kind, Completed};
+use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    get_object, tiny_model_dir, tiny_model_generate_mp4, tiny_model_request, wait_events,
-    WorkerSetup,
+    completed, get_object, tiny_model_generate_mp4, tiny_model_request, wait_events, WorkerSetup,
 };
 
 #[tokio::test]
 async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
-    let model = tiny_model_dir();
     let setup = WorkerSetup::new("wan", 1).await;
-    let model_arg = model.display().to_string();
-    let worker = setup.start_worker(&[
-        ("T2V_MODEL__BACKEND", "wan"),
-        ("T2V_MODEL__DIR", &model_arg),
-        ("T2V_MODEL__DEVICE", "cpu"),
-    ]);
+    let worker = setup.start_tiny_model_worker(&[]);
     let request = tiny_model_request("wan-1", 4);
     setup.submitter().submit(request).await.unwrap();
 
@@ -30,20 +23,14 @@ async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
         e.iter()
             .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
     });
-    let done: Vec<Completed> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Completed(c)) => Some(c.clone()),
-            _ => None,
-        })
-        .collect();
+    let done = completed(&events);
     assert_eq!(
         done.len(),
         1,
         "one Completed; events: {events:?}\nlogs:\n{}",
         worker.logs()
     );
-    let c = &done[0];
+    let c = done[0].1;
     assert_eq!(
         (c.seed, c.width, c.height, c.num_frames, c.fps),
         (42, 64, 64, 9, 8)

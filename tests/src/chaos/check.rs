@@ -4,6 +4,8 @@
 
 use super::*;
 
+/// Checks what the fleet promises; every broken invariant becomes a line in
+/// `report.violations`.
 pub(super) async fn check(
     cfg: &ChaosConfig,
     setup: &WorkerSetup,
@@ -12,80 +14,10 @@ pub(super) async fn check(
     all: &[GenerationEvent],
     report: &mut ChaosReport,
 ) {
-    let keys = list_keys(&setup.prefix).await;
-    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for key in &keys {
-        let rest = key
-            .strip_prefix(&format!("{}/", setup.prefix))
-            .unwrap_or(key);
-        if let Some((job, file)) = rest.split_once('/') {
-            by_job
-                .entry(job.to_string())
-                .or_default()
-                .push(file.to_string());
-        }
-    }
-    let completed_of = |id: &str| -> Vec<Vec<u8>> {
-        all.iter()
-            .filter(|e| e.job_id == id)
-            .filter_map(|e| match &e.kind {
-                Some(Kind::Completed(c)) => Some(c.encode_to_vec()),
-                _ => None,
-            })
-            .collect()
-    };
-
-    // Valid jobs: a manifest, ≥ 1 Completed, all identical, one video.
-    for id in valid_ids {
-        let completed = completed_of(id);
-        let files = by_job.get(id).cloned().unwrap_or_default();
-        if completed.is_empty() {
-            report.lost.push(id.clone());
-            report.violations.push(format!("{id}: no Completed (lost)"));
-            continue;
-        }
-        report.checkpoints_left += files
-            .iter()
-            .filter(|f| f.starts_with("checkpoint/"))
-            .count();
-        if !files.iter().any(|f| f == "manifest.json") {
-            report.violations.push(format!("{id}: no manifest.json"));
-        }
-        let videos = files.iter().filter(|f| f.ends_with(".mp4")).count();
-        let distinct: BTreeSet<&Vec<u8>> = completed.iter().collect();
-        if distinct.len() > 1 || videos > 1 {
-            report.duplicate_outputs.push(id.clone());
-            report.violations.push(format!(
-                "{id}: {} distinct Completed, {videos} videos",
-                distinct.len()
-            ));
-        }
-        if all
-            .iter()
-            .any(|e| &e.job_id == id && matches!(&e.kind, Some(Kind::Failed(f)) if !f.retryable))
-        {
-            report
-                .violations
-                .push(format!("{id}: a non-retryable Failed for a valid job"));
-        }
-    }
-
-    // No output object of a job that never completed (attempt markers are not outputs).
-    for (job, files) in &by_job {
-        if completed_of(job).is_empty() {
-            let outputs: Vec<&String> = files
-                .iter()
-                .filter(|f| !f.starts_with("attempts/") && !f.starts_with("checkpoint/"))
-                .collect();
-            if !outputs.is_empty() {
-                report
-                    .violations
-                    .push(format!("{job}: outputs {outputs:?} without a Completed"));
-            }
-        }
-    }
-
-    // Poison: in the DLQ, a Failed event, nothing else.
+    let by_job = objects_by_job(&setup.prefix).await;
+    let outputs = Outputs { all, by_job };
+    outputs.check_valid(valid_ids, report);
+    outputs.check_orphans(report);
     let dlq = read_topic(
         &setup.dlq,
         poison_ids.len() + valid_ids.len(),
@@ -95,25 +27,123 @@ pub(super) async fn check(
         .iter()
         .map(|m| String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
         .collect();
-    for id in poison_ids {
-        if !dlq_keys.contains(id) {
-            report.violations.push(format!("{id}: not in the DLQ"));
-        }
-        if !completed_of(id).is_empty() || by_job.contains_key(id) {
-            report
-                .violations
-                .push(format!("{id}: a poison message has a Completed or objects"));
+    outputs.check_poison(valid_ids, poison_ids, &dlq_keys, report);
+    steps_redone(cfg, valid_ids, all, report);
+}
+
+/// The object names under `prefix`, by job: `<prefix>/<job>/<file>` → `job: [file, ...]`.
+async fn objects_by_job(prefix: &str) -> BTreeMap<String, Vec<String>> {
+    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in list_keys(prefix).await {
+        let rest = key.strip_prefix(&format!("{prefix}/")).unwrap_or(&key);
+        if let Some((job, file)) = rest.split_once('/') {
+            by_job
+                .entry(job.to_string())
+                .or_default()
+                .push(file.to_string());
         }
     }
-    for key in &dlq_keys {
-        if valid_ids.contains(key) {
-            report
-                .violations
-                .push(format!("{key}: a valid job is in the DLQ"));
+    by_job
+}
+
+/// What a run left: every event, and the stored objects by job.
+struct Outputs<'a> {
+    all: &'a [GenerationEvent],
+    by_job: BTreeMap<String, Vec<String>>,
+}
+
+impl Outputs<'_> {
+    /// The encoded Completed events of job `id`.
+    fn completed_of(&self, id: &str) -> Vec<Vec<u8>> {
+        self.all
+            .iter()
+            .filter(|e| e.job_id == id)
+            .filter_map(|e| match &e.kind {
+                Some(Kind::Completed(c)) => Some(c.encode_to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Valid jobs: a manifest, ≥ 1 Completed, all identical, one video, no final Failed.
+    fn check_valid(&self, valid_ids: &[String], report: &mut ChaosReport) {
+        for id in valid_ids {
+            let completed = self.completed_of(id);
+            let files = self.by_job.get(id).cloned().unwrap_or_default();
+            if completed.is_empty() {
+                report.lost.push(id.clone());
+                report.violations.push(format!("{id}: no Completed (lost)"));
+                continue;
+            }
+            report.checkpoints_left += files
+                .iter()
+                .filter(|f| f.starts_with("checkpoint/"))
+                .count();
+            if !files.iter().any(|f| f == "manifest.json") {
+                report.violations.push(format!("{id}: no manifest.json"));
+            }
+            let videos = files.iter().filter(|f| f.ends_with(".mp4")).count();
+            let distinct: BTreeSet<&Vec<u8>> = completed.iter().collect();
+            if distinct.len() > 1 || videos > 1 {
+                report.duplicate_outputs.push(id.clone());
+                report.violations.push(format!(
+                    "{id}: {} distinct Completed, {videos} videos",
+                    distinct.len()
+                ));
+            }
+            if self.all.iter().any(|e| {
+                &e.job_id == id && matches!(&e.kind, Some(Kind::Failed(f)) if !f.retryable)
+            }) {
+                report
+                    .violations
+                    .push(format!("{id}: a non-retryable Failed for a valid job"));
+            }
         }
     }
 
-    steps_redone(cfg, valid_ids, all, report);
+    /// No output object of a job that never completed (attempt markers are not outputs).
+    fn check_orphans(&self, report: &mut ChaosReport) {
+        for (job, files) in &self.by_job {
+            if self.completed_of(job).is_empty() {
+                let outputs: Vec<&String> = files
+                    .iter()
+                    .filter(|f| !f.starts_with("attempts/") && !f.starts_with("checkpoint/"))
+                    .collect();
+                if !outputs.is_empty() {
+                    report
+                        .violations
+                        .push(format!("{job}: outputs {outputs:?} without a Completed"));
+                }
+            }
+        }
+    }
+
+    /// Poison: in the DLQ (keys `dlq_keys`), a Failed event, nothing else; no valid job there.
+    fn check_poison(
+        &self,
+        valid_ids: &[String],
+        poison_ids: &[String],
+        dlq_keys: &[String],
+        report: &mut ChaosReport,
+    ) {
+        for id in poison_ids {
+            if !dlq_keys.contains(id) {
+                report.violations.push(format!("{id}: not in the DLQ"));
+            }
+            if !self.completed_of(id).is_empty() || self.by_job.contains_key(id) {
+                report
+                    .violations
+                    .push(format!("{id}: a poison message has a Completed or objects"));
+            }
+        }
+        for key in dlq_keys {
+            if valid_ids.contains(key) {
+                report
+                    .violations
+                    .push(format!("{key}: a valid job is in the DLQ"));
+            }
+        }
+    }
 }
 
 /// Resumes, overlaps and steps redone of the valid jobs, from the events in topic order and the

@@ -42,6 +42,19 @@ fn pairs(runs: &JobRuns) -> Vec<(u32, u32)> {
         .collect()
 }
 
+fn outage(from_ms: u64, to_ms: u64) -> Outage {
+    Outage { from_ms, to_ms }
+}
+
+/// (interruptions, of which during an S3 outage, max steps redone with S3 up).
+fn redo_counts(report: &ChaosReport) -> (usize, usize, u64) {
+    (
+        report.interruptions,
+        report.outage_interruptions,
+        report.max_redone,
+    )
+}
+
 fn chaos_cfg() -> ChaosConfig {
     ChaosConfig {
         checkpoint_every: 2,
@@ -143,13 +156,7 @@ fn a_kill_then_a_resume_on_another_worker_counts_the_steps_redone() {
     assert_eq!(runs.interruptions[1].earlier_started_ms, 5_000);
     assert_eq!(runs.interruptions[1].resumed_ms, 8_000);
     // An outage long before the runs excuses nothing.
-    let report = redo_report(
-        &events,
-        &[Outage {
-            from_ms: 100,
-            to_ms: 900,
-        }],
-    );
+    let report = redo_report(&events, &[outage(100, 900)]);
     assert_eq!(
         (
             report.interruptions,
@@ -206,11 +213,7 @@ fn a_redo_beyond_the_bound_while_s3_was_down_is_reported_apart() {
         at(9_000, "w2", "a", started(22)),
         at(9_100, "w2", "a", progress(23)),
     ];
-    let outage = Outage {
-        from_ms: 3_000,
-        to_ms: 6_000,
-    };
-    let report = redo_report(&events, &[outage]);
+    let report = redo_report(&events, &[outage(3_000, 6_000)]);
     assert_eq!(
         (
             report.interruptions,
@@ -237,21 +240,8 @@ fn a_redo_beyond_the_bound_with_s3_up_is_a_violation() {
         at(17_000, "w1", "a", progress(30)),
         at(19_000, "w2", "a", started(22)),
     ];
-    let report = redo_report(
-        &events,
-        &[Outage {
-            from_ms: 3_000,
-            to_ms: 9_999,
-        }],
-    );
-    assert_eq!(
-        (
-            report.interruptions,
-            report.outage_interruptions,
-            report.max_redone
-        ),
-        (1, 0, 8)
-    );
+    let report = redo_report(&events, &[outage(3_000, 9_999)]);
+    assert_eq!(redo_counts(&report), (1, 0, 8));
     assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
     assert!(
         report.violations[0].contains("8 steps redone after reaching step 30, resumed at 22"),
@@ -259,13 +249,7 @@ fn a_redo_beyond_the_bound_with_s3_up_is_a_violation() {
         report.violations[0]
     );
     // An outage after the resume excuses nothing either.
-    let late = redo_report(
-        &events,
-        &[Outage {
-            from_ms: 19_001,
-            to_ms: 25_000,
-        }],
-    );
+    let late = redo_report(&events, &[outage(19_001, 25_000)]);
     assert_eq!(late.violations.len(), 1, "{:?}", late.violations);
 }
 
@@ -280,19 +264,8 @@ fn the_outage_window_is_taken_from_the_latest_run_that_reached_the_step() {
         at(9_000, "w2", "a", progress(30)),
         at(10_000, "w3", "a", started(22)),
     ];
-    let outage = Outage {
-        from_ms: 3_000,
-        to_ms: 6_000,
-    };
-    let report = redo_report(&events, &[outage]);
-    assert_eq!(
-        (
-            report.interruptions,
-            report.outage_interruptions,
-            report.max_redone
-        ),
-        (2, 1, 8)
-    );
+    let report = redo_report(&events, &[outage(3_000, 6_000)]);
+    assert_eq!(redo_counts(&report), (2, 1, 8));
     assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
 }
 
