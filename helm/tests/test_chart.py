@@ -10,6 +10,7 @@ ConfigMap, two releases that overwrite or select each other.
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pytest
@@ -375,3 +376,106 @@ def test_memory_budget_takes_a_decimal_from_set():
     assert toml["model"]["memory_budget_gib"] == 70.5
     assert "memoryBudgetGib" in render_error("defaults", "--set", "worker.model.memoryBudgetGib=lots")
     assert "memoryBudgetGib" in render_error("defaults", "--set", "worker.model.memoryBudgetGib=-1")
+
+
+# --- secrets: quoted TOML keys, storage env, extraEnv ----------------------------------------
+
+
+@pytest.mark.parametrize("extra", [
+    '[kafka]\n"sasl.password" = "x"',
+    "[kafka]\n'sasl.password' = 'x'",
+    'kafka."sasl.password" = "x"',
+    '[kafka]\n"sasl.jaas.config" = "x"',
+    '[storage]\n"aws_secret_access_key"="x"',
+])
+def test_quoted_credential_keys_in_extra_config_are_refused(extra):
+    err = render_error("defaults", "--set-string", f"worker.extraConfig={extra}")
+    assert "credentials" in err
+
+
+@pytest.mark.parametrize("name", [
+    "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_SAS_KEY", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+])
+def test_plain_storage_credentials_are_refused(name):
+    err = render_error("defaults", "--set-string", f"worker.storage.env.{name}=SENTINEL-plain")
+    assert name in err and "Secret" in err
+    err = render_error("defaults", "--set-json", f'worker.extraEnv=[{{"name":"{name}","value":"SENTINEL-plain"}}]')
+    assert name in err and "Secret" in err
+
+
+def test_storage_env_takes_secret_key_refs():
+    docs = render("defaults", extra=(
+        "--set-json", 'worker.storage.env={"AWS_REGION":"eu-west-1","AWS_SECRET_ACCESS_KEY":{"secretKeyRef":{"name":"s3","key":"secret"}}}',
+        "--set", "worker.model.sync.enabled=true",
+    ))
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    for c in spec["containers"] + spec["initContainers"]:
+        env = {e["name"]: e for e in c["env"]}
+        assert env["AWS_REGION"] == {"name": "AWS_REGION", "value": "eu-west-1"}, c["name"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}
+        }, c["name"]
+
+
+def test_secret_looking_env_is_never_a_plain_value(scenario, docs):
+    secretish = re.compile(r"(?i)(SECRET|PASSWORD|TOKEN|ACCESS_KEY|ACCOUNT_KEY|SAS_|CONNECTION_STRING|SERVICE_ACCOUNT_KEY)")
+    for name, spec in pod_specs(docs):
+        for c in spec["containers"] + spec.get("initContainers", []):
+            for e in c.get("env", []):
+                if secretish.search(e["name"]):
+                    assert "value" not in e, f"{name}/{c['name']}: {e['name']} is a plain value, not a secretKeyRef"
+
+
+# --- NetworkPolicy egress destinations ----------------------------------------------------------
+
+
+def egress_rule_for(np: dict, port: int) -> dict:
+    rules = [r for r in np["spec"]["egress"] if any(p.get("port") == port for p in r.get("ports", []))]
+    assert len(rules) == 1, f"one egress rule for port {port}: {rules}"
+    return rules[0]
+
+
+def test_network_policy_egress_destinations_are_configurable():
+    kafka_to = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}}]
+    storage_to = [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    dns_to = [{"ipBlock": {"cidr": "169.254.20.10/32"}}]
+    docs = render("defaults", extra=(
+        "--set", "networkPolicy.enabled=true",
+        "--set-json", f"networkPolicy.kafkaTo={json.dumps(kafka_to)}",
+        "--set-json", f"networkPolicy.storageTo={json.dumps(storage_to)}",
+        "--set-json", f"networkPolicy.dnsTo={json.dumps(dns_to)}",
+    ))
+    np = one(docs, "NetworkPolicy")
+    assert egress_rule_for(np, 9092)["to"] == kafka_to
+    assert egress_rule_for(np, 443)["to"] == storage_to
+    assert egress_rule_for(np, 53)["to"] == dns_to
+
+
+def test_network_policy_dns_defaults_to_cluster_dns():
+    np = one(render("defaults", extra=("--set", "networkPolicy.enabled=true")), "NetworkPolicy")
+    to = egress_rule_for(np, 53)["to"]
+    assert to and all("namespaceSelector" in peer and "podSelector" in peer for peer in to), to
+
+
+def test_network_policy_allows_otlp_only_when_telemetry_is_configured():
+    np = one(render("defaults", extra=("--set", "networkPolicy.enabled=true")), "NetworkPolicy")
+    assert not any(p.get("port") == 4318 for r in np["spec"]["egress"] for p in r.get("ports", []))
+    otlp_to = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
+    np = one(render("defaults", extra=(
+        "--set", "networkPolicy.enabled=true",
+        "--set", "worker.telemetry.otlpEndpoint=http://otel-collector.observability.svc:4318",
+        "--set-json", f"networkPolicy.otlpTo={json.dumps(otlp_to)}",
+    )), "NetworkPolicy")
+    assert egress_rule_for(np, 4318)["to"] == otlp_to
+    np = one(render("defaults", extra=(
+        "--set", "networkPolicy.enabled=true",
+        "--set-json", 'worker.extraEnv=[{"name":"OTEL_EXPORTER_OTLP_ENDPOINT","value":"http://collector:4318"}]',
+    )), "NetworkPolicy")
+    assert "to" not in egress_rule_for(np, 4318), "no otlpTo: any destination on the OTLP port"
+
+
+def test_network_policy_schema_refuses_bad_peers():
+    err = render_error("defaults", "--set", "networkPolicy.enabled=true", "--set-json", 'networkPolicy.kafkaTo=[{"cidr":"10.0.0.0/8"}]')
+    assert "kafkaTo" in err

@@ -1,7 +1,9 @@
 //! `t2v`: submit text-to-video jobs, watch their events, cancel them, manage the topics.
 //!
-//! Exit codes: 0 ok · 2 invalid input (nothing produced) · 3 brokers unreachable or topic
-//! missing · 4 the job failed · 5 the job was canceled · 6 --wait timed out · 1 anything else.
+//! Exit codes: 0 ok · 2 invalid input, including a refused Kafka property (nothing produced) ·
+//! 3 brokers unreachable or topic missing · 4 the job failed · 5 the job was canceled ·
+//! 6 --wait timed out · 1 anything else (e.g. records the brokers did not acknowledge).
+//! `--help` shows the same list ([`EXIT_CODES`]), `t2v cancel --help` its own.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -13,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use t2v_contract::headers::schema;
 use t2v_contract::validate;
+use t2v_producer::properties;
 use t2v_producer::topics::{self, Outcome};
 use t2v_producer::{
     json, InvalidRequest, JobWatch, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
@@ -62,11 +65,44 @@ mod help {
     }
 }
 
+/// Kafka properties, shown by `--help`.
+const KAFKA_PROPERTIES_HELP: &str = "\
+Kafka properties (SASL, TLS, any librdkafka setting), lowest precedence first:
+  1. --kafka-properties-file PATH (env T2V_KAFKA_PROPERTIES_FILE): librdkafka KEY=VALUE lines;
+     blank lines and lines starting with # are skipped
+  2. env T2V_KAFKA_PROPERTY_<KEY>: the key upper-cased with each '.' written as '__', e.g.
+     T2V_KAFKA_PROPERTY_SASL__USERNAME and T2V_KAFKA_PROPERTY_SASL__PASSWORD set
+     sasl.username and sasl.password
+  3. --kafka-property KEY=VALUE: command lines are visible to other users (ps), keep secrets
+     out of them
+Values of secret properties (passwords, keys, tokens, JAAS configs) are never printed.";
+
+/// Exit codes of every command, shown by `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  ok
+  1  anything else, e.g. records the brokers did not acknowledge
+  2  invalid input, including a Kafka property librdkafka refuses; nothing was produced
+  3  brokers unreachable within --connect-timeout-secs, or a topic missing
+  4  submit --wait: the job failed
+  5  submit --wait: the job was canceled
+  6  submit --wait: no terminal event within --wait-timeout-secs";
+
+/// Exit codes of `t2v cancel`, shown by `t2v cancel --help`.
+const CANCEL_EXIT_CODES: &str = "\
+Exit codes:
+  0  the brokers acknowledged the cancel; workers honour it before the job starts or at its
+     next denoising step
+  1  anything else, e.g. the brokers did not acknowledge the cancel in time
+  2  invalid input: a malformed job id or a Kafka property librdkafka refuses; nothing was sent
+  3  brokers unreachable within --connect-timeout-secs, or the control topic missing";
+
 #[derive(Parser)]
 #[command(
     name = "t2v",
     version,
-    about = "Submit text-to-video jobs to a t2v-fleet and follow them"
+    about = "Submit text-to-video jobs to a t2v-fleet and follow them",
+    after_help = format!("{KAFKA_PROPERTIES_HELP}\n\n{EXIT_CODES}")
 )]
 struct Cli {
     #[command(flatten)]
@@ -117,9 +153,19 @@ struct KafkaArgs {
         default_value_t = 10
     )]
     connect_timeout_secs: u64,
-    /// Extra librdkafka properties, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    /// Extra librdkafka property, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL;
+    /// overrides the file and T2V_KAFKA_PROPERTY_* (keep secrets in those: see below).
     #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE")]
     kafka_properties: Vec<String>,
+    /// File of librdkafka KEY=VALUE lines (# comments), e.g. SASL credentials; the lowest
+    /// precedence of the Kafka properties.
+    #[arg(
+        long,
+        global = true,
+        env = "T2V_KAFKA_PROPERTIES_FILE",
+        value_name = "PATH"
+    )]
+    kafka_properties_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -139,6 +185,7 @@ enum Command {
         until_done: bool,
     },
     /// Ask the fleet to cancel a job (honoured before it starts and between denoising steps).
+    #[command(after_help = CANCEL_EXIT_CODES)]
     Cancel {
         job_id: String,
         #[arg(long, default_value = "canceled by user")]
@@ -169,7 +216,11 @@ struct SubmitArgs {
     #[arg(required_unless_present = "batch", conflicts_with = "batch")]
     prompt: Option<String>,
     /// JSON-lines file of requests in the protobuf JSON form (one GenerationRequest per line;
-    /// see schemas/generation_request.schema.json). Every line is validated before anything is sent.
+    /// see schemas/generation_request.schema.json). Every line is validated before anything is
+    /// sent. A line without a jobId gets a stable one, `b-` and 32 hex digits of the SHA-256 of
+    /// its line number and text, so sending the file again (say after a delivery error) repeats
+    /// the same ids and the fleet renders each line once; give jobIds to render a line twice.
+    /// Each acknowledged line is printed, each failed one named, even when some fail.
     #[arg(long)]
     batch: Option<PathBuf>,
     /// Model id the fleet serves.
@@ -222,7 +273,11 @@ struct Failure {
 impl From<SubmitError> for Failure {
     fn from(e: SubmitError) -> Self {
         let code = match e {
-            SubmitError::Invalid(_) => 2,
+            SubmitError::Invalid(_)
+            | SubmitError::Kafka(
+                rdkafka::error::KafkaError::ClientConfig(..)
+                | rdkafka::error::KafkaError::ClientCreation(_),
+            ) => 2,
             SubmitError::BrokersUnreachable { .. } | SubmitError::TopicMissing { .. } => 3,
             _ => 1,
         };
@@ -276,19 +331,39 @@ fn key_value(item: &str) -> Option<(String, String)> {
     Some((k.to_string(), v.to_string()))
 }
 
+/// The extra librdkafka properties: the file, then the environment, then the flags, each
+/// overriding the one before. Error messages name keys and lines, never values.
+fn kafka_properties(args: &KafkaArgs) -> Result<BTreeMap<String, String>, Failure> {
+    let mut kafka = BTreeMap::new();
+    if let Some(path) = &args.kafka_properties_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(
+                2,
+                format!(
+                    "cannot read --kafka-properties-file {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        let props = properties::parse_file(&text)
+            .map_err(|e| fail(2, format!("{}:{}: {}", path.display(), e.line, e.reason)))?;
+        kafka.extend(props);
+    }
+    kafka.extend(properties::from_env(std::env::vars()).map_err(|e| fail(2, e))?);
+    for prop in &args.kafka_properties {
+        let (key, value) = key_value(prop).ok_or_else(|| {
+            fail(
+                2,
+                format!("invalid --kafka-property {prop:?}: expected KEY=VALUE"),
+            )
+        })?;
+        kafka.insert(key, value);
+    }
+    Ok(kafka)
+}
+
 fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
-    let kafka = args
-        .kafka_properties
-        .iter()
-        .map(|prop| {
-            key_value(prop).ok_or_else(|| {
-                fail(
-                    2,
-                    format!("invalid --kafka-property {prop:?}: expected KEY=VALUE"),
-                )
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let kafka = kafka_properties(args)?;
     let timeout = Duration::from_secs(args.connect_timeout_secs.max(1));
     Ok(SubmitterConfig {
         brokers: args.brokers.clone(),
@@ -311,7 +386,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             until_done,
         } => watch(cfg, job_id, from_beginning, until_done).await,
         Command::Cancel { job_id, reason } => {
+            // Exit codes: CANCEL_EXIT_CODES. Invalid input first, then the brokers and the
+            // topic, so that neither waits out the delivery timeout.
+            validate::job_id(&job_id)?;
             let submitter = Submitter::new(cfg)?;
+            let control_topic = submitter.config().control_topic.clone();
+            submitter.check_topic(&control_topic).await?;
             submitter.cancel(&job_id, &reason).await?;
             println!("cancel requested for {job_id}");
             Ok(())
@@ -482,7 +562,9 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Failure> 
         .collect()
 }
 
-fn read_batch(path: &Path) -> Result<Vec<GenerationRequest>, Failure> {
+/// The requests of a batch file with their 1-based line numbers; lines without a job id get
+/// [`t2v_producer::submitter::batch_job_id`].
+fn read_batch(path: &Path) -> Result<Vec<(usize, GenerationRequest)>, Failure> {
     let file = std::fs::File::open(path)
         .map_err(|e| fail(2, format!("cannot read --batch {}: {e}", path.display())))?;
     let mut requests = Vec::new();
@@ -493,10 +575,13 @@ fn read_batch(path: &Path) -> Result<Vec<GenerationRequest>, Failure> {
         }
         let at_line =
             |e: &dyn std::fmt::Display| fail(2, format!("{}:{}: {e}", path.display(), n + 1));
-        let req: GenerationRequest =
+        let mut req: GenerationRequest =
             json::from_json(schema::GENERATION_REQUEST, &line).map_err(|e| at_line(&e))?;
+        if req.job_id.is_empty() {
+            req.job_id = t2v_producer::submitter::batch_job_id(n + 1, &line);
+        }
         validate::request(&req).map_err(|e| at_line(&e))?;
-        requests.push(req);
+        requests.push((n + 1, req));
     }
     if requests.is_empty() {
         return Err(fail(2, format!("{} holds no requests", path.display())));
@@ -508,7 +593,7 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
     // Validate everything before touching the network: bad input exits 2 with nothing produced.
     let requests = match (&args.batch, &args.prompt) {
         (Some(path), _) => read_batch(path)?,
-        (None, Some(prompt)) => vec![request_from_flags(&args, prompt.clone())?],
+        (None, Some(prompt)) => vec![(0, request_from_flags(&args, prompt.clone())?)],
         (None, None) => return Err(fail(2, "give a prompt or --batch FILE")),
     };
     let submitter = Submitter::new(cfg)?;
@@ -516,31 +601,55 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
     match &args.batch {
         Some(path) => submit_batch(&submitter, requests, path).await,
         None => {
-            let req = requests.into_iter().next().expect("one request");
+            let (_, req) = requests.into_iter().next().expect("one request");
             submit_one(&submitter, req, &args).await
         }
     }
 }
 
-/// `submit --batch`: one line a request.
+/// `submit --batch`: one line a request. Every acknowledged line is printed (stdout) and every
+/// failed one named (stderr), even when some fail; the exit code is then the first failure's.
 async fn submit_batch(
     submitter: &Submitter,
-    requests: Vec<GenerationRequest>,
+    requests: Vec<(usize, GenerationRequest)>,
     path: &Path,
 ) -> Result<(), Failure> {
-    let submitted = submitter.submit_many(requests).await?;
-    for s in &submitted {
-        println!(
-            "submitted {} (partition {}, offset {})",
-            s.job_id, s.partition, s.offset
-        );
+    let (lines, requests): (Vec<usize>, Vec<GenerationRequest>) = requests.into_iter().unzip();
+    let total = requests.len();
+    let outcomes = submitter.submit_each(requests).await?;
+    let mut first_failure = None;
+    let mut failed = 0;
+    for (line, (job_id, outcome)) in lines.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(s) => println!(
+                "submitted {} (partition {}, offset {})",
+                s.job_id, s.partition, s.offset
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("t2v: {}:{line}: job {job_id} not sent: {e}", path.display());
+                first_failure.get_or_insert(e);
+            }
+        }
     }
-    eprintln!(
-        "t2v: {} requests from {} submitted",
-        submitted.len(),
-        path.display()
-    );
-    Ok(())
+    match first_failure {
+        None => {
+            eprintln!("t2v: {total} requests from {} submitted", path.display());
+            Ok(())
+        }
+        Some(e) => {
+            let code = Failure::from(e).code;
+            Err(fail(
+                code,
+                format!(
+                    "{failed} of {total} requests from {} not sent ({} submitted, listed above); \
+                     send the same file again: its job ids are stable, so the fleet renders each line once",
+                    path.display(),
+                    total - failed
+                ),
+            ))
+        }
+    }
 }
 
 /// `submit PROMPT`, with `--wait` following the job to its end.

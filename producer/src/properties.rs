@@ -35,7 +35,10 @@ pub fn parse_file(text: &str) -> Result<Vec<(String, String)>, BadLine> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |reason| BadLine { line: n + 1, reason };
+        let bad = |reason| BadLine {
+            line: n + 1,
+            reason,
+        };
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| bad("expected KEY=VALUE"))?;
@@ -81,7 +84,14 @@ pub fn from_env(
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     [
-        "password", "secret", "token", "jaas", "ssl.key", "keystore", "credential", "sasl.username",
+        "password",
+        "secret",
+        "token",
+        "jaas",
+        "ssl.key",
+        "keystore",
+        "credential",
+        "sasl.username",
     ]
     .iter()
     .any(|s| key.contains(s))
@@ -134,7 +144,10 @@ mod tests {
         );
         assert_eq!(env_key("T2V_BROKERS"), None);
         let vars = [
-            ("T2V_KAFKA_PROPERTY_CLIENT__ID".to_string(), "me".to_string()),
+            (
+                "T2V_KAFKA_PROPERTY_CLIENT__ID".to_string(),
+                "me".to_string(),
+            ),
             ("HOME".to_string(), "/root".to_string()),
         ];
         assert_eq!(
@@ -156,7 +169,12 @@ mod tests {
         ] {
             assert!(is_secret(key), "{key}");
         }
-        for key in ["security.protocol", "sasl.mechanism", "client.id", "message.max.bytes"] {
+        for key in [
+            "security.protocol",
+            "sasl.mechanism",
+            "client.id",
+            "message.max.bytes",
+        ] {
             assert!(!is_secret(key), "{key}");
         }
         let e = KafkaError::ClientConfig(
@@ -166,6 +184,9 @@ mod tests {
             "hunter2".into(),
         );
         let shown = redact_error(e).to_string();
-        assert!(shown.contains("sasl.passwordx") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("sasl.passwordx") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -399,6 +399,9 @@ mod tests {
             ..Default::default()
         };
         let shown = format!("{cfg:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("me"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("me"),
+            "{shown}"
+        );
     }
 }

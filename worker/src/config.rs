@@ -148,6 +148,12 @@ pub struct ModelConfig {
     pub backend: Backend,
     /// Synthetic backend only: sleep per denoising step, so tests can run long jobs.
     pub synthetic_step_ms: u64,
+    /// Synthetic backend only, fault injection: a prompt containing this text hangs at its
+    /// first step, as a stuck CUDA call would. Empty = never.
+    pub synthetic_hang_marker: String,
+    /// Synthetic backend only, fault injection: after this many jobs every generation fails
+    /// with an internal error, as after a CUDA error that poisoned the context. 0 = never.
+    pub synthetic_fail_after_jobs: u32,
     /// Wan backend: `cpu`, `cuda`, or `auto` (CUDA when available, else the CPU).
     pub device: DeviceChoice,
     /// Wan backend: weight dtype; `auto` = bf16 on CUDA, f32 on the CPU. The VAE stays in f32.
@@ -209,6 +215,8 @@ impl Default for ModelConfig {
             name: "wan2.2-t2v-a14b".into(),
             backend: Backend::Wan,
             synthetic_step_ms: 0,
+            synthetic_hang_marker: String::new(),
+            synthetic_fail_after_jobs: 0,
             device: DeviceChoice::Auto,
             dtype: DtypeChoice::Auto,
             memory_policy: MemoryPolicyChoice::Resident,
@@ -232,6 +240,17 @@ pub struct JobsConfig {
     pub retry_max_delay_ms: u64,
     /// Characters of the prompt shown in the per-job summary log line; 0 hides it.
     pub log_prompt_chars: usize,
+    /// Watchdog: a denoising step (the first one includes text encoding) that takes longer than
+    /// this means a stuck GPU call — the job is re-queued and the worker leaves and exits
+    /// non-zero, so Kubernetes replaces it. 0 turns the watchdog off.
+    pub step_timeout_secs: u64,
+    /// Watchdog for ffmpeg: an encode that takes longer is treated as a stuck worker, as above.
+    /// 0 turns it off.
+    pub encode_timeout_secs: u64,
+    /// After this many jobs in a row failed with an internal error (e.g. a CUDA error that
+    /// poisoned the context), the worker re-queues the last one, marks itself unhealthy, leaves
+    /// the group and exits non-zero. 0 turns the limit off.
+    pub max_consecutive_failures: u32,
 }
 
 impl Default for JobsConfig {
@@ -243,6 +262,9 @@ impl Default for JobsConfig {
             retry_min_delay_ms: 200,
             retry_max_delay_ms: 5000,
             log_prompt_chars: 64,
+            step_timeout_secs: 900,
+            encode_timeout_secs: 600,
+            max_consecutive_failures: 3,
         }
     }
 }

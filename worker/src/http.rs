@@ -1,5 +1,5 @@
 //! The worker's one HTTP port: `/healthz` (the process is alive — answers while weights load),
-//! `/readyz` (model loaded and Kafka partitions assigned) and `/metrics` (Prometheus text).
+//! `/readyz` (model loaded, Kafka partitions assigned, control topic caught up) and `/metrics` (Prometheus text).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,12 +19,42 @@ use crate::metrics::Metrics;
 pub struct Health {
     pub model_loaded: AtomicBool,
     pub partitions_assigned: AtomicBool,
+    /// The control topic was read to the end it had at start: cancels are honoured.
+    pub cancels_caught_up: AtomicBool,
+    /// Set when the worker found itself sick (a stuck GPU call or encoder, or internal failures
+    /// in a row): `/healthz` fails from then on, and the worker leaves.
+    sick: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
     pub fn is_ready(&self) -> bool {
         self.model_loaded.load(Ordering::Relaxed)
             && self.partitions_assigned.load(Ordering::Relaxed)
+            && self.cancels_caught_up.load(Ordering::Relaxed)
+            && self.sick_reason().is_none()
+    }
+
+    /// Marks the worker sick, for good; the first reason stays.
+    pub fn mark_sick(&self, reason: &str) {
+        let mut sick = self
+            .sick
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sick.is_none() {
+            tracing::error!(
+                reason,
+                "this worker is sick: leaving the group and exiting so it is replaced"
+            );
+            *sick = Some(reason.to_string());
+        }
+    }
+
+    /// Why the worker is sick, if it is.
+    pub fn sick_reason(&self) -> Option<String> {
+        self.sick
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -34,8 +64,11 @@ struct AppState {
     health: Arc<Health>,
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.health.sick_reason() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("sick: {reason}\n")),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -46,9 +79,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "not ready: model_loaded={} partitions_assigned={}\n",
+                "not ready: model_loaded={} partitions_assigned={} cancels_caught_up={}\n",
                 h.model_loaded.load(Ordering::Relaxed),
-                h.partitions_assigned.load(Ordering::Relaxed)
+                h.partitions_assigned.load(Ordering::Relaxed),
+                h.cancels_caught_up.load(Ordering::Relaxed)
             ),
         )
     }

@@ -123,8 +123,20 @@ leaves the group. A value below this kills the pod mid-checkpoint and loses the 
 {{- if and (eq $m.volume.type "emptyDir") (not $m.sync.enabled) }}
 {{- fail "worker.model.volume.type=emptyDir starts empty: enable worker.model.sync to fill it from object storage." }}
 {{- end }}
-{{- if regexMatch "(?i)(password|secret|token|access_key|sasl_username)\\s*=" .Values.worker.extraConfig }}
+{{- /* Bare, dotted and quoted TOML keys alike: `sasl_password =`, `"sasl.password" =`, `'sasl.jaas.config' =`. */}}
+{{- if regexMatch `(?i)(password|secret|token|access_key|private_key|sasl[._]username|jaas[._]config|key[._]pem)["']?\s*=` .Values.worker.extraConfig }}
 {{- fail "worker.extraConfig looks like it holds credentials; it is rendered into a ConfigMap. Put them in a Secret (worker.kafka.sasl.existingSecret, worker.storage.existingSecret, worker.extraEnv with secretKeyRef)." }}
+{{- end }}
+{{- /* Storage credentials travel as env; a plain `value:` would sit in the Deployment for anyone who can read it. */}}
+{{- range $name, $v := .Values.worker.storage.env }}
+{{- if and (kindIs "string" $v) (include "t2v-worker.secretEnvName" $name) }}
+{{- fail (printf "worker.storage.env.%s carries a credential, so it must come from a Secret: give it as {secretKeyRef: {name, key}}, or use worker.storage.existingSecret (worker.storage.credentials for development)." $name) }}
+{{- end }}
+{{- end }}
+{{- range .Values.worker.extraEnv }}
+{{- if and (hasKey . "value") (include "t2v-worker.secretEnvName" .name) }}
+{{- fail (printf "worker.extraEnv %s carries a credential, so it must come from a Secret: use valueFrom.secretKeyRef instead of value." .name) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.worker.kafka.tls.certKey (not .Values.worker.kafka.tls.keyKey) }}
 {{- fail "worker.kafka.tls.certKey needs worker.kafka.tls.keyKey (mTLS uses both)." }}
@@ -132,6 +144,33 @@ leaves the group. A value below this kills the pod mid-checkpoint and loses the 
 {{- if and (include "t2v-worker.kafkaSasl" .) (not .Values.worker.kafka.sasl.existingSecret) (not .Values.worker.kafka.sasl.password) }}
 {{- fail (printf "worker.kafka.securityProtocol=%s needs SASL credentials: worker.kafka.sasl.existingSecret (or inline username/password for development)." .Values.worker.kafka.securityProtocol) }}
 {{- end }}
+{{- end }}
+
+{{/* Env names that carry credentials: access keys, secret keys, session and SAS tokens, account keys, connection strings, service account keys, passwords. */}}
+{{- define "t2v-worker.secretEnvName" -}}
+{{- if regexMatch "(?i)(SECRET|PASSWORD|TOKEN|ACCESS_KEY|ACCOUNT_KEY|SAS_KEY|CONNECTION_STRING|SERVICE_ACCOUNT_KEY|CREDENTIALS_JSON)" . }}true{{ end }}
+{{- end }}
+
+{{/* Storage env: plain values, or `valueFrom` for maps such as `{secretKeyRef: {name, key}}`. */}}
+{{- define "t2v-worker.storageEnv" -}}
+{{- range $k, $v := .Values.worker.storage.env }}
+- name: {{ $k }}
+{{- if kindIs "map" $v }}
+  valueFrom:
+    {{- toYaml $v | nindent 4 }}
+{{- else }}
+  value: {{ $v | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the worker exports spans: an OTLP endpoint in worker.toml or in extraEnv. */}}
+{{- define "t2v-worker.otlpConfigured" -}}
+{{- $found := .Values.worker.telemetry.otlpEndpoint }}
+{{- range .Values.worker.extraEnv }}
+{{- if has .name (list "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") }}{{ $found = true }}{{ end }}
+{{- end }}
+{{- if $found }}true{{ end }}
 {{- end }}
 
 {{/* KEDA's spelling of the SASL mechanism. */}}
@@ -168,10 +207,7 @@ leaves the group. A value below this kills the pod mid-checkpoint and loses the 
       name: {{ include "t2v-worker.kafkaSecretName" . }}
       key: {{ .Values.worker.kafka.sasl.passwordKey }}
 {{- end }}
-{{- range $k, $v := .Values.worker.storage.env }}
-- name: {{ $k }}
-  value: {{ $v | quote }}
-{{- end }}
+{{- include "t2v-worker.storageEnv" . }}
 {{- with .Values.worker.extraEnv }}
 {{ toYaml . }}
 {{- end }}

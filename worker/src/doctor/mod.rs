@@ -62,6 +62,16 @@ fn warning(check: &'static str, message: impl Into<String>) -> Finding {
     }
 }
 
+/// The topics the worker needs that the brokers say do not exist, one line each (nothing when
+/// the brokers cannot be reached: that is an outage, not a missing topic).
+pub fn missing_topics(cfg: &WorkerConfig) -> Vec<String> {
+    kafka(cfg)
+        .into_iter()
+        .filter(|f| !f.ok && f.message.starts_with("topic "))
+        .map(|f| f.message)
+        .collect()
+}
+
 fn kafka(cfg: &WorkerConfig) -> Vec<Finding> {
     let k = &cfg.kafka;
     let consumer: BaseConsumer = match client_config(k, "t2v-worker-doctor")

@@ -10,6 +10,7 @@
 //! | [`Stop::Kafka`] — Kafka did not acknowledge | none | the record is read again | no |
 //! | [`Stop::Canceled`] | Canceled | no | no |
 //! | [`Stop::Interrupted`] — shutdown or the partition moved | none | the next owner resumes | no |
+//! | [`Stop::WorkerSick`] — a stuck GPU call or encoder, or `max_consecutive_failures` internal failures in a row | none | re-queued with attempt + 1; the worker exits | no |
 //!
 //! In-place retries with backoff (storage, Kafka sends) happen below this, in [`crate::retry`].
 
@@ -83,8 +84,14 @@ impl Failure {
 /// and `Kafka`).
 pub enum Stop {
     Failed(Failure),
-    Canceled { reason: String, at_step: u32 },
+    Canceled {
+        reason: String,
+        at_step: u32,
+    },
     Interrupted,
+    /// The worker, not the job, looks broken: the job is re-queued for a healthy worker (its
+    /// attempt marker stays, so a job that makes every worker sick still ends in the DLQ).
+    WorkerSick(String),
     StorageDown(StorageError),
     Kafka(KafkaError),
 }
@@ -126,8 +133,13 @@ type Finished = (Disposition, &'static str, String);
 impl Job<'_> {
     /// Turns an early stop into its terminal event, DLQ copy or re-queue.
     pub(super) async fn finish_stop(&self, stop: Stop) -> Finished {
+        let stop = self.sick_after_repeated_failures(stop);
         let (sent, label, detail) = match stop {
             Stop::Failed(failure) => self.finish_failed(failure).await,
+            Stop::WorkerSick(reason) => {
+                self.ctx.health.mark_sick(&reason);
+                self.requeue(&reason).await
+            }
             Stop::Canceled { reason, at_step } => {
                 let detail = format!("CANCELED at step {at_step}: {reason}");
                 let sent = self.emit(Kind::Canceled(Canceled { reason, at_step })).await;
@@ -223,24 +235,53 @@ impl Job<'_> {
         (sent, outcome::FAILED, code.to_string())
     }
 
-    /// Storage stayed down through the in-place retries: re-queue the request with attempt + 1
-    /// (the attempt bound ends it with a retryable Failed).
+    /// An internal failure counts towards `max_consecutive_failures`; the one that reaches it
+    /// means the worker is sick, not the job.
+    fn sick_after_repeated_failures(&self, stop: Stop) -> Stop {
+        let limit = self.ctx.cfg.jobs.max_consecutive_failures;
+        match stop {
+            Stop::Failed(f) if f.code == ErrorCode::Internal => {
+                let in_a_row = self
+                    .ctx
+                    .internal_failures_in_a_row
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                if limit > 0 && in_a_row >= limit {
+                    Stop::WorkerSick(format!(
+                        "{in_a_row} jobs in a row failed with internal errors (limit jobs.max_consecutive_failures = {limit}); the last: {}",
+                        f.message
+                    ))
+                } else {
+                    Stop::Failed(f)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Storage stayed down through the in-place retries: re-queue the request.
     async fn finish_storage_down(
         &self,
         e: StorageError,
     ) -> (Result<(), KafkaError>, &'static str, String) {
         tracing::warn!(error = %e, "object store unavailable after retries");
+        self.requeue(&e.to_string()).await
+    }
+
+    /// Publishes the request again with attempt + 1 for another try (at the attempt bound, a
+    /// retryable Failed UNAVAILABLE instead).
+    async fn requeue(&self, why: &str) -> (Result<(), KafkaError>, &'static str, String) {
         if self.req.attempt < validate::MAX_ATTEMPT {
             let mut again = self.req.clone();
             again.attempt += 1;
             let sent = self.ctx.publisher.requeue(&again, &self.trace).await;
-            let detail = format!("re-queued as attempt {}: {e}", again.attempt);
+            let detail = format!("re-queued as attempt {}: {why}", again.attempt);
             return (sent, outcome::REQUEUED, detail);
         }
         let sent = self
             .emit(Kind::Failed(Failed {
                 code: ErrorCode::Unavailable as i32,
-                message: e.to_string(),
+                message: truncate_reason(why, MAX_REASON_BYTES),
                 retryable: true,
             }))
             .await;

@@ -33,6 +33,44 @@ use crate::metrics::{outcome, phase};
 use crate::storage::StorageError;
 use crate::trace::phase_span;
 
+/// Resolves once no step has finished for `limit` (never, when `limit` is zero), with the time
+/// since the last one: the watchdog of a stuck GPU call.
+async fn no_step_for(last_step_at: &StepClock, limit: Duration) -> Duration {
+    if limit.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        let since = last_step_at.since();
+        if since >= limit {
+            return since;
+        }
+        tokio::time::sleep((limit - since).min(Duration::from_secs(1))).await;
+    }
+}
+
+/// When the last denoising step finished (or the generation started).
+struct StepClock(std::sync::Mutex<Instant>);
+
+impl StepClock {
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(Instant::now()))
+    }
+
+    fn tick(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    fn since(&self) -> Duration {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
 pub(super) struct Job<'a> {
     pub(super) ctx: &'a JobContext,
     /// Shutdown, or this record's partition revoked: stop at the next step, checkpoint, no event.
@@ -305,16 +343,26 @@ impl Job<'_> {
             resumed_from_step,
         );
         let writer = self.write_checkpoints(writer_rx, in_flight, resume.as_ref().map(|c| c.step));
-        let progress = self.report_progress(steps_rx, resumed_from_step);
-        let (generated, last_step, ()) = async {
+        let last_step_at = StepClock::new();
+        let progress = self.report_progress(steps_rx, resumed_from_step, &last_step_at);
+        let step_timeout = Duration::from_secs(ctx.cfg.jobs.step_timeout_secs);
+        let joined = async {
             tokio::join!(
                 ctx.generator.generate(spec.clone(), resume, hooks),
                 progress,
                 writer
             )
-        }
-        .instrument(phase_span("generate"))
-        .await;
+        };
+        let (generated, last_step, ()) = tokio::select! {
+            joined = joined.instrument(phase_span("generate")) => joined,
+            stuck = no_step_for(&last_step_at, step_timeout) => {
+                return Err(Stop::WorkerSick(format!(
+                    "no denoising step finished in {} s (limit jobs.step_timeout_secs = {}): the GPU call is stuck",
+                    stuck.as_secs(),
+                    step_timeout.as_secs()
+                )));
+            }
+        };
         self.at_step = last_step;
         let generated = match generated {
             Ok(g) => g,
@@ -372,6 +420,7 @@ impl Job<'_> {
         &self,
         mut steps: UnboundedReceiver<StepInfo>,
         resumed_from_step: u32,
+        last_step_at: &StepClock,
     ) -> u32 {
         let interval = Duration::from_millis(self.ctx.cfg.jobs.progress_interval_ms);
         let started = Instant::now();
@@ -379,6 +428,7 @@ impl Job<'_> {
         let mut last_step = 0;
         while let Some(s) = steps.recv().await {
             last_step = s.step;
+            last_step_at.tick();
             if last_sent.is_some_and(|t| t.elapsed() < interval) {
                 continue;
             }
@@ -428,10 +478,21 @@ impl Job<'_> {
     async fn encode(&mut self, spec: &JobSpec, generated: &Generated) -> Result<Encoded, Stop> {
         let ctx = self.ctx;
         let started = Instant::now();
-        let files = media::encode(&ctx.cfg.media, &generated.frames, spec.fps, &spec.job_id)
-            .instrument(phase_span("encode"))
-            .await
-            .map_err(|e| Failure::internal(e.to_string()))?;
+        let encode = media::encode(&ctx.cfg.media, &generated.frames, spec.fps, &spec.job_id)
+            .instrument(phase_span("encode"));
+        let limit = ctx.cfg.jobs.encode_timeout_secs;
+        let files = if limit == 0 {
+            encode.await
+        } else {
+            tokio::time::timeout(Duration::from_secs(limit), encode)
+                .await
+                .map_err(|_| {
+                    Stop::WorkerSick(format!(
+                        "ffmpeg did not finish within {limit} s (limit jobs.encode_timeout_secs): the encoder is stuck"
+                    ))
+                })?
+        }
+        .map_err(|e| Failure::internal(e.to_string()))?;
         let read = |path: &std::path::Path, what: &str| {
             std::fs::read(path)
                 .map(Bytes::from)
@@ -531,8 +592,9 @@ impl Job<'_> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            // The checkpoints are of no use any more.
+            // The checkpoints are of no use any more, nor is a cancel.
             self.delete_checkpoints().await;
+            ctx.cancels.forget(&manifest.job_id);
             let completed = manifest.completed(&ctx.storage.uri(&key), &bytes);
             self.emit(Kind::Completed(completed)).await?;
             Ok::<_, Stop>(outcome::COMPLETED)

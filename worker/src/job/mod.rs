@@ -30,12 +30,14 @@ pub use checkpoints::{checkpoint_name, CHECKPOINT_DIR};
 
 use crate::config::WorkerConfig;
 use crate::generate::{GeneratorThread, ModelInfo};
+use crate::http::Health;
 use crate::kafka::control::CancelRegistry;
 use crate::kafka::events::{Publisher, SourceRecord};
 use crate::metrics::{outcome, phase, Metrics};
 use crate::storage::Storage;
 use lifecycle::Job;
 use manifest::TimingsMs;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::sync::Arc;
 
@@ -61,6 +63,10 @@ pub struct JobContext {
     pub model_load: Duration,
     pub cancels: CancelRegistry,
     pub metrics: Arc<Metrics>,
+    /// The worker's health: a job that finds the worker sick marks it here.
+    pub health: Arc<Health>,
+    /// Jobs in a row that ended with an internal error (reset by a completed one).
+    pub internal_failures_in_a_row: AtomicU32,
 }
 
 /// The seed of a request that has none: derived from the job id, so every attempt of a job
@@ -124,7 +130,10 @@ pub async fn handle(
         let result = job.run().await;
         ctx.metrics.set_in_flight(0);
         let (disposition, label, detail) = match result {
-            Ok(label) => (Disposition::Done, label, String::new()),
+            Ok(label) => {
+                ctx.internal_failures_in_a_row.store(0, Ordering::Relaxed);
+                (Disposition::Done, label, String::new())
+            }
             Err(stop) => job.finish_stop(stop).await,
         };
         if disposition != Disposition::Redeliver {

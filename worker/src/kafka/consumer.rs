@@ -134,9 +134,18 @@ pub fn build_generator(
     move || match model.backend {
         Backend::Synthetic => {
             tracing::warn!("model.backend = synthetic: TEST/DEMO backend, videos are gradients, not model output");
-            Ok(Box::new(SyntheticGenerator::new(
+            let synthetic = Box::new(SyntheticGenerator::new(
                 &model.name,
                 Duration::from_millis(model.synthetic_step_ms),
+            ));
+            if model.synthetic_hang_marker.is_empty() && model.synthetic_fail_after_jobs == 0 {
+                return Ok(synthetic);
+            }
+            tracing::warn!("fault injection on: some synthetic jobs hang or fail on purpose");
+            Ok(Box::new(crate::generate::faults::FaultInjecting::new(
+                synthetic,
+                &model.synthetic_hang_marker,
+                model.synthetic_fail_after_jobs,
             )))
         }
         Backend::Wan => {
@@ -380,6 +389,19 @@ async fn startup_checks(cfg: &Arc<WorkerConfig>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A missing topic is a deployment error no retry heals: one line naming it, and no start. (When
+/// the brokers cannot be reached, the start goes on: an outage is waited out, not fatal.)
+async fn require_topics(cfg: &Arc<WorkerConfig>) -> anyhow::Result<()> {
+    let probe_cfg = cfg.clone();
+    let missing = tokio::task::spawn_blocking(move || doctor::missing_topics(&probe_cfg))
+        .await
+        .context("the topic check crashed")?;
+    if let Some(first) = missing.first() {
+        anyhow::bail!("{first}");
+    }
+    Ok(())
+}
+
 /// What the loop needs once the model is loaded, and the control reader to stop at the end.
 struct Started {
     ctx: Arc<JobContext>,
@@ -395,6 +417,7 @@ async fn start_services(
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
 ) -> anyhow::Result<Option<Started>> {
+    require_topics(cfg).await?;
     let (generator, loaded) = GeneratorThread::start(build_generator(cfg));
     let worker_id = worker_id(cfg);
     let storage = Storage::from_url(&cfg.storage.url, &cfg.jobs)?;
@@ -418,9 +441,17 @@ async fn start_services(
     );
     tokio::select! {
         r = tokio::time::timeout(Duration::from_secs(30), caught_up.wait_for(|c| *c)) => {
-            if r.is_err() { tracing::warn!("control topic not read to its end within 30 s; continuing"); }
+            if r.is_err() { tracing::warn!("control topic not read to its end within 30 s; taking work, not ready until it is"); }
         }
         _ = stop.cancelled() => return Ok(None),
+    }
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            if caught_up.wait_for(|c| *c).await.is_ok() {
+                health.cancels_caught_up.store(true, Ordering::Relaxed);
+            }
+        });
     }
     let ctx = Arc::new(JobContext {
         cfg: cfg.clone(),
@@ -431,6 +462,8 @@ async fn start_services(
         model_load,
         cancels,
         metrics: metrics.clone(),
+        health: health.clone(),
+        internal_failures_in_a_row: Default::default(),
     });
     Ok(Some(Started {
         ctx,
@@ -579,7 +612,12 @@ impl ConsumerLoop {
                 break;
             }
         }
-        self.leave().await
+        let sick = self.ctx.health.sick_reason();
+        self.leave().await?;
+        match sick {
+            Some(reason) => anyhow::bail!("left the group because this worker is sick: {reason}"),
+            None => Ok(()),
+        }
     }
 
     fn on_shutdown(&mut self) -> Next {
@@ -605,6 +643,13 @@ impl ConsumerLoop {
             Disposition::Redeliver => self.read_again(&job).await,
         }
         if self.stop.is_cancelled() {
+            return Next::Leave;
+        }
+        if self.ctx.health.sick_reason().is_some() {
+            // No more work here: the held record goes back for the next owner of its partition.
+            if let Some(next) = self.held.take() {
+                give_back(&self.consumer, &next.record);
+            }
             return Next::Leave;
         }
         if let Some(next) = self.held.take() {

@@ -1,0 +1,99 @@
+//! A sick GPU takes its worker out instead of failing every job: a stuck generation (the
+//! watchdog) or internal failures in a row make the worker re-queue what it could not run,
+//! leave the group and exit non-zero; a healthy worker then finishes the work. The synthetic
+//! backend's fault injection plays the sick GPU.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
+use t2v_tests::{is_terminal, read_topic, synthetic_request, wait_events, WorkerSetup};
+
+fn terminal<'a>(events: &'a [GenerationEvent], job_id: &str) -> Option<&'a Kind> {
+    events
+        .iter()
+        .filter(|e| e.job_id == job_id)
+        .filter_map(|e| e.kind.as_ref())
+        .find(|k| is_terminal(k))
+}
+
+#[tokio::test]
+async fn a_stuck_generation_requeues_the_job_and_the_worker_exits() {
+    let setup = WorkerSetup::new("sick-hang", 1).await;
+    let mut sick = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_HANG_MARKER", "[hang]"),
+        ("T2V_JOBS__STEP_TIMEOUT_SECS", "3"),
+    ]);
+    let req = GenerationRequest {
+        prompt: "a fox [hang] in snow".into(),
+        ..synthetic_request("hang-1", 2)
+    };
+    setup.submitter().submit(req).await.unwrap();
+
+    let code = sick.wait_exit(Duration::from_secs(60));
+    let logs = sick.logs();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exits non-zero: {code:?}\n{logs}"
+    );
+    assert!(logs.contains("step_timeout_secs"), "says why:\n{logs}");
+    let requests = read_topic(&setup.requests, 2, Duration::from_secs(20));
+    assert_eq!(requests.len(), 2, "the job was re-queued:\n{logs}");
+    let again =
+        GenerationRequest::decode(rdkafka::Message::payload(&requests[1]).unwrap()).unwrap();
+    assert_eq!((again.job_id.as_str(), again.attempt), ("hang-1", 1));
+
+    // A healthy worker (no fault injection) finishes it.
+    let _healthy = setup.start_worker(&[]);
+    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
+        terminal(e, "hang-1").is_some()
+    });
+    assert!(
+        matches!(terminal(&events, "hang-1"), Some(Kind::Completed(_))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn internal_failures_in_a_row_take_the_worker_out() {
+    let setup = WorkerSetup::new("sick-poisoned", 1).await;
+    let mut sick = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_FAIL_AFTER_JOBS", "1"),
+        ("T2V_JOBS__MAX_CONSECUTIVE_FAILURES", "2"),
+    ]);
+    let submitter = setup.submitter();
+    for id in ["p-1", "p-2", "p-3", "p-4"] {
+        submitter.submit(synthetic_request(id, 2)).await.unwrap();
+    }
+    let code = sick.wait_exit(Duration::from_secs(60));
+    let logs = sick.logs();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exits non-zero: {code:?}\n{logs}"
+    );
+    assert!(
+        logs.contains("max_consecutive_failures"),
+        "says why:\n{logs}"
+    );
+
+    let _healthy = setup.start_worker(&[]);
+    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
+        ["p-1", "p-2", "p-3", "p-4"]
+            .iter()
+            .all(|id| terminal(e, id).is_some())
+    });
+    match terminal(&events, "p-2") {
+        Some(Kind::Failed(f)) => {
+            assert_eq!(f.code, ErrorCode::Internal as i32);
+            assert!(f.retryable);
+        }
+        other => panic!("p-2, the first failure: {other:?}\n{logs}"),
+    }
+    for id in ["p-1", "p-3", "p-4"] {
+        assert!(
+            matches!(terminal(&events, id), Some(Kind::Completed(_))),
+            "{id}: {:?}\n{logs}",
+            terminal(&events, id)
+        );
+    }
+}
