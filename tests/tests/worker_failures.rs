@@ -135,7 +135,7 @@ async fn a_cancel_stops_a_job_before_start_and_between_steps() {
         other => panic!("late-1: {other:?}\n{}", worker.logs()),
     }
     assert!(
-        list_keys(&format!("{}/late-1/video.mp4", setup.prefix))
+        list_keys(&format!("{}/late-1/runs", setup.prefix))
             .await
             .is_empty(),
         "no outputs"

@@ -91,10 +91,12 @@ async fn a_request_becomes_one_video_and_a_duplicate_changes_nothing() {
 
     // The artifacts are where the event says, with the announced sizes and digests.
     let video = c.video.as_ref().unwrap();
+    // Under the job's folder, in the folder of the run that committed (outputs are immutable).
     assert!(
         video
             .uri
-            .ends_with(&format!("{}/happy-1/video.mp4", setup.prefix)),
+            .contains(&format!("{}/happy-1/runs/0.0000/", setup.prefix))
+            && video.uri.ends_with("/video.mp4"),
         "{}",
         video.uri
     );

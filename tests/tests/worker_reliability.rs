@@ -298,3 +298,67 @@ async fn a_record_keyed_otherwise_than_its_job_id_is_rejected() {
     assert_eq!(dlq[0].payload(), Some(req.as_slice()));
     assert_eq!(dlq[0].key(), Some(b"another-key".as_slice()));
 }
+
+/// Two runs of one job at once (a duplicate on another partition, as a rebalance race gives):
+/// the slower run, encoding with other settings, must not change the committed files.
+#[tokio::test]
+async fn a_run_that_loses_the_commit_race_cannot_touch_the_committed_files() {
+    let setup = setup("reliability-race", 2).await;
+    let fast = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "20")]);
+    fast.wait_ready(Duration::from_secs(60));
+    // Other x264 settings: the slow run's MP4 has other bytes than the fast run's.
+    let slow = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", "600"),
+        ("T2V_MEDIA__CRF", "40"),
+    ]);
+    slow.wait_ready(Duration::from_secs(60));
+    // Both own a partition once both are ready; send the same request to each.
+    let producer = big_producer();
+    let req = synthetic_request("raced-1", 4).encode_to_vec();
+    for partition in [0, 1] {
+        producer
+            .send(
+                FutureRecord::to(&setup.requests)
+                    .partition(partition)
+                    .key("raced-1")
+                    .payload(&req),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let events = wait_events(&setup.events, Duration::from_secs(90), |e| {
+        terminals(e, "raced-1").len() >= 2
+    });
+    let done = completed_of(&events, "raced-1");
+    assert_eq!(
+        done.len(),
+        2,
+        "{events:?}\n{}\n{}",
+        fast.logs(),
+        slow.logs()
+    );
+    assert_eq!(done[0], done[1], "both runs announce the committed result");
+    let video = done[0].video.as_ref().unwrap();
+    let bytes = t2v_tests::get_object(&video.uri).await;
+    assert_eq!(
+        bytes.len() as u64,
+        video.size_bytes,
+        "the committed video is intact"
+    );
+    assert_eq!(
+        t2v_contract::sha256_hex(&bytes),
+        video.sha256,
+        "the committed video is intact"
+    );
+    let videos: Vec<String> = t2v_tests::list_keys(&format!("{}/raced-1/", setup.prefix))
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".mp4"))
+        .collect();
+    assert_eq!(
+        videos.len(),
+        1,
+        "the losing run tidied its outputs: {videos:?}"
+    );
+}

@@ -19,6 +19,7 @@ use t2v_proto::v1::Sampler;
 
 use crate::job::checkpoints::Checkpoint;
 
+pub mod faults;
 pub mod preflight;
 pub mod synthetic;
 pub mod thread;
@@ -96,9 +97,24 @@ impl<F: FnMut(StepInfo) -> ControlFlow<()>> StepHooks for F {
 pub struct ModelInfo {
     /// Model id requests name, e.g. `wan2.2-t2v-a14b`.
     pub name: String,
-    /// Revision of the weights, e.g. a checkpoint digest.
+    /// Revision of the weights, e.g. a checkpoint digest (the Wan backend:
+    /// [`wan::model_revision`], covering configs and weights).
     pub revision: String,
+    /// The weights dtype and device class the generator computes in, `<dtype>/<device>`:
+    /// `bf16/cuda`, `f32/cpu`, … ([`wan::precision`]). A checkpoint resumes only a run of the
+    /// same precision.
+    pub precision: String,
     pub defaults: ModelDefaults,
+}
+
+impl ModelInfo {
+    /// The dtype and device class of [`Self::precision`] (`("bf16", "cuda")`); without a `/`
+    /// the whole string is the dtype and the device is empty.
+    pub fn dtype_and_device(&self) -> (&str, &str) {
+        self.precision
+            .split_once('/')
+            .unwrap_or((&self.precision, ""))
+    }
 }
 
 /// One denoising step finished.

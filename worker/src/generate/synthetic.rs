@@ -26,6 +26,7 @@ impl SyntheticGenerator {
             info: ModelInfo {
                 name: name.to_string(),
                 revision: "synthetic-v1".into(),
+                precision: "f32/cpu".into(),
                 defaults: WAN22_T2V_A14B,
             },
             step_delay,

@@ -1,5 +1,5 @@
 //! A job's checkpoints. What one is: a t2v-pipeline checkpoint file whose metadata names the
-//! request digest and model revision it belongs to ([`checkpoint_metadata`], read back by
+//! request digest, model revision and precision (weights dtype, device class) it belongs to ([`checkpoint_metadata`], read back by
 //! [`check_checkpoint`]). Where they go: `<job>/checkpoint/step-NNNNNN.safetensors`, found and checked
 //! before Started, asked for by [`JobHooks`] on the generator thread (every `[checkpoint]
 //! every_steps` / `every_secs`, and at a stop), uploaded one at a time by a writer task (the older
@@ -34,6 +34,10 @@ pub mod meta {
     pub const REQUEST_DIGEST: &str = "request_digest";
     pub const MODEL: &str = "model";
     pub const MODEL_REVISION: &str = "model_revision";
+    /// The weights dtype of the run that wrote it: `bf16`, `f32`, ….
+    pub const DTYPE: &str = "dtype";
+    /// The device class of the run that wrote it: `cuda`, `cpu`, ….
+    pub const DEVICE: &str = "device";
     pub const STEP: &str = "step";
     pub const TOTAL_STEPS: &str = "total_steps";
 }
@@ -44,10 +48,13 @@ pub fn checkpoint_metadata(
     model: &ModelInfo,
     step: u32,
 ) -> BTreeMap<String, String> {
+    let (dtype, device) = model.dtype_and_device();
     BTreeMap::from([
         (meta::REQUEST_DIGEST.into(), job.digest()),
         (meta::MODEL.into(), model.name.clone()),
         (meta::MODEL_REVISION.into(), model.revision.clone()),
+        (meta::DTYPE.into(), dtype.to_string()),
+        (meta::DEVICE.into(), device.to_string()),
         (meta::STEP.into(), step.to_string()),
         (meta::TOTAL_STEPS.into(), job.steps.to_string()),
     ])
@@ -62,12 +69,17 @@ pub enum CheckpointRejected {
     OtherRequest,
     #[error("it was written by model revision {written:?}, this worker serves {serving:?}")]
     OtherRevision { written: String, serving: String },
+    #[error("it was written by a {written} run (dtype/device), this worker runs {serving}")]
+    OtherPrecision { written: String, serving: String },
+    #[error("it records no dtype/device (written before checkpoints carried their precision), so it cannot be trusted to match this worker's {serving}")]
+    UnknownPrecision { serving: String },
     #[error("step {step:?} is not inside the schedule of {total} steps")]
     StepOutsideSchedule { step: String, total: u32 },
 }
 
-/// The step a stored checkpoint resumes `job` at, or why it cannot (another request digest or
-/// model revision, a step outside the schedule, an unreadable or truncated file).
+/// The step a stored checkpoint resumes `job` at, or why it cannot (another request digest,
+/// model revision or precision — dtype and device class, a missing one included —, a step
+/// outside the schedule, an unreadable or truncated file).
 pub fn check_checkpoint(
     bytes: &[u8],
     job: &JobSpec,
@@ -83,6 +95,19 @@ pub fn check_checkpoint(
         return Err(CheckpointRejected::OtherRevision {
             written: get(meta::MODEL_REVISION).to_string(),
             serving: model.revision.clone(),
+        });
+    }
+    let (dtype, device) = (metadata.get(meta::DTYPE), metadata.get(meta::DEVICE));
+    let (Some(dtype), Some(device)) = (dtype, device) else {
+        return Err(CheckpointRejected::UnknownPrecision {
+            serving: model.precision.clone(),
+        });
+    };
+    let written = format!("{dtype}/{device}");
+    if written != model.precision {
+        return Err(CheckpointRejected::OtherPrecision {
+            written,
+            serving: model.precision.clone(),
         });
     }
     match get(meta::STEP).parse::<u32>() {
@@ -276,6 +301,79 @@ impl Job<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::tests::spec;
+
+    fn model(precision: &str) -> ModelInfo {
+        ModelInfo {
+            name: "m".into(),
+            revision: "0123456789ab".into(),
+            precision: precision.into(),
+            defaults: t2v_contract::defaults::WAN22_T2V_A14B,
+        }
+    }
+
+    #[test]
+    fn checkpoints_carry_their_precision_and_resume_only_the_same() {
+        let job = JobSpec {
+            steps: 6,
+            ..spec(3)
+        };
+        let bf16 = model("bf16/cuda");
+        let metadata = checkpoint_metadata(&job, &bf16, 2);
+        assert_eq!(metadata[meta::DTYPE], "bf16");
+        assert_eq!(metadata[meta::DEVICE], "cuda");
+        let bytes = checkpoint::metadata_only(&metadata);
+        assert_eq!(check_checkpoint(&bytes, &job, &bf16), Ok(2));
+
+        let why = check_checkpoint(&bytes, &job, &model("f32/cpu")).unwrap_err();
+        assert_eq!(
+            why,
+            CheckpointRejected::OtherPrecision {
+                written: "bf16/cuda".into(),
+                serving: "f32/cpu".into()
+            }
+        );
+        assert!(
+            why.to_string().contains("bf16/cuda") && why.to_string().contains("f32/cpu"),
+            "{why}"
+        );
+        // Another dtype on the same device class, or the same dtype on another, is refused too.
+        assert!(check_checkpoint(&bytes, &job, &model("f32/cuda")).is_err());
+        assert!(check_checkpoint(&bytes, &job, &model("bf16/cpu")).is_err());
+        // And the other way round: an f32 CPU checkpoint resumes only an f32 CPU run.
+        let f32_cpu = checkpoint::metadata_only(&checkpoint_metadata(&job, &model("f32/cpu"), 4));
+        assert_eq!(check_checkpoint(&f32_cpu, &job, &model("f32/cpu")), Ok(4));
+        assert!(check_checkpoint(&f32_cpu, &job, &bf16).is_err());
+    }
+
+    #[test]
+    fn checkpoints_without_a_precision_are_refused() {
+        let job = JobSpec {
+            steps: 6,
+            ..spec(3)
+        };
+        let serving = model("f32/cpu");
+        for missing in [
+            &[meta::DTYPE, meta::DEVICE][..],
+            &[meta::DTYPE],
+            &[meta::DEVICE],
+        ] {
+            let mut metadata = checkpoint_metadata(&job, &serving, 2);
+            for key in missing {
+                metadata.remove(*key);
+            }
+            let why = check_checkpoint(&checkpoint::metadata_only(&metadata), &job, &serving)
+                .unwrap_err();
+            assert_eq!(
+                why,
+                CheckpointRejected::UnknownPrecision {
+                    serving: "f32/cpu".into()
+                },
+                "{missing:?}"
+            );
+            assert!(why.to_string().contains("no dtype/device"), "{why}");
+        }
+    }
 
     #[test]
     fn checkpoint_names_sort_and_parse() {

@@ -83,6 +83,8 @@ pub(super) struct Job<'a> {
     pub(super) at_step: u32,
     /// The request passed validation: its labels may be echoed on events.
     pub(super) admitted: bool,
+    /// This run's folder name under [`manifest::RUNS_DIR`], `<attempt>.<n>`.
+    pub(super) run: String,
 }
 
 /// The encoded outputs, read into memory for upload.
@@ -153,6 +155,7 @@ impl Job<'_> {
             &ctx.publisher.worker_id,
         )
         .await?;
+        self.run = format!("{}.{previous:04}", self.req.attempt);
         if previous >= ctx.cfg.jobs.max_attempts {
             return Err(Failure::poison(
                 ErrorCode::AttemptsExhausted,
@@ -533,7 +536,7 @@ impl Job<'_> {
         bytes: Bytes,
         content_type: &str,
     ) -> Result<StoredFile, Stop> {
-        let key = self.ctx.storage.job_path(&self.req.job_id, name);
+        let key = self.run_dir().join(name);
         let file = StoredFile {
             uri: self.ctx.storage.uri(&key),
             size_bytes: bytes.len() as u64,
@@ -545,6 +548,46 @@ impl Job<'_> {
             .put(&key, bytes, content_type, false)
             .await?;
         Ok(file)
+    }
+
+    fn runs_dir(&self) -> Path {
+        self.ctx.storage.job_path(&self.req.job_id, manifest::RUNS_DIR)
+    }
+
+    /// Where this run's outputs go (never where another run's are).
+    fn run_dir(&self) -> Path {
+        self.runs_dir().join(self.run.as_str())
+    }
+
+    async fn delete_own_run(&self, run: &str) {
+        let storage = &self.ctx.storage;
+        if let Ok(keys) = storage.list(&self.runs_dir().join(run)).await {
+            for key in keys {
+                let _ = storage.delete(&key).await;
+            }
+        }
+    }
+
+    /// Deletes the outputs of runs other than `keep`. Best effort: a leftover costs storage,
+    /// never correctness.
+    async fn delete_runs_except(&self, keep: &str) {
+        let storage = &self.ctx.storage;
+        let keep = self.runs_dir().join(keep);
+        let keys = match storage.list(&self.runs_dir()).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the job's runs to tidy them");
+                return;
+            }
+        };
+        for key in keys {
+            if key.prefix_matches(&keep) {
+                continue;
+            }
+            if let Err(e) = storage.delete(&key).await {
+                tracing::warn!(%key, error = %e, "cannot delete another run's output");
+            }
+        }
     }
 
     fn manifest(&mut self, spec: &JobSpec, video: StoredFile, thumbnail: StoredFile) -> Manifest {
@@ -587,13 +630,17 @@ impl Job<'_> {
             {
                 Ok(()) => {}
                 Err(StorageError::AlreadyExists(_)) => {
+                    // Another run committed first: ours are orphans; its files stay untouched.
+                    let own = self.run.clone();
                     let stored = ctx.storage.get(&key).await?.unwrap_or_default();
+                    self.delete_own_run(&own).await;
                     return self.answer_from_manifest(&key, &stored).await;
                 }
                 Err(e) => return Err(e.into()),
             }
-            // The checkpoints are of no use any more, nor is a cancel.
+            // The checkpoints are of no use any more, nor is a cancel, nor other runs' outputs.
             self.delete_checkpoints().await;
+            self.delete_runs_except(&self.run).await;
             ctx.cancels.forget(&manifest.job_id);
             let completed = manifest.completed(&ctx.storage.uri(&key), &bytes);
             self.emit(Kind::Completed(completed)).await?;

@@ -1,7 +1,7 @@
 //! `manifest.json`, the commit point of a job: written last, create-only, next to the outputs.
 //! It holds everything a Completed event says except the manifest's own artifact, so a worker
 //! that finds it can re-publish a Completed identical to the first ([`Manifest::completed`] is
-//! the only way either is built).
+//! the only way either is built). The outputs it names are immutable: see [`RUNS_DIR`].
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,10 @@ use t2v_proto::v1::{Artifact, Completed, Timings};
 use t2v_contract::sha256_hex;
 
 pub const FILE_NAME: &str = "manifest.json";
+/// Each run of a job writes its outputs under `<job>/runs/<attempt>.<n>/` (`n` from its attempt
+/// marker, so no two runs share a folder): a run that loses the race to commit can never
+/// overwrite the files a manifest names. The committed run deletes the other runs' folders.
+pub const RUNS_DIR: &str = "runs";
 pub const CONTENT_TYPE: &str = "application/json";
 
 /// A stored output file.

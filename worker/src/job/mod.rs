@@ -125,6 +125,7 @@ pub async fn handle(
             timings: TimingsMs::default(),
             at_step: 0,
             admitted: false,
+            run: String::new(),
         };
         ctx.metrics.set_in_flight(1);
         let result = job.run().await;
