@@ -551,7 +551,9 @@ impl Job<'_> {
     }
 
     fn runs_dir(&self) -> Path {
-        self.ctx.storage.job_path(&self.req.job_id, manifest::RUNS_DIR)
+        self.ctx
+            .storage
+            .job_path(&self.req.job_id, manifest::RUNS_DIR)
     }
 
     /// Where this run's outputs go (never where another run's are).
