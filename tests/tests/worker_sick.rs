@@ -97,3 +97,68 @@ async fn internal_failures_in_a_row_take_the_worker_out() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stuck_encoder_takes_the_worker_out_too() {
+    let setup = WorkerSetup::new("sick-ffmpeg", 1).await;
+    // An "ffmpeg" that never finishes.
+    let dir = tempfile::tempdir().unwrap();
+    let ffmpeg = dir.path().join("ffmpeg");
+    std::fs::write(&ffmpeg, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&ffmpeg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ffmpeg = ffmpeg.display().to_string();
+    let mut sick = setup.start_worker(&[
+        ("T2V_MEDIA__FFMPEG", ffmpeg.as_str()),
+        ("T2V_JOBS__ENCODE_TIMEOUT_SECS", "3"),
+    ]);
+    setup
+        .submitter()
+        .submit(synthetic_request("stuck-encode", 2))
+        .await
+        .unwrap();
+    let code = sick.wait_exit(Duration::from_secs(60));
+    let logs = sick.logs();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exits non-zero: {code:?}\n{logs}"
+    );
+    assert!(logs.contains("encode_timeout_secs"), "says why:\n{logs}");
+    let requests = read_topic(&setup.requests, 2, Duration::from_secs(20));
+    assert_eq!(requests.len(), 2, "the job was re-queued:\n{logs}");
+}
+
+#[tokio::test]
+async fn a_step_slower_than_the_drain_deadline_does_not_count_as_a_crash() {
+    let setup = WorkerSetup::new("sick-drain", 1).await;
+    let mut worker = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", "30000"),
+        ("T2V_SHUTDOWN__DRAIN_DEADLINE_SECS", "1"),
+        ("T2V_CHECKPOINT__MAX_WRITE_SECS", "1"),
+    ]);
+    setup
+        .submitter()
+        .submit(synthetic_request("slow-step", 2))
+        .await
+        .unwrap();
+    wait_events(&setup.events, Duration::from_secs(60), |e| {
+        e.iter()
+            .any(|e| e.job_id == "slow-step" && matches!(e.kind, Some(Kind::Started(_))))
+    });
+    let markers = format!("{}/slow-step/attempts/", setup.prefix);
+    assert_eq!(
+        t2v_tests::list_keys(&markers).await.len(),
+        1,
+        "the attempt is claimed"
+    );
+    worker.terminate();
+    assert!(
+        worker.wait_exit(Duration::from_secs(30)).is_some(),
+        "{}",
+        worker.logs()
+    );
+    assert!(
+        t2v_tests::list_keys(&markers).await.is_empty(),
+        "the drain deadline passing gave the attempt back:\n{}",
+        worker.logs()
+    );
+}

@@ -156,6 +156,7 @@ impl Job<'_> {
         )
         .await?;
         self.run = format!("{}.{previous:04}", self.req.attempt);
+        ctx.set_running_marker(Some(marker.clone()));
         if previous >= ctx.cfg.jobs.max_attempts {
             return Err(Failure::poison(
                 ErrorCode::AttemptsExhausted,
@@ -168,6 +169,7 @@ impl Job<'_> {
         }
         // 5.–8. Generate, encode, upload, commit.
         let result = self.generate_and_store().await;
+        ctx.set_running_marker(None);
         if matches!(
             result,
             Err(Stop::Interrupted | Stop::StorageDown(_) | Stop::Kafka(_))

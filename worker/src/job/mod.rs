@@ -67,6 +67,32 @@ pub struct JobContext {
     pub health: Arc<Health>,
     /// Jobs in a row that ended with an internal error (reset by a completed one).
     pub internal_failures_in_a_row: AtomicU32,
+    /// The running job's attempt marker, while it runs: a shutdown whose drain deadline passes
+    /// gives it back (a slow step is not a crash).
+    pub running_marker: std::sync::Mutex<Option<object_store::path::Path>>,
+}
+
+impl JobContext {
+    /// Deletes the running job's attempt marker, if any (the drain deadline passed).
+    pub async fn give_back_attempt(&self) {
+        let marker = self
+            .running_marker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(marker) = marker {
+            if let Err(e) = self.storage.delete(&marker).await {
+                tracing::warn!(%marker, error = %e, "cannot give the attempt back");
+            }
+        }
+    }
+
+    fn set_running_marker(&self, marker: Option<object_store::path::Path>) {
+        *self
+            .running_marker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = marker;
+    }
 }
 
 /// The seed of a request that has none: derived from the job id, so every attempt of a job

@@ -464,6 +464,7 @@ async fn start_services(
         metrics: metrics.clone(),
         health: health.clone(),
         internal_failures_in_a_row: Default::default(),
+        running_marker: Default::default(),
     });
     Ok(Some(Started {
         ctx,
@@ -582,6 +583,8 @@ impl ConsumerLoop {
                 _ = self.stop.cancelled(), if self.drain_until.is_none() => self.on_shutdown(),
                 _ = tokio::time::sleep_until(self.drain_until.unwrap_or_else(tokio::time::Instant::now)), if self.drain_until.is_some() => {
                     tracing::error!(deadline_s = self.drain.as_secs(), "drain deadline passed: leaving without the running job (its offset is not stored)");
+                    // A step slower than the deadline is not a crash: the attempt does not count.
+                    self.ctx.give_back_attempt().await;
                     Next::Leave
                 }
                 finished = async { (&mut self.running.as_mut().expect("guarded").task).await }, if self.running.is_some() => {
