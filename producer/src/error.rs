@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use t2v_contract::InvalidRequest;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +35,7 @@ pub enum SubmitError {
     Kafka(#[from] KafkaError),
 }
 
-/// Whether a failure may go away when the same call is tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Broker or network trouble, a full local queue, a timeout: trying again may succeed.
-    Transient,
-    /// The input, the topic, the credentials or the client config must change first.
-    Permanent,
-}
+pub use t2v_kafka::Retry;
 
 impl SubmitError {
     /// `BrokersUnreachable` for a metadata request to `brokers` that failed within `timeout`.
@@ -59,7 +52,7 @@ impl SubmitError {
         match self {
             Self::Invalid(_) | Self::TopicMissing { .. } => Retry::Permanent,
             Self::BrokersUnreachable { .. } => Retry::Transient,
-            Self::Delivery { source: e, .. } | Self::Kafka(e) => kafka_retry(e),
+            Self::Delivery { source: e, .. } | Self::Kafka(e) => t2v_kafka::retry_class(e),
         }
     }
 
@@ -69,46 +62,10 @@ impl SubmitError {
     }
 }
 
-/// Classifies an rdkafka error. Errors without a code (a dropped delivery, a consumer that
-/// stopped) count as transient; client creation and config errors as permanent.
-pub fn kafka_retry(e: &KafkaError) -> Retry {
-    let code = match e {
-        KafkaError::MessageProduction(code) => *code,
-        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => return Retry::Permanent,
-        other => match other.rdkafka_error_code() {
-            Some(code) => code,
-            None => return Retry::Transient,
-        },
-    };
-    if is_permanent_code(code) {
-        Retry::Permanent
-    } else {
-        Retry::Transient
-    }
-}
-
-fn is_permanent_code(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::InvalidMessage
-            | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::MessageBatchTooLarge
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::InvalidTopic
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::UnsupportedVersion
-            | RDKafkaErrorCode::InvalidConfig
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
 
     fn delivery(code: RDKafkaErrorCode) -> SubmitError {
         SubmitError::Delivery {

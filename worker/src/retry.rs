@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 
 use crate::config::JobsConfig;
 
@@ -22,57 +22,8 @@ pub fn policy(jobs: &JobsConfig) -> ExponentialBuilder {
 }
 
 /// Whether a failed Kafka send may succeed when tried again: broker and network trouble heals,
-/// a record too large, a topic that does not exist or a refused authorisation does not.
+/// a record too large, a topic that does not exist or a refused authorisation does not (one
+/// classification for the producer and the worker: t2v-kafka).
 pub fn is_transient_kafka(e: &KafkaError) -> bool {
-    let code = match e {
-        KafkaError::MessageProduction(code) => *code,
-        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => return false,
-        other => match other.rdkafka_error_code() {
-            Some(code) => code,
-            None => return true,
-        },
-    };
-    !matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::InvalidMessage
-            | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::MessageBatchTooLarge
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::InvalidTopic
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::UnsupportedVersion
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn size_topic_and_auth_errors_are_permanent_broker_trouble_is_not() {
-        for permanent in [
-            RDKafkaErrorCode::MessageSizeTooLarge,
-            RDKafkaErrorCode::UnknownTopic,
-            RDKafkaErrorCode::TopicAuthorizationFailed,
-        ] {
-            assert!(!is_transient_kafka(&KafkaError::MessageProduction(
-                permanent
-            )));
-        }
-        for transient in [
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::QueueFull,
-            RDKafkaErrorCode::BrokerTransportFailure,
-            RDKafkaErrorCode::NotEnoughReplicas,
-        ] {
-            assert!(is_transient_kafka(&KafkaError::MessageProduction(
-                transient
-            )));
-        }
-    }
+    t2v_kafka::is_transient(e)
 }

@@ -4,11 +4,9 @@
 //!   terminal event, rebalances, shutdown.
 //! - [`events`]: [`Publisher`](events::Publisher), the idempotent producer of events, DLQ copies and re-queues.
 //! - [`control`]: Cancel commands from `t2v.control.v1`, read by every worker.
-//! - here: the client settings every client shares and t2v-contract's headers as rdkafka headers.
+//! - here: the client settings every client of the worker shares; t2v-kafka's header glue.
 
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use t2v_contract::TraceContext;
 
 use crate::config::KafkaConfig;
 
@@ -41,16 +39,4 @@ pub fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
     cfg
 }
 
-/// The headers of a record whose value is the protobuf message `schema`, continuing `trace`.
-pub fn record_headers(schema: &str, trace: &TraceContext) -> OwnedHeaders {
-    let pairs = t2v_contract::headers::record_headers(schema, trace);
-    pairs.iter().fold(
-        OwnedHeaders::new_with_capacity(pairs.len()),
-        |acc, (key, value)| {
-            acc.insert(Header {
-                key,
-                value: Some(value.as_str()),
-            })
-        },
-    )
-}
+pub use t2v_kafka::record_headers;
