@@ -252,6 +252,21 @@ pub fn is_terminal(kind: &Kind) -> bool {
     )
 }
 
+/// The terminal events of `job_id` in `events`, in topic order.
+pub fn terminals<'a>(events: &'a [GenerationEvent], job_id: &str) -> Vec<&'a Kind> {
+    events
+        .iter()
+        .filter(|e| e.job_id == job_id)
+        .filter_map(|e| e.kind.as_ref())
+        .filter(|k| is_terminal(k))
+        .collect()
+}
+
+/// The first terminal event of `job_id` in `events`.
+pub fn terminal<'a>(events: &'a [GenerationEvent], job_id: &str) -> Option<&'a Kind> {
+    terminals(events, job_id).into_iter().next()
+}
+
 /// The Completed events of `events` with what they carry, in topic order.
 pub fn completed(events: &[GenerationEvent]) -> Vec<(&GenerationEvent, &Completed)> {
     events

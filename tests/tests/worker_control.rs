@@ -8,22 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use t2v_proto::v1::{generation_event::Kind, GenerationEvent};
+use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    create_topics, is_terminal, synthetic_request, wait_events, Service, StackGuard, WorkerSetup,
+    create_topics, synthetic_request, terminal, wait_events, Service, StackGuard, WorkerSetup,
 };
 use tokio::sync::Mutex;
 
 /// One test at a time: one of them takes the broker away.
 static ALONE: Mutex<()> = Mutex::const_new(());
-
-fn terminal<'a>(events: &'a [GenerationEvent], job_id: &str) -> Option<&'a Kind> {
-    events
-        .iter()
-        .filter(|e| e.job_id == job_id)
-        .filter_map(|e| e.kind.as_ref())
-        .find(|k| is_terminal(k))
-}
 
 #[tokio::test]
 async fn a_missing_control_topic_fails_the_start_with_one_line() {

@@ -7,19 +7,11 @@ use std::time::Duration;
 use prost::Message as _;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
+use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationRequest};
 use t2v_tests::{
-    assert_dlq_source, header, is_terminal, list_keys, producer, read_topic, synthetic_request,
+    assert_dlq_source, header, list_keys, producer, read_topic, synthetic_request, terminal,
     wait_committed, wait_events, WorkerSetup,
 };
-
-fn terminal(events: &[GenerationEvent], job_id: &str) -> Option<Kind> {
-    events
-        .iter()
-        .filter(|e| e.job_id == job_id)
-        .filter_map(|e| e.kind.clone())
-        .find(is_terminal)
-}
 
 #[tokio::test]
 async fn garbage_and_invalid_requests_go_to_the_dlq_and_the_worker_keeps_going() {

@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use t2v_contract::TraceContext;
 use t2v_proto::v1::{generation_event::Kind, Completed, ErrorCode, GenerationEvent};
 use t2v_tests::{
-    brokers, header, is_terminal, read_topic, synthetic_request, wait_events, WorkerSetup,
+    brokers, header, read_topic, synthetic_request, terminal, terminals, wait_events, WorkerSetup,
 };
 
 /// Fresh topics whose DLQ takes records as large as `schemas/topics.yaml` says (2 MiB).
@@ -71,23 +71,6 @@ async fn send(
         )
         .await
         .unwrap_or_else(|(e, _)| panic!("sending {} bytes: {e}", payload.len()));
-}
-
-fn terminal<'a>(events: &'a [GenerationEvent], job_id: &str) -> Option<&'a Kind> {
-    events
-        .iter()
-        .filter(|e| e.job_id == job_id)
-        .filter_map(|e| e.kind.as_ref())
-        .find(|k| is_terminal(k))
-}
-
-fn terminals<'a>(events: &'a [GenerationEvent], job_id: &str) -> Vec<&'a Kind> {
-    events
-        .iter()
-        .filter(|e| e.job_id == job_id)
-        .filter_map(|e| e.kind.as_ref())
-        .filter(|k| is_terminal(k))
-        .collect()
 }
 
 #[tokio::test]

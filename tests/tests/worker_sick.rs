@@ -6,16 +6,8 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationEvent, GenerationRequest};
-use t2v_tests::{is_terminal, read_topic, synthetic_request, wait_events, WorkerSetup};
-
-fn terminal<'a>(events: &'a [GenerationEvent], job_id: &str) -> Option<&'a Kind> {
-    events
-        .iter()
-        .filter(|e| e.job_id == job_id)
-        .filter_map(|e| e.kind.as_ref())
-        .find(|k| is_terminal(k))
-}
+use t2v_proto::v1::{generation_event::Kind, ErrorCode, GenerationRequest};
+use t2v_tests::{read_topic, synthetic_request, terminal, wait_events, WorkerSetup};
 
 #[tokio::test]
 async fn a_stuck_generation_requeues_the_job_and_the_worker_exits() {
