@@ -63,5 +63,5 @@ echo "demo: submitting a prompt"
   --model wan2.2-t2v-tiny-demo --size 320x192 --frames 17 --steps 8 --seed 42 --wait --wait-timeout-secs 600
 
 echo
-echo "demo: outputs are under $DEMO/outputs (file:// URIs above): open video.mp4 and thumbnail.jpg."
+echo "demo: outputs are under $DEMO/outputs (the file:// URIs above): <job>/runs/<attempt>.<n>/video.mp4 and thumbnail.jpg."
 echo "demo: the model has random weights, so the video is coloured noise; see README for a real checkpoint."

@@ -125,6 +125,36 @@ fn scheduling_and_label_bounds_match_the_proto() {
 }
 
 #[test]
+fn the_request_size_limit_matches_the_proto() {
+    let pool = t2v_proto::descriptor_pool();
+    let message = pool
+        .get_message_by_name("t2v.v1.GenerationRequest")
+        .unwrap();
+    let file = message.parent_file();
+    let comment = file
+        .file_descriptor_proto()
+        .source_code_info
+        .as_ref()
+        .unwrap()
+        .location
+        .iter()
+        .find(|l| l.path == [4, 0])
+        .and_then(|l| l.leading_comments.clone())
+        .expect("GenerationRequest has a comment")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let documented = format!(
+        "at most {} KiB ({MAX_REQUEST_BYTES} bytes)",
+        MAX_REQUEST_BYTES / 1024
+    );
+    assert!(
+        comment.contains(&documented),
+        "request.proto documents the request size as {comment:?}, which does not say {documented:?}"
+    );
+}
+
+#[test]
 fn guidance_defaults_match_the_proto() {
     assert_documents(
         "guidance_scale",

@@ -3,8 +3,9 @@
 //! consumer loop must do with the offset.
 //!
 //! # Layout
-//! - [`lifecycle`]: validate → manifest lookup → Accepted → attempt marker → Started → generate
-//!   with Progress → encode → upload → manifest (create-only, the commit point) → Completed.
+//! - [`lifecycle`]: job id and key → manifest lookup (a committed job answers from it) → bounds,
+//!   model, deadline, cancel → Accepted → attempt marker → Started → generate with Progress →
+//!   encode → upload into the run's own folder → manifest (create-only, the commit point) → Completed.
 //! - [`failure`]: how an early end is classified — what is retried, what goes to the DLQ.
 //! - [`checkpoints`]: what a checkpoint is, when one is taken, where it is stored, how a job resumes.
 //! - [`attempts`]: attempt markers, so a job that keeps crashing workers ends in the DLQ.
