@@ -40,6 +40,20 @@ pub async fn list_keys(prefix: &str) -> Vec<String> {
     keys
 }
 
+/// Waits until something exists under `prefix` (e.g. a job's first checkpoint); panics after
+/// `timeout` with `logs()` (the worker's) in the message.
+pub async fn wait_for_keys(prefix: &str, timeout: std::time::Duration, logs: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + timeout;
+    while list_keys(prefix).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing under {prefix} within {timeout:?}; logs:\n{}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The object at `s3://bucket/key` (or a bare key).
 pub async fn get_object(uri_or_key: &str) -> Vec<u8> {
     let key = uri_or_key

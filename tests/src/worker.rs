@@ -107,6 +107,20 @@ pub fn tiny_model_generate_mp4(steps: u32) -> Vec<u8> {
     std::fs::read(out.path().join("video.mp4")).unwrap()
 }
 
+/// Copies the directory tree `from` to `to` (e.g. a model directory a test then changes).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// The topics and storage prefix of one worker test.
 #[derive(Debug, Clone)]
 pub struct WorkerSetup {

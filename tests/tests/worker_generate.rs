@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use t2v_tests::{binary, fixture_dir};
+use t2v_tests::{binary, copy_dir, fixture_dir};
 
 /// Frames are compared with this absolute tolerance (values in [0, 1]).
 const FRAMES_ATOL: f32 = 1e-3;
@@ -267,17 +267,4 @@ fn out_dir_gets_an_h264_mp4_with_every_frame_and_a_thumbnail() {
     );
     assert_eq!(stream["width"], s["width"]);
     assert_eq!(stream["height"], s["height"]);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }

@@ -9,11 +9,12 @@
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    completed, list_keys, starts, tiny_model_dir, tiny_model_request, wait_events, WorkerSetup,
+    completed, copy_dir, list_keys, starts, tiny_model_dir, tiny_model_request, wait_events,
+    wait_for_keys, WorkerSetup,
 };
 
 /// Enough steps that the SIGTERM lands mid-run on the tiny model.
@@ -21,19 +22,6 @@ const STEPS: u32 = 200;
 
 /// The weights file whose tensor the test rewrites.
 const WEIGHTS: &str = "transformer/diffusion_pytorch_model.safetensors";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// Rewrites the data of the largest f32 tensor of the safetensors file at `path` in place: every
 /// value halved and negated. Same header, same size, same shapes: only the weights differ.
@@ -86,15 +74,7 @@ async fn changed_weights_with_the_same_configs_do_not_resume_old_checkpoints() {
 
     // 1. SIGTERM once a periodic checkpoint is stored.
     let checkpoints = format!("{}/revision-1/checkpoint", setup.prefix);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while list_keys(&checkpoints).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within 120 s; logs:\n{}",
-            first.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_keys(&checkpoints, Duration::from_secs(120), || first.logs()).await;
     first.stop(Duration::from_secs(30));
     let left = list_keys(&checkpoints).await;
     assert_eq!(left.len(), 1, "one checkpoint left: {left:?}");

@@ -7,12 +7,12 @@
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); the stack: `make up`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
     completed, get_object, list_keys, starts, tiny_model_generate_mp4, tiny_model_request,
-    wait_events, WorkerSetup,
+    wait_events, wait_for_keys, WorkerSetup,
 };
 
 /// Enough steps that the SIGTERM lands mid-run on the tiny model.
@@ -38,15 +38,7 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
 
     // 1. SIGTERM once a periodic checkpoint is stored.
     let checkpoints = format!("{}/resume-1/checkpoint", setup.prefix);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while list_keys(&checkpoints).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within 120 s; logs:\n{}",
-            first.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_keys(&checkpoints, Duration::from_secs(120), || first.logs()).await;
     first.stop(Duration::from_secs(30));
     let left = list_keys(&checkpoints).await;
     assert_eq!(
