@@ -447,113 +447,119 @@ impl WorkerConfig {
     /// Checks what serde cannot: cross-field bounds, the drain deadline against the consumer's
     /// timeouts, and the SASL settings. The first problem found is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka
-            .validate_membership()
-            .and_then(|()| self.validate_drain_deadline())
-            .and_then(|()| self.kafka.validate_security())
-            .and_then(|()| self.validate_storage())
-            .and_then(|()| self.model.validate())
-            .and_then(|()| self.jobs.validate())
-            .and_then(|()| self.media.validate())
-            .and_then(|()| self.telemetry.validate())
-            .map_err(ConfigError::Invalid)
+        self.kafka.validate_membership()?;
+        self.validate_drain_deadline()?;
+        self.kafka.validate_security()?;
+        self.validate_storage()?;
+        self.model.validate()?;
+        self.jobs.validate()?;
+        self.media.validate()?;
+        self.telemetry.validate()
     }
 
     /// The drain deadline plus a checkpoint write must end before the group evicts a silent
     /// consumer.
-    fn validate_drain_deadline(&self) -> Result<(), String> {
+    fn validate_drain_deadline(&self) -> Result<(), ConfigError> {
         let shutdown = self.shutdown.drain_deadline_secs + self.checkpoint.max_write_secs;
         if self.shutdown.drain_deadline_secs == 0 {
-            return Err("shutdown.drain_deadline_secs must be at least 1".into());
+            return Err(ConfigError::Invalid(
+                "shutdown.drain_deadline_secs must be at least 1".into(),
+            ));
         }
         let max_poll_interval_ms = self.kafka.max_poll_interval_ms;
         if shutdown * 1000 >= u64::from(max_poll_interval_ms) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "shutdown.drain_deadline_secs + checkpoint.max_write_secs = {shutdown} s is not below kafka.max_poll_interval_ms ({max_poll_interval_ms} ms): a draining worker could be evicted from the group mid-drain — lower the deadline or raise max_poll_interval_ms"
-            ));
+            )));
         }
         Ok(())
     }
 
-    fn validate_storage(&self) -> Result<(), String> {
-        crate::storage::check_url(&self.storage.url)
-            .map_err(|reason| format!("storage.url {:?}: {reason}", self.storage.url))
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        crate::storage::check_url(&self.storage.url).map_err(|reason| {
+            ConfigError::Invalid(format!("storage.url {:?}: {reason}", self.storage.url))
+        })
     }
 }
 
 impl KafkaConfig {
     /// Brokers, the group, and the group's timeouts.
-    fn validate_membership(&self) -> Result<(), String> {
+    fn validate_membership(&self) -> Result<(), ConfigError> {
         if self.brokers.trim().is_empty() {
-            return Err(
+            return Err(ConfigError::Invalid(
                 "kafka.brokers is empty — set it to host:port[,host:port] (env T2V_KAFKA__BROKERS)"
                     .into(),
-            );
+            ));
         }
         if self.group_id.trim().is_empty() {
-            return Err(
+            return Err(ConfigError::Invalid(
                 "kafka.group_id is empty — every worker of a fleet needs the same group id".into(),
-            );
+            ));
         }
         if self.session_timeout_ms > self.max_poll_interval_ms {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "kafka.session_timeout_ms ({}) exceeds kafka.max_poll_interval_ms ({}) — librdkafka requires session <= max poll interval",
                 self.session_timeout_ms, self.max_poll_interval_ms
-            ));
+            )));
         }
         Ok(())
     }
 
     /// The security protocol, and the SASL settings it needs.
-    fn validate_security(&self) -> Result<(), String> {
+    fn validate_security(&self) -> Result<(), ConfigError> {
         let protocol = self.security_protocol.to_ascii_uppercase();
         if !matches!(
             protocol.as_str(),
             "" | "PLAINTEXT" | "SSL" | "SASL_PLAINTEXT" | "SASL_SSL"
         ) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "kafka.security_protocol {:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
                 self.security_protocol
-            ));
+            )));
         }
         if protocol.starts_with("SASL")
             && (self.sasl_mechanism.is_empty()
                 || self.sasl_username.is_empty()
                 || self.sasl_password.is_empty())
         {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "kafka.security_protocol is {protocol} but sasl_mechanism, T2V_KAFKA__SASL_USERNAME or T2V_KAFKA__SASL_PASSWORD is empty — set all three"
-            ));
+            )));
         }
         Ok(())
     }
 }
 
 impl ModelConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let budget = self.memory_budget_gib;
         if !(budget.is_finite() && budget >= 0.0) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "model.memory_budget_gib must be a number >= 0 (0 = the GPU's total memory), got {budget}"
-            ));
+            )));
         }
         Ok(())
     }
 }
 
 impl JobsConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.max_attempts == 0 {
-            return Err("jobs.max_attempts must be at least 1".into());
+            return Err(ConfigError::Invalid(
+                "jobs.max_attempts must be at least 1".into(),
+            ));
         }
         Ok(())
     }
 }
 
 impl MediaConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.crf > 51 {
-            return Err(format!("media.crf must be 0..=51, got {}", self.crf));
+            return Err(ConfigError::Invalid(format!(
+                "media.crf must be 0..=51, got {}",
+                self.crf
+            )));
         }
         Ok(())
     }
@@ -561,27 +567,27 @@ impl MediaConfig {
 
 impl TelemetryConfig {
     /// An http(s) endpoint (or none), a sampling ratio, and a service name.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(self.otlp_endpoint.is_empty()
             || self.otlp_endpoint.starts_with("http://")
             || self.otlp_endpoint.starts_with("https://"))
         {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "telemetry.otlp_endpoint {:?} is not an http(s) URL — use the collector's OTLP/HTTP base URL, e.g. http://otel-collector:4318, or leave it empty",
                 self.otlp_endpoint
-            ));
+            )));
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "telemetry.sample_ratio must be 0.0..=1.0 (the share of new traces sampled), got {}",
                 self.sample_ratio
-            ));
+            )));
         }
         if self.service_name.trim().is_empty() {
-            return Err(
+            return Err(ConfigError::Invalid(
                 "telemetry.service_name is empty — name the service the spans belong to, e.g. t2v-worker"
                     .into(),
-            );
+            ));
         }
         Ok(())
     }

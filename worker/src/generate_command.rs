@@ -21,9 +21,70 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
 use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
-use crate::generate::{JobSpec, ModelDefaults, StepInfo, VideoGenerator};
+use crate::generate::{GenerateError, JobSpec, ModelDefaults, StepInfo, VideoGenerator};
 use crate::gpu::{human, Gpu, PeakSampler};
-use crate::storage::Storage;
+use crate::media::MediaError;
+use crate::storage::{Storage, StorageError};
+
+/// Why `t2v-worker generate` failed; its Display is the one-line message for the user, naming
+/// the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateCommandError {
+    /// `--device / --dtype / --memory-policy` cannot be used here (e.g. `--device cuda` where
+    /// libtorch sees no CUDA device).
+    #[error(transparent)]
+    InvalidFlags(GenerateError),
+    /// The model directory did not load.
+    #[error(transparent)]
+    Load(GenerateError),
+    /// The generation failed.
+    #[error(transparent)]
+    Generate(GenerateError),
+    /// The loader or generator thread panicked or was cancelled.
+    #[error("the {thread} thread failed: {source}")]
+    Thread {
+        /// `loader` or `generator`.
+        thread: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A local file or directory of the outputs: `action` is `write`, `create`, `resolve` or
+    /// `read`.
+    #[error("cannot {action} {}: {source}", path.display())]
+    OutputIo {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The frames could not be read out of their tensor for `--save-frames`.
+    #[error("cannot write {}: {source}", path.display())]
+    FramesTensor {
+        path: PathBuf,
+        #[source]
+        source: tch::TchError,
+    },
+    /// The frames could not be converted for encoding.
+    #[error(transparent)]
+    Frames(GenerateError),
+    /// The MP4 or thumbnail could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] MediaError),
+    /// `--out` cannot be opened or written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl GenerateCommandError {
+    fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::OutputIo {
+            action,
+            path,
+            source,
+        }
+    }
+}
 
 /// The sampler flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,8 +153,8 @@ pub struct GenerateArgs {
     pub out: Option<String>,
 }
 
-/// Runs `generate`; `Err` is the one-line message for the user.
-pub async fn run(args: GenerateArgs) -> Result<(), String> {
+/// Runs `generate`; the `Err`'s Display is the one-line message for the user.
+pub async fn run(args: GenerateArgs) -> Result<(), GenerateCommandError> {
     let started = Instant::now();
     let (generator, device) = load(&args).await?;
     let load_time = started.elapsed();
@@ -117,17 +178,20 @@ pub async fn run(args: GenerateArgs) -> Result<(), String> {
 
 /// Step 1: loads the model directory with `--device / --dtype / --memory-policy` (and the
 /// preflight of `--memory-budget-gib`) on a blocking thread; returns the device it runs on.
-async fn load(args: &GenerateArgs) -> Result<(WanGenerator, Device), String> {
-    let options =
-        load_options(args.device, args.dtype, args.memory_policy).map_err(|e| e.to_string())?;
+async fn load(args: &GenerateArgs) -> Result<(WanGenerator, Device), GenerateCommandError> {
+    let options = load_options(args.device, args.dtype, args.memory_policy)
+        .map_err(GenerateCommandError::InvalidFlags)?;
     let (model, budget) = (args.model.clone(), args.memory_budget_gib);
     let generator = tokio::task::spawn_blocking(move || {
         WanGenerator::load(&model, "wan", options)
             .map(|g| g.with_memory_budget(budget))
-            .map_err(|e| e.to_string())
+            .map_err(GenerateCommandError::Load)
     })
     .await
-    .map_err(|e| format!("the loader thread failed: {e}"))??;
+    .map_err(|source| GenerateCommandError::Thread {
+        thread: "loader",
+        source,
+    })??;
     Ok((generator, options.device))
 }
 
@@ -164,7 +228,7 @@ async fn generate(
     mut generator: WanGenerator,
     job: JobSpec,
     device: Device,
-) -> Result<(GenerationOutput, GpuPeak), String> {
+) -> Result<(GenerationOutput, GpuPeak), GenerateCommandError> {
     let gpu = device.is_cuda().then(Gpu::shared).flatten();
     tokio::task::spawn_blocking(move || {
         let sampler = gpu.map(|g| (g, PeakSampler::start(g, Duration::from_millis(100))));
@@ -172,10 +236,15 @@ async fn generate(
         let result = generator.run(&job, None, &mut |step| progress.step(step));
         progress.finish();
         let peak = sampler.map(|(g, s)| (s.finish(g), g.memory().map_or(0, |m| m.total)));
-        result.map(|o| (o, peak)).map_err(|e| e.to_string())
+        result
+            .map(|o| (o, peak))
+            .map_err(GenerateCommandError::Generate)
     })
     .await
-    .map_err(|e| format!("the generator thread failed: {e}"))?
+    .map_err(|source| GenerateCommandError::Thread {
+        thread: "generator",
+        source,
+    })?
 }
 
 /// Step 3: the `.npy` frames (`--save-frames`) and the MP4 + thumbnail (`--out`); returns the
@@ -184,14 +253,14 @@ async fn write_outputs(
     args: &GenerateArgs,
     output: &GenerationOutput,
     fps: u32,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, GenerateCommandError> {
     if let Some(path) = &args.save_frames {
         write_npy(path, &output.frames)?;
     }
     let Some(out) = &args.out else {
         return Ok(Vec::new());
     };
-    let frames = to_rgb24(&output.frames).map_err(|e| e.to_string())?;
+    let frames = to_rgb24(&output.frames).map_err(GenerateCommandError::Frames)?;
     write_video(out, &frames, fps).await
 }
 
@@ -279,14 +348,17 @@ impl Progress {
 }
 
 /// Writes `frames` as a NumPy `.npy` v1.0 file of little-endian float32 with their shape.
-pub fn write_npy(path: &Path, frames: &Tensor) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+pub fn write_npy(path: &Path, frames: &Tensor) -> Result<(), GenerateCommandError> {
+    let tensor = |source| GenerateCommandError::FramesTensor {
+        path: path.to_path_buf(),
+        source,
+    };
     let shape = frames.size();
     let values = frames
         .f_to_kind(Kind::Float)
         .and_then(|t| t.f_contiguous())
-        .map_err(|e| fail(&e))?;
-    let values = Vec::<f32>::try_from(&values.flatten(0, -1)).map_err(|e| fail(&e))?;
+        .map_err(tensor)?;
+    let values = Vec::<f32>::try_from(&values.flatten(0, -1)).map_err(tensor)?;
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = match dims.len() {
         1 => format!("({},)", dims[0]),
@@ -304,8 +376,9 @@ pub fn write_npy(path: &Path, frames: &Tensor) -> Result<(), String> {
     for v in values {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    let mut file = std::fs::File::create(path).map_err(|e| fail(&e))?;
-    file.write_all(&bytes).map_err(|e| fail(&e))
+    let mut file = std::fs::File::create(path).map_err(GenerateCommandError::io("write", path))?;
+    file.write_all(&bytes)
+        .map_err(GenerateCommandError::io("write", path))
 }
 
 /// Encodes the MP4 and thumbnail and puts them under `out` (a directory or store URL);
@@ -314,30 +387,26 @@ async fn write_video(
     out: &str,
     frames: &crate::generate::Frames,
     fps: u32,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, GenerateCommandError> {
     let url = if out.contains("://") {
         out.to_string()
     } else {
-        std::fs::create_dir_all(out).map_err(|e| format!("cannot create {out}: {e}"))?;
-        let dir = std::fs::canonicalize(out).map_err(|e| format!("cannot resolve {out}: {e}"))?;
+        std::fs::create_dir_all(out).map_err(GenerateCommandError::io("create", out))?;
+        let dir = std::fs::canonicalize(out).map_err(GenerateCommandError::io("resolve", out))?;
         format!("file://{}", dir.display())
     };
-    let storage = Storage::from_url(&url, &JobsConfig::default()).map_err(|e| e.to_string())?;
-    let encoded = crate::media::encode(&MediaConfig::default(), frames, fps, "generate")
-        .await
-        .map_err(|e| e.to_string())?;
+    let storage = Storage::from_url(&url, &JobsConfig::default())?;
+    let encoded = crate::media::encode(&MediaConfig::default(), frames, fps, "generate").await?;
     let mut uris = Vec::new();
     for (file, name, content_type) in [
         (&encoded.video, "video.mp4", "video/mp4"),
         (&encoded.thumbnail, "thumbnail.jpg", "image/jpeg"),
     ] {
-        let bytes =
-            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let bytes = std::fs::read(file).map_err(GenerateCommandError::io("read", file))?;
         let key = storage.path(name);
         storage
             .put(&key, Bytes::from(bytes), content_type, false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         uris.push(storage.uri(&key));
     }
     Ok(uris)
@@ -346,6 +415,29 @@ async fn write_video(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_errors_are_one_line_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("x.npy");
+        let err = write_npy(&path, &Tensor::from_slice(&[0.5f32])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GenerateCommandError::OutputIo {
+                    action: "write",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot write {}: ", path.display())),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+    }
 
     #[test]
     fn npy_header_is_aligned_and_data_little_endian() {

@@ -47,12 +47,22 @@ impl CudaVersion {
     }
 }
 
+/// A string that is not a CUDA version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a CUDA version")]
+pub struct CudaVersionError {
+    /// The string as given.
+    pub text: String,
+}
+
 impl FromStr for CudaVersion {
-    type Err = String;
+    type Err = CudaVersionError;
 
     /// `"13.0"`, `"12.8.1"` or a wheel tag `"cu130"` / `"cu128"`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a CUDA version");
+    fn from_str(s: &str) -> Result<Self, CudaVersionError> {
+        let bad = || CudaVersionError {
+            text: s.to_string(),
+        };
         if let Some(digits) = s.strip_prefix("cu") {
             let n: u32 = digits.parse().map_err(|_| bad())?;
             return Ok(Self {
@@ -137,6 +147,16 @@ pub enum GpuError {
     NoDriver(String),
     #[error("NVML: {0}")]
     Nvml(String),
+}
+
+impl GpuError {
+    /// NVML's own message, without the fix: for callers that say the cause and the fix in their
+    /// own words.
+    pub fn nvml_message(&self) -> &str {
+        match self {
+            Self::NoDriver(m) | Self::Nvml(m) => m,
+        }
+    }
 }
 
 impl Gpu {
@@ -275,7 +295,10 @@ mod tests {
         );
         assert_eq!(CudaVersion::from_driver_int(13000), v13);
         assert_eq!(CudaVersion::from_driver_int(12040).to_string(), "12.4");
-        assert!("13".parse::<CudaVersion>().is_err());
+        assert_eq!(
+            "13".parse::<CudaVersion>().unwrap_err().to_string(),
+            "\"13\" is not a CUDA version"
+        );
         assert!(CudaVersion::from_driver_int(12090) < v13);
     }
 

@@ -72,7 +72,7 @@ fn object_store_retry() -> RetryConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage.url {url:?} is not usable: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl { url: String, reason: BadUrlReason },
     /// A create-only write found the object already there.
     #[error("{0} already exists")]
     AlreadyExists(String),
@@ -83,6 +83,52 @@ pub enum StorageError {
         location: String,
         #[source]
         source: object_store::Error,
+    },
+}
+
+/// What is wrong with the form of a `storage.url`, found without the network or the
+/// environment ([`check_url`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("no scheme — use {urls}", urls = SUPPORTED_URLS)]
+    NoScheme,
+    /// A `file://` URL whose path is relative.
+    #[error("{path:?} is not an absolute path — use file:///absolute/dir")]
+    RelativePath { path: String },
+    #[error("unsupported scheme {scheme}:// — use {urls}", urls = SUPPORTED_URLS)]
+    UnsupportedScheme { scheme: String },
+    #[error("no bucket or container name — use {urls}", urls = SUPPORTED_URLS)]
+    NoBucket,
+}
+
+/// Why the store of a `storage.url` cannot be opened ([`StorageError::BadUrl`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BadUrlReason {
+    /// The URL's form.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A `file://` directory that cannot be created.
+    #[error("cannot create {dir}: {source}")]
+    CreateDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// object_store refused the local directory.
+    #[error(transparent)]
+    Local(object_store::Error),
+    /// A setting that is not one of the backend's config keys.
+    #[error("{name} is not a setting of this object store — use {env_prefix}_* names as object_store reads them")]
+    UnknownSetting {
+        name: String,
+        env_prefix: &'static str,
+    },
+    /// The cloud client could not be built; `hint` says where its settings come from.
+    #[error("{source} — {hint}")]
+    Build {
+        #[source]
+        source: object_store::Error,
+        hint: &'static str,
     },
 }
 
@@ -111,8 +157,11 @@ impl Cloud {
         scheme: &str,
         bucket: &str,
         settings: &[(&str, &str)],
-    ) -> Result<Arc<dyn ObjectStore>, String> {
-        let built = |e: object_store::Error| format!("{e} — {}", self.env_hint());
+    ) -> Result<Arc<dyn ObjectStore>, BadUrlReason> {
+        let built = |source| BadUrlReason::Build {
+            source,
+            hint: self.env_hint(),
+        };
         Ok(match self {
             Self::S3 => {
                 let mut builder = AmazonS3Builder::from_env()
@@ -162,9 +211,9 @@ enum Location<'a> {
 
 /// Splits a `storage.url` into backend, bucket (or container) and prefix, or says in one line
 /// what is wrong with it.
-fn parse_url(url: &str) -> Result<Location<'_>, String> {
+fn parse_url(url: &str) -> Result<Location<'_>, UrlError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!("no scheme — use {SUPPORTED_URLS}"));
+        return Err(UrlError::NoScheme);
     };
     let cloud = match scheme {
         "s3" => Cloud::S3,
@@ -172,21 +221,19 @@ fn parse_url(url: &str) -> Result<Location<'_>, String> {
         "az" | "azure" | "abfs" | "abfss" => Cloud::Azure,
         "file" if rest.starts_with('/') => return Ok(Location::Local { dir: rest }),
         "file" => {
-            return Err(format!(
-                "{rest:?} is not an absolute path — use file:///absolute/dir"
-            ))
+            return Err(UrlError::RelativePath {
+                path: rest.to_string(),
+            })
         }
         _ => {
-            return Err(format!(
-                "unsupported scheme {scheme}:// — use {SUPPORTED_URLS}"
-            ))
+            return Err(UrlError::UnsupportedScheme {
+                scheme: scheme.to_string(),
+            })
         }
     };
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(format!(
-            "no bucket or container name — use {SUPPORTED_URLS}"
-        ));
+        return Err(UrlError::NoBucket);
     }
     Ok(Location::Cloud {
         cloud,
@@ -198,7 +245,7 @@ fn parse_url(url: &str) -> Result<Location<'_>, String> {
 
 /// Checks the form of a `storage.url` without touching the network or the environment
 /// (config validation at start); [`Storage::from_url`] checks the rest.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), UrlError> {
     parse_url(url).map(|_| ())
 }
 
@@ -207,9 +254,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// `settings`, each parsed as the backend's config key the way object_store parses the
 /// environment (`AWS_ENDPOINT_URL` → `aws_endpoint_url`).
 fn builder_settings<K: FromStr>(
-    env_prefix: &str,
+    env_prefix: &'static str,
     settings: &[(&str, &str)],
-) -> Result<Vec<(K, String)>, String> {
+) -> Result<Vec<(K, String)>, BadUrlReason> {
     let mut named: Vec<(String, String)> = Vec::new();
     for (suffix, value) in [
         ("CONNECT_TIMEOUT", CONNECT_TIMEOUT),
@@ -223,12 +270,12 @@ fn builder_settings<K: FromStr>(
     named.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     named
         .into_iter()
-        .map(|(name, value)| match name.to_ascii_lowercase().parse::<K>() {
-            Ok(key) => Ok((key, value)),
-            Err(_) => Err(format!(
-                "{name} is not a setting of this object store — use {env_prefix}_* names as object_store reads them"
-            )),
-        })
+        .map(
+            |(name, value)| match name.to_ascii_lowercase().parse::<K>() {
+                Ok(key) => Ok((key, value)),
+                Err(_) => Err(BadUrlReason::UnknownSetting { name, env_prefix }),
+            },
+        )
         .collect()
 }
 
@@ -278,18 +325,22 @@ impl Storage {
         jobs: &JobsConfig,
         settings: &[(&str, &str)],
     ) -> Result<Self, StorageError> {
-        let bad = |reason: String| StorageError::BadUrl {
+        let bad = |reason: BadUrlReason| StorageError::BadUrl {
             url: url.to_string(),
             reason,
         };
         // The clouds keep content types; the local filesystem cannot.
         let (store, prefix, base_uri, content_types): (Arc<dyn ObjectStore>, &str, String, bool) =
-            match parse_url(url).map_err(bad)? {
+            match parse_url(url).map_err(|e| bad(e.into()))? {
                 Location::Local { dir } => {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| bad(format!("cannot create {dir}: {e}")))?;
+                    std::fs::create_dir_all(dir).map_err(|source| {
+                        bad(BadUrlReason::CreateDir {
+                            dir: dir.to_string(),
+                            source,
+                        })
+                    })?;
                     let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                        .map_err(|e| bad(e.to_string()))?;
+                        .map_err(|e| bad(BadUrlReason::Local(e)))?;
                     (
                         Arc::new(store),
                         "",
@@ -513,9 +564,14 @@ mod tests {
             assert!(message.contains("file:///absolute/dir"), "{url}: {message}");
             assert!(check_url(url).is_err(), "{url}");
         }
+        assert_eq!(
+            check_url("file://relative/dir").unwrap_err().to_string(),
+            "\"relative/dir\" is not an absolute path — use file:///absolute/dir"
+        );
+        assert_eq!(check_url("s3://"), Err(UrlError::NoBucket));
         assert!(StorageError::BadUrl {
             url: String::new(),
-            reason: check_url("ftp://b").unwrap_err()
+            reason: check_url("ftp://b").unwrap_err().into()
         }
         .to_string()
         .contains("s3://bucket/prefix, gs://bucket/prefix, az://container/prefix"));

@@ -17,7 +17,7 @@ use super::{finding, warning, Finding};
 use crate::config::{Backend, DeviceChoice, WorkerConfig};
 use crate::generate::preflight::{fit_hint, MemoryLimit};
 use crate::generate::wan::{memory_policy, resolve_dtype};
-use crate::gpu::{human, CudaVersion, Gpu, GpuMemory, TorchCuda};
+use crate::gpu::{human, CudaVersion, Gpu, GpuError, GpuMemory, TorchCuda};
 use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
 
 /// What the driver says about the GPU.
@@ -38,23 +38,20 @@ pub struct CudaFacts {
     pub torch_cuda: TorchCuda,
     /// `libtorch_cuda.so` is mapped into the process.
     pub libtorch_cuda_loaded: bool,
-    /// NVML's answer, or why there is none.
-    pub driver: Result<DriverFacts, String>,
+    /// NVML's answer, or why there is none (the findings quote [`GpuError::nvml_message`] and
+    /// say the fix in their own words).
+    pub driver: Result<DriverFacts, GpuError>,
 }
 
 impl CudaFacts {
     /// Reads the facts of this process and host.
     pub fn gather() -> Self {
-        // The bare NVML error: the findings say the cause and the fix in their own words.
-        let bare = |e: crate::gpu::GpuError| match e {
-            crate::gpu::GpuError::NoDriver(m) | crate::gpu::GpuError::Nvml(m) => m,
-        };
-        let driver = Gpu::open().map_err(bare).and_then(|gpu| {
+        let driver = Gpu::open().and_then(|gpu| {
             Ok(DriverFacts {
-                gpu_name: gpu.name().map_err(bare)?,
-                version: gpu.driver_version().map_err(bare)?,
-                cuda: gpu.driver_cuda().map_err(bare)?,
-                memory: gpu.memory().map_err(bare)?,
+                gpu_name: gpu.name()?,
+                version: gpu.driver_version()?,
+                cuda: gpu.driver_cuda()?,
+                memory: gpu.memory()?,
             })
         });
         Self {
@@ -128,7 +125,7 @@ fn cuda_device_seen(facts: &CudaFacts) -> Finding {
         Err(e) => {
             return warning(
                 "gpu",
-                format!("libtorch sees a CUDA device but NVML does not answer ({e}): no GPU memory checks or metrics — mount the driver's libnvidia-ml.so.1 (NVIDIA container toolkit)"),
+                format!("libtorch sees a CUDA device but NVML does not answer ({}): no GPU memory checks or metrics — mount the driver's libnvidia-ml.so.1 (NVIDIA container toolkit)", e.nvml_message()),
             )
         }
     };
@@ -153,7 +150,8 @@ fn cuda_device_seen(facts: &CudaFacts) -> Finding {
 fn no_cuda_cause(facts: &CudaFacts) -> String {
     match (&facts.driver, facts.torch_cuda, facts.libtorch_cuda_loaded) {
         (Err(e), _, _) => format!(
-            "there is no NVIDIA driver here ({e}) — run on a GPU node with the NVIDIA driver and container toolkit, with an nvidia.com/gpu limit on the pod"
+            "there is no NVIDIA driver here ({}) — run on a GPU node with the NVIDIA driver and container toolkit, with an nvidia.com/gpu limit on the pod",
+            e.nvml_message()
         ),
         (Ok(d), TorchCuda::CpuOnly, _) => format!(
             "the driver shows {} but this t2v-worker was built against a CPU-only libtorch — install torch 2.11.0 with CUDA (cu130) and rebuild with LIBTORCH_USE_PYTORCH=1",
@@ -372,7 +370,7 @@ mod tests {
         minor: 0,
     };
 
-    fn driver(cuda: CudaVersion) -> Result<DriverFacts, String> {
+    fn driver(cuda: CudaVersion) -> Result<DriverFacts, GpuError> {
         Ok(DriverFacts {
             gpu_name: "NVIDIA H100 80GB HBM3".into(),
             version: "580.82.07".into(),
@@ -388,7 +386,7 @@ mod tests {
         sees: bool,
         torch: TorchCuda,
         loaded: bool,
-        drv: Result<DriverFacts, String>,
+        drv: Result<DriverFacts, GpuError>,
     ) -> CudaFacts {
         CudaFacts {
             torch_sees_cuda: sees,
@@ -410,7 +408,9 @@ mod tests {
             false,
             TorchCuda::Cuda(V13),
             false,
-            Err("libnvidia-ml.so.1: cannot open shared object file".into()),
+            Err(GpuError::NoDriver(
+                "libnvidia-ml.so.1: cannot open shared object file".into(),
+            )),
         );
         let found = cuda_findings(DeviceChoice::Cuda, &no_driver);
         let m = one_failure(&found);
@@ -493,6 +493,24 @@ mod tests {
             "{found:?}"
         );
         assert!(!found[1].warning && found[1].message.contains("NVIDIA H100 80GB HBM3, 80.00 GiB of memory, driver 580.82.07 (CUDA 13.0), libtorch built for CUDA 13.2"), "{found:?}");
+    }
+
+    #[test]
+    fn a_device_without_nvml_is_a_warning_quoting_nvml() {
+        let found = cuda_findings(
+            DeviceChoice::Cuda,
+            &facts(
+                true,
+                TorchCuda::Cuda(V13),
+                true,
+                Err(GpuError::Nvml("Insufficient Permissions".into())),
+            ),
+        );
+        assert!(
+            found.len() == 1 && found[0].ok && found[0].warning,
+            "{found:?}"
+        );
+        assert!(found[0].message.starts_with("libtorch sees a CUDA device but NVML does not answer (Insufficient Permissions): no GPU memory checks"), "{found:?}");
     }
 
     #[test]

@@ -137,8 +137,8 @@ pub async fn handle(
         let started = Instant::now();
         let req = match decode(&record) {
             Ok(req) => req,
-            Err((code, reason)) => {
-                return unreadable(ctx, &record, &key_id, &trace, code, &reason).await
+            Err(why) => {
+                return unreadable(ctx, &record, &key_id, &trace, why.code, &why.reason).await
             }
         };
         crate::trace::record_request(req.attempt, &req.model);
@@ -189,22 +189,28 @@ pub async fn handle(
     .await
 }
 
-/// The request in `record`, or the failure code and reason of a record that is none: no value,
-/// more than [`validate::MAX_REQUEST_BYTES`] (not even decoded), or not a `GenerationRequest`.
-fn decode(record: &SourceRecord) -> Result<GenerationRequest, (ErrorCode, String)> {
-    let undecodable = |why: String| {
-        let reason = format!("ERROR_CODE_UNDECODABLE: not a t2v.v1.GenerationRequest ({why})");
-        (ErrorCode::Undecodable, reason)
+/// A record that holds no request the worker can read.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+struct Unreadable {
+    code: ErrorCode,
+    reason: String,
+}
+
+/// The request in `record`, or why there is none: no value, more than
+/// [`validate::MAX_REQUEST_BYTES`] (not even decoded), or not a `GenerationRequest`.
+fn decode(record: &SourceRecord) -> Result<GenerationRequest, Unreadable> {
+    let undecodable = |why: String| Unreadable {
+        code: ErrorCode::Undecodable,
+        reason: format!("ERROR_CODE_UNDECODABLE: not a t2v.v1.GenerationRequest ({why})"),
     };
     let payload = record
         .payload
         .as_deref()
         .ok_or_else(|| undecodable("the record has no value".into()))?;
-    validate::request_size(payload.len()).map_err(|e| {
-        (
-            ErrorCode::InvalidArgument,
-            format!("ERROR_CODE_INVALID_ARGUMENT: {e}"),
-        )
+    validate::request_size(payload.len()).map_err(|e| Unreadable {
+        code: ErrorCode::InvalidArgument,
+        reason: format!("ERROR_CODE_INVALID_ARGUMENT: {e}"),
     })?;
     GenerationRequest::decode(payload).map_err(|e| undecodable(e.to_string()))
 }

@@ -123,27 +123,34 @@ impl CancelRegistry {
 
 /// The end offset of each partition of `topic` (0 for an empty one): what "caught up" means.
 /// An error or a topic without partitions is `Err`, retried by the caller.
-fn end_offsets(probe: &BaseConsumer, topic: &str) -> Result<HashMap<i32, i64>, String> {
+fn end_offsets(probe: &BaseConsumer, topic: &str) -> Result<HashMap<i32, i64>, EndOffsetsError> {
     let timeout = Timeout::After(Duration::from_secs(10));
-    let metadata = probe
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
+    let metadata = probe.fetch_metadata(Some(topic), timeout)?;
     let mut ends = HashMap::new();
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
         if let Some(e) = t.error() {
-            return Err(format!("{e:?}"));
+            return Err(EndOffsetsError::Topic(format!("{e:?}")));
         }
         for p in t.partitions() {
-            let (low, high) = probe
-                .fetch_watermarks(topic, p.id(), timeout)
-                .map_err(|e| e.to_string())?;
+            let (low, high) = probe.fetch_watermarks(topic, p.id(), timeout)?;
             ends.insert(p.id(), if high > low { high } else { 0 });
         }
     }
     if ends.is_empty() {
-        return Err("the topic has no partitions (missing?)".into());
+        return Err(EndOffsetsError::NoPartitions);
     }
     Ok(ends)
+}
+
+/// Why the control topic's end offsets cannot be read (yet).
+#[derive(Debug, thiserror::Error)]
+enum EndOffsetsError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("the brokers report {0} for the topic")]
+    Topic(String),
+    #[error("the topic has no partitions (missing?)")]
+    NoPartitions,
 }
 
 /// Reads the end offsets, retrying with backoff (1 s doubling to 30 s) until they come or
@@ -159,7 +166,7 @@ async fn wait_end_offsets(
         match tokio::task::spawn_blocking(move || end_offsets(&probe, &t)).await {
             Ok(Ok(ends)) => return Some(ends),
             Ok(Err(e)) => {
-                tracing::warn!(topic, error = e, retry_in = ?delay, "cannot read the control topic yet; cancels wait until it can be read")
+                tracing::warn!(topic, error = %e, retry_in = ?delay, "cannot read the control topic yet; cancels wait until it can be read")
             }
             Err(e) => tracing::warn!(topic, error = %e, "the control-topic probe failed"),
         }
