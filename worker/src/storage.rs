@@ -1,14 +1,15 @@
-//! Outputs in object storage through `object_store`: deterministic keys under
-//! `<prefix>/<job_id>/`, content types on every object, create-only writes for the commit point
-//! (the manifest) and the attempt markers, SHA-256 of what was written, and transient errors
-//! retried in place with exponential backoff and jitter (`backon`).
+//! Outputs in object storage through `object_store`: keys under `<prefix>/<job_id>/` (the layout
+//! inside — manifest, runs, attempts, checkpoints — is the job's, see `crate::job::manifest`),
+//! content types on every object, create-only writes for the commit point (the manifest) and the
+//! attempt markers, and transient errors retried in place with exponential backoff and jitter
+//! (`backon`, the policy of `crate::retry`).
 //!
 //! Backends, by `storage.url` scheme: `s3://` (AWS S3 and S3-compatible servers), `gs://`
 //! (Google Cloud Storage), `az://` / `azure://` / `abfs://` / `abfss://` (Azure Blob Storage) and
 //! `file://` (the local filesystem). Endpoints and credentials come from the environment, read
 //! the way object_store reads it (`AWS_*`, `GOOGLE_*`, `AZURE_*`). The URIs in events keep the
 //! scheme and bucket/container the operator wrote in `storage.url`, followed by the object's key
-//! (`gs://bucket/outputs/<job>/video.mp4`, `az://container/outputs/<job>/video.mp4`), so they
+//! (`gs://bucket/outputs/<job>/runs/0.0000/video.mp4`, `az://container/outputs/<job>/…`), so they
 //! read the same way as the configuration and as the URLs of the clouds' own tools.
 //!
 //! Create-only writes (`PutMode::Create`) are conditional requests on every cloud backend, so
