@@ -16,6 +16,8 @@
 //! # Layout
 //! - [`submitter`]: `Submitter` — validate, assign ULID job ids, produce idempotently (acks=all), cancel;
 //!   [`submitter::batch_job_id`], the stable id of a batch file's line.
+//! - [`placement`]: which partition a request goes to — the consumer-group member with the
+//!   shortest backlog ([`Placement::Backlog`], the default), or the job id's hash.
 //! - [`error`]: `SubmitError`, and which Kafka failures are transient ([`Retry`]).
 //! - [`headers`]: t2v-contract's record headers as rdkafka headers.
 //! - [`watch`]: follow a job's events to its terminal one.
@@ -30,12 +32,14 @@
 pub mod error;
 pub mod headers;
 pub mod json;
+pub mod placement;
 pub mod properties;
 pub mod submitter;
 pub mod topics;
 pub mod watch;
 
 pub use error::{Retry, SubmitError};
+pub use placement::Placement;
 pub use submitter::{Submitted, Submitter, SubmitterConfig};
 pub use t2v_contract::{InvalidRequest, TraceContext};
 pub use watch::{JobWatch, StartAt, Terminal};

@@ -336,20 +336,9 @@ fn key_value(item: &str) -> Option<(String, String)> {
 fn kafka_properties(args: &KafkaArgs) -> Result<BTreeMap<String, String>, Failure> {
     let mut kafka = BTreeMap::new();
     if let Some(path) = &args.kafka_properties_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            fail(
-                2,
-                format!(
-                    "cannot read --kafka-properties-file {}: {e}",
-                    path.display()
-                ),
-            )
-        })?;
-        let props = properties::parse_file(&text)
-            .map_err(|e| fail(2, format!("{}:{}: {}", path.display(), e.line, e.reason)))?;
-        kafka.extend(props);
+        kafka.extend(properties::read_file(path).map_err(|e| fail(2, e.to_string()))?);
     }
-    kafka.extend(properties::from_env(std::env::vars()).map_err(|e| fail(2, e))?);
+    kafka.extend(properties::from_env(std::env::vars()).map_err(|e| fail(2, e.to_string()))?);
     for prop in &args.kafka_properties {
         let (key, value) = key_value(prop).ok_or_else(|| {
             fail(
@@ -373,6 +362,7 @@ fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
         connect_timeout: timeout,
         delivery_timeout: timeout.max(Duration::from_secs(10)),
         kafka,
+        ..Default::default()
     })
 }
 

@@ -6,6 +6,7 @@
 //! `--kafka-property` flags.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use rdkafka::error::KafkaError;
 
@@ -23,6 +24,41 @@ pub struct BadLine {
     /// 1-based line number.
     pub line: usize,
     pub reason: &'static str,
+}
+
+/// Why the extra librdkafka properties cannot be read. The messages name the file and line or
+/// the variable, never a value, which may be a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum PropertiesError {
+    /// The properties file cannot be read.
+    #[error("cannot read --kafka-properties-file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of the properties file is not `KEY=VALUE`.
+    #[error("{}:{}: {}", path.display(), bad.line, bad.reason)]
+    BadLine {
+        path: PathBuf,
+        #[source]
+        bad: BadLine,
+    },
+    /// A `T2V_KAFKA_PROPERTY_*` variable whose name is no librdkafka key.
+    #[error("environment variable {name} names no librdkafka property: use {prefix}<KEY> with each '.' of the key written as '__'", prefix = ENV_PREFIX)]
+    EnvName { name: String },
+}
+
+/// Reads and parses the properties file at `path` (see [`parse_file`]).
+pub fn read_file(path: &Path) -> Result<Vec<(String, String)>, PropertiesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PropertiesError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(&text).map_err(|bad| PropertiesError::BadLine {
+        path: path.to_path_buf(),
+        bad,
+    })
 }
 
 /// Parses librdkafka `KEY=VALUE` lines: blank lines and lines starting with `#` are skipped,
@@ -62,15 +98,13 @@ pub fn env_key(name: &str) -> Option<String> {
 /// The properties the environment `vars` set (see [`env_key`]), sorted by key.
 pub fn from_env(
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, PropertiesError> {
     let mut out = BTreeMap::new();
     for (name, value) in vars {
         match env_key(&name) {
             None => {}
             Some(key) if key.is_empty() || key.starts_with('.') || key.ends_with('.') => {
-                return Err(format!(
-                    "environment variable {name} names no librdkafka property: use {ENV_PREFIX}<KEY> with each '.' of the key written as '__'"
-                ));
+                return Err(PropertiesError::EnvName { name });
             }
             Some(key) => {
                 out.insert(key, value);
@@ -133,6 +167,35 @@ mod tests {
     }
 
     #[test]
+    fn file_errors_name_the_file_and_line_never_the_value() {
+        let dir = std::env::temp_dir().join(format!("t2v-properties-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kafka.properties");
+        std::fs::write(&path, "a=1\nsasl.password hunter2\n").unwrap();
+        let message = read_file(&path).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!("{}:2: expected KEY=VALUE", path.display()),
+            "{message}"
+        );
+        std::fs::write(&path, "client.id = me\n").unwrap();
+        assert_eq!(
+            read_file(&path).unwrap(),
+            [("client.id".to_string(), "me".to_string())]
+        );
+        let missing = dir.join("missing.properties");
+        let message = read_file(&missing).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "cannot read --kafka-properties-file {}: ",
+                missing.display()
+            )),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn env_names_map_to_dotted_keys() {
         assert_eq!(
             env_key("T2V_KAFKA_PROPERTY_SASL__PASSWORD").as_deref(),
@@ -154,7 +217,12 @@ mod tests {
             from_env(vars).unwrap(),
             [("client.id".to_string(), "me".to_string())].into()
         );
-        assert!(from_env([("T2V_KAFKA_PROPERTY_".to_string(), "x".to_string())]).is_err());
+        assert_eq!(
+            from_env([("T2V_KAFKA_PROPERTY_".to_string(), "x".to_string())])
+                .unwrap_err()
+                .to_string(),
+            "environment variable T2V_KAFKA_PROPERTY_ names no librdkafka property: use T2V_KAFKA_PROPERTY_<KEY> with each '.' of the key written as '__'"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use t2v_contract::{now_unix_ms, validate, InvalidRequest, TraceContext};
 
 pub use crate::error::SubmitError;
 use crate::headers::record_headers;
+use crate::placement::{Placement, Placer};
 use crate::properties;
 use crate::watch::JobWatch;
 
@@ -36,6 +37,10 @@ pub struct SubmitterConfig {
     pub delivery_timeout: Duration,
     /// Extra librdkafka properties (SASL, TLS, …), applied last.
     pub kafka: BTreeMap<String, String>,
+    /// The fleet's consumer group (the workers' `kafka.group_id`), read by [`Placement::Backlog`].
+    pub group_id: String,
+    /// How requests are spread over the requests topic's partitions (see [`crate::placement`]).
+    pub placement: Placement,
 }
 
 impl Default for SubmitterConfig {
@@ -48,6 +53,8 @@ impl Default for SubmitterConfig {
             connect_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
             kafka: BTreeMap::new(),
+            group_id: "t2v-workers".into(),
+            placement: Placement::default(),
         }
     }
 }
@@ -74,6 +81,8 @@ impl std::fmt::Debug for SubmitterConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("delivery_timeout", &self.delivery_timeout)
             .field("kafka", &kafka)
+            .field("group_id", &self.group_id)
+            .field("placement", &self.placement)
             .finish()
     }
 }
@@ -120,6 +129,8 @@ struct Outgoing<'a> {
     job_id: &'a str,
     schema: &'a str,
     payload: Vec<u8>,
+    /// `None`: the partition the key hashes to.
+    partition: Option<i32>,
 }
 
 /// Validates and publishes generation requests. Cheap to share (`&self` everywhere).
@@ -131,7 +142,16 @@ struct Outgoing<'a> {
 pub struct Submitter {
     cfg: SubmitterConfig,
     producer: FutureProducer,
+    placer: Placer,
+    /// Job ids this Submitter assigned and has not sent yet: only those are placed by backlog.
+    /// An id the caller chose may be sent again (a retry, a rerun); hashing keeps every copy on
+    /// one partition, so two copies never run side by side on two workers.
+    fresh_ids: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// At most this many assigned-but-unsent ids are remembered (a caller that prepares and never
+/// sends must not grow the set without bound); past it the set starts afresh.
+const MAX_FRESH_IDS: usize = 100_000;
 
 impl Submitter {
     /// Creates the idempotent producer. Does not contact the brokers; see [`Submitter::check_brokers`].
@@ -151,11 +171,29 @@ impl Submitter {
             ])
             .create()
             .map_err(properties::redact_error)?;
-        Ok(Self { cfg, producer })
+        let placer = Placer::new(&cfg);
+        Ok(Self {
+            cfg,
+            producer,
+            placer,
+            fresh_ids: Default::default(),
+        })
+    }
+
+    fn fresh_ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.fresh_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn config(&self) -> &SubmitterConfig {
         &self.cfg
+    }
+
+    /// Requests hashed by job id because [`Placement::Backlog`] had no usable view of the group
+    /// (no member, group unreadable); see [`crate::placement`].
+    pub fn placement_fallbacks(&self) -> u64 {
+        self.placer.fallbacks()
     }
 
     /// Fails within `connect_timeout` when no broker answers, or when the requests topic is missing.
@@ -195,6 +233,11 @@ impl Submitter {
         validate::request(&req)?;
         if req.job_id.is_empty() {
             req.job_id = ulid::Ulid::generate().to_string();
+            let mut fresh = self.fresh_ids();
+            if fresh.len() >= MAX_FRESH_IDS {
+                fresh.clear();
+            }
+            fresh.insert(req.job_id.clone());
         }
         if req.submitted_at_unix_ms == 0 {
             req.submitted_at_unix_ms = now_unix_ms();
@@ -214,6 +257,9 @@ impl Submitter {
             .key(out.job_id.as_bytes())
             .payload(&out.payload)
             .headers(record_headers(out.schema, trace));
+        if let Some(partition) = out.partition {
+            record = record.partition(partition);
+        }
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
@@ -231,17 +277,25 @@ impl Submitter {
         }
     }
 
-    /// Enqueues one prepared request (see [`Submitter::enqueue`]).
-    fn enqueue_request(
+    /// Enqueues one prepared request (see [`Submitter::enqueue`]) on the partition that
+    /// [`SubmitterConfig::placement`] picks; still keyed by its job id.
+    async fn enqueue_request(
         &self,
         req: &GenerationRequest,
         trace: &TraceContext,
     ) -> Result<DeliveryFuture, SubmitError> {
+        let fresh = self.fresh_ids().remove(&req.job_id);
+        let partition = if fresh {
+            self.placer.partition(&req.job_id).await
+        } else {
+            None
+        };
         let out = Outgoing {
             topic: &self.cfg.requests_topic,
             job_id: &req.job_id,
             schema: schema::GENERATION_REQUEST,
             payload: req.encode_to_vec(),
+            partition,
         };
         self.enqueue(&out, trace)
     }
@@ -278,7 +332,7 @@ impl Submitter {
         trace: TraceContext,
     ) -> Result<Submitted, SubmitError> {
         let req = self.prepare(req)?;
-        let delivery = self.enqueue_request(&req, &trace)?;
+        let delivery = self.enqueue_request(&req, &trace).await?;
         Self::acknowledged(req.job_id, trace, delivery).await
     }
 
@@ -295,7 +349,7 @@ impl Submitter {
         let mut pending = Vec::with_capacity(prepared.len());
         for req in prepared {
             let trace = TraceContext::new_root();
-            let delivery = self.enqueue_request(&req, &trace)?;
+            let delivery = self.enqueue_request(&req, &trace).await?;
             pending.push(Self::acknowledged(req.job_id, trace, delivery));
         }
         try_join_all(pending).await
@@ -317,7 +371,7 @@ impl Submitter {
         for req in prepared {
             let trace = TraceContext::new_root();
             let job_id = req.job_id.clone();
-            let outcome = match self.enqueue_request(&req, &trace) {
+            let outcome = match self.enqueue_request(&req, &trace).await {
                 Ok(delivery) => {
                     futures::future::Either::Left(Self::acknowledged(req.job_id, trace, delivery))
                 }
@@ -343,6 +397,7 @@ impl Submitter {
             job_id,
             schema: schema::CONTROL_COMMAND,
             payload: command.encode_to_vec(),
+            partition: None,
         };
         let trace = TraceContext::new_root();
         let delivery = self.enqueue(&out, &trace)?;
@@ -377,6 +432,28 @@ pub fn batch_job_id(line_number: usize, line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ids_the_submitter_assigns_are_placed_by_backlog() {
+        let submitter = Submitter::new(SubmitterConfig::default()).unwrap();
+        let request = GenerationRequest {
+            model: "m".into(),
+            prompt: "p".into(),
+            ..Default::default()
+        };
+        let assigned = submitter.prepare(request.clone()).unwrap();
+        assert!(submitter.fresh_ids().contains(&assigned.job_id));
+        let chosen = submitter
+            .prepare(GenerationRequest {
+                job_id: "callers-own".into(),
+                ..request
+            })
+            .unwrap();
+        assert!(
+            !submitter.fresh_ids().contains(&chosen.job_id),
+            "a caller's id may come again: hashed"
+        );
+    }
 
     #[test]
     fn batch_job_ids_are_stable_valid_and_depend_on_line_and_text() {
