@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-worker bench-gpu chaos checkpoint-write schemas gpu-check
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-worker bench-gpu chaos soak checkpoint-write sim schemas gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -46,11 +46,17 @@ chart-test: deps ## helm lint/template and tests over the rendered manifests
 bench: up ## producer throughput against the local broker
 	@$(ENV) set -a; source .stack/env; set +a; cargo run -q -p t2v-producer --example submit_throughput
 
+sim: ## placement simulation (no Kafka): queue wait under hash vs shortest-backlog placement vs one shared queue, W=4/8/32 at 50/80/90 % load
+	@$(ENV) cargo run -q -p t2v-producer --example sim
+
 bench-worker: up ## worker overhead per job outside the pipeline (release build, synthetic backend, 81 frames at 832x480)
 	@$(ENV) cargo build -q --release -p t2v-worker && cargo run -q --release -p t2v-tests --example worker_overhead
 
 chaos: up ## fault-injection suite: 20 jobs, 3 workers, 10 faults (worker SIGKILL/SIGTERM, Kafka kill, S3 stop), prints the table — run alone
 	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example chaos -- --jobs 20 --workers 3 --faults 10
+
+soak: up ## long fault-injection benchmark, not part of `make test`: 300 jobs, 4 workers, 10 min of seeded random faults (worker kills, broker and S3 outages, 1 MiB poison, duplicates, late cancels, job-id conflicts, a hanging job); prints the table, exits 1 on anything lost/duplicated/mismatched/violated — run alone. SOAK_ARGS overrides, e.g. SOAK_ARGS="--minutes 2 --jobs 40 --workers 3 --seed 7"
+	@$(ENV) cargo build -q -p t2v-worker && cargo run -q -p t2v-tests --example soak -- $(or $(SOAK_ARGS),--minutes 10 --jobs 300 --workers 4)
 
 checkpoint-write: up ## A14B 720p checkpoint size and its put time to the local S3 server
 	@$(ENV) cargo run -q -p t2v-tests --example checkpoint_write

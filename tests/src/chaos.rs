@@ -39,6 +39,7 @@ use crate::stack::{Service, StackGuard};
 use crate::worker::{synthetic_request, WorkerProcess, WorkerSetup};
 
 mod check;
+pub mod soak;
 
 use check::check;
 #[cfg(test)]
@@ -325,6 +326,22 @@ fn request(job_id: &str, steps: u32, seed: u64) -> GenerationRequest {
     }
 }
 
+/// The chaos workers' settings: a sleep per step, a checkpoint every `checkpoint_every` steps,
+/// Progress every step, a crash budget that repeated kills of one job do not use up.
+fn worker_env(step_ms: u64, checkpoint_every: u32) -> Vec<(String, String)> {
+    [
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", step_ms.to_string()),
+        ("T2V_CHECKPOINT__EVERY_STEPS", checkpoint_every.to_string()),
+        ("T2V_JOBS__PROGRESS_INTERVAL_MS", "0".to_string()),
+        // Kills land on the same job more than the default 3 times by design.
+        ("T2V_JOBS__MAX_ATTEMPTS", "50".to_string()),
+        ("T2V_JOBS__RETRY_TIMES", "20".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// The workers of a run, on one setup; a killed or stopped worker is replaced.
 struct Fleet {
     setup: WorkerSetup,
@@ -337,29 +354,43 @@ impl Fleet {
     /// `cfg.checkpoint_every` steps, Progress every step.
     async fn start(cfg: &ChaosConfig) -> Self {
         let setup = WorkerSetup::new("chaos", cfg.workers.max(1) as i32).await;
-        let env = vec![
-            ("T2V_MODEL__SYNTHETIC_STEP_MS", cfg.step_ms.to_string()),
-            (
-                "T2V_CHECKPOINT__EVERY_STEPS",
-                cfg.checkpoint_every.to_string(),
-            ),
-            ("T2V_JOBS__PROGRESS_INTERVAL_MS", "0".to_string()),
-            // Kills land on the same job more than the default 3 times by design.
-            ("T2V_JOBS__MAX_ATTEMPTS", "50".to_string()),
-            ("T2V_JOBS__RETRY_TIMES", "20".to_string()),
-        ];
+        Self::launch(
+            setup,
+            worker_env(cfg.step_ms, cfg.checkpoint_every),
+            cfg.workers,
+        )
+    }
+
+    /// `n` ready workers on `setup`, each started with `env`.
+    fn launch(setup: WorkerSetup, env: Vec<(String, String)>, n: usize) -> Self {
         let mut fleet = Fleet {
             setup,
-            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            env,
             workers: Vec::new(),
         };
-        for _ in 0..cfg.workers {
+        for _ in 0..n {
             fleet.start_one();
         }
         for w in &fleet.workers {
             w.wait_ready(Duration::from_secs(60));
         }
         fleet
+    }
+
+    /// Removes the workers that exited on their own (a sick worker leaves and exits non-zero)
+    /// and returns their exit codes; the caller starts replacements.
+    fn reap(&mut self) -> Vec<i32> {
+        let mut codes = Vec::new();
+        let mut i = 0;
+        while i < self.workers.len() {
+            if let Ok(Some(status)) = self.workers[i].child.try_wait() {
+                codes.push(status.code().unwrap_or(-1));
+                self.workers.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        codes
     }
 
     fn start_one(&mut self) {

@@ -33,7 +33,11 @@ async fn a_stuck_generation_requeues_the_job_and_the_worker_exits() {
     assert_eq!(requests.len(), 2, "the job was re-queued:\n{logs}");
     let again =
         GenerationRequest::decode(rdkafka::Message::payload(&requests[1]).unwrap()).unwrap();
-    assert_eq!((again.job_id.as_str(), again.attempt), ("hang-1", 1));
+    assert_eq!(
+        (again.job_id.as_str(), again.attempt),
+        ("hang-1", 0),
+        "re-queued under the same attempt: the hung run's marker counts"
+    );
 
     // A healthy worker (no fault injection) finishes it.
     let _healthy = setup.start_worker(&[]);
@@ -44,6 +48,43 @@ async fn a_stuck_generation_requeues_the_job_and_the_worker_exits() {
         matches!(terminal(&events, "hang-1"), Some(Kind::Completed(_))),
         "{events:?}"
     );
+}
+
+/// A job that makes every worker sick does not circle the fleet: each hung run's attempt marker
+/// counts, and at `max_attempts` the job ends Failed ATTEMPTS_EXHAUSTED with a DLQ copy.
+#[tokio::test]
+async fn a_job_that_hangs_every_worker_ends_in_the_dlq() {
+    let setup = WorkerSetup::new("sick-every", 1).await;
+    let hang = [
+        ("T2V_MODEL__SYNTHETIC_HANG_MARKER", "[hang]"),
+        ("T2V_JOBS__STEP_TIMEOUT_SECS", "2"),
+        ("T2V_JOBS__MAX_ATTEMPTS", "1"),
+    ];
+    let req = GenerationRequest {
+        prompt: "a fox [hang] in snow".into(),
+        ..synthetic_request("hang-all", 2)
+    };
+    setup.submitter().submit(req).await.unwrap();
+    let mut first = setup.start_worker(&hang);
+    let code = first.wait_exit(Duration::from_secs(60));
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "{code:?}\n{}",
+        first.logs()
+    );
+    let second = setup.start_worker(&hang);
+    let events = wait_events(&setup.events, Duration::from_secs(60), |e| {
+        terminal(e, "hang-all").is_some()
+    });
+    match terminal(&events, "hang-all") {
+        Some(Kind::Failed(f)) => assert_eq!(f.code, ErrorCode::AttemptsExhausted as i32, "{f:?}"),
+        other => panic!(
+            "expected ATTEMPTS_EXHAUSTED, got {other:?}\n{}",
+            second.logs()
+        ),
+    }
+    let dlq = read_topic(&setup.dlq, 1, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 1, "the request is in the DLQ");
 }
 
 #[tokio::test]

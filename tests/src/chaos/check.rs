@@ -32,7 +32,7 @@ pub(super) async fn check(
 }
 
 /// The object names under `prefix`, by job: `<prefix>/<job>/<file>` → `job: [file, ...]`.
-async fn objects_by_job(prefix: &str) -> BTreeMap<String, Vec<String>> {
+pub(super) async fn objects_by_job(prefix: &str) -> BTreeMap<String, Vec<String>> {
     let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for key in list_keys(prefix).await {
         let rest = key.strip_prefix(&format!("{prefix}/")).unwrap_or(&key);

@@ -10,7 +10,7 @@
 //! | [`Stop::Kafka`] — Kafka did not acknowledge | none | the record is read again | no |
 //! | [`Stop::Canceled`] | Canceled | no | no |
 //! | [`Stop::Interrupted`] — shutdown or the partition moved | none | the next owner resumes | no |
-//! | [`Stop::WorkerSick`] — a stuck GPU call or encoder, or `max_consecutive_failures` internal failures in a row | none | re-queued with attempt + 1; the worker exits | no |
+//! | [`Stop::WorkerSick`] — a stuck GPU call or encoder, or `max_consecutive_failures` internal failures in a row | none | re-queued under the same attempt (its marker counts); the worker exits | after `max_attempts` such runs |
 //!
 //! In-place retries with backoff (storage, Kafka sends) happen below this, in [`crate::retry`].
 
@@ -89,8 +89,9 @@ pub enum Stop {
         at_step: u32,
     },
     Interrupted,
-    /// The worker, not the job, looks broken: the job is re-queued for a healthy worker (its
-    /// attempt marker stays, so a job that makes every worker sick still ends in the DLQ).
+    /// The worker, not the job, looks broken: the job is re-queued under the same attempt for a
+    /// healthy worker (its attempt marker stays and counts, so a job that makes every worker sick
+    /// ends in the DLQ after `max_attempts` runs).
     WorkerSick(String),
     StorageDown(StorageError),
     Kafka(KafkaError),
@@ -138,7 +139,7 @@ impl Job<'_> {
             Stop::Failed(failure) => self.finish_failed(failure).await,
             Stop::WorkerSick(reason) => {
                 self.ctx.health.mark_sick(&reason);
-                self.requeue(&reason).await
+                self.requeue_same_attempt(&reason).await
             }
             Stop::Canceled { reason, at_step } => {
                 let detail = format!("CANCELED at step {at_step}: {reason}");
@@ -268,8 +269,20 @@ impl Job<'_> {
         self.requeue(&e.to_string()).await
     }
 
-    /// Publishes the request again with attempt + 1 for another try (at the attempt bound, a
-    /// retryable Failed UNAVAILABLE instead).
+    /// Publishes the request again under the same attempt number, for a healthy worker: the
+    /// attempt marker this run left counts (markers are counted per attempt), so a job that makes
+    /// every worker sick reaches `max_attempts` and ends in the DLQ instead of circling.
+    async fn requeue_same_attempt(
+        &self,
+        why: &str,
+    ) -> (Result<(), KafkaError>, &'static str, String) {
+        let sent = self.ctx.publisher.requeue(&self.req, &self.trace).await;
+        let detail = format!("re-queued as attempt {}: {why}", self.req.attempt);
+        (sent, outcome::REQUEUED, detail)
+    }
+
+    /// Publishes the request again with attempt + 1 for another try, its crash budget afresh (at
+    /// the attempt bound, a retryable Failed UNAVAILABLE instead).
     async fn requeue(&self, why: &str) -> (Result<(), KafkaError>, &'static str, String) {
         if self.req.attempt < validate::MAX_ATTEMPT {
             let mut again = self.req.clone();
