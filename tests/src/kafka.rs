@@ -27,8 +27,16 @@ fn client() -> ClientConfig {
 /// A plain producer on the stack's broker, for records the `Submitter` would refuse (garbage,
 /// invalid requests) or place differently (an explicit partition).
 pub fn producer() -> FutureProducer {
-    client().create().unwrap()
+    client()
+        // Up to the brokers' default maximum (1 MiB) with headers, as poison tests send.
+        .set("message.max.bytes", "2097152")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap()
 }
+
+/// The DLQ's `max.message.bytes`, as `schemas/topics.yaml` sets it: a 1 MiB record plus headers.
+pub const DLQ_MAX_MESSAGE_BYTES: &str = "2097152";
 
 /// Fresh requests, events and control topics, for tests of the producer side (the `t2v` CLI,
 /// the `Submitter`).
@@ -79,12 +87,27 @@ pub fn submitter(requests: &str, events: &str, control: &str) -> t2v_producer::S
     .unwrap()
 }
 
+/// Topic configs, as `(key, value)`.
+pub type TopicConfigs<'a> = &'a [(&'a str, &'a str)];
+
 /// Creates topics (one partition unless given) on the local broker.
 pub async fn create_topics(names: &[(&str, i32)]) {
+    let with_configs: Vec<(&str, i32, TopicConfigs<'_>)> =
+        names.iter().map(|(n, p)| (*n, *p, &[][..])).collect();
+    create_topics_with(&with_configs).await;
+}
+
+/// Creates topics with `(name, partitions, topic configs)`.
+pub async fn create_topics_with(specs: &[(&str, i32, TopicConfigs<'_>)]) {
     let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
-    let topics: Vec<NewTopic<'_>> = names
+    let topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .map(|(n, p, configs)| {
+            configs.iter().fold(
+                NewTopic::new(n, *p, TopicReplication::Fixed(1)),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        })
         .collect();
     for result in admin
         .create_topics(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use t2v_proto::v1::GenerationRequest;
 
-use crate::kafka::{create_topics, submitter};
+use crate::kafka::{create_topics_with, submitter, DLQ_MAX_MESSAGE_BYTES};
 use crate::stack::{
     assert_success, aws_env, binary, brokers, free_port, stack_env, unique_name, workspace_root,
 };
@@ -150,11 +150,13 @@ impl WorkerSetup {
     /// Creates fresh topics (`requests_partitions` partitions of requests) and names a prefix.
     pub async fn new(name: &str, requests_partitions: i32) -> Self {
         let setup = Self::named(name);
-        create_topics(&[
-            (&setup.requests, requests_partitions),
-            (&setup.events, 1),
-            (&setup.control, 1),
-            (&setup.dlq, 1),
+        // The DLQ as production has it: records up to 1 MiB plus headers.
+        let dlq_config = [("max.message.bytes", DLQ_MAX_MESSAGE_BYTES)];
+        create_topics_with(&[
+            (&setup.requests, requests_partitions, &[]),
+            (&setup.events, 1, &[]),
+            (&setup.control, 1, &[]),
+            (&setup.dlq, 1, &dlq_config),
         ])
         .await;
         setup

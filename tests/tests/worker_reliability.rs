@@ -9,49 +9,22 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use t2v_contract::TraceContext;
 use t2v_proto::v1::{generation_event::Kind, Completed, ErrorCode, GenerationEvent};
 use t2v_tests::{
-    brokers, header, read_topic, synthetic_request, terminal, terminals, wait_events, WorkerSetup,
+    header, read_topic, synthetic_request, terminal, terminals, wait_events, WorkerSetup,
 };
 
-/// Fresh topics whose DLQ takes records as large as `schemas/topics.yaml` says (2 MiB).
+/// Fresh topics (the DLQ takes 1 MiB records, as in production).
 async fn setup(name: &str, requests_partitions: i32) -> WorkerSetup {
-    let setup = WorkerSetup::named(name);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new(
-            &setup.requests,
-            requests_partitions,
-            TopicReplication::Fixed(1),
-        ),
-        NewTopic::new(&setup.events, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&setup.control, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&setup.dlq, 1, TopicReplication::Fixed(1))
-            .set("max.message.bytes", "2097152"),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-    for result in admin.create_topics(&topics, &options).await.unwrap() {
-        result.unwrap();
-    }
-    setup
+    WorkerSetup::new(name, requests_partitions).await
 }
 
 /// A producer that can send records up to the brokers' default maximum (1 MiB).
 fn big_producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("message.max.bytes", "2097152")
-        .create()
-        .unwrap()
+    t2v_tests::producer()
 }
 
 async fn send(

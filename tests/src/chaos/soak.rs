@@ -28,14 +28,10 @@
 
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use t2v_proto::v1::{Artifact, Completed, ErrorCode};
 
 use super::check::{objects_by_job, steps_redone};
 use super::*;
-use crate::stack::brokers;
 
 /// The marker the soak's workers hang on (`[model] synthetic_hang_marker`).
 pub const HANG_MARKER: &str = "[soak-hang]";
@@ -367,38 +363,6 @@ impl Drop for RecordLog {
             let _ = t.join();
         }
     }
-}
-
-/// Fresh topics whose DLQ takes 2 MiB records (`schemas/topics.yaml`), so a 1 MiB poison record
-/// fits with its headers.
-async fn soak_setup(partitions: i32) -> WorkerSetup {
-    let setup = WorkerSetup::named("soak");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new(&setup.requests, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&setup.events, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&setup.control, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&setup.dlq, 1, TopicReplication::Fixed(1))
-            .set("max.message.bytes", "2097152"),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-    for result in admin.create_topics(&topics, &options).await.unwrap() {
-        result.unwrap();
-    }
-    setup
-}
-
-/// A producer that sends records up to the brokers' 1 MiB.
-fn big_producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("message.max.bytes", "2097152")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .unwrap()
 }
 
 /// The largest poison record: under the brokers' default 1 MiB (1,048,588 bytes with overhead).
@@ -810,7 +774,8 @@ impl Soak<'_> {
 pub async fn run(cfg: &SoakConfig) -> SoakReport {
     let started = Instant::now();
     let mut rng = Rng(cfg.seed);
-    let setup = soak_setup(cfg.workers.max(1) as i32).await;
+    // The DLQ takes 1 MiB poison records with their headers, as in production.
+    let setup = WorkerSetup::new("soak", cfg.workers.max(1) as i32).await;
     let mut env = worker_env(cfg.step_ms, cfg.checkpoint_every);
     env.extend([
         (
@@ -837,7 +802,7 @@ pub async fn run(cfg: &SoakConfig) -> SoakReport {
         events,
         dlq,
         submitter: setup.submitter(),
-        big: big_producer(),
+        big: crate::kafka::producer(),
         ledger: Ledger {
             submitted_ms: vec![None; valid.len()],
             valid,
