@@ -28,6 +28,12 @@ if ! "$T2V_VENV/bin/python" -c "import torch, diffusers, transformers; assert to
     "transformers==$TRANSFORMERS_VERSION" "numpy<3" safetensors accelerate sentencepiece tokenizers protobuf ftfy pyyaml jsonschema
 fi
 
+# peft: diffusers' LoRA fusion (the reference of the LoRA parity test) needs it.
+if ! "$T2V_VENV/bin/python" -c "import peft; assert peft.__version__ == '$PEFT_VERSION'" 2>/dev/null; then
+  step "peft $PEFT_VERSION into the venv"
+  "$T2V_VENV/bin/pip" install -q "peft==$PEFT_VERSION"
+fi
+
 # 3. Apache Kafka broker jars (KRaft), from Maven Central.
 if [ ! -f "$KAFKA_LIB/.complete" ]; then
   step "Kafka $KAFKA_VERSION jars into $KAFKA_LIB"

@@ -8,6 +8,8 @@
 //!   weights of the benchmarks.
 //! - [`model_dir`]: a diffusers-format model directory (`model_index.json`, its components) and
 //!   the check that it is complete.
+//! - [`lora`]: LoRA files (diffusers/PEFT, original Wan / ComfyUI / kohya, `diff` deltas) fused
+//!   into the transformer weights at load, one strength per file, per expert.
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.
 //! - [`denoise`]: the denoising loop with the two-expert boundary switch and CFG.
@@ -21,6 +23,7 @@ pub mod checkpoint;
 pub mod denoise;
 pub mod error;
 pub mod loader;
+pub mod lora;
 pub mod memory;
 pub mod model_dir;
 pub mod scheduler;
@@ -28,4 +31,5 @@ pub mod text_to_video;
 pub mod wan;
 
 pub use error::{ConfigProblem, PipelineError, Result};
+pub use lora::{ExpertLoras, LoraError, LoraSpec};
 pub use text_to_video::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};

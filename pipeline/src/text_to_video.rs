@@ -216,8 +216,22 @@ impl WanT2V {
     /// [`ExpertPlacement::SwapExperts`] `transformer_2` is loaded first and parked, so the
     /// device never holds both experts.
     pub fn load(model_dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        Self::load_with_loras(model_dir, options, &crate::lora::ExpertLoras::default())
+    }
+
+    /// [`Self::load`], with LoRA files fused into each expert's weights as it loads (before it is
+    /// parked under [`ExpertPlacement::SwapExperts`]); see [`crate::lora`]. A LoRA for
+    /// `transformer_2` on a single-expert model, or one that does not fit, is refused here.
+    pub fn load_with_loras(
+        model_dir: impl AsRef<Path>,
+        options: LoadOptions,
+        loras: &crate::lora::ExpertLoras,
+    ) -> Result<Self> {
         let model_dir = ModelDir::open(model_dir)?;
         model_dir.check_complete()?;
+        if !loras.transformer_2.is_empty() && !model_dir.has(Component::Transformer2) {
+            return Err(crate::lora::LoraError::NoSecondExpert.into());
+        }
         let (device, dtype) = (options.device, options.dtype);
         let policy = options.memory;
         let swap = policy.experts == ExpertPlacement::SwapExperts;
@@ -229,6 +243,11 @@ impl WanT2V {
         let load_expert = |component: Component| -> Result<Expert> {
             let (model, vs) =
                 WanTransformer3DModel::load(&model_dir.path(component)?, dtype, device)?;
+            let expert_loras = match component {
+                Component::Transformer2 => &loras.transformer_2,
+                _ => &loras.transformer,
+            };
+            crate::lora::fuse_loras(&vs, expert_loras)?;
             let weights = if swap {
                 let parked = ParkedWeights::new(vs.variables().into_iter().collect(), device)?;
                 Some(parked)
