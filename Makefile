@@ -12,7 +12,7 @@ help: ## list the targets
 deps: ## install every tool the build and tests need (apt, PyTorch venv, Kafka jars, VersityGW, helm); safe to re-run
 	@bash scripts/deps.sh
 
-up: deps ## start Kafka (KRaft) and VersityGW (S3) on loopback, create topics and the bucket; idempotent
+up: deps ## start Kafka (KRaft), VersityGW (S3) and PostgreSQL on loopback, create topics, the bucket and the database; idempotent
 	@bash scripts/stack.sh up
 
 down: ## stop exactly what `make up` started

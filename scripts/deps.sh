@@ -8,9 +8,10 @@ source "$(dirname "$0")/env.sh"
 step() { printf '\n== deps: %s\n' "$*"; }
 
 # 1. Debian packages: ffmpeg (MP4/thumbnail + ffprobe in tests), build tools for librdkafka, curl
-#    (stack.sh signs its S3 readiness checks with it).
+#    (stack.sh signs its S3 readiness checks with it), postgresql (the gateway's job state in the
+#    local stack; stack.sh runs its own cluster, not the package's service).
 need_apt=()
-for pkg in ffmpeg curl cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven; do
+for pkg in ffmpeg curl cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

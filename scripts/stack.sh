@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The local stack for tests and the demo, no container engine: a single-node Apache Kafka
-# (KRaft) from the broker jars and a VersityGW S3 server (posix backend: one file per object), both
-# on loopback.
+# (KRaft) from the broker jars, a VersityGW S3 server (posix backend: one file per object) and a
+# PostgreSQL server from Debian's package (the gateway's job state), all on loopback.
 #   stack.sh up      start what is not running, wait until healthy, create topics + bucket
 #   stack.sh down    stop exactly what `up` started (by pid file)
 #   stack.sh status  print what runs
-#   stack.sh stop-s3 | start-s3 | stop-kafka | start-kafka   (fault tests)
+#   stack.sh stop-s3 | start-s3 | stop-kafka | start-kafka | stop-postgres | start-postgres   (fault tests)
 # State lives in .stack/ (git-ignored). Endpoints are written to .stack/env for scripts and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +17,17 @@ S3_DIR="$STACK/versitygw"
 KAFKA_PORT="${T2V_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${T2V_KAFKA_CONTROLLER_PORT:-9093}"
 S3_PORT="${T2V_S3_PORT:-3900}"
+PG_DIR="$STACK/postgres"
+PG_PORT="${T2V_PG_PORT:-5433}"
 BUCKET=t2v
 S3_REGION=us-east-1
 EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 # Fixed, loopback-only credentials for the local stack.
 S3_KEY_ID=GK0123456789abcdef01234567
 S3_SECRET=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+PG_USER=t2v
+PG_PASSWORD=t2v-local-only
+PG_DATABASE=t2v
 
 log() { printf 'stack: %s\n' "$*"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -136,6 +141,54 @@ wait_s3() { # the bucket answers a signed HEAD: server up, credentials and bucke
   wait_for 10 "bucket '$BUCKET'" bucket_ready
 }
 
+# PostgreSQL from Debian's package. initdb and postgres refuse to run as root, so when we are root
+# the cluster belongs to the `postgres` system user and runs as it (runuser).
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_pid() { head -1 "$PG_DIR/data/postmaster.pid" 2>/dev/null; }
+pg_alive() { local pid; pid=$(pg_pid); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+pg_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+psql_admin() { as_pg "$(pg_bin)/psql" -q -v ON_ERROR_STOP=1 -h "$PG_DIR/socket" -p "$PG_PORT" -d postgres "$@"; }
+
+start_postgres() {
+  local bin; bin=$(pg_bin)
+  [ -n "$bin" ] || { log "FAILED: PostgreSQL not installed — run \`make deps\`"; exit 1; }
+  if pg_alive; then log "postgres already running (pid $(pg_pid))"; return; fi
+  if port_open "$PG_PORT"; then log "FAILED: port $PG_PORT is taken by another process; stop it or set T2V_PG_PORT"; exit 1; fi
+  mkdir -p "$PG_DIR/socket"
+  [ "$(id -u)" = 0 ] && chown postgres: "$PG_DIR" "$PG_DIR/socket"
+  if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+    local pwfile="$PG_DIR/pw"
+    printf '%s\n' "$PG_PASSWORD" >"$pwfile"; [ "$(id -u)" = 0 ] && chown postgres: "$pwfile"; chmod 600 "$pwfile"
+    # The superuser is the local `postgres` user over the socket (peer); TCP needs the password.
+    as_pg "$bin/initdb" -D "$PG_DIR/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
+      -E UTF8 --no-locale >"$PG_DIR/initdb.log" 2>&1 \
+      || { log "FAILED: initdb, see $PG_DIR/initdb.log"; cat "$PG_DIR/initdb.log"; exit 1; }
+    rm -f "$pwfile"
+  fi
+  log "starting postgres on 127.0.0.1:$PG_PORT, data under $PG_DIR/data"
+  as_pg "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR/socket -c max_connections=300 -c fsync=off -c synchronous_commit=off" >/dev/null \
+    || { log "FAILED: postgres did not start — last lines of $PG_DIR/postgres.log:"; tail -20 "$PG_DIR/postgres.log" >&2; exit 1; }
+}
+
+# The application role (may create databases: each gateway test makes its own) and database.
+postgres_role() {
+  wait_for 30 "postgres on :$PG_PORT" pg_ready
+  psql_admin <<SQL
+SELECT 'CREATE ROLE $PG_USER LOGIN CREATEDB' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER')\gexec
+ALTER ROLE $PG_USER PASSWORD '$PG_PASSWORD';
+SELECT 'CREATE DATABASE $PG_DATABASE OWNER $PG_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DATABASE')\gexec
+SQL
+}
+
+stop_postgres() {
+  if pg_alive; then
+    log "stopping postgres (pid $(pg_pid))"
+    as_pg "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null || true
+  fi
+}
+
 write_env() {
   cat >"$STACK/env" <<ENV
 T2V_BROKERS=127.0.0.1:$KAFKA_PORT
@@ -147,6 +200,7 @@ AWS_SECRET_ACCESS_KEY=$S3_SECRET
 AWS_REGION=$S3_REGION
 AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 AWS_ALLOW_HTTP=true
+T2V_DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DATABASE
 ENV
 }
 
@@ -172,26 +226,32 @@ case "${1:-up}" in
     mkdir -p "$STACK"
     start_kafka
     start_s3
+    start_postgres
     wait_for 90 "kafka broker on :$KAFKA_PORT" port_open "$KAFKA_PORT"
     wait_s3
+    postgres_role
     write_env
     topics_apply
-    log "ready: kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT bucket '$BUCKET' (credentials in .stack/env)"
+    log "ready: kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT bucket '$BUCKET', postgres 127.0.0.1:$PG_PORT (credentials in .stack/env)"
     ;;
   down)
     stop_pidfile "$KAFKA_DIR/pid" kafka
     stop_pidfile "$S3_DIR/pid" versitygw
+    stop_postgres
     # The S3 server of stack.sh before VersityGW replaced it, if one still runs.
     stop_pidfile "$STACK/garage/pid" "garage (older stack)"
     ;;
   status)
     alive "$KAFKA_DIR/pid" && log "kafka running (pid $(cat "$KAFKA_DIR/pid"))" || log "kafka stopped"
     alive "$S3_DIR/pid" && log "versitygw (S3) running (pid $(cat "$S3_DIR/pid"))" || log "versitygw (S3) stopped"
+    pg_alive && log "postgres running (pid $(pg_pid))" || log "postgres stopped"
     ;;
   stop-s3) stop_pidfile "$S3_DIR/pid" versitygw ;;
   start-s3) start_s3; wait_s3 ;;
   kill-kafka) alive "$KAFKA_DIR/pid" && kill -9 "$(cat "$KAFKA_DIR/pid")"; rm -f "$KAFKA_DIR/pid" ;;
   stop-kafka) stop_pidfile "$KAFKA_DIR/pid" kafka ;;
   start-kafka) start_kafka; wait_for 90 "kafka broker" port_open "$KAFKA_PORT" ;;
-  *) echo "usage: $0 up|down|status|stop-s3|start-s3|stop-kafka|kill-kafka|start-kafka" >&2; exit 2 ;;
+  stop-postgres) stop_postgres ;;
+  start-postgres) start_postgres; postgres_role ;;
+  *) echo "usage: $0 up|down|status|stop-s3|start-s3|stop-kafka|kill-kafka|start-kafka|stop-postgres|start-postgres" >&2; exit 2 ;;
 esac
