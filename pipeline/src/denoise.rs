@@ -23,6 +23,32 @@ pub trait NoisePredictor {
 
     /// `latents` `[B, C, F, H, W]`, `timestep` `[B]` (or `[B, tokens]`, f32), `text` `[B, L, D]`.
     fn predict(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor>;
+
+    /// One step's noise prediction; with `negative`, classifier-free guidance as the reference:
+    /// `uncond + guidance · (cond − uncond)`, the two passes one after the other. A predictor
+    /// that runs them at once (CFG parallel, [`crate::parallel::RankPool`]) overrides it.
+    fn predict_guided(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        prompt: &Tensor,
+        negative: Option<&Tensor>,
+        guidance: f64,
+    ) -> Result<Tensor> {
+        let noise_pred = self.predict(latents, timestep, prompt)?;
+        match negative {
+            None => Ok(noise_pred),
+            Some(negative) => {
+                let noise_uncond = self.predict(latents, timestep, negative)?;
+                apply_guidance(&noise_pred, &noise_uncond, guidance)
+            }
+        }
+    }
+}
+
+/// Classifier-free guidance: `uncond + guidance · (cond − uncond)`, in the reference's order.
+pub fn apply_guidance(cond: &Tensor, uncond: &Tensor, guidance: f64) -> Result<Tensor> {
+    Ok(uncond.f_add(&cond.f_sub(uncond)?.f_mul_scalar(guidance)?)?)
 }
 
 impl NoisePredictor for WanTransformer3DModel {
@@ -168,14 +194,8 @@ pub fn denoise<P: NoisePredictor + ?Sized>(
             Tensor::f_full([batch], t, (Kind::Float, device))?
         };
         let uncond = negative.as_ref().filter(|_| do_cfg);
-        let noise_pred = predict_noise(
-            model,
-            &latent_model_input,
-            &timestep,
-            &prompt,
-            uncond,
-            guidance,
-        )?;
+        let noise_pred =
+            model.predict_guided(&latent_model_input, &timestep, &prompt, uncond, guidance)?;
         latents = scheduler.step(&noise_pred, t, &latents)?;
         let control = on_step_end(&StepEnd {
             index: i,
@@ -207,26 +227,6 @@ fn expert_boundary<P: NoisePredictor + ?Sized>(
         )),
         (Some(ratio), Some(_)) => Ok(Some(boundary_timestep(ratio, num_train_timesteps))),
         (None, _) => Ok(None),
-    }
-}
-
-/// One step's noise prediction; with `negative`, classifier-free guidance as the reference:
-/// `uncond + guidance · (cond − uncond)`.
-fn predict_noise<P: NoisePredictor + ?Sized>(
-    model: &P,
-    latents: &Tensor,
-    timestep: &Tensor,
-    prompt: &Tensor,
-    negative: Option<&Tensor>,
-    guidance: f64,
-) -> Result<Tensor> {
-    let noise_pred = model.predict(latents, timestep, prompt)?;
-    match negative {
-        None => Ok(noise_pred),
-        Some(negative) => {
-            let noise_uncond = model.predict(latents, timestep, negative)?;
-            Ok(noise_uncond.f_add(&noise_pred.f_sub(&noise_uncond)?.f_mul_scalar(guidance)?)?)
-        }
     }
 }
 

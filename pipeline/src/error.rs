@@ -46,6 +46,11 @@ pub enum PipelineError {
         source: std::io::Error,
     },
 
+    /// A collective between the ranks of a parallel run failed (a peer rank failed, or the
+    /// ranks disagree on what they exchange).
+    #[error("parallel run failed: {message}")]
+    Collective { message: String },
+
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }

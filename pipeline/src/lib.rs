@@ -11,6 +11,8 @@
 //! - [`lora`]: LoRA files (diffusers/PEFT, original Wan / ComfyUI / kohya, `diff` deltas) fused
 //!   into the transformer weights at load, one strength per file, per expert.
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
+//! - [`parallel`]: one job over several ranks (GPUs, or threads on one device): CFG parallel ×
+//!   Ulysses sequence parallel denoising, the VAE decode's tiles spread over the ranks.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.
 //! - [`denoise`]: the denoising loop with the two-expert boundary switch and CFG.
 //! - [`checkpoint`]: the denoising state as a safetensors file, to resume a run elsewhere.
@@ -26,6 +28,7 @@ pub mod loader;
 pub mod lora;
 pub mod memory;
 pub mod model_dir;
+pub mod parallel;
 pub mod scheduler;
 pub mod text_to_video;
 pub mod wan;

@@ -43,7 +43,10 @@ use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
 use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
 use crate::wan::WanTransformer3DModel;
 
+mod parallel;
 mod random;
+
+pub use parallel::ParallelRun;
 
 /// `height` and `width` must be multiples of this (`WanPipeline.check_inputs`).
 pub const SIZE_MULTIPLE: i64 = 16;
@@ -180,12 +183,9 @@ struct OnDemand<'a> {
     other: Option<&'a Expert>,
 }
 
-impl NoisePredictor for OnDemand<'_> {
-    fn dtype(&self) -> Kind {
-        self.expert.model.kind()
-    }
-
-    fn predict(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+impl OnDemand<'_> {
+    /// Fetches this expert onto the device (parking the other one) when it is parked.
+    fn make_resident(&self) -> Result<()> {
         if let Some(weights) = &self.expert.weights {
             if !weights.is_on_device() {
                 if let Some(other) = self.other.and_then(|o| o.weights.as_ref()) {
@@ -194,6 +194,17 @@ impl NoisePredictor for OnDemand<'_> {
                 weights.fetch()?;
             }
         }
+        Ok(())
+    }
+}
+
+impl NoisePredictor for OnDemand<'_> {
+    fn dtype(&self) -> Kind {
+        self.expert.model.kind()
+    }
+
+    fn predict(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+        self.make_resident()?;
         self.expert.model.forward(latents, timestep, text)
     }
 }
@@ -209,6 +220,8 @@ pub struct WanT2V {
     low: Option<Expert>,
     vae: AutoencoderKLWan,
     scheduler: SchedulerConfig,
+    /// Set by [`Self::set_parallel`]: the ranks a job runs on; `None` runs on one device.
+    parallel: Option<ParallelRun>,
 }
 
 impl WanT2V {
@@ -292,6 +305,7 @@ impl WanT2V {
             low,
             vae,
             scheduler,
+            parallel: None,
         })
     }
 
@@ -638,7 +652,17 @@ impl WanT2V {
             boundary_ratio: self.model_dir.boundary_ratio(),
             expand_timesteps: self.model_dir.expand_timesteps(),
         };
-        let denoised = denoise(&experts, scheduler, &settings, input, on_step);
+        let denoised = match &self.parallel {
+            None => denoise(&experts, scheduler, &settings, input, on_step),
+            Some(run) => self.denoise_on_ranks(
+                run,
+                (&high, low.as_ref()),
+                scheduler,
+                &settings,
+                input,
+                on_step,
+            ),
+        };
         // Swapping keeps no expert on the device outside the loop, even after a failure.
         if self.options.memory.experts == ExpertPlacement::SwapExperts {
             for expert in std::iter::once(&self.high).chain(self.low.as_ref()) {
@@ -656,7 +680,12 @@ impl WanT2V {
             .f_to_device(self.options.device)?
             .f_to_kind(self.options.vae_dtype)?;
         let denormalized = denormalize_latents(&vae_latents, self.vae.config())?;
-        let video = self.vae.decode(&denormalized)?;
+        let video = match &self.parallel {
+            Some(run) if run.decodes_on_several_devices() => {
+                self.decode_on_ranks(run, &denormalized)?
+            }
+            _ => self.vae.decode(&denormalized)?,
+        };
         to_frames_f32(&video)
     }
 }

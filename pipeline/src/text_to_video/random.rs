@@ -91,6 +91,7 @@ impl WanT2V {
             low,
             vae,
             scheduler,
+            parallel: None,
         })
     }
 }

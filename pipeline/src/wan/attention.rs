@@ -9,7 +9,9 @@
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
+use crate::parallel::SequenceShard;
 use crate::wan::rope::apply_rotary_emb;
+use crate::wan::TensorMap;
 
 /// A zero-filled, non-trainable variable `name` under `vs`, of `kind` on the store's device.
 /// Its value comes from the checkpoint (`loader::load_weights` copies and converts into it).
@@ -35,6 +37,14 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_linear(&self.weight, Some(&self.bias))?)
+    }
+
+    /// The same layer with every weight mapped by `f` (see [`crate::wan::TensorMap`]).
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            weight: f(&self.weight)?,
+            bias: f(&self.bias)?,
+        })
     }
 }
 
@@ -72,6 +82,24 @@ impl WanAttention {
         })
     }
 
+    /// The same attention with every weight mapped by `f`.
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            to_q: self.to_q.map_tensors(f)?,
+            to_k: self.to_k.map_tensors(f)?,
+            to_v: self.to_v.map_tensors(f)?,
+            to_out: self.to_out.map_tensors(f)?,
+            norm_q: f(&self.norm_q)?,
+            norm_k: f(&self.norm_k)?,
+            heads: self.heads,
+            eps: self.eps,
+        })
+    }
+
+    pub fn heads(&self) -> i64 {
+        self.heads
+    }
+
     /// `x`: `[batch, tokens, dim]`. `context`: `[batch, text_tokens, dim]` for cross-attention,
     /// `None` for self-attention. `rotary`: the (cos, sin) tables of `WanRotaryPosEmbed`.
     ///
@@ -83,6 +111,19 @@ impl WanAttention {
         context: Option<&Tensor>,
         rotary: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
+        self.forward_with(x, context, rotary, None)
+    }
+
+    /// [`Self::forward`] on this rank's shard of the tokens when `sequence` is given (Ulysses
+    /// self-attention): `x` and `rotary` hold the shard's tokens; q, k and v go from token
+    /// shards to head groups over the whole sequence before the attention and back after.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        rotary: Option<(&Tensor, &Tensor)>,
+        sequence: Option<&SequenceShard<'_>>,
+    ) -> Result<Tensor> {
         let context = context.unwrap_or(x);
         let out = {
             // 1.–4. projections, RMS norm across heads, heads split, RoPE (self-attention only)
@@ -92,10 +133,19 @@ impl WanAttention {
                 .to_v
                 .forward(context)?
                 .f_unflatten(2, [self.heads, -1])?;
+            let kind = query.kind();
+            // 5. Ulysses: this rank's heads over every token instead of every head of its tokens
+            let (query, key, value) = match sequence {
+                None => (query, key, value),
+                Some(sequence) => {
+                    let [q, k, v] = sequence.tokens_to_heads([query, key, value])?;
+                    (q, k, v)
+                }
+            };
 
-            // 5. attention over [batch, heads, tokens, head_dim]
+            // 6. attention over [batch, heads, tokens, head_dim]
             let heads_first = |t: &Tensor| t.f_permute([0, 2, 1, 3]);
-            Tensor::f_scaled_dot_product_attention(
+            let out = Tensor::f_scaled_dot_product_attention(
                 &heads_first(&query)?,
                 &heads_first(&key)?,
                 &heads_first(&value)?,
@@ -105,12 +155,15 @@ impl WanAttention {
                 None,
                 false,
             )?
-            .f_permute([0, 2, 1, 3])?
-            .f_flatten(2, 3)?
-            .f_to_kind(query.kind())?
+            .f_permute([0, 2, 1, 3])?;
+            let out = match sequence {
+                None => out,
+                Some(sequence) => sequence.heads_to_tokens(&out)?,
+            };
+            out.f_flatten(2, 3)?.f_to_kind(kind)?
         };
 
-        // 6. output projection
+        // 7. output projection
         self.to_out.forward(&out)
     }
 

@@ -18,4 +18,9 @@ pub mod transformer;
 pub mod vae;
 
 pub use config::TransformerConfig;
+
+/// How a model's tensors are mapped when it is copied for another rank: `Tensor::to_device`
+/// for a replica on another device, `Tensor::shallow_clone` for another thread's handle on the
+/// same weights (tch's `Tensor` is `Send` but not `Sync`, so each rank thread owns handles).
+pub type TensorMap<'a> = dyn Fn(&tch::Tensor) -> crate::error::Result<tch::Tensor> + 'a;
 pub use transformer::WanTransformer3DModel;

@@ -11,6 +11,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
+use crate::wan::TensorMap;
 
 /// RoPE base frequency of every Wan model.
 pub const THETA: f64 = 10000.0;
@@ -50,6 +51,17 @@ impl WanRotaryPosEmbed {
             max_seq_len,
             freqs_cos: Tensor::f_cat(&cos, 1)?.f_to_device(device)?,
             freqs_sin: Tensor::f_cat(&sin, 1)?.f_to_device(device)?,
+        })
+    }
+
+    /// The same tables mapped by `f` (see [`crate::wan::TensorMap`]).
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            split: self.split,
+            patch_size: self.patch_size,
+            max_seq_len: self.max_seq_len,
+            freqs_cos: f(&self.freqs_cos)?,
+            freqs_sin: f(&self.freqs_sin)?,
         })
     }
 

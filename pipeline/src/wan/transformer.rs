@@ -15,9 +15,11 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
 use crate::loader;
+use crate::parallel::SequenceShard;
 use crate::wan::attention::{param, Linear, WanAttention};
 use crate::wan::config::TransformerConfig;
 use crate::wan::rope::WanRotaryPosEmbed;
+use crate::wan::TensorMap;
 
 /// Sinusoid period of the timestep embedding (`Timesteps`, `max_period`).
 const MAX_PERIOD: f64 = 10000.0;
@@ -47,6 +49,18 @@ impl WanTimeTextEmbedding {
             time_proj: Linear::new(&vs / "time_proj", dim, 6 * dim, kind)?,
             text_linear_1: Linear::new(&text / "linear_1", cfg.text_dim, dim, kind)?,
             text_linear_2: Linear::new(&text / "linear_2", dim, dim, kind)?,
+        })
+    }
+
+    fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            freq_dim: self.freq_dim,
+            kind: self.kind,
+            time_linear_1: self.time_linear_1.map_tensors(f)?,
+            time_linear_2: self.time_linear_2.map_tensors(f)?,
+            time_proj: self.time_proj.map_tensors(f)?,
+            text_linear_1: self.text_linear_1.map_tensors(f)?,
+            text_linear_2: self.text_linear_2.map_tensors(f)?,
         })
     }
 
@@ -125,6 +139,23 @@ impl WanTransformerBlock {
         })
     }
 
+    fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        let norm2 = match &self.norm2 {
+            Some((w, b)) => Some((f(w)?, f(b)?)),
+            None => None,
+        };
+        Ok(Self {
+            attn1: self.attn1.map_tensors(f)?,
+            attn2: self.attn2.map_tensors(f)?,
+            norm2,
+            ffn_in: self.ffn_in.map_tensors(f)?,
+            ffn_out: self.ffn_out.map_tensors(f)?,
+            scale_shift_table: f(&self.scale_shift_table)?,
+            dim: self.dim,
+            eps: self.eps,
+        })
+    }
+
     pub fn attn1(&self) -> &WanAttention {
         &self.attn1
     }
@@ -148,6 +179,21 @@ impl WanTransformerBlock {
         timestep_proj: &Tensor,
         rotary: (&Tensor, &Tensor),
     ) -> Result<Tensor> {
+        self.forward_with(x, context, timestep_proj, rotary, None)
+    }
+
+    /// [`Self::forward`] on this rank's shard of the tokens when `sequence` is given: every
+    /// step is per token except the self-attention, which exchanges heads for tokens
+    /// ([`WanAttention::forward_with`]); `x`, `timestep_proj` (when per token) and `rotary` hold
+    /// the shard's tokens.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        timestep_proj: &Tensor,
+        rotary: (&Tensor, &Tensor),
+        sequence: Option<&SequenceShard<'_>>,
+    ) -> Result<Tensor> {
         let kind = x.kind();
         let modulation = self
             .scale_shift_table
@@ -167,7 +213,9 @@ impl WanTransformerBlock {
         // 1. self-attention: norm1 (f32, no affine), x·(1 + scale) + shift, gated residual
         let x = {
             let normed = modulate(self.layer_norm(x, None)?, &shift, &scale)?.f_to_kind(kind)?;
-            let attn = self.attn1.forward(&normed, None, Some(rotary))?;
+            let attn = self
+                .attn1
+                .forward_with(&normed, None, Some(rotary), sequence)?;
             residual_f32(x, attn.f_mul(&gate)?, kind)?
         };
 
@@ -356,15 +404,37 @@ impl WanTransformer3DModel {
         timestep: &Tensor,
         encoder_hidden_states: &Tensor,
     ) -> Result<Tensor> {
+        let [batch, ..] = self.check_inputs(hidden_states)?;
+        let grid = self.token_grid(hidden_states)?;
+        let tokens = self.forward_tokens(hidden_states, timestep, encoder_hidden_states, None)?;
+        self.unpatchify(&tokens, batch, grid)
+    }
+
+    /// The (frames, height, width) grid of tokens of latents `[B, C, F, H, W]`.
+    pub fn token_grid(&self, hidden_states: &Tensor) -> Result<[i64; 3]> {
+        let [_, _, frames, height, width] = self.check_inputs(hidden_states)?;
+        let [p_t, p_h, p_w] = self.cfg.patch_size;
+        Ok([frames / p_t, height / p_h, width / p_w])
+    }
+
+    /// Steps 1–5 of [`Self::forward`]: the output tokens `[B, tokens, p_t·p_h·p_w·C]` before
+    /// unpatchifying. With `sequence`, only this rank's shard of the tokens
+    /// (`[B, sequence.tokens_per_rank(), …]`, zero-padded at the end of the last shards): the
+    /// blocks run on the shard and the self-attention exchanges heads with the other ranks.
+    pub fn forward_tokens(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        sequence: Option<&SequenceShard<'_>>,
+    ) -> Result<Tensor> {
         let [batch, _, frames, height, width] = self.check_inputs(hidden_states)?;
         // Inputs may come from the CPU (noise is drawn there); the model's device wins.
         let device = self.patch_weight.device();
         let hidden_states = &hidden_states.f_to_device(device)?;
         let timestep = &timestep.f_to_device(device)?;
         let encoder_hidden_states = &encoder_hidden_states.f_to_device(device)?;
-        let [p_t, p_h, p_w] = self.cfg.patch_size;
-        let grid = [frames / p_t, height / p_h, width / p_w];
-        let tokens = grid.iter().product::<i64>();
+        let tokens = self.token_grid(hidden_states)?.iter().product::<i64>();
         self.check_conditions(batch, tokens, timestep, encoder_hidden_states)?;
         let dim = self.cfg.inner_dim();
 
@@ -390,10 +460,31 @@ impl WanTransformer3DModel {
             )
         };
 
+        // 3b. sequence parallel: this rank's tokens of everything that has one row per token
+        let (x, cos, sin, temb, timestep_proj) = match sequence {
+            None => (x, cos, sin, temb, timestep_proj),
+            Some(seq) => {
+                let per_token = |t: Tensor| -> Result<Tensor> {
+                    if timestep.dim() == 2 {
+                        seq.shard(&t, 1)
+                    } else {
+                        Ok(t)
+                    }
+                };
+                (
+                    seq.shard(&x, 1)?,
+                    seq.shard(&cos, 1)?,
+                    seq.shard(&sin, 1)?,
+                    per_token(temb)?,
+                    per_token(timestep_proj)?,
+                )
+            }
+        };
+
         // 4. transformer blocks
         let mut x = x;
         for block in &self.blocks {
-            x = block.forward(&x, &context, &timestep_proj, (&cos, &sin))?;
+            x = block.forward_with(&x, &context, &timestep_proj, (&cos, &sin), sequence)?;
         }
 
         // 5. output norm (f32) modulated by the top-level table + temb, projection
@@ -406,13 +497,52 @@ impl WanTransformer3DModel {
         let scale = out_mod[1].f_squeeze_dim(2)?;
         let normed = layer_norm_f32(&x, dim, None, self.cfg.eps)?;
         let x = modulate(normed, &shift, &scale)?.f_to_kind(self.kind)?;
-        let x = self.proj_out.forward(&x)?;
+        self.proj_out.forward(&x)
+    }
 
-        // 6. unpatchify: [B, tokens, p_t·p_h·p_w·C] → [B, C, F, H, W]
+    /// Step 6 of [`Self::forward`]: output tokens `[B, tokens, p_t·p_h·p_w·C]` of the token
+    /// `grid` → `[B, C, F, H, W]`.
+    pub fn unpatchify(&self, x: &Tensor, batch: i64, grid: [i64; 3]) -> Result<Tensor> {
+        let [p_t, p_h, p_w] = self.cfg.patch_size;
         let [f, h, w] = grid;
         Ok(x.f_reshape([batch, f, h, w, p_t, p_h, p_w, -1])?
             .f_permute([0, 7, 1, 4, 2, 5, 3, 6])?
             .f_reshape([batch, -1, f * p_t, h * p_h, w * p_w])?)
+    }
+
+    /// The same model on `device`: a copy of every weight (or the same weights, when they
+    /// already live there).
+    pub fn replica(&self, device: Device) -> Result<Self> {
+        self.map_tensors(&|t| Ok(t.f_to_device(device)?))
+    }
+
+    /// Another handle on the same weights, wherever they are (on the device or parked in host
+    /// memory: a swap seen by one handle is seen by all) — a rank thread's own handle.
+    pub fn share(&self) -> Result<Self> {
+        self.map_tensors(&|t| Ok(t.shallow_clone()))
+    }
+
+    fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            kind: self.kind,
+            rope: self.rope.map_tensors(f)?,
+            patch_weight: f(&self.patch_weight)?,
+            patch_bias: f(&self.patch_bias)?,
+            condition_embedder: self.condition_embedder.map_tensors(f)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.map_tensors(f))
+                .collect::<Result<_>>()?,
+            proj_out: self.proj_out.map_tensors(f)?,
+            scale_shift_table: f(&self.scale_shift_table)?,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.patch_weight.device()
     }
 
     /// `[B, C, F, H, W]` with C = in_channels and F, H, W whole multiples of the patch.

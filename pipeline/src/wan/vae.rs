@@ -26,6 +26,7 @@ use layers::{CausalConv3d, FeatCache};
 
 use crate::error::{PipelineError, Result};
 use crate::loader::load_weights;
+use crate::wan::TensorMap;
 
 /// Spatial tiling of the decode, in output pixels (diffusers `enable_tiling` arguments).
 /// Tiles of `min_*` pixels start every `stride_*` pixels; the `min - stride` overlap is
@@ -111,10 +112,48 @@ impl AutoencoderKLWan {
         self.tiling = None;
     }
 
+    /// The same VAE on `device`: weights shared when it already lives there (a thread's own
+    /// handle), copied otherwise.
+    pub fn replica(&self, device: Device) -> Result<Self> {
+        let f: &TensorMap<'_> = &|t| Ok(t.f_to_device(device)?);
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            post_quant_conv: self.post_quant_conv.map_tensors(f)?,
+            decoder: self.decoder.map_tensors(f)?,
+            tiling: self.tiling,
+        })
+    }
+
+    pub fn tiling(&self) -> Option<Tiling> {
+        self.tiling
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.post_quant_conv.kind_device().1
+    }
+
     /// Latents (B, z_dim, T, h, w) → video (B, out_channels, 1 + r·(T−1), s·h, s·w) clamped to
     /// [-1, 1], where r is the temporal and s the spatial ratio. The latents are moved to the
     /// weights' device and kind first.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = self.prepare(latents)?;
+        let (_, _, _, h, w) = z.size5()?;
+        tch::no_grad(|| {
+            let ratio = self.cfg.spatial_ratio();
+            let mut video = match self.tiling {
+                Some(tiling) if w > tiling.min_width / ratio || h > tiling.min_height / ratio => {
+                    self.decode_tiled(&z, &tiling)?
+                }
+                _ => self.decode_frames(&z)?,
+            };
+            let _ = video.f_clamp_(-1.0, 1.0)?;
+            Ok(video)
+        })
+    }
+
+    /// Checks `latents` and moves them to the weights' device and kind.
+    pub fn prepare(&self, latents: &Tensor) -> Result<Tensor> {
         let (_, c, t, h, w) = latents.size5().map_err(|_| {
             PipelineError::invalid(
                 "latents",
@@ -136,18 +175,7 @@ impl AutoencoderKLWan {
             ));
         }
         let (kind, device) = self.post_quant_conv.kind_device();
-        let z = latents.f_to_device(device)?.f_to_kind(kind)?;
-        tch::no_grad(|| {
-            let ratio = self.cfg.spatial_ratio();
-            let mut video = match self.tiling {
-                Some(tiling) if w > tiling.min_width / ratio || h > tiling.min_height / ratio => {
-                    self.decode_tiled(&z, &tiling)?
-                }
-                _ => self.decode_frames(&z)?,
-            };
-            let _ = video.f_clamp_(-1.0, 1.0)?;
-            Ok(video)
-        })
+        Ok(latents.f_to_device(device)?.f_to_kind(kind)?)
     }
 
     /// The reference's `_decode` loop without the clamp: post_quant_conv, then the decoder
@@ -193,29 +221,65 @@ impl AutoencoderKLWan {
     /// each blended into the tile above and to its left (both already blended), then cropped
     /// to the stride and stitched.
     fn decode_tiled(&self, z: &Tensor, tiling: &Tiling) -> Result<Tensor> {
+        let grid = self.tile_grid(z, tiling)?;
+        let mut tiles = Vec::with_capacity(grid.tiles.len());
+        for tile in &grid.tiles {
+            tiles.push(self.decode_tile(z, tile)?);
+        }
+        self.stitch_tiles(&grid, tiles)
+    }
+
+    /// The latent tiles of a tiled decode of `z` (prepared, see [`Self::prepare`]), row by row.
+    pub fn tile_grid(&self, z: &Tensor, tiling: &Tiling) -> Result<TileGrid> {
         let (_, _, _, height, width) = z.size5()?;
         let ratio = self.cfg.spatial_ratio();
         let (tile_h, tile_w) = (tiling.min_height / ratio, tiling.min_width / ratio);
         let (step_h, step_w) = (tiling.stride_height / ratio, tiling.stride_width / ratio);
+        let mut tiles = Vec::new();
+        let mut columns = 0;
+        for i in (0..height).step_by(step_h as usize) {
+            columns = 0;
+            for j in (0..width).step_by(step_w as usize) {
+                tiles.push(LatentTile {
+                    top: i,
+                    left: j,
+                    height: tile_h.min(height - i),
+                    width: tile_w.min(width - j),
+                });
+                columns += 1;
+            }
+        }
+        Ok(TileGrid {
+            tiles,
+            columns,
+            tiling: *tiling,
+            latent_size: [height, width],
+        })
+    }
+
+    /// One tile of `z` decoded on its own (unclamped).
+    pub fn decode_tile(&self, z: &Tensor, tile: &LatentTile) -> Result<Tensor> {
+        let part = z
+            .f_narrow(3, tile.top, tile.height)?
+            .f_narrow(4, tile.left, tile.width)?;
+        tch::no_grad(|| self.decode_frames(&part))
+    }
+
+    /// The decoded tiles of `grid` (in its order, on one device) blended, cropped to the
+    /// stride and stitched into the video — not yet clamped.
+    pub fn stitch_tiles(&self, grid: &TileGrid, tiles: Vec<Tensor>) -> Result<Tensor> {
+        let tiling = grid.tiling;
+        let ratio = self.cfg.spatial_ratio();
         let blend_height = tiling.min_height - tiling.stride_height;
         let blend_width = tiling.min_width - tiling.stride_width;
-
-        // 1. decode every tile
+        let columns = grid.columns.max(1);
         let mut rows: Vec<Vec<Tensor>> = Vec::new();
-        for i in (0..height).step_by(step_h as usize) {
-            let mut row = Vec::new();
-            for j in (0..width).step_by(step_w as usize) {
-                let tile = z.f_narrow(3, i, tile_h.min(height - i))?.f_narrow(
-                    4,
-                    j,
-                    tile_w.min(width - j),
-                )?;
-                row.push(self.decode_frames(&tile)?);
-            }
-            rows.push(row);
+        let mut tiles = tiles.into_iter();
+        while !tiles.as_slice().is_empty() {
+            rows.push(tiles.by_ref().take(columns).collect());
         }
 
-        // 2. blend (in place, in order) and crop each tile to the stride
+        // blend (in place, in order) and crop each tile to the stride
         let mut stitched_rows = Vec::with_capacity(rows.len());
         for i in 0..rows.len() {
             let mut parts = Vec::with_capacity(rows[i].len());
@@ -237,10 +301,30 @@ impl AutoencoderKLWan {
         }
         let video = Tensor::f_cat(&stitched_rows, 3)?;
         let size = video.size();
+        let [height, width] = grid.latent_size;
         Ok(video
             .f_narrow(3, 0, (height * ratio).min(size[3]))?
             .f_narrow(4, 0, (width * ratio).min(size[4]))?)
     }
+}
+
+/// One latent tile of a tiled decode: its top-left corner and size, in latent pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentTile {
+    pub top: i64,
+    pub left: i64,
+    pub height: i64,
+    pub width: i64,
+}
+
+/// The tiles of one tiled decode, row by row, `columns` to a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileGrid {
+    pub tiles: Vec<LatentTile>,
+    pub columns: usize,
+    pub tiling: Tiling,
+    /// (height, width) of the latents.
+    pub latent_size: [i64; 2],
 }
 
 /// diffusers `blend_v` (dim 3) / `blend_h` (dim 4): the first `extent` rows/columns of `b`

@@ -7,6 +7,7 @@ use tch::{nn, Tensor};
 use super::config::VaeConfig;
 use super::layers::{AttentionBlock, CausalConv3d, FeatCache, ResidualBlock, RmsNorm, Upsample};
 use crate::error::Result;
+use crate::wan::TensorMap;
 
 /// `WanMidBlock` with one attention layer: resnets.0, attentions.0, resnets.1.
 struct MidBlock {
@@ -15,6 +16,13 @@ struct MidBlock {
 }
 
 impl MidBlock {
+    fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            resnets: map_layers(&self.resnets, f, ResidualBlock::map_tensors)?,
+            attentions: map_layers(&self.attentions, f, AttentionBlock::map_tensors)?,
+        })
+    }
+
     fn new(vs: nn::Path<'_>, dim: i64) -> Self {
         Self {
             resnets: (0..2)
@@ -41,6 +49,17 @@ struct UpBlock {
 }
 
 impl UpBlock {
+    fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            resnets: map_layers(&self.resnets, f, ResidualBlock::map_tensors)?,
+            upsampler: self
+                .upsampler
+                .as_ref()
+                .map(|u| u.map_tensors(f))
+                .transpose()?,
+        })
+    }
+
     fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let mut x = x.shallow_clone();
         for resnet in &self.resnets {
@@ -61,7 +80,27 @@ pub struct Decoder {
     conv_out: CausalConv3d,
 }
 
+/// Every layer of `layers` with its tensors mapped by `f`.
+fn map_layers<T>(
+    layers: &[T],
+    f: &TensorMap<'_>,
+    map: impl Fn(&T, &TensorMap<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    layers.iter().map(|l| map(l, f)).collect()
+}
+
 impl Decoder {
+    /// The same decoder with every weight mapped by `f` (see [`TensorMap`]).
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            conv_in: self.conv_in.map_tensors(f)?,
+            mid_block: self.mid_block.map_tensors(f)?,
+            up_blocks: map_layers(&self.up_blocks, f, UpBlock::map_tensors)?,
+            norm_out: self.norm_out.map_tensors(f)?,
+            conv_out: self.conv_out.map_tensors(f)?,
+        })
+    }
+
     /// `vs` is the `decoder` path. The config must have passed [`VaeConfig::validate`].
     pub fn new(cfg: &VaeConfig, vs: nn::Path<'_>) -> Self {
         let dims = cfg.decoder_widths();

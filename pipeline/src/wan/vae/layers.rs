@@ -5,6 +5,7 @@
 use tch::{nn, Kind, Tensor};
 
 use crate::error::Result;
+use crate::wan::TensorMap;
 
 /// Frames of a causal convolution's input kept for the next chunk (diffusers `CACHE_T`).
 const CACHE_T: i64 = 2;
@@ -83,6 +84,16 @@ pub struct CausalConv3d {
 }
 
 impl CausalConv3d {
+    /// The same layer with every weight mapped by `f` (see [`crate::wan::TensorMap`]).
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            weight: f(&self.weight)?,
+            bias: f(&self.bias)?,
+            past: self.past,
+            spatial_padding: self.spatial_padding,
+        })
+    }
+
     pub fn new(
         vs: nn::Path<'_>,
         c_in: i64,
@@ -153,6 +164,13 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            gamma: f(&self.gamma)?,
+            scale: self.scale,
+        })
+    }
+
     /// `spatial_dims` is 3 for video tensors (B,C,T,H,W) and 2 for frames (N,C,H,W).
     pub fn new(vs: nn::Path<'_>, dim: i64, spatial_dims: usize) -> Self {
         let mut shape = vec![dim];
@@ -189,6 +207,20 @@ pub struct ResidualBlock {
 }
 
 impl ResidualBlock {
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            norm1: self.norm1.map_tensors(f)?,
+            conv1: self.conv1.map_tensors(f)?,
+            norm2: self.norm2.map_tensors(f)?,
+            conv2: self.conv2.map_tensors(f)?,
+            conv_shortcut: self
+                .conv_shortcut
+                .as_ref()
+                .map(|c| c.map_tensors(f))
+                .transpose()?,
+        })
+    }
+
     pub fn new(vs: nn::Path<'_>, c_in: i64, c_out: i64) -> Self {
         Self {
             norm1: RmsNorm::new(&vs / "norm1", c_in, 3),
@@ -227,6 +259,16 @@ pub struct AttentionBlock {
 }
 
 impl AttentionBlock {
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            norm: self.norm.map_tensors(f)?,
+            qkv_weight: f(&self.qkv_weight)?,
+            qkv_bias: f(&self.qkv_bias)?,
+            proj_weight: f(&self.proj_weight)?,
+            proj_bias: f(&self.proj_bias)?,
+        })
+    }
+
     pub fn new(vs: nn::Path<'_>, dim: i64) -> Self {
         let (qkv_weight, qkv_bias) = conv_params(&(&vs / "to_qkv"), 3 * dim, &[dim, 1, 1]);
         let (proj_weight, proj_bias) = conv_params(&(&vs / "proj"), dim, &[dim, 1, 1]);
@@ -296,6 +338,17 @@ pub struct Upsample {
 }
 
 impl Upsample {
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            conv: (f(&self.conv.0)?, f(&self.conv.1)?),
+            time_conv: self
+                .time_conv
+                .as_ref()
+                .map(|c| c.map_tensors(f))
+                .transpose()?,
+        })
+    }
+
     /// `dim` channels in, `c_out` out (diffusers `upsample_out_dim`, default `dim / 2`).
     pub fn new(vs: nn::Path<'_>, dim: i64, c_out: i64, temporal: bool) -> Self {
         Self {
