@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-worker bench-gpu chaos soak checkpoint-write sim schemas gpu-check
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu chaos soak checkpoint-write sim schemas gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -45,6 +45,10 @@ chart-test: deps ## helm lint/template and tests over the rendered manifests
 
 bench: up ## producer throughput against the local broker
 	@$(ENV) set -a; source .stack/env; set +a; cargo run -q -p t2v-producer --example submit_throughput
+
+bench-gateway: up ## the HTTP gateway: POST /v1/videos per second and p50/p99 latency (release build; RS256 JWT, rate limit and daily quota in PostgreSQL, Kafka publish on every request). BENCH_ARGS overrides, e.g. BENCH_ARGS="--seconds 20 --connections 32"
+	@$(ENV) cargo build -q --release -p t2v-gateway --bin t2v-gateway --example bench && \
+	  "$$CARGO_TARGET_DIR/release/examples/bench" $(BENCH_ARGS)
 
 sim: ## placement simulation (no Kafka): queue wait under hash vs shortest-backlog placement vs one shared queue, W=4/8/32 at 50/80/90 % load
 	@$(ENV) cargo run -q -p t2v-producer --example sim

@@ -1,0 +1,93 @@
+//! Prometheus metrics at `/metrics`: requests by route and status, request latency, and
+//! rejections by the rate limit and the daily quota.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    /// The route template (`/v1/videos/{id}`), never the raw path: ids would explode the series.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// `rate`, `videos` or `gpu_seconds`.
+    pub limit: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RouteLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub rejections: Family<RejectLabels, Counter>,
+    pub events_applied: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("t2v_gateway");
+        let requests = Family::<RouteLabels, Counter>::default();
+        // 1 ms … ~4 s: submits are milliseconds, an SSE stream is recorded when it ends.
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 13,
+            ))
+        });
+        let rejections = Family::<RejectLabels, Counter>::default();
+        let events_applied = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
+        registry.register(
+            "limit_rejections",
+            "Requests refused by the rate limit or the daily quota",
+            rejections.clone(),
+        );
+        registry.register(
+            "events_read",
+            "Events read from the events topic",
+            events_applied.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            rejections,
+            events_applied,
+        }
+    }
+
+    pub fn reject(&self, limit: &str) {
+        self.rejections
+            .get_or_create(&RejectLabels {
+                limit: limit.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
