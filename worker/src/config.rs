@@ -166,6 +166,27 @@ pub struct ModelConfig {
     /// 0 = the GPU's total memory (no check on the CPU). Lower it to keep headroom for other
     /// processes on the GPU.
     pub memory_budget_gib: f64,
+    /// Wan backend on CUDA: the GPUs one job runs on — `"all"` (every GPU the worker sees) or
+    /// CUDA ordinals, `[0, 1]` (env: `T2V_MODEL__DEVICES=0,1`). With several, the job splits
+    /// CFG × Ulysses over them (the layout follows from the count) and the VAE decode spreads
+    /// its tiles; CUDA device 0 must be among them.
+    pub devices: DevicesChoice,
+}
+
+/// `[model] devices`: `"all"`, a comma-separated list of CUDA ordinals (`"0,1"`), or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DevicesChoice {
+    /// `"all"` or ordinals as text, `"0,1"`.
+    Text(String),
+    /// CUDA ordinals.
+    Ordinals(Vec<u32>),
+}
+
+impl Default for DevicesChoice {
+    fn default() -> Self {
+        Self::Text("all".into())
+    }
 }
 
 /// Where the Wan pipeline runs.
@@ -221,6 +242,7 @@ impl Default for ModelConfig {
             dtype: DtypeChoice::Auto,
             memory_policy: MemoryPolicyChoice::Resident,
             memory_budget_gib: 0.0,
+            devices: DevicesChoice::default(),
         }
     }
 }

@@ -20,6 +20,8 @@ use crate::generate::wan::{memory_policy, resolve_dtype};
 use crate::gpu::{human, CudaVersion, Gpu, GpuError, GpuMemory, TorchCuda};
 use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
 
+mod devices;
+
 /// What the driver says about the GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverFacts {
@@ -314,6 +316,7 @@ pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
     }
     let facts = CudaFacts::gather();
     let mut out = cuda_findings(cfg.model.device, &facts);
+    out.extend(devices::findings(cfg, facts.torch_sees_cuda));
     let device = match cfg.model.device {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda => Device::Cuda(0),

@@ -10,6 +10,8 @@
 //!   hooks ask;
 //!   [`VideoGenerator::generate`] converts them to RGB24 as diffusers' `numpy_to_pil` does.
 //! - Pipeline errors become [`GenerateError`]s; out-of-memory messages name settings that fit.
+//! - [`WanGenerator::with_devices`] spreads every job over the GPUs of `[model] devices`
+//!   (CFG × Ulysses, [`devices`]); checkpoints stay independent of the GPU count.
 //! - [`WanGenerator::with_memory_budget`] turns on the memory preflight ([`crate::generate::preflight`]):
 //!   a job whose estimated peak does not fit fails with [`GenerateError::OutOfMemory`] before
 //!   any work, naming the estimate, the limit and settings that fit.
@@ -37,6 +39,8 @@ use crate::generate::{
 };
 use crate::gpu::{human, Gpu};
 use crate::job::checkpoints::{checkpoint_metadata, Checkpoint};
+
+pub mod devices;
 
 /// The device `choice` names; `auto` takes CUDA device 0 when libtorch sees one.
 pub fn resolve_device(choice: DeviceChoice) -> Result<Device, GenerateError> {
