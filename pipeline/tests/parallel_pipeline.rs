@@ -1,7 +1,9 @@
 //! [`WanT2V`] with a parallel plan: the whole pipeline (prompt → noise → two-expert denoise with
 //! CFG → VAE) on the tiny two-expert model of `make fixtures` (2 heads), ranks as threads on
 //! the CPU, gives the frames of the one-device pipeline — within 1e-5, f32 — for CFG parallel,
-//! Ulysses and both, resident and with swapped experts; plans the model cannot run are refused.
+//! Ulysses and both, resident and with swapped experts; a checkpoint (the bytes the worker
+//! stores) taken on 4 ranks resumes on one device and one taken on one device resumes on 4;
+//! plans the model cannot run are refused.
 //!
 //! Runs hold `SEED_LOCK`: the seed goes through libtorch's global generator.
 
@@ -10,6 +12,9 @@ mod common;
 use std::sync::Mutex;
 
 use common::fixture;
+use std::collections::BTreeMap;
+
+use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::MemoryPolicy;
 use t2v_pipeline::parallel::{ParallelLayout, ParallelPlan};
@@ -69,6 +74,63 @@ fn parallel_plans_give_the_frames_of_one_device() {
         pipe.set_parallel(None).unwrap();
         assert!(frames(&mut pipe).equal(&reference), "back on one device");
     }
+}
+
+/// Runs `pipe` until `stop_after` steps are done and returns the state there, written to
+/// checkpoint bytes and read back.
+fn checkpoint_after(pipe: &mut WanT2V, stop_after: usize) -> DenoiseState {
+    let _seed = SEED_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut saved = None;
+    let stopped = pipe.generate(&params(), &mut |end| {
+        if end.index + 1 == stop_after {
+            saved = Some(DenoiseState::capture(end, 42).unwrap());
+            return StepControl::Stop;
+        }
+        StepControl::Continue
+    });
+    assert!(stopped.is_err(), "the run did not stop");
+    let bytes = saved.unwrap().to_bytes(&BTreeMap::new()).unwrap();
+    DenoiseState::from_bytes(&bytes).unwrap().0
+}
+
+fn resumed(pipe: &mut WanT2V, state: &DenoiseState) -> Tensor {
+    let _seed = SEED_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pipe.generate_with(&params(), Some(state), &mut |_| StepControl::Continue)
+        .unwrap()
+        .frames
+}
+
+#[test]
+fn a_checkpoint_of_4_ranks_resumes_on_one_device_and_back() {
+    let mut pipe = load(MemoryPolicy::all_resident());
+    let reference = frames(&mut pipe);
+    let two_by_two =
+        ParallelPlan::on_one_device(ParallelLayout { cfg: 2, ulysses: 2 }, Device::Cpu);
+
+    // 4 ranks stop at the expert boundary; one device finishes.
+    pipe.set_parallel(Some(two_by_two.clone())).unwrap();
+    let state = checkpoint_after(&mut pipe, 2);
+    pipe.set_parallel(None).unwrap();
+    let diff = (&resumed(&mut pipe, &state) - &reference)
+        .abs()
+        .max()
+        .double_value(&[]);
+    println!("checkpoint of 2x2 resumed on one device: frames max |diff| {diff:.3e}");
+    assert!(diff <= 1e-5, "4 ranks → 1: {diff:.3e}");
+
+    // One device stops after step 3; 4 ranks finish.
+    let state = checkpoint_after(&mut pipe, 3);
+    pipe.set_parallel(Some(two_by_two)).unwrap();
+    let diff = (&resumed(&mut pipe, &state) - &reference)
+        .abs()
+        .max()
+        .double_value(&[]);
+    println!("checkpoint of one device resumed on 2x2: frames max |diff| {diff:.3e}");
+    assert!(diff <= 1e-5, "1 → 4 ranks: {diff:.3e}");
 }
 
 #[test]
