@@ -108,10 +108,7 @@ fn size_and_sampling_bounds_match_the_proto() {
 
 #[test]
 fn scheduling_and_label_bounds_match_the_proto() {
-    assert_documents(
-        "priority",
-        &[format!("0 (lowest) ..= {MAX_PRIORITY} (highest)")],
-    );
+    assert_documents("priority", &[format!("Priority lane, 0..={MAX_PRIORITY}:")]);
     assert_documents(
         "labels",
         &[

@@ -27,6 +27,8 @@ NAMESPACE = "t2v"
 # The topic contracts, source of truth for the partition bound of the autoscaler.
 TOPICS_YAML = REPO / "schemas" / "topics.yaml"
 REQUESTS_TOPIC = "t2v.requests.v1"
+# The default model's priority lanes, highest first (schemas/topics.yaml `models`).
+LANE_TOPICS = ["t2v.requests.high.v1", "t2v.requests.v1", "t2v.requests.batch.v1"]
 
 SCENARIOS = ["defaults"] + sorted(p.name for p in CI_DIR.glob("*-values.yaml"))
 

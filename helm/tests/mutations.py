@@ -19,7 +19,7 @@ BREAKS = [
  ("shm size dropped", "helm/t2v-worker/templates/_helpers.tpl", "    sizeLimit: {{ .Values.shm.sizeLimit }}\n", ""),
  ("shm not mounted", "helm/t2v-worker/templates/_helpers.tpl", "- name: dshm\n  mountPath: /dev/shm\n", ""),
  ("GPU limit dropped", "helm/t2v-worker/templates/deployment.yaml", "              {{- end }}\n              {{ .Values.gpu.resourceName }}: {{ .Values.gpu.count }}\n          securityContext:", "              {{- end }}\n          securityContext:"),
- ("ScaledObject wrong topic", "helm/t2v-worker/templates/scaledobject.yaml", "topic: {{ $k.requestsTopic | quote }}", "topic: \"t2v.events.v1\""),
+ ("ScaledObject wrong topic", "helm/t2v-worker/templates/scaledobject.yaml", "topic: {{ .topic | quote }}", "topic: \"t2v.events.v1\""),
  ("ScaledObject wrong group", "helm/t2v-worker/templates/scaledobject.yaml", "consumerGroup: {{ $k.groupId | quote }}", "consumerGroup: {{ .Release.Name | quote }}"),
  ("ScaledObject max above partitions", "helm/t2v-worker/templates/scaledobject.yaml", "maxReplicaCount: {{ $a.maxReplicas }}", "maxReplicaCount: 64"),
  ("partition guard removed", "helm/t2v-worker/templates/_helpers.tpl", "{{- if gt ($a.maxReplicas | int) $partitions }}", "{{- if false }}"),

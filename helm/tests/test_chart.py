@@ -19,7 +19,9 @@ import yaml
 
 from conftest import (
     CHART,
+    LANE_TOPICS,
     REQUESTS_TOPIC,
+    TOPICS_YAML,
     SCENARIOS,
     chart_values,
     helm,
@@ -101,21 +103,28 @@ def test_scaler_targets_requests_topic_and_group(scenario, docs):
     if mode == "keda":
         so = one(docs, "ScaledObject")
         assert so["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-        [trigger] = so["spec"]["triggers"]
-        meta = trigger["metadata"]
-        assert trigger["type"] == "kafka"
-        assert meta["topic"] == REQUESTS_TOPIC
-        assert meta["consumerGroup"] == toml["kafka"]["group_id"], "KEDA must watch the group the workers join"
-        assert meta["bootstrapServers"] == toml["kafka"]["brokers"]
-        assert meta["allowIdleConsumers"] == "false"
+        triggers = so["spec"]["triggers"]
+        assert [t["metadata"]["topic"] for t in triggers] == toml["kafka"]["requests_topics"], (
+            "one trigger per lane the workers read"
+        )
+        assert toml["kafka"]["requests_topics"] == LANE_TOPICS
+        for trigger in triggers:
+            meta = trigger["metadata"]
+            assert trigger["type"] == "kafka"
+            assert meta["consumerGroup"] == toml["kafka"]["group_id"], "KEDA must watch the group the workers join"
+            assert meta["bootstrapServers"] == toml["kafka"]["brokers"]
+            assert meta["allowIdleConsumers"] == "false"
+        modifiers = so["spec"]["advanced"]["scalingModifiers"]
+        assert modifiers["formula"] == " + ".join(t["name"] for t in triggers), "KEDA scales on the sum of the lanes"
+        assert modifiers["target"] == str(chart_values(scenario)["autoscaling"]["lagThreshold"])
+        assert modifiers["metricType"] == "AverageValue"
         assert not of_kind(docs, "HorizontalPodAutoscaler"), "KEDA owns the HPA; a second one would fight it"
         assert "replicas" not in deployment["spec"], "a fixed replica count resets KEDA's on every upgrade"
     elif mode == "hpa":
         hpa = one(docs, "HorizontalPodAutoscaler")
         assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-        [metric] = hpa["spec"]["metrics"]
-        labels = metric["external"]["metric"]["selector"]["matchLabels"]
-        assert labels == {"consumergroup": toml["kafka"]["group_id"], "topic": REQUESTS_TOPIC}
+        topics = [m["external"]["metric"]["selector"]["matchLabels"] for m in hpa["spec"]["metrics"]]
+        assert topics == [{"consumergroup": toml["kafka"]["group_id"], "topic": t} for t in LANE_TOPICS]
         assert hpa["spec"]["minReplicas"] >= 1
         assert not of_kind(docs, "ScaledObject")
         assert "replicas" not in deployment["spec"]
@@ -479,3 +488,30 @@ def test_network_policy_allows_otlp_only_when_telemetry_is_configured():
 def test_network_policy_schema_refuses_bad_peers():
     err = render_error("defaults", "--set", "networkPolicy.enabled=true", "--set-json", 'networkPolicy.kafkaTo=[{"cidr":"10.0.0.0/8"}]')
     assert "kafkaTo" in err
+
+
+def test_lanes_and_model_come_from_topics_yaml_and_the_chart_copy_matches():
+    chart_copy = CHART / "files" / "topics.yaml"
+    assert chart_copy.read_text() == TOPICS_YAML.read_text(), (
+        "helm/t2v-worker/files/topics.yaml drifted: cp schemas/topics.yaml helm/t2v-worker/files/topics.yaml"
+    )
+    routes = yaml.safe_load(TOPICS_YAML.read_text())
+    model = routes["models"][0]
+    assert [model["requests"][lane["name"]] for lane in routes["lanes"]] == LANE_TOPICS
+    toml = worker_toml(render("defaults"))
+    assert toml["model"]["name"] == model["name"]
+    assert toml["kafka"]["lane_aging_secs"] == 600
+
+
+def test_a_model_routes_the_fleet_to_its_own_topics(tmp_path):
+    docs = render("defaults", extra=("--set", "worker.kafka.requestsTopics={fast.high,fast.normal}"))
+    toml = worker_toml(docs)
+    assert toml["kafka"]["requests_topics"] == ["fast.high", "fast.normal"]
+    so = one(docs, "ScaledObject")
+    assert [t["metadata"]["topic"] for t in so["spec"]["triggers"]] == ["fast.high", "fast.normal"]
+    assert so["spec"]["advanced"]["scalingModifiers"]["formula"] == "lane0 + lane1"
+    single = one(render("defaults", extra=("--set", "worker.kafka.requestsTopics={only}")), "ScaledObject")
+    assert "scalingModifiers" not in single["spec"]["advanced"], "one lane needs no formula"
+    error = render_error("defaults", "--set", "worker.model.name=wan2.1-t2v-14b")
+    assert "worker.model.name=wan2.1-t2v-14b is not a model of files/topics.yaml" in error
+    assert "served: wan2.2-t2v-a14b" in error

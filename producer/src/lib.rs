@@ -18,6 +18,7 @@
 //!   [`submitter::batch_job_id`], the stable id of a batch file's line.
 //! - [`placement`]: which partition a request goes to — the consumer-group member with the
 //!   shortest backlog ([`Placement::Backlog`], the default), or the job id's hash.
+//! - [`routes`]: which request topic a request goes to — its model's fleet, its priority's lane.
 //! - [`error`]: `SubmitError`, and which Kafka failures are transient ([`Retry`]).
 //! - [`headers`]: t2v-contract's record headers as rdkafka headers.
 //! - [`watch`]: follow a job's events to its terminal one.
@@ -34,12 +35,14 @@ pub mod headers;
 pub mod json;
 pub mod placement;
 pub mod properties;
+pub mod routes;
 pub mod submitter;
 pub mod topics;
 pub mod watch;
 
 pub use error::{Retry, SubmitError};
 pub use placement::Placement;
+pub use routes::{ModelNotServed, Routes};
 pub use submitter::{Submitted, Submitter, SubmitterConfig};
 pub use t2v_contract::{InvalidRequest, TraceContext};
 pub use watch::{JobWatch, StartAt, Terminal};

@@ -18,7 +18,8 @@ use t2v_contract::validate;
 use t2v_producer::properties;
 use t2v_producer::topics::{self, Outcome};
 use t2v_producer::{
-    json, InvalidRequest, JobWatch, StartAt, SubmitError, Submitter, SubmitterConfig, Terminal,
+    json, InvalidRequest, JobWatch, Routes, StartAt, SubmitError, Submitter, SubmitterConfig,
+    Terminal,
 };
 use t2v_proto::v1::{generation_event::Kind, GenerationEvent, GenerationRequest, Sampler};
 
@@ -61,7 +62,7 @@ mod help {
         )
     }
     pub fn priority() -> String {
-        format!("0 (lowest) ..= {MAX_PRIORITY}")
+        format!("Priority lane, 0..={MAX_PRIORITY}: 7-9 high, 1-3 batch, 0 (default) and 4-6 normal (schemas/topics.yaml `lanes`); a worker starts its highest waiting lane first")
     }
 }
 
@@ -121,14 +122,15 @@ struct KafkaArgs {
         default_value = "localhost:9092"
     )]
     brokers: String,
-    /// Topic of generation requests.
-    #[arg(
-        long,
-        global = true,
-        env = "T2V_REQUESTS_TOPIC",
-        default_value = "t2v.requests.v1"
-    )]
-    requests_topic: String,
+    /// Send every request to this one topic, without routing by model and priority (a fleet
+    /// with one lane). Default: route by --routes.
+    #[arg(long, global = true, env = "T2V_REQUESTS_TOPIC")]
+    requests_topic: Option<String>,
+    /// Topics file whose `lanes` and `models` route each request to the topic of its model and
+    /// priority lane; a model no fleet serves is refused (exit 2) naming the served ones.
+    /// Default: the schemas/topics.yaml built into t2v.
+    #[arg(long, global = true, env = "T2V_ROUTES", value_name = "FILE")]
+    routes: Option<PathBuf>,
     /// Topic of job events.
     #[arg(
         long,
@@ -354,9 +356,31 @@ fn kafka_properties(args: &KafkaArgs) -> Result<BTreeMap<String, String>, Failur
 fn submitter_config(args: &KafkaArgs) -> Result<SubmitterConfig, Failure> {
     let kafka = kafka_properties(args)?;
     let timeout = Duration::from_secs(args.connect_timeout_secs.max(1));
+    let routes = match (&args.requests_topic, &args.routes) {
+        (Some(_), _) => None,
+        (None, None) => Some(Routes::builtin()),
+        (None, Some(file)) => Some(
+            Routes::from_file(file)
+                .map_err(|e| fail(2, format!("--routes: {e}")))?
+                .ok_or_else(|| {
+                    fail(
+                        2,
+                        format!(
+                            "--routes {}: the file has no lanes and models",
+                            file.display()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let defaults = SubmitterConfig::default();
     Ok(SubmitterConfig {
         brokers: args.brokers.clone(),
-        requests_topic: args.requests_topic.clone(),
+        requests_topic: args
+            .requests_topic
+            .clone()
+            .unwrap_or(defaults.requests_topic),
+        routes,
         events_topic: args.events_topic.clone(),
         control_topic: args.control_topic.clone(),
         connect_timeout: timeout,

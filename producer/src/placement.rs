@@ -8,17 +8,19 @@
 //!
 //! A background refresher, one per [`Submitter`](crate::Submitter) and started by its first
 //! submit, reads every ~1 s:
-//! - the consumer group's members and the partitions of the requests topic each was assigned
+//! - the consumer group's members and the partitions of the request topics (every lane of every
+//!   routed model, [`crate::routes`]) each was assigned
 //!   (`DescribeGroups`, [`parse_assignment`] over each member's assignment bytes);
 //! - the group's committed offsets (a consumer with the group's `group.id` that never
 //!   subscribes, so it never joins the group);
 //! - the partitions' log-end offsets (and log-start, for a partition nothing was committed on).
 //!
-//! A worker's backlog is Σ over its partitions of (end − committed): its queued jobs plus the
-//! one running, since workers store an offset only after the job's terminal event. A submit
-//! picks the worker with the smallest backlog (ties at random) and a random partition of it,
-//! and counts the job against that worker until the next refresh, so a burst spreads out.
-//! When there is no usable view — no member holds a partition of the topic, the group cannot be
+//! A worker's backlog is Σ over its partitions of every request topic of (end − committed): its
+//! queued jobs in all lanes plus the one running, since workers store an offset only after the
+//! job's terminal event. A submit to topic T picks, among the workers holding a partition of T,
+//! the one with the smallest backlog (ties at random) and a random partition of T it holds, and
+//! counts the job against that worker until the next refresh, so a burst spreads out.
+//! When there is no usable view — no member holds a partition of T, the group cannot be
 //! read, the view is older than [`STALE_AFTER`] — the request is hashed by its key exactly as
 //! before, and the fallback is logged and counted ([`Placer::fallbacks`]).
 //!
@@ -59,8 +61,8 @@ pub const FIRST_VIEW_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerBacklog {
     pub member_id: String,
-    /// Its partitions of the requests topic.
-    pub partitions: Vec<i32>,
+    /// Its partitions of the request topics: (topic, partition).
+    pub partitions: Vec<(String, i32)>,
     /// Records on those partitions not yet committed, plus the requests this submitter placed
     /// on it since the view was taken.
     pub backlog: i64,
@@ -90,6 +92,8 @@ struct Shared {
 pub struct Placer {
     placement: Placement,
     cfg: SubmitterConfig,
+    /// Every request topic, read together: a worker's backlog counts all its lanes.
+    topics: Vec<String>,
     shared: Arc<Shared>,
     started: OnceLock<()>,
 }
@@ -99,6 +103,7 @@ impl Placer {
         Self {
             placement: cfg.placement,
             cfg: cfg.clone(),
+            topics: cfg.request_topics(),
             shared: Arc::new(Shared::default()),
             started: OnceLock::new(),
         }
@@ -117,9 +122,9 @@ impl Placer {
             .unwrap_or_default()
     }
 
-    /// The partition for the next request: `None` means hashing by key (always for
+    /// The partition of `topic` for the next request: `None` means hashing by key (always for
     /// [`Placement::Hash`]; for [`Placement::Backlog`] when there is no usable view, counted).
-    pub async fn partition(&self, job_id: &str) -> Option<i32> {
+    pub async fn partition(&self, topic: &str, job_id: &str) -> Option<i32> {
         if self.placement == Placement::Hash {
             return None;
         }
@@ -128,7 +133,7 @@ impl Placer {
         if *refreshes.borrow_and_update() == 0 {
             let _ = tokio::time::timeout(FIRST_VIEW_WAIT, refreshes.changed()).await;
         }
-        let chosen = choose(&mut lock(&self.shared.view), &mut rand::rng());
+        let chosen = choose(&mut lock(&self.shared.view), topic, &mut rand::rng());
         if chosen.is_none() {
             self.shared.fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(job_id, group = %self.cfg.group_id, "placement: no usable view of the group; hashing by job id");
@@ -140,9 +145,10 @@ impl Placer {
         self.started.get_or_init(|| {
             let shared = Arc::clone(&self.shared);
             let cfg = self.cfg.clone();
+            let topics = self.topics.clone();
             let spawned = std::thread::Builder::new()
                 .name("t2v-placement".into())
-                .spawn(move || refresher(cfg, shared));
+                .spawn(move || refresher(cfg, topics, shared));
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "placement: refresher did not start; hashing by job id");
                 self.shared.refreshes.send_replace(1);
@@ -161,28 +167,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Picks the least-backlogged worker (ties at random) and a random partition of it, and counts
-/// the request against it. `None` when the view is missing, stale or empty.
-fn choose(view: &mut Option<View>, rng: &mut impl Rng) -> Option<i32> {
+/// Picks, among the workers holding a partition of `topic`, the least-backlogged one (ties at
+/// random) and a random partition of `topic` it holds, and counts the request against it.
+/// `None` when the view is missing or stale, or no worker holds a partition of `topic`.
+fn choose(view: &mut Option<View>, topic: &str, rng: &mut impl Rng) -> Option<i32> {
     let view = view
         .as_mut()
         .filter(|v| v.taken_at.elapsed() < STALE_AFTER)?;
+    let of_topic = |w: &WorkerBacklog| -> Vec<i32> {
+        w.partitions
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| *p)
+            .collect()
+    };
     let least = view
         .workers
         .iter()
-        .filter(|w| !w.partitions.is_empty())
+        .filter(|w| !of_topic(w).is_empty())
         .map(|w| w.backlog)
         .min()?;
     let ties: Vec<usize> = (0..view.workers.len())
-        .filter(|&i| !view.workers[i].partitions.is_empty() && view.workers[i].backlog == least)
+        .filter(|&i| !of_topic(&view.workers[i]).is_empty() && view.workers[i].backlog == least)
         .collect();
     let worker = &mut view.workers[ties[rng.random_range(0..ties.len())]];
     worker.backlog += 1;
-    Some(worker.partitions[rng.random_range(0..worker.partitions.len())])
+    let partitions = of_topic(worker);
+    Some(partitions[rng.random_range(0..partitions.len())])
 }
 
 /// Reads the group every [`REFRESH_EVERY`] until the `Placer` is dropped.
-fn refresher(cfg: SubmitterConfig, shared: Arc<Shared>) {
+fn refresher(cfg: SubmitterConfig, topics: Vec<String>, shared: Arc<Shared>) {
     let consumer: Result<BaseConsumer, _> = cfg
         .client_config_with(&[
             ("group.id", cfg.group_id.as_str()),
@@ -202,7 +217,7 @@ fn refresher(cfg: SubmitterConfig, shared: Arc<Shared>) {
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let workers = read_backlogs(&consumer, &cfg.group_id, &cfg.requests_topic, timeout);
+        let workers = read_backlogs(&consumer, &cfg.group_id, &topics, timeout);
         let usable = matches!(&workers, Ok(w) if w.iter().any(|w| !w.partitions.is_empty()));
         if usable != shared.usable.swap(usable, Ordering::Relaxed) || n == 0 {
             match (&workers, usable) {
@@ -233,11 +248,11 @@ fn refresher(cfg: SubmitterConfig, shared: Arc<Shared>) {
     }
 }
 
-/// Every member of `group` with its partitions of `topic` and their backlog.
+/// Every member of `group` with its partitions of `topics` and their backlog.
 fn read_backlogs(
     consumer: &BaseConsumer,
     group: &str,
-    topic: &str,
+    topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<WorkerBacklog>, String> {
     let groups = consumer
@@ -251,10 +266,10 @@ fn read_backlogs(
         for member in info.members() {
             let assigned = parse_assignment(member.assignment().unwrap_or_default())
                 .map_err(|e| format!("member {}: {e}", member.id()))?;
-            let partitions: Vec<i32> = assigned
+            let partitions: Vec<(String, i32)> = assigned
                 .into_iter()
-                .filter(|(t, _)| t == topic)
-                .flat_map(|(_, p)| p)
+                .filter(|(t, _)| topics.contains(t))
+                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
                 .collect();
             workers.push(WorkerBacklog {
                 member_id: member.id().to_string(),
@@ -263,19 +278,20 @@ fn read_backlogs(
             });
         }
     }
-    let all: Vec<i32> = workers.iter().flat_map(|w| w.partitions.clone()).collect();
+    let all: Vec<(String, i32)> = workers.iter().flat_map(|w| w.partitions.clone()).collect();
     if all.is_empty() {
         return Ok(workers);
     }
     let mut tpl = TopicPartitionList::new();
-    for &p in &all {
-        tpl.add_partition(topic, p);
+    for (topic, p) in &all {
+        tpl.add_partition(topic, *p);
     }
     let committed = consumer
         .committed_offsets(tpl, timeout)
         .map_err(|e| format!("committed offsets: {e}"))?;
     for worker in &mut workers {
-        for &p in &worker.partitions {
+        for (topic, p) in &worker.partitions {
+            let (topic, p) = (topic.as_str(), *p);
             let (low, high) = consumer
                 .fetch_watermarks(topic, p, timeout)
                 .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?;
@@ -419,9 +435,34 @@ mod tests {
     fn worker(id: &str, partitions: &[i32], backlog: i64) -> WorkerBacklog {
         WorkerBacklog {
             member_id: id.into(),
-            partitions: partitions.to_vec(),
+            partitions: partitions.iter().map(|&p| ("t".to_string(), p)).collect(),
             backlog,
         }
+    }
+
+    #[test]
+    fn a_lane_goes_to_the_least_busy_worker_holding_one_of_its_partitions() {
+        let lanes = |id: &str, high: &[i32], normal: &[i32], backlog| {
+            let mut w = worker(id, &[], backlog);
+            w.partitions
+                .extend(high.iter().map(|&p| ("high".to_string(), p)));
+            w.partitions
+                .extend(normal.iter().map(|&p| ("normal".to_string(), p)));
+            w
+        };
+        let mut view = Some(View {
+            workers: vec![
+                lanes("idle-without-high", &[], &[0], 0),
+                lanes("busy", &[0], &[1], 5),
+                lanes("less-busy", &[1, 2], &[2], 1),
+            ],
+            taken_at: Instant::now(),
+        });
+        let mut rng = StdRng::seed_from_u64(3);
+        let high = choose(&mut view, "high", &mut rng).unwrap();
+        assert!([1, 2].contains(&high), "{high}");
+        assert_eq!(choose(&mut view, "normal", &mut rng), Some(0));
+        assert_eq!(choose(&mut view, "batch", &mut rng), None);
     }
 
     #[test]
@@ -436,12 +477,12 @@ mod tests {
             taken_at: Instant::now(),
         });
         let mut rng = StdRng::seed_from_u64(7);
-        let first = choose(&mut view, &mut rng).unwrap();
+        let first = choose(&mut view, "t", &mut rng).unwrap();
         assert!([2, 3].contains(&first), "{first}");
         // b now counts 1, tied with c: the next two go one to each.
         let mut next = [
-            choose(&mut view, &mut rng).unwrap(),
-            choose(&mut view, &mut rng).unwrap(),
+            choose(&mut view, "t", &mut rng).unwrap(),
+            choose(&mut view, "t", &mut rng).unwrap(),
         ];
         next.sort();
         assert!(next[1] == 4 && [2, 3].contains(&next[0]), "{next:?}");
@@ -468,7 +509,7 @@ mod tests {
                 ],
                 taken_at: Instant::now(),
             });
-            seen.insert(choose(&mut view, &mut rng).unwrap());
+            seen.insert(choose(&mut view, "t", &mut rng).unwrap());
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
     }
@@ -476,18 +517,18 @@ mod tests {
     #[test]
     fn no_view_a_stale_view_or_no_partitions_mean_hashing() {
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(choose(&mut None, &mut rng), None);
+        assert_eq!(choose(&mut None, "t", &mut rng), None);
         let mut empty = Some(View {
             workers: vec![worker("a", &[], 0)],
             taken_at: Instant::now(),
         });
-        assert_eq!(choose(&mut empty, &mut rng), None);
+        assert_eq!(choose(&mut empty, "t", &mut rng), None);
         if let Some(old) = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1)) {
             let mut stale = Some(View {
                 workers: vec![worker("a", &[0], 0)],
                 taken_at: old,
             });
-            assert_eq!(choose(&mut stale, &mut rng), None);
+            assert_eq!(choose(&mut stale, "t", &mut rng), None);
         }
     }
 
@@ -497,7 +538,7 @@ mod tests {
             placement: Placement::Hash,
             ..Default::default()
         });
-        assert_eq!(placer.partition("j").await, None);
+        assert_eq!(placer.partition("t", "j").await, None);
         assert_eq!(placer.fallbacks(), 0);
         assert!(placer.started.get().is_none());
     }

@@ -20,6 +20,7 @@ pub use crate::error::SubmitError;
 use crate::headers::record_headers;
 use crate::placement::{Placement, Placer};
 use crate::properties;
+use crate::routes::Routes;
 use crate::watch::JobWatch;
 
 /// Where and how to submit. Defaults suit the local stack (`make up`). Its `Debug` form shows
@@ -28,7 +29,12 @@ use crate::watch::JobWatch;
 pub struct SubmitterConfig {
     /// Kafka bootstrap servers, comma-separated.
     pub brokers: String,
+    /// Where every request goes when `routes` is `None`.
     pub requests_topic: String,
+    /// Route each request to its model's fleet and its priority's lane (schemas/topics.yaml,
+    /// [`Routes::builtin`]); a model no fleet serves is refused. `None`: everything goes to
+    /// `requests_topic` (one fleet, one lane).
+    pub routes: Option<Routes>,
     pub events_topic: String,
     pub control_topic: String,
     /// How long to wait for the brokers before giving up with [`SubmitError::BrokersUnreachable`].
@@ -48,6 +54,7 @@ impl Default for SubmitterConfig {
         Self {
             brokers: "localhost:9092".into(),
             requests_topic: "t2v.requests.v1".into(),
+            routes: None,
             events_topic: "t2v.events.v1".into(),
             control_topic: "t2v.control.v1".into(),
             connect_timeout: Duration::from_secs(10),
@@ -76,6 +83,7 @@ impl std::fmt::Debug for SubmitterConfig {
         f.debug_struct("SubmitterConfig")
             .field("brokers", &self.brokers)
             .field("requests_topic", &self.requests_topic)
+            .field("routes", &self.routes)
             .field("events_topic", &self.events_topic)
             .field("control_topic", &self.control_topic)
             .field("connect_timeout", &self.connect_timeout)
@@ -88,6 +96,28 @@ impl std::fmt::Debug for SubmitterConfig {
 }
 
 impl SubmitterConfig {
+    /// The request topic for `req`: its model's topic of its priority's lane, or
+    /// `requests_topic` without routes. Fails for a model no fleet serves.
+    pub fn request_topic(&self, req: &GenerationRequest) -> Result<&str, InvalidRequest> {
+        match &self.routes {
+            None => Ok(&self.requests_topic),
+            Some(routes) => routes
+                .topic(&req.model, req.priority)
+                .map_err(|e| InvalidRequest {
+                    field: "model",
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// Every topic a request may go to.
+    pub fn request_topics(&self) -> Vec<String> {
+        match &self.routes {
+            None => vec![self.requests_topic.clone()],
+            Some(routes) => routes.all_request_topics(),
+        }
+    }
+
     /// The librdkafka client config shared by the producer and event consumers.
     pub fn client_config(&self) -> ClientConfig {
         self.client_config_with(&[])
@@ -196,9 +226,12 @@ impl Submitter {
         self.placer.fallbacks()
     }
 
-    /// Fails within `connect_timeout` when no broker answers, or when the requests topic is missing.
+    /// Fails within `connect_timeout` when no broker answers, or when a request topic is missing.
     pub async fn check_brokers(&self) -> Result<(), SubmitError> {
-        self.check_topic(&self.cfg.requests_topic).await
+        for topic in self.cfg.request_topics() {
+            self.check_topic(&topic).await?;
+        }
+        Ok(())
     }
 
     /// Fails within `connect_timeout` when no broker answers, or when `topic` is missing.
@@ -229,8 +262,10 @@ impl Submitter {
     }
 
     /// Validates `req`, assigns a ULID job id when empty and stamps `submitted_at_unix_ms`.
+    /// With routes, a model no fleet serves is refused here (field `model`), before anything is sent.
     pub fn prepare(&self, mut req: GenerationRequest) -> Result<GenerationRequest, InvalidRequest> {
         validate::request(&req)?;
+        self.cfg.request_topic(&req)?;
         if req.job_id.is_empty() {
             req.job_id = ulid::Ulid::generate().to_string();
             let mut fresh = self.fresh_ids();
@@ -284,14 +319,15 @@ impl Submitter {
         req: &GenerationRequest,
         trace: &TraceContext,
     ) -> Result<DeliveryFuture, SubmitError> {
+        let topic = self.cfg.request_topic(req)?;
         let fresh = self.fresh_ids().remove(&req.job_id);
         let partition = if fresh {
-            self.placer.partition(&req.job_id).await
+            self.placer.partition(topic, &req.job_id).await
         } else {
             None
         };
         let out = Outgoing {
-            topic: &self.cfg.requests_topic,
+            topic,
             job_id: &req.job_id,
             schema: schema::GENERATION_REQUEST,
             payload: req.encode_to_vec(),

@@ -18,6 +18,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
 
+use crate::routes::{Lane, ModelRoute, Routes, RoutesError};
 use crate::submitter::SubmitError;
 
 /// One topic as schemas/topics.yaml describes it.
@@ -57,7 +58,15 @@ impl TopicSpec {
 #[serde(deny_unknown_fields)]
 struct TopicsFile {
     topics: Vec<TopicSpec>,
+    /// Priority lanes and served models (see [`crate::routes`]).
+    #[serde(default)]
+    lanes: Vec<Lane>,
+    #[serde(default)]
+    models: Vec<ModelRoute>,
 }
+
+/// Request topics named only under `models` are made like this one.
+pub const REQUEST_TOPIC_TEMPLATE: &str = "t2v.requests.v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicsError {
@@ -93,6 +102,10 @@ pub enum SpecError {
     Counts { topic: String },
     #[error("{topic}: cleanup_policy must be delete, compact or compact,delete")]
     CleanupPolicy { topic: String },
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    #[error("request topic {topic} is not under `topics` and there is no {REQUEST_TOPIC_TEMPLATE} to make it like")]
+    NoTemplate { topic: String },
 }
 
 /// Reads and checks schemas/topics.yaml.
@@ -124,7 +137,27 @@ fn parse(text: &str) -> Result<Vec<TopicSpec>, SpecError> {
             });
         }
     }
-    Ok(file.topics)
+    let mut topics = file.topics;
+    let Some(routes) = Routes::from_parts(file.lanes, file.models)? else {
+        return Ok(topics);
+    };
+    for name in routes.all_request_topics() {
+        if topics.iter().any(|t| t.name == name) {
+            continue;
+        }
+        let template = topics
+            .iter()
+            .find(|t| t.name == REQUEST_TOPIC_TEMPLATE)
+            .ok_or_else(|| SpecError::NoTemplate {
+                topic: name.clone(),
+            })?;
+        let spec = TopicSpec {
+            name,
+            ..template.clone()
+        };
+        topics.push(spec);
+    }
+    Ok(topics)
 }
 
 /// What `apply` did to one topic.
@@ -330,7 +363,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_committed_topics_file_parses_and_names_the_four_topics() {
+    fn the_committed_topics_file_parses_and_names_every_topic() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/topics.yaml");
         let specs = load(&path).unwrap();
         let names: Vec<_> = specs.iter().map(|t| t.name.as_str()).collect();
@@ -340,11 +373,21 @@ mod tests {
                 "t2v.requests.v1",
                 "t2v.events.v1",
                 "t2v.control.v1",
-                "t2v.dlq.v1"
+                "t2v.dlq.v1",
+                "t2v.requests.high.v1",
+                "t2v.requests.batch.v1"
             ]
         );
         let control = &specs[2];
         assert_eq!(control.cleanup_policy, "compact");
+        // The lanes' topics are made like the normal lane's.
+        assert_eq!(
+            TopicSpec {
+                name: specs[0].name.clone(),
+                ..specs[4].clone()
+            },
+            specs[0]
+        );
     }
 
     #[test]

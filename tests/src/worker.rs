@@ -178,7 +178,7 @@ impl WorkerSetup {
             .env("RUST_LOG", "info")
             .env("T2V_KAFKA__BROKERS", brokers())
             .env("T2V_KAFKA__GROUP_ID", &self.group)
-            .env("T2V_KAFKA__REQUESTS_TOPIC", &self.requests)
+            .env("T2V_KAFKA__REQUESTS_TOPICS", &self.requests)
             .env("T2V_KAFKA__EVENTS_TOPIC", &self.events)
             .env("T2V_KAFKA__CONTROL_TOPIC", &self.control)
             .env("T2V_KAFKA__DLQ_TOPIC", &self.dlq)

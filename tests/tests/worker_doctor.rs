@@ -12,7 +12,7 @@ fn doctor(requests: &str, others: &str, storage_url: &str, aws_endpoint: &str) -
         .arg("doctor")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .args(["--brokers", &brokers(), "--requests-topic", requests])
+        .args(["--brokers", &brokers(), "--requests-topics", requests])
         .args([
             "--events-topic",
             others,

@@ -70,7 +70,13 @@ pub struct KafkaConfig {
     pub ssl_certificate_location: String,
     /// Client private key for mutual TLS; empty = none.
     pub ssl_key_location: String,
-    pub requests_topic: String,
+    /// The request topics this fleet reads, its priority lanes highest first (schemas/topics.yaml
+    /// `models`): the worker starts the next job from the first with a backlog on its partitions.
+    /// Env: comma-separated, e.g. `T2V_KAFKA__REQUESTS_TOPICS=t2v.requests.high.v1,t2v.requests.v1`.
+    pub requests_topics: Vec<String>,
+    /// A lower lane that has waited this long behind higher ones gives the next job, so no lane
+    /// starves: a lane waits at most this plus one job. 0 = strict priority.
+    pub lane_aging_secs: u64,
     pub events_topic: String,
     pub control_topic: String,
     pub dlq_topic: String,
@@ -97,7 +103,12 @@ impl Default for KafkaConfig {
             ssl_ca_location: String::new(),
             ssl_certificate_location: String::new(),
             ssl_key_location: String::new(),
-            requests_topic: "t2v.requests.v1".into(),
+            requests_topics: vec![
+                "t2v.requests.high.v1".into(),
+                "t2v.requests.v1".into(),
+                "t2v.requests.batch.v1".into(),
+            ],
+            lane_aging_secs: 600,
             events_topic: "t2v.events.v1".into(),
             control_topic: "t2v.control.v1".into(),
             dlq_topic: "t2v.dlq.v1".into(),
@@ -404,6 +415,14 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Keys whose env and flag values are comma-separated lists.
+const LIST_KEYS: [&str; 1] = ["kafka.requests_topics"];
+
+/// The environment variable of a dotted key: `kafka.requests_topics` → `T2V_KAFKA__REQUESTS_TOPICS`.
+fn env_name(key: &str) -> String {
+    format!("T2V_{}", key.replace('.', "__").to_uppercase())
+}
+
 /// The top-level sections, for picking `T2V_<SECTION>__<KEY>` variables out of the environment
 /// (other `T2V_*` variables such as `T2V_POD_NAME` belong to other tools).
 const SECTIONS: &[&str] = &[
@@ -444,22 +463,33 @@ impl WorkerConfig {
                     .required(true),
             );
         }
-        let ours: config::Map<String, String> = env
+        let (lists, ours): (Vec<_>, Vec<_>) = env
             .into_iter()
             .filter(|(key, _)| {
                 key.strip_prefix("T2V_")
                     .and_then(|rest| rest.split_once("__"))
                     .is_some_and(|(section, _)| SECTIONS.contains(&section.to_lowercase().as_str()))
             })
-            .collect();
+            .partition(|(key, _)| LIST_KEYS.iter().any(|list| env_name(list) == *key));
         builder = builder.add_source(
             config::Environment::with_prefix("T2V")
                 .prefix_separator("_")
                 .separator("__")
-                .source(Some(ours)),
+                .source(Some(ours.into_iter().collect())),
         );
-        for (key, value) in overrides {
-            builder = builder.set_override(*key, value.as_str())?;
+        // Lists arrive comma-separated (env and flags alike); flags come last and win.
+        let lists = lists.into_iter().filter_map(|(name, value)| {
+            let key = LIST_KEYS.iter().find(|list| env_name(list) == name)?;
+            Some((*key, value))
+        });
+        let overrides = overrides.iter().map(|(key, value)| (*key, value.clone()));
+        for (key, value) in lists.chain(overrides) {
+            builder = if LIST_KEYS.contains(&key) {
+                let items: Vec<String> = value.split(',').map(|v| v.trim().to_string()).collect();
+                builder.set_override(key, items)?
+            } else {
+                builder.set_override(key, value)?
+            };
         }
         let cfg: WorkerConfig = builder.build()?.try_deserialize()?;
         cfg.validate()?;
@@ -517,6 +547,13 @@ impl KafkaConfig {
             return Err(ConfigError::Invalid(
                 "kafka.group_id is empty — every worker of a fleet needs the same group id".into(),
             ));
+        }
+        let topics = &self.requests_topics;
+        let distinct: std::collections::BTreeSet<&str> = topics.iter().map(|t| t.trim()).collect();
+        if topics.is_empty() || distinct.contains("") || distinct.len() != topics.len() {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.requests_topics {topics:?} must name one or more distinct topics, highest lane first (schemas/topics.yaml `models`; env T2V_KAFKA__REQUESTS_TOPICS=a,b,c)"
+            )));
         }
         if self.session_timeout_ms > self.max_poll_interval_ms {
             return Err(ConfigError::Invalid(format!(
@@ -634,6 +671,48 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn request_topics_are_lanes_from_toml_env_or_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nrequests_topics = [\"f.high\", \"f.low\"]\n",
+        )
+        .unwrap();
+        let from_file = WorkerConfig::load(Some(&file), env(&[]), &[]).unwrap();
+        assert_eq!(from_file.kafka.requests_topics, ["f.high", "f.low"]);
+        let from_env = WorkerConfig::load(
+            Some(&file),
+            env(&[("T2V_KAFKA__REQUESTS_TOPICS", "e.high, e.normal,e.batch")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            from_env.kafka.requests_topics,
+            ["e.high", "e.normal", "e.batch"]
+        );
+        let from_flag = WorkerConfig::load(
+            Some(&file),
+            env(&[("T2V_KAFKA__REQUESTS_TOPICS", "e.high")]),
+            &[("kafka.requests_topics", "only".to_string())],
+        )
+        .unwrap();
+        assert_eq!(from_flag.kafka.requests_topics, ["only"]);
+        let defaults = WorkerConfig::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(
+            defaults.kafka.requests_topics.len(),
+            3,
+            "the default model's lanes"
+        );
+        for bad in ["", "a,a", "a,,b"] {
+            let err = WorkerConfig::load(None, env(&[("T2V_KAFKA__REQUESTS_TOPICS", bad)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("distinct topics"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

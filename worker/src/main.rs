@@ -38,9 +38,9 @@ struct Overrides {
     /// kafka.group_id
     #[arg(long, global = true)]
     group_id: Option<String>,
-    /// kafka.requests_topic
+    /// kafka.requests_topics: comma-separated, highest priority lane first
     #[arg(long, global = true)]
-    requests_topic: Option<String>,
+    requests_topics: Option<String>,
     /// kafka.events_topic
     #[arg(long, global = true)]
     events_topic: Option<String>,
@@ -86,7 +86,7 @@ impl Overrides {
         };
         add("kafka.brokers", &self.brokers);
         add("kafka.group_id", &self.group_id);
-        add("kafka.requests_topic", &self.requests_topic);
+        add("kafka.requests_topics", &self.requests_topics);
         add("kafka.events_topic", &self.events_topic);
         add("kafka.control_topic", &self.control_topic);
         add("kafka.dlq_topic", &self.dlq_topic);

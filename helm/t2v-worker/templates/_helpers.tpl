@@ -100,15 +100,51 @@ leaves the group. A value below this kills the pod mid-checkpoint and loses the 
 {{- end }}
 {{- end }}
 
+{{/* The fleet's priority lanes as a JSON list of {name, topic}, highest first: the explicit
+     worker.kafka.requestsTopics, else the lanes of worker.model.name in files/topics.yaml. */}}
+{{- define "t2v-worker.lanes" -}}
+{{- $explicit := .Values.worker.kafka.requestsTopics | default list }}
+{{- $lanes := list }}
+{{- if $explicit }}
+{{- range $i, $topic := $explicit }}
+{{- $lanes = append $lanes (dict "name" (printf "lane%d" $i) "topic" $topic) }}
+{{- end }}
+{{- else }}
+{{- $routes := .Files.Get "files/topics.yaml" | fromYaml }}
+{{- $model := .Values.worker.model.name }}
+{{- $route := dict }}
+{{- $served := list }}
+{{- range $routes.models }}
+{{- $served = append $served .name }}
+{{- if eq .name $model }}{{- $route = . }}{{- end }}
+{{- end }}
+{{- if not $route }}
+{{- fail (printf "worker.model.name=%s is not a model of files/topics.yaml (served: %s): add it with its request topics to schemas/topics.yaml (and copy it to the chart's files/), or set worker.kafka.requestsTopics." $model (join ", " $served)) }}
+{{- end }}
+{{- range $routes.lanes }}
+{{- $lanes = append $lanes (dict "name" .name "topic" (index $route.requests .name)) }}
+{{- end }}
+{{- end }}
+{{- toJson $lanes }}
+{{- end }}
+
+{{/* The request topics, highest lane first, as a list. */}}
+{{- define "t2v-worker.requestsTopics" -}}
+{{- $topics := list }}
+{{- range (include "t2v-worker.lanes" . | fromJsonArray) }}{{- $topics = append $topics .topic }}{{- end }}
+{{- toJson $topics }}
+{{- end }}
+
 {{/* Cross-key checks; included once by the ConfigMap so every render runs them. */}}
 {{- define "t2v-worker.validate" -}}
 {{- $a := .Values.autoscaling }}
 {{- $partitions := .Values.worker.kafka.requestsPartitions | int }}
+{{- $topic := include "t2v-worker.requestsTopics" . | fromJsonArray | first }}
 {{- if gt ($a.maxReplicas | int) $partitions }}
-{{- fail (printf "autoscaling.maxReplicas=%v exceeds the %d partitions of %s: a consumer group gives each partition to one member, so replicas beyond %d would sit idle on paid GPUs. Lower maxReplicas or add partitions (schemas/topics.yaml) and set worker.kafka.requestsPartitions." $a.maxReplicas $partitions .Values.worker.kafka.requestsTopic $partitions) }}
+{{- fail (printf "autoscaling.maxReplicas=%v exceeds the %d partitions of %s: a consumer group gives each partition to one member, so replicas beyond %d would sit idle on paid GPUs. Lower maxReplicas or add partitions (schemas/topics.yaml) and set worker.kafka.requestsPartitions." $a.maxReplicas $partitions $topic $partitions) }}
 {{- end }}
 {{- if and (eq $a.mode "none") (gt (.Values.replicaCount | int) $partitions) }}
-{{- fail (printf "replicaCount=%v exceeds the %d partitions of %s; replicas beyond that would sit idle on paid GPUs." .Values.replicaCount $partitions .Values.worker.kafka.requestsTopic) }}
+{{- fail (printf "replicaCount=%v exceeds the %d partitions of %s; replicas beyond that would sit idle on paid GPUs." .Values.replicaCount $partitions $topic) }}
 {{- end }}
 {{- if gt ($a.minReplicas | int) ($a.maxReplicas | int) }}
 {{- fail (printf "autoscaling.minReplicas=%v is above autoscaling.maxReplicas=%v." $a.minReplicas $a.maxReplicas) }}

@@ -109,12 +109,8 @@ fn kafka(cfg: &WorkerConfig) -> Vec<Finding> {
             metadata.brokers().len()
         ),
     )];
-    for topic in [
-        &k.requests_topic,
-        &k.events_topic,
-        &k.control_topic,
-        &k.dlq_topic,
-    ] {
+    let others = [&k.events_topic, &k.control_topic, &k.dlq_topic];
+    for topic in k.requests_topics.iter().chain(others) {
         let present = metadata
             .topics()
             .iter()

@@ -276,7 +276,11 @@ impl Job<'_> {
         &self,
         why: &str,
     ) -> (Result<(), KafkaError>, &'static str, String) {
-        let sent = self.ctx.publisher.requeue(&self.req, &self.trace).await;
+        let sent = self
+            .ctx
+            .publisher
+            .requeue(&self.record.topic, &self.req, &self.trace)
+            .await;
         let detail = format!("re-queued as attempt {}: {why}", self.req.attempt);
         (sent, outcome::REQUEUED, detail)
     }
@@ -287,7 +291,11 @@ impl Job<'_> {
         if self.req.attempt < validate::MAX_ATTEMPT {
             let mut again = self.req.clone();
             again.attempt += 1;
-            let sent = self.ctx.publisher.requeue(&again, &self.trace).await;
+            let sent = self
+                .ctx
+                .publisher
+                .requeue(&self.record.topic, &again, &self.trace)
+                .await;
             let detail = format!("re-queued as attempt {}: {why}", again.attempt);
             return (sent, outcome::REQUEUED, detail);
         }

@@ -9,6 +9,11 @@
 //! was most of the gap between consecutive jobs. A held record is given back (seek) if a rebalance
 //! happened since it was fetched or the finished job must be read again.
 //!
+//! The worker reads every priority lane of its model (`kafka.requests_topics`, highest first).
+//! Before a record starts, [`lanes`] checks the worker's own partitions: when a higher lane (or
+//! one that waited past `kafka.lane_aging_secs`) has a backlog, the record is given back and only
+//! that lane is fetched until its record arrives.
+//!
 //! Before anything loads, the host checks of `t2v-worker doctor` (/dev/shm, model directory, GPU)
 //! run and a failure stops the start; the storage probe runs alongside and only logs.
 //!
@@ -44,6 +49,7 @@ use crate::job::{self, Disposition, JobContext};
 use crate::kafka::client_config;
 use crate::kafka::control;
 use crate::kafka::events::{Publisher, SourceRecord};
+use crate::kafka::lanes::{self, Choice, Lanes};
 use crate::metrics::{phase, Metrics};
 use crate::storage::Storage;
 
@@ -56,20 +62,20 @@ struct WorkerContext {
     running: Arc<RunningPartition>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    requests_topic: String,
+    requests_topics: Vec<String>,
 }
 
 impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
-        if let Some(topic) = statistics.topics.get(&self.requests_topic) {
-            let lag = topic
-                .partitions
-                .iter()
-                .filter(|(p, _)| **p >= 0)
-                .map(|(_, p)| p.consumer_lag.max(0))
-                .sum();
-            self.metrics.set_consumer_lag(lag);
-        }
+        let lag = self
+            .requests_topics
+            .iter()
+            .filter_map(|t| statistics.topics.get(t))
+            .flat_map(|topic| topic.partitions.iter())
+            .filter(|(p, _)| **p >= 0)
+            .map(|(_, p)| p.consumer_lag.max(0))
+            .sum();
+        self.metrics.set_consumer_lag(lag);
     }
 }
 
@@ -168,6 +174,7 @@ fn source_record<M: Message>(m: &M) -> SourceRecord {
         topic: m.topic().to_string(),
         partition: m.partition(),
         offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
         headers: m
@@ -520,20 +527,24 @@ fn subscribe(
             running: shared.running_partition.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
-            requests_topic: k.requests_topic.clone(),
+            requests_topics: k.requests_topics.clone(),
         })
         .context("cannot create the Kafka consumer")?;
+    let topics: Vec<&str> = k.requests_topics.iter().map(String::as_str).collect();
     consumer
-        .subscribe(&[&k.requests_topic])
-        .context("cannot subscribe to the requests topic")?;
+        .subscribe(&topics)
+        .context("cannot subscribe to the request topics")?;
     tracing::info!(
         group = k.group_id,
-        topic = k.requests_topic,
+        topics = ?k.requests_topics,
         worker_id = worker_id(cfg),
         "consuming"
     );
     Ok(consumer)
 }
+
+/// How long a worker that gave a record back for a higher lane waits for that lane's record.
+const FOCUS_WAIT: Duration = Duration::from_secs(3);
 
 /// Whether the loop goes on after an event.
 enum Next {
@@ -549,6 +560,11 @@ struct ConsumerLoop {
     stop: CancellationToken,
     running: Option<RunningJob>,
     held: Option<Held>,
+    lanes: Lanes,
+    /// While idle after giving a record back for a higher lane: fetch only that lane, until then.
+    focus: Option<(usize, tokio::time::Instant)>,
+    /// A focus that found nothing: start the next record without looking at the lanes again.
+    start_next: bool,
     /// The running job may first finish its step, then write its checkpoint.
     drain: Duration,
     drain_until: Option<tokio::time::Instant>,
@@ -564,6 +580,10 @@ impl ConsumerLoop {
         let c = &ctx.cfg;
         let drain =
             Duration::from_secs(c.shutdown.drain_deadline_secs + c.checkpoint.max_write_secs);
+        let lanes = Lanes::new(
+            c.kafka.requests_topics.clone(),
+            Duration::from_secs(c.kafka.lane_aging_secs),
+        );
         Self {
             consumer,
             ctx,
@@ -571,6 +591,9 @@ impl ConsumerLoop {
             stop,
             running: None,
             held: None,
+            lanes,
+            focus: None,
+            start_next: false,
             drain,
             drain_until: None,
         }
@@ -586,6 +609,10 @@ impl ConsumerLoop {
                     // A step slower than the deadline is not a crash: the attempt does not count.
                     self.ctx.give_back_attempt().await;
                     Next::Leave
+                }
+                _ = tokio::time::sleep_until(self.focus.map_or_else(tokio::time::Instant::now, |f| f.1)), if self.focus.is_some() => {
+                    self.on_focus_expired();
+                    Next::Continue
                 }
                 finished = async { (&mut self.running.as_mut().expect("guarded").task).await }, if self.running.is_some() => {
                     let disposition = finished.unwrap_or_else(|e| {
@@ -657,6 +684,12 @@ impl ConsumerLoop {
         }
         if let Some(next) = self.held.take() {
             if next.rebalances == self.shared.rebalances.load(Ordering::SeqCst) {
+                if let Choice::Prefer(lane) = self.choose(&next.record) {
+                    give_back(&self.consumer, &next.record);
+                    self.shared.holding.store(false, Ordering::SeqCst);
+                    self.focus_on(lane);
+                    return Next::Continue;
+                }
                 self.start(next.record);
             } else {
                 tracing::info!(
@@ -715,10 +748,25 @@ impl ConsumerLoop {
         }
     }
 
-    /// Starts `record` now, or holds it as the next job (fetching nothing more until it starts).
+    /// Starts `record` now (unless a higher lane waits), or holds it as the next job (fetching
+    /// nothing more until it starts).
     fn on_record(&mut self, record: SourceRecord) {
         if self.running.is_none() {
-            self.start(record);
+            let lane = self.lanes.rank(&record.topic);
+            match self.focus {
+                Some((focus, _)) if focus != lane => {
+                    // Fetched before the other lanes were paused: later.
+                    self.put_back_fetched(&record.topic, record.partition, record.offset);
+                }
+                Some(_) => self.start(record),
+                None => match self.choose(&record) {
+                    Choice::Start => self.start(record),
+                    Choice::Prefer(lane) => {
+                        give_back(&self.consumer, &record);
+                        self.focus_on(lane);
+                    }
+                },
+            }
             return;
         }
         self.shared.holding.store(true, Ordering::SeqCst);
@@ -729,7 +777,66 @@ impl ConsumerLoop {
         pause_all(&self.consumer);
     }
 
+    /// Whether `record` may start now or a higher (or long-waiting) lane goes first.
+    fn choose(&mut self, record: &SourceRecord) -> Choice {
+        if self.lanes.is_single() || std::mem::take(&mut self.start_next) {
+            return Choice::Start;
+        }
+        let backlog = tokio::task::block_in_place(|| lanes::backlogs(&self.consumer, &self.lanes));
+        let choice = self.lanes.choose(
+            self.lanes.rank(&record.topic),
+            &backlog,
+            std::time::Instant::now(),
+        );
+        if let Choice::Prefer(lane) = choice {
+            tracing::info!(
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                first = self.lanes.topics()[lane],
+                "another lane goes first: the record is read again after it"
+            );
+        }
+        choice
+    }
+
+    /// Fetches only from `lane` until a record of it arrives (or [`FOCUS_WAIT`] passes).
+    fn focus_on(&mut self, lane: usize) {
+        if let Ok(assigned) = self.consumer.assignment() {
+            let (mut keep, mut rest) = (TopicPartitionList::new(), TopicPartitionList::new());
+            for e in assigned.elements() {
+                let list = if self.lanes.rank(e.topic()) == lane {
+                    &mut keep
+                } else {
+                    &mut rest
+                };
+                list.add_partition(e.topic(), e.partition());
+            }
+            if let Err(e) = self
+                .consumer
+                .pause(&rest)
+                .and_then(|()| self.consumer.resume(&keep))
+            {
+                tracing::warn!(error = %e, "cannot pause the other lanes");
+            }
+        }
+        self.focus = Some((lane, tokio::time::Instant::now() + FOCUS_WAIT));
+    }
+
+    /// The preferred lane delivered nothing (its backlog moved to another worker): fetch from
+    /// every lane again and start whatever comes next.
+    fn on_focus_expired(&mut self) {
+        tracing::info!("the preferred lane delivered nothing: reading every lane again");
+        self.focus = None;
+        self.start_next = true;
+        resume_all(&self.consumer);
+    }
+
     fn start(&mut self, record: SourceRecord) {
+        self.lanes.started(self.lanes.rank(&record.topic));
+        if self.focus.take().is_some() {
+            resume_all(&self.consumer);
+        }
         self.running = Some(start_job(
             &self.ctx,
             record,

@@ -37,6 +37,8 @@ pub struct SourceRecord {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The record's timestamp (producer create time), Unix milliseconds, when it has one.
+    pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
@@ -48,7 +50,6 @@ pub struct Publisher {
     producer: FutureProducer,
     events_topic: String,
     dlq_topic: String,
-    requests_topic: String,
     pub worker_id: String,
     retry: ExponentialBuilder,
 }
@@ -70,7 +71,6 @@ impl Publisher {
             producer: cfg.create()?,
             events_topic: k.events_topic.clone(),
             dlq_topic: k.dlq_topic.clone(),
-            requests_topic: k.requests_topic.clone(),
             worker_id: worker_id.to_string(),
             retry: crate::retry::policy(jobs),
         })
@@ -158,15 +158,17 @@ impl Publisher {
             .await
     }
 
-    /// Publishes `req` again on the requests topic (with its attempt already raised).
+    /// Publishes `req` again on `topic`, the request topic (lane) it came from, so a re-queue
+    /// keeps its priority (with its attempt already raised).
     pub async fn requeue(
         &self,
+        topic: &str,
         req: &GenerationRequest,
         trace: &TraceContext,
     ) -> Result<(), KafkaError> {
         let headers = record_headers(schema::GENERATION_REQUEST, trace);
         self.send(
-            &self.requests_topic,
+            topic,
             Some(req.job_id.as_bytes()),
             &req.encode_to_vec(),
             headers,

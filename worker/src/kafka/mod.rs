@@ -3,6 +3,7 @@
 //! - [`consumer`]: `run` — the consumer-group loop: pause while a job runs, offsets after the
 //!   terminal event, rebalances, shutdown.
 //! - [`events`]: [`Publisher`](events::Publisher), the idempotent producer of events, DLQ copies and re-queues.
+//! - [`lanes`]: priority lanes — which request topic the next job comes from.
 //! - [`control`]: Cancel commands from `t2v.control.v1`, read by every worker.
 //! - here: the client settings every client of the worker shares; t2v-kafka's header glue.
 
@@ -13,6 +14,7 @@ use crate::config::KafkaConfig;
 pub mod consumer;
 pub mod control;
 pub mod events;
+pub mod lanes;
 
 /// The librdkafka settings every client of the worker shares: brokers, security, extra properties.
 pub fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
