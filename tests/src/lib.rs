@@ -18,6 +18,7 @@
 //! Everything public is re-exported here: `use t2v_tests::{WorkerSetup, wait_events, ...}`.
 
 pub mod chaos;
+pub mod gateway;
 pub mod kafka;
 pub mod s3;
 pub mod stack;

@@ -232,10 +232,16 @@ impl From<AuthError> for ApiError {
             }
             _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
         };
-        let challenge = format!(
-            "Bearer error=\"invalid_token\", error_description=\"{}\"",
-            e.to_string().replace('"', "'")
-        );
+        // Header values are visible ASCII: the description drops the message's dashes and quotes.
+        let description: String = e
+            .to_string()
+            .replace('—', "-")
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .map(|c| if c == '"' { '\'' } else { c })
+            .collect();
+        let challenge =
+            format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
         Self::new(status, code, e.to_string()).with_header("www-authenticate", challenge)
     }
 }
