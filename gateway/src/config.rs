@@ -107,6 +107,10 @@ pub struct KafkaConfig {
     pub control_topic: String,
     /// The workers' consumer group (the producer's backlog-aware placement reads it).
     pub workers_group_id: String,
+    /// A topics file with `lanes` and `models` (schemas/topics.yaml): requests go to their
+    /// model's fleet and their priority's lane, and a model no fleet serves is a 400. Unset:
+    /// every request goes to `requests_topic`.
+    pub topics_file: Option<PathBuf>,
     /// Extra librdkafka properties (SASL, TLS), for the producer and the events reader.
     pub properties: BTreeMap<String, String>,
 }
@@ -120,6 +124,7 @@ impl Default for KafkaConfig {
             events_topic: producer.events_topic,
             control_topic: producer.control_topic,
             workers_group_id: producer.group_id,
+            topics_file: None,
             properties: BTreeMap::new(),
         }
     }
@@ -307,8 +312,15 @@ impl GatewayConfig {
         Ok(())
     }
 
-    pub fn submitter_config(&self) -> t2v_producer::SubmitterConfig {
-        t2v_producer::SubmitterConfig {
+    /// The producer's settings; reads `kafka.topics_file` when set.
+    pub fn submitter_config(&self) -> Result<t2v_producer::SubmitterConfig, ConfigError> {
+        let routes = match &self.kafka.topics_file {
+            None => None,
+            Some(path) => t2v_producer::Routes::from_file(path)
+                .map_err(|e| ConfigError::Invalid(format!("kafka.topics_file: {e}")))?,
+        };
+        Ok(t2v_producer::SubmitterConfig {
+            routes,
             brokers: self.kafka.brokers.clone(),
             requests_topic: self.kafka.requests_topic.clone(),
             events_topic: self.kafka.events_topic.clone(),
@@ -316,7 +328,7 @@ impl GatewayConfig {
             group_id: self.kafka.workers_group_id.clone(),
             kafka: self.kafka.properties.clone(),
             ..Default::default()
-        }
+        })
     }
 
     pub fn link_ttl(&self) -> Duration {

@@ -49,7 +49,7 @@ pub async fn run(
     let pool = db::connect(cfg.database.url.expose(), cfg.database.max_connections).await?;
     let verifier = auth::Verifier::new(&cfg.auth)?;
     verifier.warm_up().await;
-    let submitter = Arc::new(t2v_producer::Submitter::new(cfg.submitter_config())?);
+    let submitter = Arc::new(t2v_producer::Submitter::new(cfg.submitter_config()?)?);
     let state = api::AppState {
         cfg: cfg.clone(),
         pool: pool.clone(),

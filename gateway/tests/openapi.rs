@@ -36,7 +36,7 @@ async fn serve() -> String {
             .connect_lazy(cfg.database.url.expose())
             .unwrap(),
         verifier: t2v_gateway::auth::Verifier::new(&cfg.auth).unwrap(),
-        submitter: Arc::new(t2v_producer::Submitter::new(cfg.submitter_config()).unwrap()),
+        submitter: Arc::new(t2v_producer::Submitter::new(cfg.submitter_config().unwrap()).unwrap()),
         links: Arc::new(t2v_gateway::links::Links::new(cfg.link_ttl())),
         metrics: Arc::new(t2v_gateway::metrics::Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),

@@ -342,3 +342,37 @@ async fn the_list_pages_through_the_callers_jobs_only() {
         400
     );
 }
+
+#[tokio::test]
+async fn an_unserved_model_is_refused_before_anything_is_charged() {
+    let setup = WorkerSetup::new("gw-routes", 1).await;
+    let key = SigningKey::generate("k1");
+    let topics = t2v_tests::workspace_root().join("schemas/topics.yaml");
+    let gateway = GatewayProcess::start(
+        &setup,
+        &t2v_tests::gateway::fresh_database(),
+        &key,
+        &[("T2V_GATEWAY__KAFKA__TOPICS_FILE", topics.to_str().unwrap())],
+    )
+    .await;
+    let token = key.token("acme", json!({}));
+    let r = gateway
+        .submit(
+            &token,
+            &json!({"model": "not-served-here", "prompt": "x"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "model", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wan2.2-t2v-a14b"),
+        "names the served models: {body}"
+    );
+    let usage: Value = gateway.get(&token, "/v1/usage").await.json().await.unwrap();
+    assert_eq!(usage["videos"]["used"], 0, "{usage}");
+}

@@ -31,11 +31,12 @@ fn bad_request(field: Option<&'static str>, message: impl Into<String>) -> ApiEr
     e
 }
 
-/// The job id of a submission: derived from the tenant and its `Idempotency-Key` (so two tenants'
-/// keys never meet), or a fresh ULID without one.
+/// The job id of a submission with an `Idempotency-Key`: derived from the tenant and the key (so
+/// two tenants' keys never meet). Without one, empty: the `Submitter` assigns a ULID, and places
+/// that fresh id on the least-backlogged worker's partition.
 fn job_id_for(tenant: &str, headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(key) = headers.get("idempotency-key") else {
-        return Ok(ulid::Ulid::generate().to_string());
+        return Ok(String::new());
     };
     let key = key
         .to_str()
@@ -111,14 +112,18 @@ pub async fn create(
     })?;
     let (mut req, canonical) = parse_request(&body).map_err(|e| e.for_caller(&auth.caller))?;
     let digest = t2v_contract::sha256_hex(canonical.as_bytes());
-    let job_id = job_id_for(&tenant, &headers)?;
+    req.job_id = job_id_for(&tenant, &headers)?;
     req.labels.insert(TENANT_LABEL.into(), tenant.clone());
-    t2v_contract::validate::request(&req).map_err(|e| {
+    // The producer's own check (the bounds again, now with the tenant label, and the model's
+    // route) before anything is written or charged; it assigns the id when there is no key.
+    let req = state.submitter.prepare(req).map_err(|e| {
         bad_request(
             Some(e.field),
             format!("{e} (one label is the gateway's {TENANT_LABEL})"),
         )
+        .for_caller(&auth.caller)
     })?;
+    let job_id = req.job_id.clone();
     let settings: Value = serde_json::from_str(&canonical).expect("to_json writes JSON");
     let created = db::create_job(
         &state.pool,
@@ -131,7 +136,7 @@ pub async fn create(
     .await?;
     let row = match created {
         Created::New(row) => {
-            publish(&state, &tenant, req, job_id).await?;
+            publish(&state, &tenant, req).await?;
             row
         }
         Created::Existing(row) => row,
@@ -170,21 +175,16 @@ pub async fn create(
 
 /// Publishes a new job's request; when that fails the row and its quota charge are undone, so
 /// the client's retry starts afresh.
-async fn publish(
-    state: &AppState,
-    tenant: &str,
-    req: GenerationRequest,
-    job_id: String,
-) -> Result<(), ApiError> {
-    let req = GenerationRequest {
-        job_id: job_id.clone(),
-        ..req
-    };
+async fn publish(state: &AppState, tenant: &str, req: GenerationRequest) -> Result<(), ApiError> {
+    let job_id = req.job_id.clone();
     let Err(e) = state.submitter.submit(req).await else {
         return Ok(());
     };
     tracing::error!(job_id = %job_id, error = %e, "publishing a request");
     db::forget_unpublished(&state.pool, tenant, &job_id).await?;
+    if let t2v_producer::SubmitError::Invalid(invalid) = e {
+        return Err(bad_request(Some(invalid.field), invalid.to_string()));
+    }
     Err(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "queue_unavailable",
