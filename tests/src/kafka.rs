@@ -119,6 +119,18 @@ pub async fn create_topics_with(specs: &[(&str, i32, TopicConfigs<'_>)]) {
     {
         result.unwrap();
     }
+    // The controller has the topics; wait until the broker serves their metadata too (on a busy
+    // machine it can lag the create response, and a client that asks first sees no topic).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for (name, partitions, _) in specs {
+        while partition_count(name) != *partitions as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "topic {name} not served with {partitions} partitions 20 s after its creation"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Partition count of `topic` as the broker reports it (0 when missing).
