@@ -376,3 +376,42 @@ async fn an_unserved_model_is_refused_before_anything_is_charged() {
     let usage: Value = gateway.get(&token, "/v1/usage").await.json().await.unwrap();
     assert_eq!(usage["videos"]["used"], 0, "{usage}");
 }
+
+#[tokio::test]
+async fn a_file_system_video_is_streamed_by_the_gateway_to_its_tenant_only() {
+    let setup = WorkerSetup::new("gw-file", 1).await;
+    let outputs = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", outputs.path().display());
+    let _worker = setup.start_worker(&[("T2V_STORAGE__URL", storage.as_str())]);
+    let key = SigningKey::generate("k1");
+    let gateway =
+        GatewayProcess::start(&setup, &t2v_tests::gateway::fresh_database(), &key, &[]).await;
+    let acme = key.token("acme", json!({}));
+    let job: Value = gateway
+        .submit(&acme, &video_body(3), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let done = gateway
+        .wait_state(&acme, id, "completed", Duration::from_secs(90))
+        .await;
+    let video = &done["result"]["video"];
+    let path = video["url"].as_str().unwrap();
+    assert_eq!(path, format!("/v1/videos/{id}/files/video"));
+    let r = gateway.get(&acme, path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "video/mp4");
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&bytes), video["sha256"].as_str().unwrap());
+    let globex = key.token("globex", json!({}));
+    assert_eq!(gateway.get(&globex, path).await.status(), 404);
+    assert_eq!(
+        gateway
+            .get(&acme, &format!("/v1/videos/{id}/files/secrets"))
+            .await
+            .status(),
+        404
+    );
+}
