@@ -67,7 +67,9 @@ impl<'a> SequenceShard<'a> {
         }
         let start = (self.comm.rank() as i64 * self.per_rank).min(self.tokens);
         let real = (self.tokens - start).min(self.per_rank);
+        // A copy that owns its storage: a view would keep the whole sequence alive.
         let part = t.f_narrow(dim, start, real)?;
+        let part = part.f_to_dtype(part.kind(), false, true)?;
         pad_tokens(&part, axis, self.per_rank)
     }
 

@@ -246,6 +246,35 @@ impl WanTransformerBlock {
     }
 }
 
+/// This rank's rows of the per-token tensors of a forward: the tokens `x`, the RoPE tables
+/// `cos`/`sin`, and — with one timestep per token — `temb` and `timestep_proj`. Taking them by
+/// value frees the whole-sequence tensors before the blocks run.
+#[allow(clippy::type_complexity)]
+fn shard_rows(
+    seq: &SequenceShard<'_>,
+    per_token_modulation: bool,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    temb: Tensor,
+    timestep_proj: Tensor,
+) -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
+    let per_token = |t: Tensor| -> Result<Tensor> {
+        if per_token_modulation {
+            seq.shard(&t, 1)
+        } else {
+            Ok(t)
+        }
+    };
+    Ok((
+        seq.shard(&x, 1)?,
+        seq.shard(&cos, 1)?,
+        seq.shard(&sin, 1)?,
+        per_token(temb)?,
+        per_token(timestep_proj)?,
+    ))
+}
+
 /// `FP32LayerNorm` over the last `dim` channels, computed and returned in f32.
 fn layer_norm_f32(
     x: &Tensor,
@@ -461,24 +490,10 @@ impl WanTransformer3DModel {
         };
 
         // 3b. sequence parallel: this rank's tokens of everything that has one row per token
+        //     (the whole-sequence tensors are moved into the call and freed there)
         let (x, cos, sin, temb, timestep_proj) = match sequence {
             None => (x, cos, sin, temb, timestep_proj),
-            Some(seq) => {
-                let per_token = |t: Tensor| -> Result<Tensor> {
-                    if timestep.dim() == 2 {
-                        seq.shard(&t, 1)
-                    } else {
-                        Ok(t)
-                    }
-                };
-                (
-                    seq.shard(&x, 1)?,
-                    seq.shard(&cos, 1)?,
-                    seq.shard(&sin, 1)?,
-                    per_token(temb)?,
-                    per_token(timestep_proj)?,
-                )
-            }
+            Some(seq) => shard_rows(seq, timestep.dim() == 2, x, cos, sin, temb, timestep_proj)?,
         };
 
         // 4. transformer blocks
