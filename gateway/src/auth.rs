@@ -328,4 +328,32 @@ mod tests {
         let t = token(serde_json::json!({"sub":"a","iss":"iss","aud":"aud","exp":now()+60}));
         assert!(matches!(v.verify(&t).await, Err(AuthError::Algorithm)));
     }
+
+    #[tokio::test]
+    async fn es256_with_a_configured_pem_key_verifies_and_rs256_claims_of_it_do_not() {
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        let mut c = cfg();
+        c.allow_hs256 = false;
+        c.hs256_secret = Secret::default();
+        c.public_key_files = vec![keys.join("es256-test-only.pub")];
+        let v = Verifier::new(&c).unwrap();
+        let private = std::fs::read(keys.join("es256-test-only.pem")).unwrap();
+        let claims = serde_json::json!({"sub":"acme","iss":"iss","aud":"aud","exp":now()+60});
+        let es = encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_pem(&private).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&es).await.unwrap().tenant, "acme");
+        // The same key cannot be used under another algorithm's name.
+        let mut tampered: Vec<&str> = es.split('.').collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let rs_header = b64.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+        tampered[0] = &rs_header;
+        assert!(matches!(
+            v.verify(&tampered.join(".")).await,
+            Err(AuthError::Algorithm)
+        ));
+    }
 }
