@@ -34,6 +34,12 @@
 //!   chunk) + the decoded video (chunks and their concatenation: 2 copies in the VAE dtype, and
 //!   the f32 frames). Tiled, the cache and activations are those of one tile and the video is
 //!   held once more (the tiles before blending).
+//!
+//! [`estimate_per_gpu`] is the peak of each GPU of a parallel run ([`crate::parallel`]): the
+//! weights as above (every GPU holds the experts), a Ulysses rank's activations over its
+//! `M = ⌈N / ulysses⌉` tokens — `6·M·D·b + 3·M·D·4 + 2·M·F·b + 2·M·head_dim·4`, plus `6·M·D·b`
+//! for q, k and v sent and received by the all-to-all, the text and latent terms unchanged —
+//! and, on more than one device, the tiled decode (the policy's tiles or diffusers' default).
 
 use std::cell::Cell;
 use std::path::Path;
@@ -42,6 +48,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
 use crate::model_dir::{Component, ModelDir};
+use crate::parallel::ParallelLayout;
 use crate::wan::text_encoder::UMT5Config;
 use crate::wan::vae::{Tiling, VaeConfig};
 use crate::wan::TransformerConfig;
@@ -342,7 +349,7 @@ pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<Memo
     let embeds = 2 * request.text_len as u64 * models.text_encoder.d_model as u64 * b;
     let transformer_act = experts
         .iter()
-        .map(|c| transformer_activation_bytes(c, latent, request.text_len, b))
+        .map(|c| transformer_activation_bytes(c, latent, request.text_len, b, 1))
         .max()
         .unwrap_or(0);
     let vae_act = vae_decode_bytes(&models.vae, request, policy.vae_tiling);
@@ -400,22 +407,60 @@ pub fn transformer_weight_bytes(cfg: &TransformerConfig, b: u64) -> u64 {
 }
 
 /// Activation bytes of one transformer forward over `latent` ([C, F, H, W]) with `text_len`
-/// text tokens.
+/// text tokens, on one rank of `ulysses` (1: the whole sequence on one device).
 fn transformer_activation_bytes(
     cfg: &TransformerConfig,
     [c, f, h, w]: [i64; 4],
     text_len: i64,
     b: u64,
+    ulysses: u64,
 ) -> u64 {
     let [pt, ph, pw] = cfg.patch_size;
     let n = ((f / pt) * (h / ph) * (w / pw)) as u64;
+    let m = n.div_ceil(ulysses.max(1));
     let d = cfg.inner_dim() as u64;
-    let hidden = 6 * n * d * b + 3 * n * d * 4;
-    let ffn = 2 * n * cfg.ffn_dim as u64 * b;
-    let rope = 2 * n * cfg.attention_head_dim as u64 * 4;
+    let hidden = 6 * m * d * b + 3 * m * d * 4;
+    let exchange = if ulysses > 1 { 6 * m * d * b } else { 0 };
+    let ffn = 2 * m * cfg.ffn_dim as u64 * b;
+    let rope = 2 * m * cfg.attention_head_dim as u64 * 4;
     let text = 3 * text_len as u64 * d * b;
     let latents = 4 * (c * f * h * w) as u64 * 4;
-    hidden + ffn + rope + text + latents
+    hidden + exchange + ffn + rope + text + latents
+}
+
+/// The estimate for each GPU of a run split `layout` over `devices` distinct devices (see the
+/// module docs): the one-device estimate with a Ulysses rank's activations, and the tiled
+/// decode when the tiles are spread over several devices.
+pub fn estimate_per_gpu(
+    models: &ModelConfigs,
+    request: &EstimateRequest,
+    layout: ParallelLayout,
+    devices: usize,
+) -> Result<MemoryEstimate> {
+    let mut request = *request;
+    if devices > 1 && request.policy.vae_tiling.is_none() {
+        request.policy.vae_tiling = Some(Tiling::default());
+    }
+    let mut per_gpu = estimate(models, &request)?;
+    let ulysses = layout.ulysses as u64;
+    if ulysses > 1 {
+        let b = request.dtype.elt_size_in_bytes() as u64;
+        let latent = latent_shape(models, &request);
+        let experts = std::iter::once(&models.transformer).chain(models.transformer_2.as_ref());
+        let activations = |u: u64| {
+            experts
+                .clone()
+                .map(|c| transformer_activation_bytes(c, latent, request.text_len, b, u))
+                .max()
+                .unwrap_or(0)
+        };
+        per_gpu.denoise = per_gpu.denoise - activations(1) + activations(ulysses);
+        per_gpu.peak = per_gpu
+            .text_encode
+            .max(per_gpu.denoise)
+            .max(per_gpu.vae_decode);
+    }
+    Ok(per_gpu)
 }
 
 /// Parameters of the umT5 encoder.
@@ -571,6 +616,28 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         AutoencoderKLWan::new(&vae, vs.root()).unwrap();
         assert_eq!(vae_decoder_parameters(&vae), numel(&vs));
+    }
+
+    #[test]
+    fn per_gpu_estimate_shrinks_the_activations_by_the_ulysses_degree() {
+        let models = ModelConfigs::wan22_t2v_a14b();
+        let req = request(1280, 720, MemoryPolicy::all_resident());
+        let one = estimate(&models, &req).unwrap();
+        let single = ParallelLayout::single();
+        assert_eq!(estimate_per_gpu(&models, &req, single, 1).unwrap(), one);
+        // CFG parallel alone: one forward per GPU at a time, as on one GPU.
+        let cfg = ParallelLayout { cfg: 2, ulysses: 1 };
+        let cfg_only = estimate_per_gpu(&models, &req, cfg, 1).unwrap();
+        assert_eq!(cfg_only.denoise, one.denoise);
+        // 2 × 4 on 8 GPUs: 75,600 tokens → 18,900 per rank, plus the all-to-all buffers.
+        let eight = ParallelLayout { cfg: 2, ulysses: 4 };
+        let per_gpu = estimate_per_gpu(&models, &req, eight, 8).unwrap();
+        let (n, m, d) = (75_600u64, 18_900u64, 5120u64);
+        let per_token =
+            |t: u64| 6 * t * d * 2 + 3 * t * d * 4 + 2 * t * 13_824 * 2 + 2 * t * 128 * 4;
+        let saved = per_token(n) - per_token(m) - 6 * m * d * 2;
+        assert_eq!(one.denoise - per_gpu.denoise, saved);
+        assert!(per_gpu.peak < one.peak, "{per_gpu:?}");
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
-use t2v_pipeline::memory::{estimate, EstimateRequest, MemoryPolicy};
+use t2v_pipeline::memory::{
+    estimate, estimate_per_gpu, EstimateRequest, MemoryEstimate, MemoryPolicy, ModelConfigs,
+};
 use t2v_pipeline::scheduler::SamplerKind;
 use t2v_pipeline::PipelineError;
 use t2v_pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
@@ -166,6 +168,22 @@ impl WanGenerator {
         })
     }
 
+    /// The estimated peak of each GPU: the one-device estimate, or with a parallel plan one
+    /// rank's share of the activations ([`estimate_per_gpu`]); checked against GPU 0's memory,
+    /// the doctor having checked that every GPU is the same model.
+    fn estimate_per_gpu(
+        &self,
+        configs: &ModelConfigs,
+        request: &EstimateRequest,
+    ) -> Result<MemoryEstimate, PipelineError> {
+        match self.pipe.parallel_plan() {
+            Some(plan) => {
+                estimate_per_gpu(configs, request, plan.layout, plan.distinct_devices().len())
+            }
+            None => estimate(configs, request),
+        }
+    }
+
     /// Refuses `params` when its estimated peak does not fit the memory limit.
     fn preflight(
         &self,
@@ -185,7 +203,7 @@ impl WanGenerator {
         let (configs, peak) = match self
             .pipe
             .configs()
-            .and_then(|c| estimate(&c, &request).map(|e| (c, e.peak)))
+            .and_then(|c| self.estimate_per_gpu(&c, &request).map(|e| (c, e.peak)))
         {
             Ok(found) => found,
             Err(e) => {
@@ -347,7 +365,7 @@ impl WanGenerator {
         else {
             return message.to_string();
         };
-        let Ok(now) = estimate(&configs, &request) else {
+        let Ok(now) = self.estimate_per_gpu(&configs, &request) else {
             return message.to_string();
         };
         let (w, h, f) = (request.width, request.height, request.num_frames);

@@ -1,8 +1,8 @@
 //! The doctor's checks of `[model] devices` when a job spans several GPUs: every listed GPU
 //! visible, a layout the model's heads allow, one GPU model for all (a job runs at the pace of
-//! the slowest, and the memory preflight reads GPU 0's size: each GPU holds both experts and at
-//! most the activations of a one-GPU run, so the one-GPU estimate bounds every GPU), and peer
-//! access between GPU 0 and the others (without it the ranks' exchanges go through host memory).
+//! the slowest, and the memory preflight checks every GPU's estimated peak against GPU 0's
+//! size), and peer access between GPU 0 and the others (without it the ranks' exchanges go
+//! through host memory).
 
 use std::path::Path;
 

@@ -163,6 +163,41 @@ mod tests {
     }
 
     #[test]
+    fn the_preflight_counts_one_ranks_share_of_the_tokens() {
+        use t2v_pipeline::parallel::ParallelLayout;
+        use t2v_pipeline::{GenerationParams, LoadOptions};
+        let root = std::env::var_os("T2V_FIXTURES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/fixtures")
+            });
+        let dir = root.join("wan_pipeline/two_experts");
+        assert!(
+            dir.exists(),
+            "{} missing — run `make fixtures`",
+            dir.display()
+        );
+        let options = LoadOptions::new(Device::Cpu, tch::Kind::Float);
+        let mut generator = WanGenerator::load(&dir, "tiny", options).unwrap();
+        let params = GenerationParams {
+            width: 256,
+            height: 256,
+            num_frames: 17,
+            ..GenerationParams::default()
+        };
+        let request = generator.estimate_request(&params, options.memory).unwrap();
+        let configs = generator.pipe.configs().unwrap();
+        let one = generator.estimate_per_gpu(&configs, &request).unwrap();
+        let two = ParallelLayout { cfg: 1, ulysses: 2 };
+        generator
+            .pipe
+            .set_parallel(Some(ParallelPlan::on_one_device(two, Device::Cpu)))
+            .unwrap();
+        let split = generator.estimate_per_gpu(&configs, &request).unwrap();
+        assert!(split.denoise < one.denoise, "{split:?} vs {one:?}");
+    }
+
+    #[test]
     fn the_layout_follows_the_count() {
         let gpus = |n: usize| (0..n).map(Device::Cuda).collect::<Vec<_>>();
         assert!(plan_for(&gpus(1), 40).unwrap().is_none());
