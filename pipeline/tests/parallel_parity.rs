@@ -6,6 +6,10 @@
 //! 4-step UniPC schedule crosses the expert boundary after step 2, and the token count (45)
 //! divides by neither 2 nor 4, so the padding of the last shards is exercised. A checkpoint
 //! taken with one layout resumes under another.
+//!
+//! `T2V_TEST_DEVICE=cuda` runs the same checks with every rank on CUDA device 0 (N ranks placed
+//! on one GPU); there the exact checks become the 1e-5 tolerance, as kernels may differ in the
+//! last bits between matmuls of different row counts.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +30,23 @@ const TEXT_DIM: i64 = 16;
 /// 16 latent channels (the Wan2.1 VAE's); grid 3 × 3 × 5 = 45 tokens after the (1, 2, 2) patch.
 const LATENT_SHAPE: [i64; 5] = [1, 16, 3, 6, 10];
 const TOLERANCE: f64 = 1e-5;
+
+/// Where the ranks compute: the CPU, or CUDA device 0 with `T2V_TEST_DEVICE=cuda`.
+fn device() -> Device {
+    match std::env::var("T2V_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
+/// The most two runs may differ by where the test asks for the same bits: none on the CPU.
+fn exact() -> f64 {
+    if device() == Device::Cpu {
+        0.0
+    } else {
+        TOLERANCE
+    }
+}
 
 fn tiny_config() -> TransformerConfig {
     TransformerConfig {
@@ -79,7 +100,7 @@ fn fill(vs: &nn::VarStore, salt: f64) {
 }
 
 fn expert(salt: f64) -> WanTransformer3DModel {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(device());
     let model = WanTransformer3DModel::new(&tiny_config(), vs.root()).unwrap();
     fill(&vs, salt);
     model
@@ -99,9 +120,9 @@ fn setup() -> Setup {
     Setup {
         high: expert(1.0),
         low: expert(2.0),
-        prompt: hashed(&[1, 8, TEXT_DIM], 3.0),
-        negative: hashed(&[1, 8, TEXT_DIM], 4.0),
-        noise: hashed(&LATENT_SHAPE, 5.0) * 1.7,
+        prompt: hashed(&[1, 8, TEXT_DIM], 3.0).to_device(device()),
+        negative: hashed(&[1, 8, TEXT_DIM], 4.0).to_device(device()),
+        noise: (hashed(&LATENT_SHAPE, 5.0) * 1.7).to_device(device()),
         settings: DenoiseSettings {
             guidance_scale: 4.0,
             guidance_scale_2: Some(3.0),
@@ -138,7 +159,10 @@ fn run_loop<P: NoisePredictor + ?Sized>(
         None => (s.noise.shallow_clone(), 0),
         Some(state) => {
             sched.restore(&state.scheduler).unwrap();
-            (state.latents.to_tensor().unwrap(), state.step)
+            (
+                state.latents.to_tensor().unwrap().to_device(device()),
+                state.step,
+            )
         }
     };
     let input = DenoiseInput {
@@ -185,7 +209,7 @@ fn parallel(
     start: Option<&DenoiseState>,
     stop_after: Option<usize>,
 ) -> Run {
-    let plan = ParallelPlan::on_one_device(layout, Device::Cpu);
+    let plan = ParallelPlan::on_one_device(layout, device());
     let home = RankModels {
         high: s.high.share().unwrap(),
         low: Some(s.low.share().unwrap()),
@@ -274,7 +298,7 @@ fn cfg_and_ulysses_combined_match_one_device() {
 fn a_token_count_that_the_ranks_divide_needs_no_padding() {
     // 3 × 4 × 4 = 48 tokens: whole shards on 2 and 4 ranks.
     let mut s = setup();
-    s.noise = hashed(&[1, 16, 3, 8, 8], 6.0);
+    s.noise = hashed(&[1, 16, 3, 8, 8], 6.0).to_device(device());
     let reference = single(&s, None, None);
     for l in [layout(1, 4), layout(2, 2)] {
         let diff = latents_diff(&s, &reference, l);
@@ -312,8 +336,8 @@ fn a_failing_rank_fails_the_step_with_its_own_error_instead_of_hanging() {
     // The negative prompt has the wrong width: only the ranks of CFG group 1 fail; group 0
     // waits for their predictions and must be released by the abort.
     let mut s = setup();
-    s.negative = hashed(&[1, 8, TEXT_DIM + 1], 4.0);
-    let plan = ParallelPlan::on_one_device(layout(2, 2), Device::Cpu);
+    s.negative = hashed(&[1, 8, TEXT_DIM + 1], 4.0).to_device(device());
+    let plan = ParallelPlan::on_one_device(layout(2, 2), device());
     let home = RankModels {
         high: s.high.share().unwrap(),
         low: Some(s.low.share().unwrap()),
@@ -322,7 +346,7 @@ fn a_failing_rank_fails_the_step_with_its_own_error_instead_of_hanging() {
     let err = run_ranks(&plan, models, |pool| {
         let high = pool.expert(Expert::High, None);
         let latents = s.noise.shallow_clone();
-        let timestep = Tensor::from_slice(&[999.0f32]);
+        let timestep = Tensor::from_slice(&[999.0f32]).to_device(device());
         let first = high
             .predict_guided(&latents, &timestep, &s.prompt, Some(&s.negative), 4.0)
             .unwrap_err();
@@ -351,7 +375,7 @@ fn tiny_vae() -> AutoencoderKLWan {
         num_res_blocks: 1,
         ..VaeConfig::default()
     };
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(device());
     let vae = AutoencoderKLWan::new(&cfg, vs.root()).unwrap();
     fill(&vs, 7.0);
     vae
@@ -368,17 +392,18 @@ const TILING: Tiling = Tiling {
 #[test]
 fn the_vae_tiles_decoded_on_2_and_4_ranks_equal_a_single_tiled_decode() {
     let mut vae = tiny_vae();
-    let latents = hashed(&LATENT_SHAPE, 8.0);
+    let latents = hashed(&LATENT_SHAPE, 8.0).to_device(device());
     let untiled = vae.decode(&latents).unwrap();
     vae.enable_tiling(TILING).unwrap();
     let tiled = vae.decode(&latents).unwrap();
     assert_eq!(tiled.size(), [1, 3, 9, 48, 80]);
     for ranks in [2, 4] {
         let parallel =
-            decode_tiles_parallel(&vae, &latents, TILING, &vec![Device::Cpu; ranks]).unwrap();
+            decode_tiles_parallel(&vae, &latents, TILING, &vec![device(); ranks]).unwrap();
+        let diff = max_diff(&parallel, &tiled);
         assert!(
-            parallel.equal(&tiled),
-            "{ranks} ranks: frames differ from the tiled decode"
+            diff <= exact(),
+            "{ranks} ranks: frames differ from the tiled decode by {diff:.3e}"
         );
     }
     // What tiling itself changes (the blend of overlapping tiles), for the record.
