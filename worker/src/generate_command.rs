@@ -19,7 +19,9 @@ use t2v_pipeline::GenerationOutput;
 use t2v_proto::v1::Sampler;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice};
+use crate::config::{
+    DeviceChoice, DevicesChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice,
+};
 use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
 use crate::generate::{GenerateError, JobSpec, ModelDefaults, StepInfo, VideoGenerator};
 use crate::gpu::{human, Gpu, PeakSampler};
@@ -144,6 +146,11 @@ pub struct GenerateArgs {
     /// memory_budget_gib`); 0 = the GPU's total memory, no check on the CPU.
     #[arg(long, default_value_t = 0.0)]
     pub memory_budget_gib: f64,
+    /// With `--device cuda`: the GPUs one job spans, `all` or CUDA ordinals such as `0,1`
+    /// (as `[model] devices`); several split CFG × Ulysses over them (the layout follows from
+    /// the count, which must divide the model's heads).
+    #[arg(long, default_value = "all")]
+    pub devices: String,
     /// Write the frames as float32 (frames, height, width, 3) in [0, 1] to this .npy file.
     #[arg(long)]
     pub save_frames: Option<PathBuf>,
@@ -182,9 +189,10 @@ async fn load(args: &GenerateArgs) -> Result<(WanGenerator, Device), GenerateCom
     let options = load_options(args.device, args.dtype, args.memory_policy)
         .map_err(GenerateCommandError::InvalidFlags)?;
     let (model, budget) = (args.model.clone(), args.memory_budget_gib);
+    let devices = DevicesChoice::Text(args.devices.clone());
     let generator = tokio::task::spawn_blocking(move || {
         WanGenerator::load(&model, "wan", options)
-            .map(|g| g.with_memory_budget(budget))
+            .and_then(|g| g.with_memory_budget(budget).with_devices(&devices))
             .map_err(GenerateCommandError::Load)
     })
     .await

@@ -163,7 +163,8 @@ pub fn build_generator(
                 &model.name,
                 options,
             )?
-            .with_memory_budget(model.memory_budget_gib);
+            .with_memory_budget(model.memory_budget_gib)
+            .with_devices(&model.devices)?;
             Ok(Box::new(generator))
         }
     }
