@@ -182,6 +182,125 @@ pub struct ModelConfig {
     /// CFG × Ulysses over them (the layout follows from the count) and the VAE decode spreads
     /// its tiles; CUDA device 0 must be among them.
     pub devices: DevicesChoice,
+    /// The sampling preset of the variant this fleet serves, which a request's zero fields take:
+    /// `base` (the base model's own defaults) or `lightning` (Wan2.2-Lightning's 4-step recipe:
+    /// 4 steps, guidance 1.0 on both experts, the Euler flow sampler, shift 5.0). Pair it with
+    /// the variant's LoRAs in `loras` and its name in `name`.
+    pub preset: PresetChoice,
+    /// Per-field replacements of the preset's values; 0 keeps the preset's.
+    pub sampling: SamplingConfig,
+    /// Wan backend: LoRA files fused into the experts' weights at load (no cost per step).
+    /// TOML: `[[model.loras]]` tables; env: `T2V_MODEL__LORAS=expert:strength:file,…`, e.g.
+    /// `transformer:1.0:/loras/high.safetensors,transformer_2:1.0:/loras/low.safetensors`.
+    pub loras: Vec<LoraConfig>,
+}
+
+/// `[model] preset`: the sampling defaults of a variant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresetChoice {
+    /// The base model's defaults (Wan2.2 T2V-A14B: 40 steps, guidance 4.0 / 3.0, the model
+    /// directory's scheduler and shift).
+    #[default]
+    Base,
+    /// Wan2.2-Lightning, the 4-step distilled LoRAs of `wan2.2-t2v-a14b-lightning`.
+    Lightning,
+}
+
+/// `[model.sampling]`: what a request's zero fields take instead of the preset's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Denoising steps, 1..=200; 0 = the preset's.
+    pub steps: u32,
+    /// Guidance of the high-noise expert (the only one of single-expert models), 0.0..=30.0;
+    /// 0 = the preset's. At most 1.0 turns the unconditional pass off.
+    pub guidance_scale: f32,
+    /// Guidance of the low-noise expert, 0.0..=30.0; 0 = the preset's.
+    pub guidance_scale_2: f32,
+    /// `default` (the preset's), `unipc` or `euler` (the flow-matching Euler sampler).
+    pub sampler: SamplerChoice,
+    /// Flow shift, 0.1..=50.0; 0 = the preset's (base: the model directory's scheduler config).
+    pub shift: f32,
+}
+
+/// `[model.sampling] sampler`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerChoice {
+    /// The preset's sampler.
+    #[default]
+    Default,
+    Unipc,
+    Euler,
+}
+
+/// One `[[model.loras]]` entry: a LoRA safetensors file for one expert or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Path of the LoRA safetensors file (diffusers/PEFT, Wan/ComfyUI/kohya or diff formats).
+    pub file: String,
+    /// Multiplier of the adapter: 1.0 as trained, 0.0 no change.
+    #[serde(default = "full_strength")]
+    pub strength: f64,
+    /// `transformer` (the high-noise expert, or the only one), `transformer_2` (the low-noise
+    /// expert) or `both`.
+    pub expert: LoraExpert,
+}
+
+fn full_strength() -> f64 {
+    1.0
+}
+
+/// Which expert a LoRA file is fused into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LoraExpert {
+    /// The high-noise expert (or the only transformer of single-expert models).
+    #[serde(rename = "transformer")]
+    Transformer,
+    /// The low-noise expert of two-expert models.
+    #[serde(rename = "transformer_2")]
+    Transformer2,
+    /// Both experts.
+    #[serde(rename = "both")]
+    Both,
+}
+
+impl LoraExpert {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "transformer" => Some(Self::Transformer),
+            "transformer_2" => Some(Self::Transformer2),
+            "both" => Some(Self::Both),
+            _ => None,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// One entry of `T2V_MODEL__LORAS`: `expert:strength:file` (the file last, so it may hold
+    /// colons).
+    fn parse_env(entry: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| {
+            ConfigError::Invalid(format!(
+                "model.loras entry {entry:?}: {why} — write expert:strength:file, e.g. transformer_2:1.0:/loras/low.safetensors (expert: transformer, transformer_2 or both)"
+            ))
+        };
+        let mut parts = entry.trim().splitn(3, ':');
+        let (Some(expert), Some(strength), Some(file)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not three fields"));
+        };
+        Ok(Self {
+            expert: LoraExpert::parse(expert.trim()).ok_or_else(|| bad("unknown expert"))?,
+            strength: strength
+                .trim()
+                .parse()
+                .map_err(|_| bad("the strength is not a number"))?,
+            file: file.trim().to_string(),
+        })
+    }
 }
 
 /// `[model] devices`: `"all"`, a comma-separated list of CUDA ordinals (`"0,1"`), or a list.
@@ -254,6 +373,9 @@ impl Default for ModelConfig {
             memory_policy: MemoryPolicyChoice::Resident,
             memory_budget_gib: 0.0,
             devices: DevicesChoice::default(),
+            preset: PresetChoice::Base,
+            sampling: SamplingConfig::default(),
+            loras: Vec::new(),
         }
     }
 }
@@ -416,7 +538,31 @@ impl Default for TelemetryConfig {
 }
 
 /// Keys whose env and flag values are comma-separated lists.
-const LIST_KEYS: [&str; 1] = ["kafka.requests_topics"];
+const LIST_KEYS: [&str; 2] = ["kafka.requests_topics", LORAS_KEY];
+
+/// The list key whose items are `expert:strength:file` LoRA entries ([`LoraConfig::parse_env`]).
+const LORAS_KEY: &str = "model.loras";
+
+/// `T2V_MODEL__LORAS` as the list of tables `[[model.loras]]` would give; empty = no LoRAs.
+fn lora_overrides(value: &str) -> Result<Vec<config::Map<String, config::Value>>, ConfigError> {
+    value
+        .split(',')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| {
+            let lora = LoraConfig::parse_env(entry)?;
+            let expert = match lora.expert {
+                LoraExpert::Transformer => "transformer",
+                LoraExpert::Transformer2 => "transformer_2",
+                LoraExpert::Both => "both",
+            };
+            let mut table = config::Map::new();
+            table.insert("file".into(), config::Value::from(lora.file));
+            table.insert("strength".into(), config::Value::from(lora.strength));
+            table.insert("expert".into(), config::Value::from(expert));
+            Ok(table)
+        })
+        .collect()
+}
 
 /// The environment variable of a dotted key: `kafka.requests_topics` → `T2V_KAFKA__REQUESTS_TOPICS`.
 fn env_name(key: &str) -> String {
@@ -484,7 +630,9 @@ impl WorkerConfig {
         });
         let overrides = overrides.iter().map(|(key, value)| (*key, value.clone()));
         for (key, value) in lists.chain(overrides) {
-            builder = if LIST_KEYS.contains(&key) {
+            builder = if key == LORAS_KEY {
+                builder.set_override(key, lora_overrides(&value)?)?
+            } else if LIST_KEYS.contains(&key) {
                 let items: Vec<String> = value.split(',').map(|v| v.trim().to_string()).collect();
                 builder.set_override(key, items)?
             } else {
@@ -595,6 +743,60 @@ impl ModelConfig {
         if !(budget.is_finite() && budget >= 0.0) {
             return Err(ConfigError::Invalid(format!(
                 "model.memory_budget_gib must be a number >= 0 (0 = the GPU's total memory), got {budget}"
+            )));
+        }
+        self.sampling.validate()?;
+        self.validate_loras()
+    }
+
+    /// Every LoRA names a file and a finite strength, and only the Wan backend takes LoRAs
+    /// (the synthetic one would ignore them silently).
+    fn validate_loras(&self) -> Result<(), ConfigError> {
+        if !self.loras.is_empty() && self.backend != Backend::Wan {
+            return Err(ConfigError::Invalid(
+                "model.loras is set but model.backend is not wan — only the Wan pipeline fuses LoRAs; remove the LoRAs or set backend = \"wan\"".into(),
+            ));
+        }
+        for (i, lora) in self.loras.iter().enumerate() {
+            if lora.file.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "model.loras[{i}].file is empty — set it to the LoRA's safetensors file"
+                )));
+            }
+            if !lora.strength.is_finite() {
+                return Err(ConfigError::Invalid(format!(
+                    "model.loras[{i}].strength ({}) for {} is not a finite number — use 1.0 for the LoRA as trained",
+                    lora.strength, lora.file
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SamplingConfig {
+    /// The request bounds (contract/src/validate.rs), with 0 meaning the preset's value.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.steps > 200 {
+            return Err(ConfigError::Invalid(format!(
+                "model.sampling.steps must be 0 (the preset's) or 1..=200, got {}",
+                self.steps
+            )));
+        }
+        for (key, value) in [
+            ("guidance_scale", self.guidance_scale),
+            ("guidance_scale_2", self.guidance_scale_2),
+        ] {
+            if !(0.0..=30.0).contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "model.sampling.{key} must be 0 (the preset's) or up to 30.0, got {value}"
+                )));
+            }
+        }
+        let shift = self.shift;
+        if !(shift == 0.0 || (0.1..=50.0).contains(&shift)) {
+            return Err(ConfigError::Invalid(format!(
+                "model.sampling.shift must be 0 (the preset's) or 0.1..=50.0, got {shift}"
             )));
         }
         Ok(())
@@ -744,6 +946,171 @@ mod tests {
         assert_eq!(cfg.http.port, 4321);
         assert_eq!(cfg.log.format, LogFormat::Json);
         assert_eq!(cfg.shutdown, ShutdownConfig::default());
+    }
+
+    #[test]
+    fn a_variant_loads_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            r#"
+[model]
+name = "wan2.2-t2v-a14b-lightning"
+preset = "lightning"
+
+[model.sampling]
+steps = 6
+shift = 3.5
+sampler = "unipc"
+
+[[model.loras]]
+file = "/loras/high.safetensors"
+expert = "transformer"
+
+[[model.loras]]
+file = "/loras/low.safetensors"
+strength = 0.75
+expert = "transformer_2"
+"#,
+        )
+        .unwrap();
+        let cfg = WorkerConfig::load(Some(&file), env(&[]), &[]).unwrap();
+        let model = &cfg.model;
+        assert_eq!(model.name, "wan2.2-t2v-a14b-lightning");
+        assert_eq!(model.preset, PresetChoice::Lightning);
+        assert_eq!(
+            model.sampling,
+            SamplingConfig {
+                steps: 6,
+                shift: 3.5,
+                sampler: SamplerChoice::Unipc,
+                ..SamplingConfig::default()
+            }
+        );
+        assert_eq!(
+            model.loras,
+            [
+                LoraConfig {
+                    file: "/loras/high.safetensors".into(),
+                    strength: 1.0,
+                    expert: LoraExpert::Transformer,
+                },
+                LoraConfig {
+                    file: "/loras/low.safetensors".into(),
+                    strength: 0.75,
+                    expert: LoraExpert::Transformer2,
+                },
+            ]
+        );
+        std::fs::write(
+            &file,
+            "[[model.loras]]\nfile = \"/l.safetensors\"\nexpert = \"transformer_3\"\n",
+        )
+        .unwrap();
+        let err = WorkerConfig::load(Some(&file), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transformer_3"), "{err}");
+    }
+
+    #[test]
+    fn a_variant_loads_from_env_and_env_replaces_the_files_loras() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[[model.loras]]\nfile = \"/from-file.safetensors\"\nexpert = \"both\"\n",
+        )
+        .unwrap();
+        let cfg = WorkerConfig::load(
+            Some(&file),
+            env(&[
+                ("T2V_MODEL__NAME", "wan2.2-t2v-a14b-lightning"),
+                ("T2V_MODEL__PRESET", "lightning"),
+                ("T2V_MODEL__SAMPLING__GUIDANCE_SCALE", "2.5"),
+                ("T2V_MODEL__SAMPLING__STEPS", "8"),
+                (
+                    "T2V_MODEL__LORAS",
+                    "transformer:1.0:/l/high.safetensors, transformer_2:0.5:C:/l/low.safetensors",
+                ),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.model.preset, PresetChoice::Lightning);
+        assert_eq!(cfg.model.sampling.guidance_scale, 2.5);
+        assert_eq!(cfg.model.sampling.steps, 8);
+        assert_eq!(
+            cfg.model.loras,
+            [
+                LoraConfig {
+                    file: "/l/high.safetensors".into(),
+                    strength: 1.0,
+                    expert: LoraExpert::Transformer,
+                },
+                LoraConfig {
+                    file: "C:/l/low.safetensors".into(),
+                    strength: 0.5,
+                    expert: LoraExpert::Transformer2,
+                },
+            ]
+        );
+        let cleared =
+            WorkerConfig::load(Some(&file), env(&[("T2V_MODEL__LORAS", "")]), &[]).unwrap();
+        assert!(cleared.model.loras.is_empty(), "{:?}", cleared.model.loras);
+        for (bad, names) in [
+            ("transformer:/l.safetensors", "expert:strength:file"),
+            ("high:1.0:/l.safetensors", "unknown expert"),
+            ("both:strong:/l.safetensors", "not a number"),
+        ] {
+            let err = WorkerConfig::load(None, env(&[("T2V_MODEL__LORAS", bad)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(names) && err.contains(bad), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn variant_settings_are_checked() {
+        let lora = LoraConfig {
+            file: "/l.safetensors".into(),
+            strength: 1.0,
+            expert: LoraExpert::Both,
+        };
+        let cases: [(fn(&mut ModelConfig), &str); 6] = [
+            (|m| m.sampling.steps = 201, "model.sampling.steps"),
+            (
+                |m| m.sampling.guidance_scale = 31.0,
+                "model.sampling.guidance_scale",
+            ),
+            (
+                |m| m.sampling.guidance_scale_2 = -1.0,
+                "model.sampling.guidance_scale_2",
+            ),
+            (|m| m.sampling.shift = 0.05, "model.sampling.shift"),
+            (
+                |m| m.loras[0].file = " ".into(),
+                "model.loras[0].file is empty",
+            ),
+            (
+                |m| m.loras[0].strength = f64::NAN,
+                "model.loras[0].strength",
+            ),
+        ];
+        for (edit, names) in cases {
+            let mut cfg = WorkerConfig::default();
+            cfg.model.loras = vec![lora.clone()];
+            cfg.validate().unwrap();
+            edit(&mut cfg.model);
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(names), "{names}: {err}");
+        }
+        let mut cfg = WorkerConfig::default();
+        cfg.model.loras = vec![lora];
+        cfg.model.backend = Backend::Synthetic;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("backend"), "{err}");
     }
 
     #[test]
