@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -152,3 +154,18 @@ def test_gateway_values_match_their_schema_and_every_key_is_documented():
     for i, line in keys:
         assert lines[i - 1].startswith("# --"), f"top-level key without a `# --` comment: {line}"
     assert "database.url or database.existingSecret is required" in refused()
+
+
+def test_gateway_image_lints_and_matches_the_chart():
+    dockerfile = REPO / "docker" / "gateway.Dockerfile"
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint missing: run helm/tests/deps.sh"
+    proc = subprocess.run([hadolint, "--no-color", "--config", str(REPO / "docker" / ".hadolint.yaml"), str(dockerfile)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = dockerfile.read_text()
+    assert "-p t2v-gateway --bin t2v-gateway" in text
+    [user] = [l.split()[1] for l in text.splitlines() if l.startswith("USER ")]
+    pod = one(render("inline-secrets-values.yaml"), "Deployment")["spec"]["template"]["spec"]
+    assert int(user.split(":")[0]) == pod["securityContext"]["runAsUser"] != 0
+    assert "EXPOSE 8080" in text and container(render("inline-secrets-values.yaml"))["ports"][0]["containerPort"] == 8080
