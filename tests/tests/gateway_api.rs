@@ -154,6 +154,40 @@ async fn a_submitted_video_streams_progress_and_downloads_exactly() {
         usage["gpuSeconds"]["used"].as_u64().unwrap() >= 1,
         "{usage}"
     );
+
+    // JSON access logs name the tenant and the job; the database password never shows.
+    let logs = gateway.logs();
+    let access: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "access")
+        .collect();
+    assert!(
+        access.iter().any(|l| l["fields"]["route"] == "/v1/videos"
+            && l["fields"]["status"] == 202
+            && l["fields"]["tenant"] == "acme"
+            && l["fields"]["job_id"] == id.as_str()),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("t2v-local-only"),
+        "a secret in the logs:\n{logs}"
+    );
+    let metrics = gateway
+        .http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"t2v_gateway_http_requests_total{method="POST",route="/v1/videos",status="202"} 1"#)
+            && metrics.contains(r#"t2v_gateway_http_requests_total{method="GET",route="/v1/videos/{id}",status="404"} 1"#)
+            && metrics.contains("t2v_gateway_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
