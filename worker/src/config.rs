@@ -1078,7 +1078,8 @@ expert = "transformer_2"
             strength: 1.0,
             expert: LoraExpert::Both,
         };
-        let cases: [(fn(&mut ModelConfig), &str); 6] = [
+        type Edit = fn(&mut ModelConfig);
+        let cases: [(Edit, &str); 6] = [
             (|m| m.sampling.steps = 201, "model.sampling.steps"),
             (
                 |m| m.sampling.guidance_scale = 31.0,

@@ -8,6 +8,8 @@
 //! - [`synthetic`]: [`SyntheticGenerator`], the deterministic TEST/DEMO backend without a model.
 //! - [`wan`]: [`WanGenerator`], the Wan2.2 pipeline (t2v-pipeline) behind the trait.
 //! - [`preflight`]: a job's estimated peak memory against the limit, and the settings that fit.
+//! - [`variant`]: the served variant — LoRAs per expert and the sampling preset a request's zero
+//!   fields take.
 //!
 //! What a checkpoint is and when it resumes a job lives in [`crate::job::checkpoints`].
 
@@ -23,6 +25,7 @@ pub mod faults;
 pub mod preflight;
 pub mod synthetic;
 pub mod thread;
+pub mod variant;
 pub mod wan;
 
 pub use synthetic::SyntheticGenerator;

@@ -1,7 +1,9 @@
 //! The Wan2.2 pipeline (t2v-pipeline's [`WanT2V`]) behind [`VideoGenerator`].
 //!
-//! - [`WanGenerator::load`] resolves `[model] device / dtype / memory_policy` and loads the
-//!   diffusers-format directory; the model revision ([`model_revision`]) is a short digest of
+//! - [`WanGenerator::load_model`] loads the `[model]` section: the variant (LoRAs fused at load,
+//!   the preset's sampling defaults, [`super::variant`]), device, dtype, memory policy, budget
+//!   and GPUs. [`WanGenerator::load`] resolves `[model] device / dtype / memory_policy` and loads
+//!   the diffusers-format directory as it is; the model revision ([`model_revision`]) is a short digest of
 //!   its configs and weights (header and sampled data of every safetensors file), cached across
 //!   restarts, and the precision ([`precision`]) names the weights dtype and device class.
 //! - [`WanGenerator::run`] maps a [`JobSpec`] onto [`GenerationParams`] (prompts longer than the
@@ -31,10 +33,9 @@ use t2v_pipeline::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
 use t2v_proto::v1::Sampler;
 use tch::{Device, Kind, Tensor};
 
-use t2v_contract::defaults::{SINGLE_EXPERT_GUIDANCE, WAN22_T2V_A14B};
-
-use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice};
+use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice, ModelConfig};
 use crate::generate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
+use crate::generate::variant::{variant_revision, SamplingDefaults, Variant};
 use crate::generate::{
     Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepHooks, StepInfo,
     VideoGenerator,
@@ -93,28 +94,65 @@ pub struct WanGenerator {
     pipe: WanT2V,
     info: ModelInfo,
     limit: Option<MemoryLimit>,
+    /// What a job's unset fields take (the variant's preset).
+    sampling: SamplingDefaults,
 }
 
 impl WanGenerator {
     /// Loads `dir` (the diffusers layout) with `options`; `name` is the model id requests use.
     pub fn load(dir: &Path, name: &str, options: LoadOptions) -> Result<Self, GenerateError> {
+        Self::load_variant(dir, name, options, &Variant::base())
+    }
+
+    /// Loads the whole `[model]` section: the variant's LoRAs and preset, device, dtype, memory
+    /// policy, the preflight budget and the GPUs of a job.
+    pub fn load_model(model: &ModelConfig) -> Result<Self, GenerateError> {
+        let options = load_options(model.device, model.dtype, model.memory_policy)?;
+        let variant = Variant::of(model);
+        tracing::info!(dir = %model.dir, name = %model.name, ?options, ?variant, "loading the Wan pipeline");
+        Self::load_variant(Path::new(&model.dir), &model.name, options, &variant)?
+            .with_memory_budget(model.memory_budget_gib)
+            .with_devices(&model.devices)
+    }
+
+    /// Loads `dir` with `variant`'s LoRAs fused into the experts (a missing file or a LoRA for
+    /// another base is refused here, naming the file and the fix); jobs take the variant's
+    /// sampling defaults, and the revision covers the LoRAs and the preset
+    /// ([`variant_revision`]).
+    pub fn load_variant(
+        dir: &Path,
+        name: &str,
+        options: LoadOptions,
+        variant: &Variant,
+    ) -> Result<Self, GenerateError> {
         if dir.as_os_str().is_empty() {
             return Err(GenerateError::Load(
                 "model.dir is empty — set it to the diffusers-format checkpoint directory (env T2V_MODEL__DIR, flag --model-dir)".into(),
             ));
         }
-        let revision = model_revision(dir)?;
+        for spec in variant
+            .loras
+            .transformer
+            .iter()
+            .chain(&variant.loras.transformer_2)
+        {
+            t2v_pipeline::lora::check_file(&spec.path).map_err(|_| missing_lora(&spec.path))?;
+        }
+        let base_revision = model_revision(dir)?;
         let precision = precision(&options);
-        let pipe = WanT2V::load(dir, options).map_err(load_error)?;
+        let pipe = WanT2V::load_with_loras(dir, options, &variant.loras).map_err(load_error)?;
+        // After the load, so a LoRA that is no safetensors file fails with the LoRA's message.
+        let revision = variant_revision(&base_revision, variant, hash_lora)?;
         Ok(Self {
             pipe,
             info: ModelInfo {
                 name: name.to_string(),
                 revision,
                 precision,
-                defaults: WAN22_T2V_A14B,
+                defaults: variant.sampling.defaults,
             },
             limit: None,
+            sampling: variant.sampling,
         })
     }
 
@@ -236,17 +274,17 @@ impl WanGenerator {
         &self.pipe
     }
 
-    /// The pipeline settings of `job`: its zero/unset fields take the model's defaults.
+    /// The pipeline settings of `job`: its zero/unset fields take the variant's defaults.
     pub fn params(&self, job: &JobSpec) -> GenerationParams {
         let two_experts = self.pipe.model_dir().boundary_ratio().is_some();
-        let defaults = &self.info.defaults;
+        let defaults = &self.sampling.defaults;
         let (guidance, guidance_2) = if two_experts {
             (
                 f64::from(defaults.guidance_scale),
                 Some(f64::from(defaults.guidance_scale_2)),
             )
         } else {
-            (f64::from(SINGLE_EXPERT_GUIDANCE), None)
+            (f64::from(self.sampling.single_expert_guidance), None)
         };
         let guidance_scale = job.guidance_scale.map_or(guidance, f64::from);
         GenerationParams {
@@ -263,8 +301,8 @@ impl WanGenerator {
                 (None, Some(_)) => None,
                 (None, None) => guidance_2,
             },
-            shift: job.shift.map(f64::from),
-            sampler: match job.sampler {
+            shift: self.sampling.shift_for(job.shift).map(f64::from),
+            sampler: match self.sampling.sampler_for(job.sampler) {
                 Sampler::Unspecified => None,
                 Sampler::Unipc => Some(SamplerKind::UniPc),
                 Sampler::FlowEuler => Some(SamplerKind::FlowEuler),
@@ -436,6 +474,27 @@ pub fn to_rgb24(frames: &Tensor) -> Result<Frames, GenerateError> {
         count: count as u32,
         rgb,
     })
+}
+
+/// A configured LoRA file that is not there, in one line with the fix.
+fn missing_lora(path: &Path) -> GenerateError {
+    GenerateError::Load(format!(
+        "LoRA file {} does not exist — fix its path in [[model.loras]] (env T2V_MODEL__LORAS) or remove the entry",
+        path.display()
+    ))
+}
+
+/// Hashes a LoRA file into a variant's revision as model weights are hashed.
+fn hash_lora(hasher: &mut Sha256, path: &Path) -> Result<(), GenerateError> {
+    let meta = std::fs::metadata(path).map_err(|_| missing_lora(path))?;
+    // The contents alone: the same file elsewhere is the same variant.
+    let file = RevisionFile {
+        path: path.to_path_buf(),
+        relative: String::new(),
+        weights: true,
+        meta,
+    };
+    hash_weights(hasher, &file)
 }
 
 /// A load failure in the worker's terms (the pipeline's message names the file and the fix).
@@ -933,6 +992,131 @@ mod tests {
         assert!(
             matches!(&bad, Err(GenerateError::InvalidInput(m)) if m.starts_with("width")),
             "{bad:?}"
+        );
+    }
+
+    /// A rank-4 PEFT LoRA on the tiny model's (dim 32) first self-attention query.
+    fn tiny_lora(dir: &Path) -> std::path::PathBuf {
+        let a = Tensor::randn([4, 32], (Kind::Float, Device::Cpu)) * 0.5;
+        let b = Tensor::randn([32, 4], (Kind::Float, Device::Cpu)) * 0.5;
+        let path = dir.join("tiny_lora.safetensors");
+        Tensor::write_safetensors(
+            &[
+                ("transformer.blocks.0.attn1.to_q.lora_A.weight", a),
+                ("transformer.blocks.0.attn1.to_q.lora_B.weight", b),
+            ],
+            &path,
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_variant_fuses_its_loras_and_its_preset_fills_unset_fields() {
+        use crate::config::{LoraConfig, LoraExpert, PresetChoice};
+        let tmp = tempfile::tempdir().unwrap();
+        let model = ModelConfig {
+            dir: tiny_model().display().to_string(),
+            name: "tiny-lightning".into(),
+            device: DeviceChoice::Cpu,
+            preset: PresetChoice::Lightning,
+            loras: vec![LoraConfig {
+                file: tiny_lora(tmp.path()).display().to_string(),
+                strength: 1.0,
+                expert: LoraExpert::Both,
+            }],
+            ..ModelConfig::default()
+        };
+        let mut variant = WanGenerator::load_model(&model).unwrap();
+        let options = LoadOptions::new(Device::Cpu, Kind::Float);
+        let mut base = WanGenerator::load(&tiny_model(), "tiny", options).unwrap();
+        let info = variant.model();
+        assert_eq!(info.name, "tiny-lightning");
+        assert_eq!(
+            info.defaults.steps, 4,
+            "the preset's steps for a zero field"
+        );
+        assert_ne!(
+            info.revision,
+            base.model().revision,
+            "the LoRA is in the revision"
+        );
+
+        let job = JobSpec {
+            job_id: "j".into(),
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            num_frames: 5,
+            fps: 8,
+            steps: info.defaults.steps,
+            guidance_scale: None,
+            guidance_scale_2: None,
+            shift: None,
+            sampler: Sampler::Unspecified,
+            seed: 3,
+        };
+        let params = variant.params(&job);
+        assert_eq!(
+            (params.guidance_scale, params.guidance_scale_2),
+            (1.0, Some(1.0))
+        );
+        assert_eq!(params.shift, Some(5.0));
+        assert_eq!(params.sampler, Some(SamplerKind::FlowEuler));
+        let explicit = JobSpec {
+            guidance_scale: Some(3.5),
+            shift: Some(2.0),
+            sampler: Sampler::Unipc,
+            ..job.clone()
+        };
+        let params = variant.params(&explicit);
+        assert_eq!(
+            (params.guidance_scale, params.guidance_scale_2),
+            (3.5, None)
+        );
+        assert_eq!(params.shift, Some(2.0));
+        assert_eq!(params.sampler, Some(SamplerKind::UniPc));
+
+        // Same settings spelled out for both: only the fused LoRA differs.
+        let spelled = JobSpec {
+            guidance_scale: Some(1.0),
+            guidance_scale_2: Some(1.0),
+            shift: Some(5.0),
+            sampler: Sampler::FlowEuler,
+            ..job.clone()
+        };
+        let run = |g: &mut WanGenerator| {
+            g.generate(&spelled, None, &mut |_: StepInfo| ControlFlow::Continue(()))
+                .unwrap()
+                .frames
+        };
+        let (with_lora, without) = (run(&mut variant), run(&mut base));
+        assert_eq!(with_lora.rgb.len(), without.rgb.len());
+        assert_ne!(with_lora.rgb, without.rgb, "the LoRA changed the frames");
+    }
+
+    #[test]
+    fn a_missing_lora_file_fails_the_load_in_one_line() {
+        use crate::config::{LoraConfig, LoraExpert};
+        let model = ModelConfig {
+            dir: tiny_model().display().to_string(),
+            device: DeviceChoice::Cpu,
+            loras: vec![LoraConfig {
+                file: "/nonexistent/high.safetensors".into(),
+                strength: 1.0,
+                expert: LoraExpert::Transformer,
+            }],
+            ..ModelConfig::default()
+        };
+        let Err(GenerateError::Load(message)) = WanGenerator::load_model(&model) else {
+            panic!("a missing LoRA file loaded");
+        };
+        assert!(
+            message.contains("/nonexistent/high.safetensors")
+                && message.contains("[[model.loras]]")
+                && !message.contains('\n'),
+            "{message}"
         );
     }
 
