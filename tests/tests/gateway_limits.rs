@@ -6,11 +6,15 @@ use std::time::Duration;
 use prost::Message;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
-use t2v_proto::v1::{generation_event::Kind, ErrorCode, Failed, GenerationEvent};
+use t2v_proto::v1::{
+    generation_event::Kind, Completed, ErrorCode, Failed, GenerationEvent, Timings,
+};
 use t2v_tests::gateway::{fresh_database, video_body, GatewayProcess, SigningKey};
 use t2v_tests::{producer, WorkerSetup};
 
-const PLANS: [(&str, &str); 6] = [
+const PLANS: [(&str, &str); 8] = [
+    ("T2V_GATEWAY__LIMITS__PLANS__GPU__VIDEOS_PER_DAY", "100"),
+    ("T2V_GATEWAY__LIMITS__PLANS__GPU__GPU_SECONDS_PER_DAY", "2"),
     ("T2V_GATEWAY__LIMITS__PLANS__TRIAL__REQUESTS_PER_SEC", "0.2"),
     ("T2V_GATEWAY__LIMITS__PLANS__TRIAL__BURST", "4"),
     (
@@ -154,17 +158,65 @@ async fn the_daily_quota_is_shared_and_infrastructure_failures_are_given_back() 
     assert_eq!(usage["videos"]["used"], 3, "{usage}");
 }
 
+#[tokio::test]
+async fn used_up_gpu_seconds_refuse_new_videos_until_the_next_day() {
+    let (setup, key, a, b, _db) = two_gateways("gw-gpu").await;
+    let token = key.token("acme", json!({"plan": "gpu"}));
+    let job: Value = a
+        .submit(&token, &video_body(4), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let completed = Kind::Completed(Completed {
+        timings: Some(Timings {
+            total_ms: 2500,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    publish(&setup.events, id, completed).await;
+    b.wait_state(&token, id, "completed", Duration::from_secs(30))
+        .await;
+    let usage: Value = b.get(&token, "/v1/usage").await.json().await.unwrap();
+    assert_eq!(
+        (
+            usage["gpuSeconds"]["used"].as_u64(),
+            usage["gpuSeconds"]["remaining"].as_u64()
+        ),
+        (Some(3), Some(0)),
+        "{usage}"
+    );
+    let r = a.submit(&token, &video_body(4), None).await;
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpu-seconds"),
+        "{body}"
+    );
+}
+
 /// Publishes a Failed event for `job_id` as a worker would.
 async fn publish_failed(topic: &str, job_id: &str, code: ErrorCode) {
+    let failed = Kind::Failed(Failed {
+        code: code as i32,
+        message: "injected by the test".into(),
+        retryable: code == ErrorCode::Unavailable,
+    });
+    publish(topic, job_id, failed).await;
+}
+
+/// Publishes an event of `kind` for `job_id` as a worker would.
+async fn publish(topic: &str, job_id: &str, kind: Kind) {
     let event = GenerationEvent {
         job_id: job_id.into(),
         emitted_at_unix_ms: t2v_contract::now_unix_ms(),
         worker_id: "test".into(),
-        kind: Some(Kind::Failed(Failed {
-            code: code as i32,
-            message: "injected by the test".into(),
-            retryable: code == ErrorCode::Unavailable,
-        })),
+        kind: Some(kind),
         ..Default::default()
     };
     let payload = event.encode_to_vec();
