@@ -499,6 +499,23 @@ mod tests {
     }
 
     #[test]
+    fn guidance_at_most_one_runs_one_pass_per_step() {
+        let ts = [999.0, 800.0, 300.0, 100.0];
+        for g in [0.0, 0.5, 1.0] {
+            let (high, low, _, _) = run_fakes(&ts, &settings(g, Some(g), Some(0.5)), true).unwrap();
+            assert_eq!(
+                (high.len(), low.len()),
+                (2, 2),
+                "guidance {g}: one forward per step, no unconditional pass"
+            );
+        }
+        // Just above 1 both passes run.
+        let (high, low, _, _) =
+            run_fakes(&ts, &settings(1.001, Some(1.001), Some(0.5)), true).unwrap();
+        assert_eq!((high.len(), low.len()), (4, 4));
+    }
+
+    #[test]
     fn without_boundary_only_transformer_runs() {
         let (high, low, seen, _) =
             run_fakes(&[999.0, 100.0], &settings(5.0, Some(2.0), None), true).unwrap();
