@@ -1,10 +1,12 @@
 //! `t2v-worker doctor`: the classic deployment failures, one line each with the cause and the fix.
 //! Checks: Kafka brokers reachable and the four topics present, the object store writable,
 //! readable and deletable (a probe object, and whether it refuses a create-only overwrite), the
-//! OTLP collector when one is configured, /dev/shm size, the model directory, and for the Wan
+//! OTLP collector when one is configured, /dev/shm size, the model directory, the variant's LoRA
+//! files (they exist, and each fits its expert of the base: `lora_checks.rs`), and for the Wan
 //! backend the GPU and whether the model fits it (`gpu_checks.rs`).
 
 mod gpu_checks;
+mod lora_checks;
 
 use std::time::Duration;
 
@@ -277,6 +279,8 @@ fn model(cfg: &WorkerConfig) -> Finding {
 /// crash-loop.
 pub fn startup(cfg: &WorkerConfig) -> Vec<Finding> {
     let mut findings = vec![shm(), model(cfg)];
+    // Existence only: the load itself refuses a LoRA that does not fit, in the same words.
+    findings.extend(lora_checks::lora_files(cfg));
     // A job size that does not fit is refused per job (RESOURCE_EXHAUSTED, with what fits);
     // the worker still serves smaller requests, so at start that is a warning.
     findings.extend(gpu(cfg).into_iter().map(|f| {
@@ -348,6 +352,12 @@ pub async fn run(cfg: &WorkerConfig) -> Vec<Finding> {
     findings.extend(telemetry(cfg).await);
     findings.push(shm());
     findings.push(model(cfg));
+    let lora_cfg = cfg.clone();
+    findings.extend(
+        tokio::task::spawn_blocking(move || lora_checks::loras(&lora_cfg))
+            .await
+            .unwrap_or_else(|e| vec![finding("lora", false, format!("the check crashed: {e}"))]),
+    );
     let gpu_cfg = cfg.clone();
     findings.extend(
         tokio::task::spawn_blocking(move || gpu(&gpu_cfg))
