@@ -111,6 +111,8 @@ pub struct KafkaConfig {
     /// model's fleet and their priority's lane, and a model no fleet serves is a 400. Unset:
     /// every request goes to `requests_topic`.
     pub topics_file: Option<PathBuf>,
+    /// How often the events reader looks for partitions added to the events topic, in seconds.
+    pub partition_refresh_secs: u64,
     /// Extra librdkafka properties (SASL, TLS), for the producer and the events reader.
     pub properties: BTreeMap<String, String>,
 }
@@ -125,6 +127,7 @@ impl Default for KafkaConfig {
             control_topic: producer.control_topic,
             workers_group_id: producer.group_id,
             topics_file: None,
+            partition_refresh_secs: 60,
             properties: BTreeMap::new(),
         }
     }

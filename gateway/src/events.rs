@@ -34,6 +34,8 @@ pub struct EventsReader {
     pool: PgPool,
     topic: String,
     consumer: StreamConsumer,
+    /// Partitions assigned now.
+    assigned: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,46 +74,84 @@ impl EventsReader {
             ])
             .create()
             .map_err(kafka)?;
-        let partitions = partitions(&consumer, &topic).map_err(kafka)?;
+        let reader = Self {
+            pool,
+            topic,
+            consumer,
+            assigned: std::sync::atomic::AtomicUsize::new(0),
+        };
+        reader.assign_all().await?;
+        Ok(reader)
+    }
+
+    /// Assigns every partition the topic has now at its stored offset; a partition seen the
+    /// first time starts at 0 (the first offset still retained). Called at start and whenever
+    /// the topic has grown: partitions can be added, and events on them must not be missed.
+    async fn assign_all(&self) -> Result<(), EventsError> {
+        let kafka = |source| EventsError::Kafka {
+            topic: self.topic.clone(),
+            source,
+        };
+        let partitions = partitions(&self.consumer, &self.topic).map_err(kafka)?;
         if partitions.is_empty() {
-            return Err(EventsError::NoPartitions(topic));
+            return Err(EventsError::NoPartitions(self.topic.clone()));
         }
         let mut assignment = TopicPartitionList::new();
-        for partition in partitions {
+        for partition in &partitions {
             sqlx::query(
                 "INSERT INTO event_offsets (topic, partition, next_offset) VALUES ($1, $2, 0) \
                  ON CONFLICT DO NOTHING",
             )
-            .bind(&topic)
+            .bind(&self.topic)
             .bind(partition)
-            .execute(&pool)
+            .execute(&self.pool)
             .await?;
             let (next,): (i64,) = sqlx::query_as(
                 "SELECT next_offset FROM event_offsets WHERE topic = $1 AND partition = $2",
             )
-            .bind(&topic)
+            .bind(&self.topic)
             .bind(partition)
-            .fetch_one(&pool)
+            .fetch_one(&self.pool)
             .await?;
             assignment
-                .add_partition_offset(&topic, partition, Offset::Offset(next))
+                .add_partition_offset(&self.topic, *partition, Offset::Offset(next))
                 .map_err(kafka)?;
         }
-        consumer.assign(&assignment).map_err(kafka)?;
-        tracing::info!(topic = %topic, partitions = assignment.count(), "events reader assigned");
-        Ok(Self {
-            pool,
-            topic,
-            consumer,
-        })
+        // Re-reading from the stored offsets is safe: what was applied already is skipped.
+        self.consumer.assign(&assignment).map_err(kafka)?;
+        self.assigned
+            .store(partitions.len(), std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), "events reader assigned");
+        Ok(())
+    }
+
+    /// Assigns again when the topic has more partitions than are assigned.
+    async fn follow_new_partitions(&self) {
+        let assigned = self.assigned.load(std::sync::atomic::Ordering::Relaxed);
+        match partitions(&self.consumer, &self.topic) {
+            Ok(now) if now.len() > assigned => {
+                if let Err(e) = self.assign_all().await {
+                    tracing::warn!(error = %e, "assigning new partitions; retrying later");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the events topic's partitions"),
+        }
     }
 
     /// Applies events until `shutdown`. A database error is retried on the same event (the
     /// transaction rolled back, nothing was half-applied): the reader seeks back to it.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Every `partition_refresh` the topic's partitions are read again (see [`Self::assign_all`]).
+    pub async fn run(self, shutdown: CancellationToken, partition_refresh: Duration) {
+        let mut refresh = tokio::time::interval(partition_refresh);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = refresh.tick() => {
+                    self.follow_new_partitions().await;
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             let message = match message {

@@ -108,7 +108,9 @@ async fn start_reader(
         match result {
             Ok(reader) => {
                 state.ready.store(true, Ordering::Relaxed);
-                reader.run(stop).await;
+                let refresh =
+                    std::time::Duration::from_secs(state.cfg.kafka.partition_refresh_secs.max(1));
+                reader.run(stop, refresh).await;
                 return Ok(());
             }
             Err(e) => {

@@ -90,3 +90,79 @@ async fn a_gateway_restart_mid_stream_loses_no_state() {
         total_ms.to_string()
     );
 }
+
+#[tokio::test]
+async fn partitions_added_to_the_events_topic_are_followed() {
+    use prost::Message;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::FutureRecord;
+    use t2v_proto::v1::{ErrorCode, Failed, GenerationEvent};
+
+    let setup = WorkerSetup::new("gw-grow", 1).await;
+    let key = SigningKey::generate("k1");
+    let db = fresh_database();
+    let gateway = GatewayProcess::start(
+        &setup,
+        &db,
+        &key,
+        &[("T2V_GATEWAY__KAFKA__PARTITION_REFRESH_SECS", "1")],
+    )
+    .await;
+    let token = key.token("acme", json!({}));
+    let job: Value = gateway
+        .submit(&token, &video_body(4), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", t2v_tests::brokers())
+        .create()
+        .unwrap();
+    for result in admin
+        .create_partitions(
+            &[NewPartitions::new(&setup.events, 2)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    // An event on the new partition only (a worker's producer would hash some job ids there).
+    let event = GenerationEvent {
+        job_id: id.into(),
+        kind: Some(Kind::Failed(Failed {
+            code: ErrorCode::Internal as i32,
+            message: "injected on the new partition".into(),
+            retryable: true,
+        })),
+        ..Default::default()
+    };
+    let payload = event.encode_to_vec();
+    t2v_tests::producer()
+        .send(
+            FutureRecord::to(&setup.events)
+                .key(id)
+                .payload(&payload)
+                .partition(1),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let failed = gateway
+        .wait_state(&token, id, "failed", Duration::from_secs(30))
+        .await;
+    assert_eq!(failed["error"]["message"], "injected on the new partition");
+    let offset = psql(
+        &db,
+        &format!(
+            "SELECT next_offset FROM event_offsets WHERE topic = '{}' AND partition = 1",
+            setup.events
+        ),
+    );
+    assert_eq!(offset, "1");
+}
