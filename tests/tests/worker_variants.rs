@@ -157,3 +157,51 @@ async fn a_missing_lora_file_stops_the_start_in_one_line() {
         "nothing loaded or joined; logs:\n{logs}"
     );
 }
+
+/// `t2v-worker run` serving the `lightning` variant of the tiny model with a LoRA on both
+/// experts: a request naming the variant with zero steps and unset guidance runs the preset's
+/// 4 steps, and its revision is the variant's, not the base directory's.
+#[tokio::test]
+async fn a_variant_worker_renders_a_job_with_the_presets_steps() {
+    use t2v_proto::v1::generation_event::Kind;
+    use t2v_tests::{completed, tiny_model_request, wait_events};
+
+    let setup = WorkerSetup::new("variants.render", 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let loras = format!("both:1.0:{}", lora(tmp.path(), "fits.safetensors", 32));
+    let worker = setup.start_tiny_model_worker(&[
+        ("T2V_MODEL__NAME", "tiny-lightning"),
+        ("T2V_MODEL__PRESET", "lightning"),
+        ("T2V_MODEL__LORAS", &loras),
+    ]);
+    let request = t2v_proto::v1::GenerationRequest {
+        model: "tiny-lightning".into(),
+        guidance_scale: None,
+        guidance_scale_2: None,
+        ..tiny_model_request("variant-1", 0)
+    };
+    setup.submitter().submit(request).await.unwrap();
+    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
+        e.iter()
+            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
+    });
+    let done = completed(&events);
+    assert_eq!(
+        done.len(),
+        1,
+        "events: {events:?}\nlogs:\n{}",
+        worker.logs()
+    );
+    let started = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::Started(s)) => Some(s),
+            _ => None,
+        })
+        .expect("a Started event");
+    assert_eq!(started.total_steps, 4, "the preset's steps: {started:?}");
+    assert_eq!(started.model, "tiny-lightning");
+    let c = done[0].1;
+    assert_eq!(c.model_revision, started.model_revision);
+    assert_eq!(c.model_revision.len(), 12);
+}

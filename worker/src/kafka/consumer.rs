@@ -154,19 +154,10 @@ pub fn build_generator(
                 model.synthetic_fail_after_jobs,
             )))
         }
-        Backend::Wan => {
-            let options =
-                crate::generate::wan::load_options(model.device, model.dtype, model.memory_policy)?;
-            tracing::info!(dir = %model.dir, ?options, "loading the Wan pipeline");
-            let generator = crate::generate::wan::WanGenerator::load(
-                std::path::Path::new(&model.dir),
-                &model.name,
-                options,
-            )?
-            .with_memory_budget(model.memory_budget_gib)
-            .with_devices(&model.devices)?;
-            Ok(Box::new(generator))
-        }
+        // The variant's LoRAs and preset, device, dtype, memory policy, budget and GPUs.
+        Backend::Wan => Ok(Box::new(crate::generate::wan::WanGenerator::load_model(
+            &model,
+        )?)),
     }
 }
 
