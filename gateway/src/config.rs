@@ -108,9 +108,12 @@ pub struct KafkaConfig {
     /// The workers' consumer group (the producer's backlog-aware placement reads it).
     pub workers_group_id: String,
     /// A topics file with `lanes` and `models` (schemas/topics.yaml): requests go to their
-    /// model's fleet and their priority's lane, and a model no fleet serves is a 400. Unset:
-    /// every request goes to `requests_topic`.
+    /// model's fleet and their priority's lane, and a model no fleet serves is a 400. Unset: the
+    /// schemas/topics.yaml built into the gateway (see `route_by_model`).
     pub topics_file: Option<PathBuf>,
+    /// Route by model and priority lane (default). `false`: every request goes to
+    /// `requests_topic` (one fleet, one lane), unless `topics_file` is set.
+    pub route_by_model: bool,
     /// How often the events reader looks for partitions added to the events topic, in seconds.
     pub partition_refresh_secs: u64,
     /// Extra librdkafka properties (SASL, TLS), for the producer and the events reader.
@@ -127,6 +130,7 @@ impl Default for KafkaConfig {
             control_topic: producer.control_topic,
             workers_group_id: producer.group_id,
             topics_file: None,
+            route_by_model: true,
             partition_refresh_secs: 60,
             properties: BTreeMap::new(),
         }
@@ -315,9 +319,11 @@ impl GatewayConfig {
         Ok(())
     }
 
-    /// The producer's settings; reads `kafka.topics_file` when set.
+    /// The producer's settings: routes from `kafka.topics_file`, else the built-in ones (unless
+    /// `kafka.route_by_model` is off).
     pub fn submitter_config(&self) -> Result<t2v_producer::SubmitterConfig, ConfigError> {
         let routes = match &self.kafka.topics_file {
+            None if self.kafka.route_by_model => Some(t2v_producer::Routes::builtin()),
             None => None,
             Some(path) => t2v_producer::Routes::from_file(path)
                 .map_err(|e| ConfigError::Invalid(format!("kafka.topics_file: {e}")))?,
@@ -377,6 +383,22 @@ mod tests {
         assert!(err.contains("allow_hs256"), "{err}");
         cfg.auth.allow_hs256 = true;
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn requests_are_routed_by_model_and_lane_unless_turned_off() {
+        let mut cfg = valid();
+        let routed = cfg.submitter_config().unwrap();
+        let req = t2v_proto::v1::GenerationRequest {
+            model: "wan2.2-t2v-a14b".into(),
+            priority: 9,
+            ..Default::default()
+        };
+        assert_eq!(routed.request_topic(&req).unwrap(), "t2v.requests.high.v1");
+        cfg.kafka.route_by_model = false;
+        cfg.kafka.requests_topic = "one.topic".into();
+        let single = cfg.submitter_config().unwrap();
+        assert_eq!(single.request_topic(&req).unwrap(), "one.topic");
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl GatewayProcess {
             .env("T2V_GATEWAY__DATABASE__URL", db_url)
             .env("T2V_GATEWAY__KAFKA__BROKERS", brokers())
             .env("T2V_GATEWAY__KAFKA__REQUESTS_TOPIC", &setup.requests)
+            .env("T2V_GATEWAY__KAFKA__ROUTE_BY_MODEL", "false")
             .env("T2V_GATEWAY__KAFKA__EVENTS_TOPIC", &setup.events)
             .env("T2V_GATEWAY__KAFKA__CONTROL_TOPIC", &setup.control)
             .env("T2V_GATEWAY__KAFKA__WORKERS_GROUP_ID", &setup.group)
