@@ -59,7 +59,9 @@ done
 curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "demo: worker not ready after 60 s:"; tail -20 "$DEMO/worker.log"; exit 1; }
 
 echo "demo: submitting a prompt"
-"$T2V" --brokers "$T2V_BROKERS" submit "a red fox running through fresh snow, cinematic" \
+# The demo model is in no fleet of schemas/topics.yaml: send it straight to the normal lane the
+# worker reads, instead of routing by model.
+"$T2V" --brokers "$T2V_BROKERS" --requests-topic t2v.requests.v1 submit "a red fox running through fresh snow, cinematic" \
   --model wan2.2-t2v-tiny-demo --size 320x192 --frames 17 --steps 8 --seed 42 --wait --wait-timeout-secs 600
 
 echo
