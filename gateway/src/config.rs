@@ -20,6 +20,7 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub links: LinksConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// A secret string: never printed, never logged.
@@ -241,6 +242,60 @@ impl Default for LinksConfig {
     }
 }
 
+/// Signed callbacks on Completed, Failed and Canceled (docs/design.md, "Webhooks").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Development only: accept `http://` webhook URLs. Off, only `https://` is accepted.
+    pub allow_http: bool,
+    /// CIDRs (`127.0.0.1/32`, `fd00::/8`) whose addresses a webhook may reach although they are
+    /// private, loopback or link-local. Empty (the default): none — no request into the cluster.
+    pub allowed_cidrs: Vec<String>,
+    /// Bound on one delivery: connect, send and the receiver's answer, in milliseconds.
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once per gateway process.
+    pub concurrency: usize,
+    /// How often each gateway looks for due deliveries, in milliseconds.
+    pub poll_ms: u64,
+    /// Attempts before a delivery is given up.
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt, doubled after each further one, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// The longest wait between two attempts, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Per tenant: the default URL and the signing secret.
+    pub tenants: BTreeMap<String, TenantWebhook>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            allowed_cidrs: Vec::new(),
+            timeout_ms: 10_000,
+            concurrency: 16,
+            poll_ms: 1_000,
+            max_attempts: 12,
+            backoff_initial_ms: 30_000,
+            backoff_max_ms: 3_600_000,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// One tenant's webhook settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantWebhook {
+    /// Used when a request names no `webhookUrl`.
+    pub url: Option<String>,
+    /// The Standard Webhooks signing secret (`whsec_` + base64 of the key, or the raw key).
+    /// Secret: set it through `T2V_GATEWAY__WEBHOOKS__TENANTS__<TENANT>__SECRET` or `secret_file`.
+    pub secret: Secret,
+    /// A file holding the secret; wins over `secret`.
+    pub secret_file: Option<PathBuf>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -270,6 +325,7 @@ impl GatewayConfig {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("auth.public_key_files")
+            .with_list_parse_key("webhooks.allowed_cidrs")
             .try_parsing(true);
         let mut cfg: GatewayConfig = builder.add_source(env).build()?.try_deserialize()?;
         cfg.resolve_secret_files()?;
@@ -283,6 +339,11 @@ impl GatewayConfig {
         }
         if let Some(path) = &self.auth.hs256_secret_file {
             self.auth.hs256_secret = read_secret(path)?;
+        }
+        for tenant in self.webhooks.tenants.values_mut() {
+            if let Some(path) = &tenant.secret_file {
+                tenant.secret = read_secret(path)?;
+            }
         }
         Ok(())
     }
@@ -314,6 +375,24 @@ impl GatewayConfig {
         for plan in plans {
             if plan.requests_per_sec.is_nan() || plan.requests_per_sec <= 0.0 || plan.burst == 0 {
                 return invalid("every plan needs requests_per_sec > 0 and burst >= 1");
+            }
+        }
+        self.validate_webhooks()
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let hooks = &self.webhooks;
+        for cidr in &hooks.allowed_cidrs {
+            crate::webhooks::Cidr::parse(cidr).map_err(ConfigError::Invalid)?;
+        }
+        if hooks.concurrency == 0 || hooks.max_attempts == 0 || hooks.timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "webhooks.concurrency, max_attempts and timeout_ms must be >= 1".into(),
+            ));
+        }
+        for (tenant, hook) in &hooks.tenants {
+            if hook.secret.is_empty() {
+                return Err(ConfigError::Invalid(format!("webhooks.tenants.{tenant} has no secret — set T2V_GATEWAY__WEBHOOKS__TENANTS__{}__SECRET or secret_file", tenant.to_uppercase())));
             }
         }
         Ok(())

@@ -80,17 +80,19 @@ pub async fn create_job(
     job_id: &str,
     digest: &str,
     request: &Value,
+    webhook_url: Option<&str>,
 ) -> Result<Created, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let inserted: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "INSERT INTO jobs (job_id, tenant, request_digest, request, charged_day) \
-         VALUES ($1, $2, $3, $4, (now() AT TIME ZONE 'UTC')::date) \
+        "INSERT INTO jobs (job_id, tenant, request_digest, request, webhook_url, charged_day) \
+         VALUES ($1, $2, $3, $4, $5, (now() AT TIME ZONE 'UTC')::date) \
          ON CONFLICT (job_id) DO NOTHING RETURNING {JOB_COLUMNS}"
     )))
     .bind(job_id)
     .bind(tenant)
     .bind(digest)
     .bind(request)
+    .bind(webhook_url)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = inserted else {

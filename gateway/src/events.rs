@@ -190,7 +190,10 @@ impl EventsReader {
             return tx.rollback().await;
         }
         match GenerationEvent::decode(payload) {
-            Ok(event) => apply_event(&mut tx, &event).await?,
+            Ok(event) => {
+                let event_id = event_id(&self.topic, partition, offset);
+                apply_event(&mut tx, &event, &event_id).await?
+            }
             Err(e) => {
                 tracing::warn!(partition, offset, error = %e, "not a GenerationEvent; skipped")
             }
@@ -220,6 +223,12 @@ fn partitions(
         .collect())
 }
 
+/// A stable id of the event at `topic`/`partition`/`offset`: the webhook-id of its delivery.
+fn event_id(topic: &str, partition: i32, offset: i64) -> String {
+    let digest = t2v_contract::sha256_hex(format!("{topic}/{partition}/{offset}").as_bytes());
+    format!("msg_{}", &digest[..32])
+}
+
 /// The protobuf JSON form of an event, as the job row stores it.
 fn event_json(event: &GenerationEvent) -> Value {
     let text = t2v_producer::json::to_json(t2v_contract::headers::schema::GENERATION_EVENT, event);
@@ -230,6 +239,7 @@ fn event_json(event: &GenerationEvent) -> Value {
 async fn apply_event(
     tx: &mut Transaction<'_, Postgres>,
     event: &GenerationEvent,
+    event_id: &str,
 ) -> Result<(), sqlx::Error> {
     const LIVE: &str = "job_id = $1 AND state NOT IN ('completed', 'failed', 'canceled')";
     let id = event.job_id.as_str();
@@ -253,18 +263,48 @@ async fn apply_event(
         Kind::Canceled(_) => ("state = 'canceled', terminal = $2, version = version + 1".into(), Some(event_json(event))),
     };
     let sql = format!(
-        "UPDATE jobs SET {set}, updated_at = now() WHERE {LIVE} RETURNING tenant, charged_day::text"
+        "UPDATE jobs SET {set}, updated_at = now() WHERE {LIVE} RETURNING tenant, charged_day::text, webhook_url"
     );
     // Audited: `set` splices only integers decoded from the event; strings are bind parameters.
     let mut query =
-        sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql)).bind(id);
+        sqlx::query_as::<_, (String, Option<String>, Option<String>)>(sqlx::AssertSqlSafe(sql))
+            .bind(id);
     if let Some(json) = json {
         query = query.bind(json);
     }
-    let Some((tenant, day)) = query.fetch_optional(&mut **tx).await? else {
+    let Some((tenant, day, webhook_url)) = query.fetch_optional(&mut **tx).await? else {
         return Ok(());
     };
+    let terminal = matches!(
+        kind,
+        Kind::Completed(_) | Kind::Failed(_) | Kind::Canceled(_)
+    );
+    if let (true, Some(url)) = (terminal, webhook_url) {
+        record_delivery(tx, id, event_id, &tenant, &url).await?;
+    }
     account(tx, kind, &tenant, id, day.as_deref()).await
+}
+
+/// The webhook delivery of a terminal event, in the transaction that applies it: one row per
+/// event (the unique event id makes a second insert a no-op, should one ever be tried).
+async fn record_delivery(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: &str,
+    event_id: &str,
+    tenant: &str,
+    url: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (job_id, event_id, tenant, url) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(event_id)
+    .bind(tenant)
+    .bind(url)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Quota bookkeeping of a terminal event: GPU time of a finished video counts; a video that

@@ -16,6 +16,7 @@
 //! - [`events`]: the events reader — exactly-once application with offsets in the same transaction.
 //! - [`links`]: signed download links (S3/GCS/Azure) or gateway-streamed `file://` artifacts.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`webhooks`]: where callbacks may go, their signature, and the delivery worker.
 //!
 //! docs/design.md ("The gateway") describes the API and the reasoning.
 
@@ -27,6 +28,7 @@ pub mod events;
 pub mod limits;
 pub mod links;
 pub mod metrics;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +63,12 @@ pub async fn run(
     };
     let stop = CancellationToken::new();
     let reader = tokio::spawn(start_reader(state.clone(), submitter, stop.clone()));
+    let deliveries = Arc::new(webhooks::delivery::DeliveryWorker::new(
+        pool.clone(),
+        &cfg.webhooks,
+        state.links.clone(),
+    )?);
+    let deliveries = tokio::spawn(deliveries.run(stop.clone()));
 
     let address = format!("{}:{}", cfg.http.address, cfg.http.port);
     let listener = tokio::net::TcpListener::bind(&address)
@@ -83,6 +91,7 @@ pub async fn run(
         .await?;
     stop.cancel();
     reader.await.context("events reader")??;
+    deliveries.await.context("webhook deliveries")?;
     pool.close().await;
     Ok(())
 }

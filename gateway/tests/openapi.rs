@@ -110,3 +110,17 @@ async fn every_documented_operation_is_served_and_every_ref_resolves() {
         404
     );
 }
+
+#[test]
+fn the_request_documents_its_webhook_url() {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let field = &doc["components"]["schemas"]["VideoRequest"]["properties"]["webhookUrl"];
+    assert_eq!(field["type"], "string");
+    let described = field["description"].as_str().unwrap_or_default();
+    for word in ["webhook-signature", "https", "private", "redirects"] {
+        assert!(
+            described.contains(word),
+            "webhookUrl says {word}: {described}"
+        );
+    }
+}

@@ -84,6 +84,61 @@ fn parse_request(body: &[u8]) -> Result<(GenerationRequest, String), ApiError> {
     Ok((req, canonical))
 }
 
+/// Takes the gateway's own `webhookUrl` field (or `webhook_url`) out of the body, which is
+/// otherwise the request's JSON form. A body that is not a JSON object is left for
+/// [`parse_request`] to refuse with its usual words.
+fn take_webhook_url(body: &[u8]) -> Result<(Vec<u8>, Option<String>), ApiError> {
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+        return Ok((body.to_vec(), None));
+    };
+    let mut url = None;
+    for name in ["webhookUrl", "webhook_url"] {
+        match fields.remove(name) {
+            None => {}
+            Some(Value::String(u)) if url.is_none() => url = Some(u),
+            Some(Value::String(_)) => {
+                return Err(bad_request(
+                    Some("webhook_url"),
+                    "webhookUrl is given twice — send it once",
+                ))
+            }
+            Some(_) => {
+                return Err(bad_request(
+                    Some("webhook_url"),
+                    "webhookUrl must be a string — send an https:// URL",
+                ))
+            }
+        }
+    }
+    let rest = serde_json::to_vec(&Value::Object(fields)).expect("a JSON value serializes");
+    Ok((rest, url))
+}
+
+/// The job's webhook: the request's own, else the tenant's default; checked (scheme, every
+/// address the host resolves to) and refused when the tenant has no signing secret.
+async fn webhook_for(
+    state: &AppState,
+    tenant: &str,
+    requested: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let hooks = &state.cfg.webhooks;
+    let configured = hooks.tenants.get(tenant);
+    let Some(url) = requested.or_else(|| configured.and_then(|t| t.url.clone())) else {
+        return Ok(None);
+    };
+    if configured.is_none_or(|t| t.secret.is_empty()) {
+        return Err(bad_request(
+            Some("webhook_url"),
+            format!("tenant {tenant} has no webhook signing secret — ask the operator to set webhooks.tenants.{tenant}.secret, or leave webhookUrl out"),
+        ));
+    }
+    let checked = crate::webhooks::UrlPolicy::new(hooks)
+        .check(&url)
+        .await
+        .map_err(|e| bad_request(Some("webhook_url"), e))?;
+    Ok(Some(checked.to_string()))
+}
+
 /// `POST /v1/videos`.
 pub async fn create(
     State(state): State<AppState>,
@@ -110,8 +165,16 @@ pub async fn create(
         }
         .for_caller(&auth.caller)
     })?;
+    let (body, webhook) = take_webhook_url(&body).map_err(|e| e.for_caller(&auth.caller))?;
     let (mut req, canonical) = parse_request(&body).map_err(|e| e.for_caller(&auth.caller))?;
-    let digest = t2v_contract::sha256_hex(canonical.as_bytes());
+    let webhook = webhook_for(&state, &tenant, webhook)
+        .await
+        .map_err(|e| e.for_caller(&auth.caller))?;
+    // The webhook is part of what an Idempotency-Key stands for: another URL is another body.
+    let digest = match &webhook {
+        None => t2v_contract::sha256_hex(canonical.as_bytes()),
+        Some(url) => t2v_contract::sha256_hex(format!("{canonical}\nwebhook {url}").as_bytes()),
+    };
     req.job_id = job_id_for(&tenant, &headers)?;
     req.labels.insert(TENANT_LABEL.into(), tenant.clone());
     // The producer's own check (the bounds again, now with the tenant label, and the model's
@@ -132,6 +195,7 @@ pub async fn create(
         &job_id,
         &digest,
         &settings,
+        webhook.as_deref(),
     )
     .await?;
     let row = match created {
