@@ -449,3 +449,124 @@ async fn a_redirect_is_not_followed() {
     assert_eq!(redirecting.got().len(), 2);
     assert!(elsewhere.got().is_empty(), "the redirect was not followed");
 }
+
+#[tokio::test]
+async fn two_replicas_deliver_each_terminal_event_once() {
+    let setup = WorkerSetup::new("gw-hook-replicas", 2).await;
+    let _worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "50")]);
+    let key = SigningKey::generate("k1");
+    let db = fresh_database();
+    let env = loopback_webhooks(&secret());
+    let first = start_gateway(&setup, &db, &key, &env).await;
+    let second = start_gateway(&setup, &db, &key, &env).await;
+    let acme = key.token("acme", json!({}));
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+
+    let mut ids = Vec::new();
+    for gateway in [&first, &second, &first] {
+        ids.push(submit(gateway, &acme, Some(&url)).await);
+    }
+    // One more, canceled while it runs: Canceled is delivered too.
+    let mut long = video_body(200);
+    long["webhookUrl"] = json!(url);
+    let canceled: Value = second
+        .submit(&acme, &long, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let canceled = canceled["id"].as_str().unwrap().to_string();
+    second
+        .wait_state(&acme, &canceled, "running", Duration::from_secs(60))
+        .await;
+    let r = second
+        .http
+        .delete(second.url(&format!("/v1/videos/{canceled}")))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.got().len() < 4 {
+        assert!(Instant::now() < deadline, "4 deliveries: {}", first.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = receiver.got();
+    assert_eq!(got.len(), 4, "each event once, whichever replica sent it");
+    let mut webhook_ids: Vec<_> = got
+        .iter()
+        .map(|g| g.headers["webhook-id"].clone())
+        .collect();
+    webhook_ids.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    webhook_ids.dedup();
+    assert_eq!(webhook_ids.len(), 4);
+    let mut states = std::collections::BTreeMap::<String, String>::new();
+    for g in &got {
+        assert!(verifies(&g.headers, &g.body));
+        let sent: Value = serde_json::from_slice(&g.body).unwrap();
+        states.insert(
+            sent["id"].as_str().unwrap().into(),
+            sent["state"].as_str().unwrap().into(),
+        );
+    }
+    for id in &ids {
+        assert_eq!(states[id], "completed", "{states:?}");
+    }
+    assert_eq!(states[&canceled], "canceled");
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT count(*), sum(attempts) FROM webhook_deliveries WHERE delivered_at IS NOT NULL"
+        ),
+        "4|4"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_receiver_delays_no_other() {
+    let setup = WorkerSetup::new("gw-hook-slow", 1).await;
+    let _worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "50")]);
+    let key = SigningKey::generate("k1");
+    let db = fresh_database();
+    let mut env = loopback_webhooks(&secret());
+    // The slow receiver holds its delivery for the whole bound.
+    env.retain(|(k, _)| !k.ends_with("TIMEOUT_MS"));
+    env.push(("T2V_GATEWAY__WEBHOOKS__TIMEOUT_MS", "30000".into()));
+    let gateway = start_gateway(&setup, &db, &key, &env).await;
+    let acme = key.token("acme", json!({}));
+    let slow = Receiver::scripted(&[Answer::Slow(Duration::from_secs(60))]);
+    let slow_url = slow.start().await;
+    let fast = Receiver::default();
+    let fast_url = fast.start().await;
+
+    let slow_job = submit(&gateway, &acme, Some(&slow_url)).await;
+    gateway
+        .wait_state(&acme, &slow_job, "completed", Duration::from_secs(60))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slow.got().is_empty() {
+        assert!(Instant::now() < deadline, "the slow receiver is called");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fast_job = submit(&gateway, &acme, Some(&fast_url)).await;
+    gateway
+        .wait_state(&acme, &fast_job, "completed", Duration::from_secs(60))
+        .await;
+    let completed = Instant::now();
+    fast.wait_delivered(Duration::from_secs(10), || gateway.logs())
+        .await;
+    assert!(
+        completed.elapsed() < Duration::from_secs(5),
+        "delivered while the slow receiver still holds its request: {:?}",
+        completed.elapsed()
+    );
+    assert_eq!(
+        delivery_row(&db, &slow_job),
+        "0|0|f|f|0",
+        "the slow delivery is still in flight"
+    );
+}

@@ -316,3 +316,29 @@ mod tests {
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 }
+
+#[cfg(test)]
+mod connect_tests {
+    use reqwest::dns::Resolve;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_resolver_refuses_a_name_that_resolves_into_a_private_range() {
+        // What DNS rebinding would do: a name that passed at submit resolves privately later.
+        let guarded = GuardedResolver(UrlPolicy::new(&WebhooksConfig::default()));
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = guarded.resolve(name).await.err().expect("refused");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let allowed = GuardedResolver(UrlPolicy::new(&WebhooksConfig {
+            allowed_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            ..Default::default()
+        }));
+        let addrs: Vec<_> = allowed
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(!addrs.is_empty());
+    }
+}
