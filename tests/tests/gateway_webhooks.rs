@@ -489,21 +489,28 @@ async fn two_replicas_deliver_each_terminal_event_once() {
         .unwrap();
     assert_eq!(r.status(), 202);
 
+    // And one whose deadline passed before it started: Failed is delivered too.
+    let mut late = video_body(4);
+    late["webhookUrl"] = json!(url);
+    late["deadlineUnixMs"] = json!("1000");
+    let failed: Value = first.submit(&acme, &late, None).await.json().await.unwrap();
+    let failed = failed["id"].as_str().unwrap().to_string();
+
     let deadline = Instant::now() + Duration::from_secs(60);
-    while receiver.got().len() < 4 {
-        assert!(Instant::now() < deadline, "4 deliveries: {}", first.logs());
+    while receiver.got().len() < 5 {
+        assert!(Instant::now() < deadline, "5 deliveries: {}", first.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = receiver.got();
-    assert_eq!(got.len(), 4, "each event once, whichever replica sent it");
+    assert_eq!(got.len(), 5, "each event once, whichever replica sent it");
     let mut webhook_ids: Vec<_> = got
         .iter()
         .map(|g| g.headers["webhook-id"].clone())
         .collect();
     webhook_ids.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     webhook_ids.dedup();
-    assert_eq!(webhook_ids.len(), 4);
+    assert_eq!(webhook_ids.len(), 5);
     let mut states = std::collections::BTreeMap::<String, String>::new();
     for g in &got {
         assert!(verifies(&g.headers, &g.body));
@@ -517,12 +524,13 @@ async fn two_replicas_deliver_each_terminal_event_once() {
         assert_eq!(states[id], "completed", "{states:?}");
     }
     assert_eq!(states[&canceled], "canceled");
+    assert_eq!(states[&failed], "failed");
     assert_eq!(
         psql(
             &db,
             "SELECT count(*), sum(attempts) FROM webhook_deliveries WHERE delivered_at IS NOT NULL"
         ),
-        "4|4"
+        "5|5"
     );
 }
 
