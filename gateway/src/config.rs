@@ -447,6 +447,35 @@ mod tests {
     }
 
     #[test]
+    fn webhook_secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("acme");
+        std::fs::write(&file, "whsec_c2VjcmV0LWtleS1vZi1hY21l\n").unwrap();
+        // The shape the chart's gateway.toml has.
+        let text = format!(
+            "[webhooks]\ntimeout_ms = 5000\nallowed_cidrs = []\n\
+             [webhooks.tenants.\"acme\"]\nurl = \"https://hooks.acme.example/t2v\"\nsecret_file = {:?}\n",
+            file.display().to_string()
+        );
+        let mut cfg: GatewayConfig = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        cfg.resolve_secret_files().unwrap();
+        let acme = &cfg.webhooks.tenants["acme"];
+        assert_eq!(acme.secret.expose(), "whsec_c2VjcmV0LWtleS1vZi1hY21l");
+        assert!(!format!("{cfg:?}").contains("c2VjcmV0"), "redacted");
+        cfg.database.url = Secret::new("postgres://db/t2v");
+        cfg.auth = valid().auth;
+        cfg.validate().unwrap();
+        cfg.webhooks.allowed_cidrs = vec!["10.0.0.0/99".into()];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("allowed_cidrs"), "{err}");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let cfg = valid();
         let shown = format!("{cfg:?}");

@@ -169,3 +169,27 @@ def test_gateway_image_lints_and_matches_the_chart():
     pod = one(render("inline-secrets-values.yaml"), "Deployment")["spec"]["template"]["spec"]
     assert int(user.split(":")[0]) == pod["securityContext"]["runAsUser"] != 0
     assert "EXPOSE 8080" in text and container(render("inline-secrets-values.yaml"))["ports"][0]["containerPort"] == 8080
+
+
+def test_gateway_webhook_secrets_are_mounted_from_a_secret():
+    docs = render("managed-postgres-values.yaml")
+    toml = tomllib.loads(one(docs, "ConfigMap")["data"]["gateway.toml"])
+    hooks = toml["webhooks"]
+    assert hooks["tenants"]["acme"] == {"url": "https://hooks.acme.example/t2v",
+                                        "secret_file": "/etc/t2v-gateway-webhooks/acme"}
+    assert hooks["tenants"]["globex"] == {"secret_file": "/etc/t2v-gateway-webhooks/globex"}
+    assert hooks["allow_http"] is False and hooks["allowed_cidrs"] == [] and hooks["max_attempts"] == 12
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "webhook-secrets"]
+    assert volume["secret"]["secretName"] == "t2v-gateway-webhooks"
+    assert volume["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 10001, \
+        "readable by the gateway's group only"
+    assert sorted(i["key"] for i in volume["secret"]["items"]) == ["acme", "globex"]
+    [mount] = [m for m in container(docs)["volumeMounts"] if m["name"] == "webhook-secrets"]
+    assert mount["mountPath"] == "/etc/t2v-gateway-webhooks" and mount["readOnly"]
+    assert "whsec" not in json.dumps([d for d in docs if d["kind"] == "ConfigMap"])
+    assert "webhooks.existingSecret is required" in refused(
+        "-f", str(CI_DIR / "managed-postgres-values.yaml"), "--set", "webhooks.existingSecret=")
+    plain = render("inline-secrets-values.yaml")
+    assert not [v for v in one(plain, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "webhook-secrets"], "no tenants, no mount"
