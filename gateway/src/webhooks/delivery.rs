@@ -79,7 +79,12 @@ impl DeliveryWorker {
             match claimed {
                 Ok(due) => {
                     for delivery in due {
-                        let permit = self.permits.clone().acquire_owned().await;
+                        let permit = self
+                            .permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
                         let worker = self.clone();
                         tokio::spawn(async move {
                             let _permit = permit;

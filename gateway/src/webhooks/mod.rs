@@ -15,6 +15,9 @@ use reqwest::Url;
 
 use crate::config::WebhooksConfig;
 
+/// How long a submit waits for the webhook host's addresses.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An address block of `webhooks.allowed_cidrs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -172,11 +175,11 @@ impl UrlPolicy {
         let url = self.parse(text)?;
         if let Some(Host::Name(host)) = host_of(&url) {
             let port = url.port_or_known_default().unwrap_or(443);
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            let lookup = tokio::net::lookup_host((host, port));
+            let addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
                 .await
-                .map_err(|e| {
-                    format!("the webhook host {host} does not resolve ({e}) — check the URL")
-                })?
+                .map_err(|_| format!("the webhook host {host} did not resolve within {RESOLVE_TIMEOUT:?} — check the URL, or retry"))?
+                .map_err(|e| format!("the webhook host {host} does not resolve ({e}) — check the URL"))?
                 .collect();
             if addrs.is_empty() {
                 return Err(format!(
