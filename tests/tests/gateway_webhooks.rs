@@ -336,6 +336,45 @@ async fn private_addresses_are_refused_at_submit() {
         "0",
         "nothing written"
     );
+
+    // A public address passes; the webhook is part of what an Idempotency-Key stands for.
+    let with_hook = |url: &str| {
+        let mut body = video_body(4);
+        body["webhookUrl"] = json!(url);
+        body
+    };
+    let first = gateway
+        .submit(
+            &acme,
+            &with_hook("https://93.184.215.14/hook"),
+            Some("order-1"),
+        )
+        .await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again: Value = gateway
+        .submit(
+            &acme,
+            &with_hook("https://93.184.215.14/hook"),
+            Some("order-1"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["id"], first["id"], "the same job");
+    let other = gateway
+        .submit(
+            &acme,
+            &with_hook("https://93.184.215.14/other"),
+            Some("order-1"),
+        )
+        .await;
+    assert_eq!(other.status(), 409, "another webhook is another body");
+    assert_eq!(
+        psql(&db, "SELECT webhook_url FROM jobs"),
+        "https://93.184.215.14/hook"
+    );
 }
 
 #[tokio::test]
