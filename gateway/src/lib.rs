@@ -67,6 +67,7 @@ pub async fn run(
         pool.clone(),
         &cfg.webhooks,
         state.links.clone(),
+        state.metrics.clone(),
     )?);
     let deliveries = tokio::spawn(deliveries.run(stop.clone()));
 

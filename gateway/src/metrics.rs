@@ -1,5 +1,5 @@
 //! Prometheus metrics at `/metrics`: requests by route and status, request latency, and
-//! rejections by the rate limit and the daily quota.
+//! rejections by the rate limit and the daily quota, webhook attempts by outcome.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,12 +21,19 @@ pub struct RejectLabels {
     pub limit: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `delivered`, `failed` (retried later) or `given_up`.
+    pub outcome: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RouteLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
     pub rejections: Family<RejectLabels, Counter>,
     pub events_applied: Counter,
+    pub webhook_attempts: Family<WebhookLabels, Counter>,
 }
 
 impl Metrics {
@@ -61,12 +68,19 @@ impl Metrics {
             "Events read from the events topic",
             events_applied.clone(),
         );
+        let webhook_attempts = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by outcome",
+            webhook_attempts.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             rejections,
             events_applied,
+            webhook_attempts,
         }
     }
 
@@ -74,6 +88,14 @@ impl Metrics {
         self.rejections
             .get_or_create(&RejectLabels {
                 limit: limit.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts
+            .get_or_create(&WebhookLabels {
+                outcome: outcome.to_string(),
             })
             .inc();
     }

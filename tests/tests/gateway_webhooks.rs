@@ -418,6 +418,19 @@ async fn a_signed_event_arrives_after_a_500_and_a_timeout() {
     assert_eq!(sent["state"], "completed");
     let row = wait_row(&db, &id, |r| r.starts_with("3|200|t|f|3"), "delivered").await;
     assert_eq!(row, "3|200|t|f|3");
+    let metrics = gateway
+        .http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for line in [
+        "t2v_gateway_webhook_attempts_total{outcome=\"failed\"} 2",
+        "t2v_gateway_webhook_attempts_total{outcome=\"delivered\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

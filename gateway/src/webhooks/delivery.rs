@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{sign, GuardedResolver, UrlPolicy};
 use crate::config::WebhooksConfig;
 use crate::links::Links;
+use crate::metrics::Metrics;
 
 /// A claimed delivery.
 #[derive(Debug, sqlx::FromRow)]
@@ -39,13 +40,19 @@ pub struct DeliveryWorker {
     pool: PgPool,
     cfg: Arc<WebhooksConfig>,
     links: Arc<Links>,
+    metrics: Arc<Metrics>,
     policy: UrlPolicy,
     http: reqwest::Client,
     permits: Arc<Semaphore>,
 }
 
 impl DeliveryWorker {
-    pub fn new(pool: PgPool, cfg: &WebhooksConfig, links: Arc<Links>) -> anyhow::Result<Self> {
+    pub fn new(
+        pool: PgPool,
+        cfg: &WebhooksConfig,
+        links: Arc<Links>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let policy = UrlPolicy::new(cfg);
         let http = reqwest::Client::builder()
             // A redirect could lead anywhere, the cluster's own network included.
@@ -60,6 +67,7 @@ impl DeliveryWorker {
             pool,
             cfg: Arc::new(cfg.clone()),
             links,
+            metrics,
             policy,
             http,
             permits: Arc::new(Semaphore::new(cfg.concurrency)),
@@ -128,6 +136,13 @@ impl DeliveryWorker {
                 tracing::warn!(job_id = %due.job_id, webhook_id = %due.event_id, attempt, status, error = %error, "webhook attempt failed")
             }
         }
+        // Counted before the row says so: whoever sees the row sees the count.
+        let gives_up = attempt as u32 >= self.cfg.max_attempts;
+        self.metrics.webhook_attempt(match (&outcome, gives_up) {
+            (Outcome::Delivered(_), _) => "delivered",
+            (Outcome::Failed { .. }, true) => "given_up",
+            (Outcome::Failed { .. }, false) => "failed",
+        });
         while let Err(e) = self.record(&due, &outcome).await {
             tracing::warn!(error = %e, webhook_id = %due.event_id, "recording a webhook attempt; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -175,7 +190,8 @@ impl DeliveryWorker {
                 status: Some(r.status().as_u16()),
                 error: format!("the receiver answered {}", r.status()),
             },
-            Err(e) => failed(describe(&e)),
+            // Without the URL: its query may carry the receiver's own token, and this goes to logs.
+            Err(e) => failed(describe(&e.without_url())),
         }
     }
 
