@@ -76,7 +76,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
 pub fn non_public(ip: IpAddr) -> Option<&'static str> {
     match canonical(ip) {
         IpAddr::V4(v4) => non_public_v4(v4),
-        IpAddr::V6(v6) => non_public_v6(v6),
+        IpAddr::V6(v6) => embedded_v4(v6)
+            .and_then(non_public_v4)
+            .or_else(|| non_public_v6(v6)),
+    }
+}
+
+/// The IPv4 address an IPv6 transition address carries, which a relay or translator on the
+/// path would reach: 6to4 (`2002:AABB:CCDD::/48`), the NAT64 well-known prefix
+/// (`64:ff9b::/96`) and the deprecated IPv4-compatible form (`::a.b.c.d`).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || (s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback())
+    {
+        Some(v4(s[6], s[7]))
+    } else {
+        None
     }
 }
 
@@ -111,9 +130,17 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "link-local"
     } else if ip.is_multicast() {
         "multicast"
+    } else if s0_s1(ip) == (0x2001, 0) {
+        // Teredo hides its client's IPv4 address (XORed); no webhook needs one.
+        "Teredo tunnel"
     } else {
         return None;
     })
+}
+
+fn s0_s1(ip: Ipv6Addr) -> (u16, u16) {
+    let s = ip.segments();
+    (s[0], s[1])
 }
 
 /// Where webhooks may go: https (http only with `allow_http`), and public addresses unless one
@@ -269,11 +296,21 @@ mod tests {
             "https://[fe80::1]/x",
             "https://[::ffff:10.0.0.1]/x",
             "https://[::ffff:127.0.0.1]/x",
+            // Transition forms that carry a private IPv4 address.
+            "https://[2002:a00:1::1]/x",
+            "https://[2002:7f00:1::]/x",
+            "https://[64:ff9b::a9fe:a9fe]/x",
+            "https://[::10.0.0.1]/x",
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x",
         ] {
             let err = p.parse(url).unwrap_err();
             assert!(err.contains("webhooks.allowed_cidrs"), "{url}: {err}");
         }
         p.parse("https://93.184.215.14/hook").unwrap();
+        // The same forms around a public IPv4 address, and a plain global IPv6 address, pass.
+        p.parse("https://[2002:5db8:d70e::1]/hook").unwrap();
+        p.parse("https://[64:ff9b::5db8:d70e]/hook").unwrap();
+        p.parse("https://[2606:4700::1111]/hook").unwrap();
     }
 
     #[test]
