@@ -237,6 +237,19 @@ impl GatewayProcess {
         request.send().await.unwrap()
     }
 
+    /// [`GatewayProcess::submit`] expecting 202 Accepted: the job resource.
+    pub async fn submit_job(&self, token: &str, body: &Value, key: Option<&str>) -> Value {
+        let r = self.submit(token, body, key).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// A GET as `token`.
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
         self.http

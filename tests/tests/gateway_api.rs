@@ -173,15 +173,7 @@ async fn a_submitted_video_streams_progress_and_downloads_exactly() {
         !logs.contains("t2v-local-only"),
         "a secret in the logs:\n{logs}"
     );
-    let metrics = gateway
-        .http
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(r#"t2v_gateway_http_requests_total{method="POST",route="/v1/videos",status="202"} 1"#)
             && metrics.contains(r#"t2v_gateway_http_requests_total{method="GET",route="/v1/videos/{id}",status="404"} 1"#)
@@ -254,11 +246,8 @@ async fn an_idempotency_key_gives_one_job_and_refuses_another_body() {
     let globex = key.token("globex", json!({}));
 
     let first: Value = gateway
-        .submit(&acme, &video_body(4), Some("order-17"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .submit_job(&acme, &video_body(4), Some("order-17"))
+        .await;
     let r = gateway
         .submit(&acme, &video_body(4), Some("order-17"))
         .await;
@@ -271,11 +260,8 @@ async fn an_idempotency_key_gives_one_job_and_refuses_another_body() {
     assert_eq!(r.status(), 409);
     // The same key from another tenant is another job.
     let theirs: Value = gateway
-        .submit(&globex, &video_body(4), Some("order-17"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .submit_job(&globex, &video_body(4), Some("order-17"))
+        .await;
     assert_ne!(theirs["id"], first["id"]);
     assert_eq!(
         record_count(&setup.requests),
@@ -297,12 +283,7 @@ async fn a_running_video_is_canceled() {
     let gateway =
         GatewayProcess::start(&setup, &t2v_tests::gateway::fresh_database(), &key, &[]).await;
     let acme = key.token("acme", json!({}));
-    let job: Value = gateway
-        .submit(&acme, &video_body(100), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = gateway.submit_job(&acme, &video_body(100), None).await;
     let id = job["id"].as_str().unwrap();
     gateway
         .wait_state(&acme, id, "running", Duration::from_secs(60))
@@ -339,12 +320,7 @@ async fn the_list_pages_through_the_callers_jobs_only() {
     let globex = key.token("globex", json!({}));
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let job: Value = gateway
-            .submit(&acme, &video_body(4), None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let job: Value = gateway.submit_job(&acme, &video_body(4), None).await;
         ids.push(job["id"].as_str().unwrap().to_string());
     }
     gateway.submit(&globex, &video_body(4), None).await;
@@ -421,12 +397,7 @@ async fn a_file_system_video_is_streamed_by_the_gateway_to_its_tenant_only() {
     let gateway =
         GatewayProcess::start(&setup, &t2v_tests::gateway::fresh_database(), &key, &[]).await;
     let acme = key.token("acme", json!({}));
-    let job: Value = gateway
-        .submit(&acme, &video_body(3), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = gateway.submit_job(&acme, &video_body(3), None).await;
     let id = job["id"].as_str().unwrap();
     let done = gateway
         .wait_state(&acme, id, "completed", Duration::from_secs(90))

@@ -84,15 +84,7 @@ async fn the_rate_limit_is_shared_by_every_replica() {
     // One token is back after 1/0.2 = 5 s.
     tokio::time::sleep(Duration::from_millis(5200)).await;
     assert_eq!(b.get(&token, "/v1/usage").await.status(), 200);
-    let metrics = a
-        .http
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("t2v_gateway_limit_rejections_total{limit=\"rate\"} 1"),
         "{metrics}"
@@ -162,12 +154,7 @@ async fn the_daily_quota_is_shared_and_infrastructure_failures_are_given_back() 
 async fn used_up_gpu_seconds_refuse_new_videos_until_the_next_day() {
     let (setup, key, a, b, _db) = two_gateways("gw-gpu").await;
     let token = key.token("acme", json!({"plan": "gpu"}));
-    let job: Value = a
-        .submit(&token, &video_body(4), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = a.submit_job(&token, &video_body(4), None).await;
     let id = job["id"].as_str().unwrap();
     let completed = Kind::Completed(Completed {
         timings: Some(Timings {

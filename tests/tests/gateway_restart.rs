@@ -17,12 +17,7 @@ async fn a_gateway_restart_mid_stream_loses_no_state() {
     let db = fresh_database();
     let token = key.token("acme", json!({}));
     let mut first = GatewayProcess::start(&setup, &db, &key, &[]).await;
-    let job: Value = first
-        .submit(&token, &video_body(30), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = first.submit_job(&token, &video_body(30), None).await;
     let id = job["id"].as_str().unwrap().to_string();
 
     let sse = first.get(&token, &format!("/v1/videos/{id}/events")).await;
@@ -110,12 +105,7 @@ async fn partitions_added_to_the_events_topic_are_followed() {
     )
     .await;
     let token = key.token("acme", json!({}));
-    let job: Value = gateway
-        .submit(&token, &video_body(4), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = gateway.submit_job(&token, &video_body(4), None).await;
     let id = job["id"].as_str().unwrap();
 
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()

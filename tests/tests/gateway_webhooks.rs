@@ -353,15 +353,12 @@ async fn private_addresses_are_refused_at_submit() {
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
     let again: Value = gateway
-        .submit(
+        .submit_job(
             &acme,
             &with_hook("https://93.184.215.14/hook"),
             Some("order-1"),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(again["id"], first["id"], "the same job");
     let other = gateway
         .submit(
@@ -418,13 +415,7 @@ async fn a_signed_event_arrives_after_a_500_and_a_timeout() {
     assert_eq!(sent["state"], "completed");
     let row = wait_row(&db, &id, |r| r.starts_with("3|200|t|f|3"), "delivered").await;
     assert_eq!(row, "3|200|t|f|3");
-    let metrics = gateway
-        .http
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = gateway.metrics().await;
     for line in [
         "t2v_gateway_webhook_attempts_total{outcome=\"failed\"} 2",
         "t2v_gateway_webhook_attempts_total{outcome=\"delivered\"} 1",
@@ -522,12 +513,7 @@ async fn two_replicas_deliver_each_terminal_event_once() {
     // One more, canceled while it runs: Canceled is delivered too.
     let mut long = video_body(200);
     long["webhookUrl"] = json!(url);
-    let canceled: Value = second
-        .submit(&acme, &long, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let canceled: Value = second.submit_job(&acme, &long, None).await;
     let canceled = canceled["id"].as_str().unwrap().to_string();
     second
         .wait_state(&acme, &canceled, "running", Duration::from_secs(60))
@@ -545,7 +531,7 @@ async fn two_replicas_deliver_each_terminal_event_once() {
     let mut late = video_body(4);
     late["webhookUrl"] = json!(url);
     late["deadlineUnixMs"] = json!("1000");
-    let failed: Value = first.submit(&acme, &late, None).await.json().await.unwrap();
+    let failed: Value = first.submit_job(&acme, &late, None).await;
     let failed = failed["id"].as_str().unwrap().to_string();
 
     let deadline = Instant::now() + Duration::from_secs(60);
