@@ -94,22 +94,22 @@ impl Routes {
 
     /// The routes of a topics file; `Ok(None)` when it has neither lanes nor models.
     pub fn from_file(path: &Path) -> Result<Option<Self>, RoutesError> {
-        let file_error = |message: String| RoutesError::File {
+        let text = std::fs::read_to_string(path).map_err(|e| RoutesError::File {
             path: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let part: RoutingPart = serde_yaml::from_str(&text).map_err(|e| {
-            file_error(format!("{e} (lanes: [{{name, priorities}}], models: [{{name, requests: {{lane: topic}}}}])"))
+            message: e.to_string(),
         })?;
-        Self::from_parts(part.lanes, part.models)
+        Self::parse_named(&text, &path.display().to_string())
     }
 
     /// The routes of a topics file's text; `Ok(None)` when it has neither lanes nor models.
     pub fn parse(text: &str) -> Result<Option<Self>, RoutesError> {
+        Self::parse_named(text, "<text>")
+    }
+
+    fn parse_named(text: &str, path: &str) -> Result<Option<Self>, RoutesError> {
         let part: RoutingPart = serde_yaml::from_str(text).map_err(|e| RoutesError::File {
-            path: "<text>".into(),
-            message: e.to_string(),
+            path: path.to_string(),
+            message: format!("{e} (lanes: [{{name, priorities}}], models: [{{name, requests: {{lane: topic}}}}])"),
         })?;
         Self::from_parts(part.lanes, part.models)
     }

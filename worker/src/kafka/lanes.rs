@@ -74,12 +74,15 @@ impl Lanes {
                 self.waiting_since[lane] = None;
             }
         }
-        let aged = (0..self.topics.len())
-            .filter(|_| !self.aging.is_zero())
-            .filter_map(|lane| self.waiting_since[lane].map(|since| (since, lane)))
-            .filter(|(since, _)| now.saturating_duration_since(*since) >= self.aging)
-            .min()
-            .map(|(_, lane)| lane);
+        let aged = if self.aging.is_zero() {
+            None
+        } else {
+            (0..self.topics.len())
+                .filter_map(|lane| self.waiting_since[lane].map(|since| (since, lane)))
+                .filter(|(since, _)| now.saturating_duration_since(*since) >= self.aging)
+                .min()
+                .map(|(_, lane)| lane)
+        };
         let highest = (0..self.topics.len())
             .find(|&lane| waiting(lane))
             .unwrap_or(candidate);
