@@ -9,9 +9,10 @@ step() { printf '\n== deps: %s\n' "$*"; }
 
 # 1. Debian packages: ffmpeg (MP4/thumbnail + ffprobe in tests), build tools for librdkafka, curl
 #    (stack.sh signs its S3 readiness checks with it), postgresql (the gateway's job state in the
-#    local stack; stack.sh runs its own cluster, not the package's service).
+#    local stack; stack.sh runs its own cluster, not the package's service), chromium + chromium-driver
+#    (the web console's browser test drives headless Chromium through WebDriver).
 need_apt=()
-for pkg in ffmpeg curl cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven postgresql; do
+for pkg in ffmpeg curl cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev libzstd-dev libsasl2-dev maven postgresql chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -26,7 +27,13 @@ if ! "$T2V_VENV/bin/python" -c "import torch, diffusers, transformers; assert to
   python3 -m venv "$T2V_VENV"
   "$T2V_VENV/bin/pip" install -q --upgrade pip
   "$T2V_VENV/bin/pip" install -q "torch==$TORCH_VERSION" "diffusers==$DIFFUSERS_VERSION" \
-    "transformers==$TRANSFORMERS_VERSION" "numpy<3" safetensors accelerate sentencepiece tokenizers protobuf ftfy pyyaml jsonschema
+    "transformers==$TRANSFORMERS_VERSION" "numpy<3" safetensors accelerate sentencepiece tokenizers protobuf "ftfy==$FTFY_VERSION" pyyaml jsonschema pillow
+fi
+
+# ftfy: Wan's prompt cleaning runs ftfy.fix_text; the Rust port is tested against this exact version.
+if ! "$T2V_VENV/bin/python" -c "import ftfy; assert ftfy.__version__ == '$FTFY_VERSION'" 2>/dev/null; then
+  step "ftfy $FTFY_VERSION into the venv"
+  "$T2V_VENV/bin/pip" install -q "ftfy==$FTFY_VERSION"
 fi
 
 # peft: diffusers' LoRA fusion (the reference of the LoRA parity test) needs it.
