@@ -3,7 +3,7 @@
 //! producer and again by the worker before any GPU work. Every error names the field and the
 //! allowed range in one line.
 
-use t2v_proto::v1::{GenerationRequest, Sampler};
+use t2v_proto::v1::{condition_image, ConditionImage, GenerationRequest, Sampler};
 
 /// A request field outside its documented bounds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +37,18 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 pub const MAX_ATTEMPT: u32 = 100;
+/// `image.uri`: 1..=2048 bytes.
+pub const MAX_IMAGE_URI_BYTES: usize = 2048;
+/// The URI schemes `image.uri` may use (which of them a worker reads is its configuration).
+pub const IMAGE_URI_SCHEMES: [&str; 4] = ["s3", "gs", "az", "file"];
+/// `image.inline`: 1..=48 KiB of encoded image; larger images go by URI.
+pub const MAX_INLINE_IMAGE_BYTES: usize = 48 * 1024;
+/// The largest image object a worker reads from a URI (32 MiB), enforced while reading.
+pub const MAX_IMAGE_OBJECT_BYTES: u64 = 32 * 1024 * 1024;
+/// The largest conditioning image in pixels per side, checked by the decoder.
+pub const MAX_IMAGE_SIDE: u32 = 4096;
+/// `cache_threshold`: 0.0..=1.0 when set.
+pub const CACHE_THRESHOLD_RANGE: (f32, f32) = (0.0, 1.0);
 /// The largest encoded `GenerationRequest` the fleet takes. Every field at its bound fits in
 /// well under half of it; the worker dead-letters larger records without decoding them.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -60,7 +72,7 @@ pub fn request_size(encoded_len: usize) -> Result<(), InvalidRequest> {
     if encoded_len > MAX_REQUEST_BYTES {
         return Err(invalid(
             "request",
-            format!("the encoded request is {encoded_len} bytes, more than the {MAX_REQUEST_BYTES} allowed — shorten the prompts or labels"),
+            format!("the encoded request is {encoded_len} bytes, more than the {MAX_REQUEST_BYTES} allowed — shorten the prompts or labels, or send the image by uri"),
         ));
     }
     Ok(())
@@ -155,6 +167,10 @@ pub fn request(req: &GenerationRequest) -> Result<(), InvalidRequest> {
         ));
     }
     labels(&req.labels)?;
+    if let Some(image) = &req.image {
+        condition_image(image)?;
+    }
+    cache_threshold(req.cache_threshold)?;
     if req.attempt > MAX_ATTEMPT {
         return Err(invalid(
             "attempt",
@@ -225,6 +241,87 @@ fn sampler(value: i32) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
+/// The conditioning image: exactly one of a URI (1..=2048 bytes, `s3://`, `gs://`, `az://` or
+/// `file://`) or inline bytes (1..=48 KiB).
+pub fn condition_image(image: &ConditionImage) -> Result<(), InvalidRequest> {
+    match &image.source {
+        None => Err(invalid(
+            "image",
+            "is set but has neither uri nor inline — set one, or leave image unset for text-to-video",
+        )),
+        Some(condition_image::Source::Uri(uri)) => image_uri(uri),
+        Some(condition_image::Source::Inline(bytes)) => inline_image(bytes.len()),
+    }
+}
+
+/// `image.uri`: 1..=2048 bytes, a scheme of [`IMAGE_URI_SCHEMES`], and a bucket (or container)
+/// and key — or, for `file://`, an absolute path.
+pub fn image_uri(uri: &str) -> Result<(), InvalidRequest> {
+    const FORMS: &str = "s3://bucket/key, gs://bucket/key, az://container/key or file:///path";
+    if uri.is_empty() || uri.len() > MAX_IMAGE_URI_BYTES {
+        return Err(invalid(
+            "image.uri",
+            format!(
+                "must be 1..={MAX_IMAGE_URI_BYTES} bytes, got {} — use {FORMS}",
+                uri.len()
+            ),
+        ));
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(invalid("image.uri", format!("has no scheme — use {FORMS}")));
+    };
+    if !IMAGE_URI_SCHEMES.contains(&scheme) {
+        return Err(invalid(
+            "image.uri",
+            format!("scheme {scheme}:// is not supported — use {FORMS}"),
+        ));
+    }
+    let well_formed = if scheme == "file" {
+        rest.starts_with('/') && rest.len() > 1
+    } else {
+        matches!(rest.split_once('/'), Some((bucket, key)) if !bucket.is_empty() && !key.is_empty())
+    };
+    if !well_formed {
+        return Err(invalid(
+            "image.uri",
+            format!("{uri:?} names no object — use {FORMS}"),
+        ));
+    }
+    if uri.chars().any(char::is_control) {
+        return Err(invalid(
+            "image.uri",
+            "contains control characters — send the object's URI without them",
+        ));
+    }
+    Ok(())
+}
+
+/// `image.inline`: 1..=48 KiB.
+pub fn inline_image(len: usize) -> Result<(), InvalidRequest> {
+    if len == 0 || len > MAX_INLINE_IMAGE_BYTES {
+        return Err(invalid(
+            "image.inline",
+            format!(
+                "must be 1..={} KiB ({MAX_INLINE_IMAGE_BYTES} bytes), got {len} bytes — send a larger image by uri",
+                MAX_INLINE_IMAGE_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `cache_threshold`: unset, or finite and 0.0..=1.0.
+pub fn cache_threshold(value: Option<f32>) -> Result<(), InvalidRequest> {
+    let (lo, hi) = CACHE_THRESHOLD_RANGE;
+    match value {
+        Some(t) if !(t.is_finite() && (lo..=hi).contains(&t)) => Err(invalid(
+            "cache_threshold",
+            format!("must be {lo:.1}..={hi:.1} (unset = the variant's setting, 0.0 = no step caching), got {t}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn labels<'a>(
     labels: impl IntoIterator<Item = (&'a String, &'a String)> + Clone,
 ) -> Result<(), InvalidRequest> {
@@ -261,6 +358,55 @@ mod tests {
             num_frames: 81,
             ..Default::default()
         }
+    }
+
+    fn uri_image(uri: &str) -> ConditionImage {
+        ConditionImage {
+            source: Some(condition_image::Source::Uri(uri.into())),
+        }
+    }
+
+    fn inline_image_of(len: usize) -> ConditionImage {
+        ConditionImage {
+            source: Some(condition_image::Source::Inline(vec![0x89; len])),
+        }
+    }
+
+    #[test]
+    fn images_and_cache_thresholds_at_their_bounds_pass() {
+        let longest_uri = format!("gs://b/{}", "k".repeat(MAX_IMAGE_URI_BYTES - 7));
+        assert_eq!(longest_uri.len(), MAX_IMAGE_URI_BYTES);
+        for image in [
+            uri_image("s3://t2v-inputs/cats/1.png"),
+            uri_image("az://container/a/b.webp"),
+            uri_image(&longest_uri),
+            uri_image("file:///srv/images/cat.jpg"),
+            inline_image_of(1),
+            inline_image_of(MAX_INLINE_IMAGE_BYTES),
+        ] {
+            let req = GenerationRequest {
+                image: Some(image.clone()),
+                ..valid()
+            };
+            assert_eq!(request(&req), Ok(()), "{image:?}");
+        }
+        for threshold in [0.0, 0.15, 1.0] {
+            let req = GenerationRequest {
+                cache_threshold: Some(threshold),
+                ..valid()
+            };
+            assert_eq!(request(&req), Ok(()), "{threshold}");
+        }
+    }
+
+    #[test]
+    fn image_errors_say_how_to_send_the_image_instead() {
+        let too_big = condition_image(&inline_image_of(MAX_INLINE_IMAGE_BYTES + 1)).unwrap_err();
+        assert!(too_big.message.contains("by uri"), "{too_big}");
+        let scheme = image_uri("https://example.com/a.png").unwrap_err();
+        assert!(scheme.message.contains("s3://bucket/key"), "{scheme}");
+        let empty = condition_image(&ConditionImage { source: None }).unwrap_err();
+        assert!(empty.message.contains("leave image unset"), "{empty}");
     }
 
     #[test]
@@ -320,6 +466,62 @@ mod tests {
             ("model", Box::new(|r| r.model = String::new())),
             ("priority", Box::new(|r| r.priority = 10)),
             ("fps", Box::new(|r| r.fps = 61)),
+            (
+                "image",
+                Box::new(|r| r.image = Some(ConditionImage { source: None })),
+            ),
+            ("image.uri", Box::new(|r| r.image = Some(uri_image("")))),
+            (
+                "image.uri",
+                Box::new(|r| r.image = Some(uri_image("http://host/a.png"))),
+            ),
+            (
+                "image.uri",
+                Box::new(|r| r.image = Some(uri_image("s3://bucket"))),
+            ),
+            (
+                "image.uri",
+                Box::new(|r| r.image = Some(uri_image("s3:///key.png"))),
+            ),
+            (
+                "image.uri",
+                Box::new(|r| r.image = Some(uri_image("file://relative.png"))),
+            ),
+            (
+                "image.uri",
+                Box::new(|r| r.image = Some(uri_image("bucket/key.png"))),
+            ),
+            (
+                "image.uri",
+                Box::new(|r| {
+                    let long = format!("s3://b/{}", "k".repeat(MAX_IMAGE_URI_BYTES));
+                    r.image = Some(uri_image(&long))
+                }),
+            ),
+            (
+                "image.inline",
+                Box::new(|r| r.image = Some(inline_image_of(0))),
+            ),
+            (
+                "image.inline",
+                Box::new(|r| r.image = Some(inline_image_of(MAX_INLINE_IMAGE_BYTES + 1))),
+            ),
+            (
+                "cache_threshold",
+                Box::new(|r| r.cache_threshold = Some(1.01)),
+            ),
+            (
+                "cache_threshold",
+                Box::new(|r| r.cache_threshold = Some(-0.1)),
+            ),
+            (
+                "cache_threshold",
+                Box::new(|r| r.cache_threshold = Some(f32::NAN)),
+            ),
+            (
+                "cache_threshold",
+                Box::new(|r| r.cache_threshold = Some(f32::INFINITY)),
+            ),
         ];
         for (field, break_it) in cases {
             let mut req = valid();

@@ -7,21 +7,26 @@ use t2v_contract::validate::*;
 
 /// The leading comment of `GenerationRequest.<field>` in the compiled descriptors.
 fn comment(field: &str) -> String {
+    comment_of("GenerationRequest", field)
+}
+
+/// The leading comment of `<message>.<field>` (a top-level message of request.proto).
+fn comment_of(message_name: &str, field: &str) -> String {
     let pool = t2v_proto::descriptor_pool();
     let message = pool
-        .get_message_by_name("t2v.v1.GenerationRequest")
-        .expect("GenerationRequest is in the descriptor pool");
+        .get_message_by_name(&format!("t2v.v1.{message_name}"))
+        .unwrap_or_else(|| panic!("{message_name} is in the descriptor pool"));
     let file = message.parent_file();
     let message_index = file
         .messages()
         .position(|m| m.full_name() == message.full_name())
-        .expect("GenerationRequest is a top-level message of its file");
+        .unwrap_or_else(|| panic!("{message_name} is a top-level message of its file"));
     let field_index = message
         .descriptor_proto()
         .field
         .iter()
         .position(|f| f.name() == field)
-        .unwrap_or_else(|| panic!("GenerationRequest has no field {field}"));
+        .unwrap_or_else(|| panic!("{message_name} has no field {field}"));
     // Source info path of a message field: [4 (message_type), message index, 2 (field), field index].
     let path = [4, message_index as i32, 2, field_index as i32];
     file.file_descriptor_proto()
@@ -39,7 +44,10 @@ fn comment(field: &str) -> String {
 }
 
 fn assert_documents(field: &str, expected: &[String]) {
-    let text = comment(field);
+    assert_text_says(field, &comment(field), expected);
+}
+
+fn assert_text_says(field: &str, text: &str, expected: &[String]) {
     for want in expected {
         assert!(
             text.contains(want.as_str()),
@@ -167,4 +175,84 @@ fn guidance_defaults_match_the_proto() {
             DEFAULTS.guidance_scale_2
         )],
     );
+}
+
+#[test]
+fn image_and_cache_threshold_bounds_match_the_proto() {
+    let (lo, hi) = CACHE_THRESHOLD_RANGE;
+    assert_documents(
+        "cache_threshold",
+        &[format!(
+            "0.0 = no step caching for this job; else {lo:.1}..={hi:.1}"
+        )],
+    );
+    let schemes: Vec<String> = IMAGE_URI_SCHEMES
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect();
+    let uri = comment_of("ConditionImage", "uri");
+    assert_text_says("image.uri", &uri, &schemes);
+    assert_text_says(
+        "image.uri",
+        &uri,
+        &[
+            format!("1..={MAX_IMAGE_URI_BYTES} bytes"),
+            format!(
+                "the object is at most {} MiB",
+                MAX_IMAGE_OBJECT_BYTES / (1024 * 1024)
+            ),
+        ],
+    );
+    assert_text_says(
+        "image.inline",
+        &comment_of("ConditionImage", "inline"),
+        &[
+            format!("at most {} KiB", MAX_INLINE_IMAGE_BYTES / 1024),
+            format!(
+                "the whole request is at most {} KiB",
+                MAX_REQUEST_BYTES / 1024
+            ),
+        ],
+    );
+    assert_text_says(
+        "ConditionImage",
+        &message_comment("ConditionImage"),
+        &[format!("at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels")],
+    );
+    // Every scheme the comment names is one the contract accepts, and no other.
+    let named: Vec<&str> = uri
+        .split_whitespace()
+        .filter_map(|word| word.split_once("://").map(|(scheme, _)| scheme))
+        .collect();
+    for scheme in &named {
+        assert!(
+            IMAGE_URI_SCHEMES.contains(scheme),
+            "request.proto names {scheme}:// for image.uri, which t2v-contract refuses"
+        );
+    }
+}
+
+/// The leading comment of a top-level message of request.proto.
+fn message_comment(message_name: &str) -> String {
+    let pool = t2v_proto::descriptor_pool();
+    let message = pool
+        .get_message_by_name(&format!("t2v.v1.{message_name}"))
+        .unwrap();
+    let file = message.parent_file();
+    let index = file
+        .messages()
+        .position(|m| m.full_name() == message.full_name())
+        .unwrap();
+    file.file_descriptor_proto()
+        .source_code_info
+        .as_ref()
+        .unwrap()
+        .location
+        .iter()
+        .find(|l| l.path == [4, index as i32])
+        .and_then(|l| l.leading_comments.clone())
+        .unwrap_or_else(|| panic!("{message_name} has no comment"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
