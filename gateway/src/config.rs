@@ -253,6 +253,10 @@ pub struct WebhooksConfig {
     pub allowed_cidrs: Vec<String>,
     /// Bound on one delivery: connect, send and the receiver's answer, in milliseconds.
     pub timeout_ms: u64,
+    /// How long a claimed delivery stays leased to the gateway that claimed it, in milliseconds:
+    /// if that gateway dies mid-delivery, another delivers once the lease ends. Must exceed
+    /// `timeout_ms` (a live attempt never outlasts its lease). Unset: `2 × timeout_ms + 30 s`.
+    pub lease_ms: Option<u64>,
     /// Deliveries in flight at once per gateway process.
     pub concurrency: usize,
     /// How often each gateway looks for due deliveries, in milliseconds.
@@ -273,6 +277,7 @@ impl Default for WebhooksConfig {
             allow_http: false,
             allowed_cidrs: Vec::new(),
             timeout_ms: 10_000,
+            lease_ms: None,
             concurrency: 16,
             poll_ms: 1_000,
             max_attempts: 12,
@@ -280,6 +285,16 @@ impl Default for WebhooksConfig {
             backoff_max_ms: 3_600_000,
             tenants: BTreeMap::new(),
         }
+    }
+}
+
+impl WebhooksConfig {
+    /// The lease of a claimed delivery: `lease_ms`, else long enough for two attempts and a pause.
+    pub fn lease(&self) -> Duration {
+        let ms = self
+            .lease_ms
+            .unwrap_or_else(|| self.timeout_ms.saturating_mul(2).saturating_add(30_000));
+        Duration::from_millis(ms)
     }
 }
 
@@ -390,6 +405,16 @@ impl GatewayConfig {
                 "webhooks.concurrency, max_attempts and timeout_ms must be >= 1".into(),
             ));
         }
+        if hooks
+            .lease_ms
+            .is_some_and(|lease| lease <= hooks.timeout_ms)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "webhooks.lease_ms ({}) must exceed webhooks.timeout_ms ({}) — a lease that ends during an attempt lets a second gateway deliver the same event; raise lease_ms or leave it unset",
+                hooks.lease_ms.unwrap_or_default(),
+                hooks.timeout_ms
+            )));
+        }
         for (tenant, hook) in &hooks.tenants {
             if hook.secret.is_empty() {
                 return Err(ConfigError::Invalid(format!("webhooks.tenants.{tenant} has no secret — set T2V_GATEWAY__WEBHOOKS__TENANTS__{}__SECRET or secret_file", tenant.to_uppercase())));
@@ -473,6 +498,23 @@ mod tests {
         cfg.webhooks.allowed_cidrs = vec!["10.0.0.0/99".into()];
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("allowed_cidrs"), "{err}");
+    }
+
+    #[test]
+    fn the_webhook_lease_defaults_to_two_attempts_and_must_outlast_one() {
+        let mut cfg = valid();
+        assert_eq!(cfg.webhooks.lease(), Duration::from_millis(50_000));
+        cfg.webhooks.timeout_ms = 1_000;
+        assert_eq!(cfg.webhooks.lease(), Duration::from_millis(32_000));
+        cfg.webhooks.lease_ms = Some(4_000);
+        assert_eq!(cfg.webhooks.lease(), Duration::from_millis(4_000));
+        cfg.validate().unwrap();
+        cfg.webhooks.lease_ms = Some(1_000);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("lease_ms") && err.contains("timeout_ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! event has exactly one row however many replicas read it. A worker claims due rows with
 //! `FOR UPDATE SKIP LOCKED` and, in the same statement, leases them (moves `next_attempt_at`
 //! past the delivery's time bound), so no two replicas deliver one event at the same time; a
-//! replica that dies mid-delivery leaves a row that comes due again when the lease ends
-//! (at-least-once). Each delivery runs in its own task under a semaphore: a slow receiver holds
+//! replica that dies mid-delivery leaves a row that comes due again when the lease
+//! (`webhooks.lease_ms`) ends (at-least-once). Each delivery runs in its own task under a semaphore: a slow receiver holds
 //! one permit for at most `timeout_ms`, never the others.
 
 use std::sync::Arc;
@@ -109,9 +109,10 @@ impl DeliveryWorker {
         }
     }
 
-    /// Up to `limit` due rows, leased to this process for longer than one attempt can take.
+    /// Up to `limit` due rows, leased to this process for longer than one attempt can take
+    /// (`webhooks.lease_ms`).
     async fn claim(&self, limit: usize) -> Result<Vec<Due>, sqlx::Error> {
-        let lease_ms = self.cfg.timeout_ms.saturating_mul(2).saturating_add(30_000);
+        let lease_ms = self.cfg.lease().as_millis() as u64;
         sqlx::query_as(
             "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000) \
              WHERE id IN (SELECT id FROM webhook_deliveries \
