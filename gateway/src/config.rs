@@ -21,6 +21,7 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     pub links: LinksConfig,
     pub webhooks: WebhooksConfig,
+    pub console: ConsoleConfig,
 }
 
 /// A secret string: never printed, never logged.
@@ -311,6 +312,43 @@ pub struct TenantWebhook {
     pub secret_file: Option<PathBuf>,
 }
 
+/// The web console at `/` (docs/design.md, "The console").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Sign-in through `auth.issuer`; without it, the console takes a pasted token.
+    pub oidc: ConsoleOidcConfig,
+}
+
+/// The console as an OAuth public client of `auth.issuer` (authorization code + PKCE, no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleOidcConfig {
+    /// The console's client id at the issuer. Empty (the default): no sign-in button.
+    pub client_id: String,
+    /// The console's own address as the browser sees it (`https://t2v.example.com/`), registered
+    /// as the client's redirect URI.
+    pub redirect_url: String,
+    /// Scopes asked for, space-separated. The access token must be a JWT for `auth.audience`.
+    pub scopes: String,
+}
+
+impl Default for ConsoleOidcConfig {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            redirect_url: String::new(),
+            scopes: "openid".into(),
+        }
+    }
+}
+
+impl ConsoleOidcConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.client_id.is_empty()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -392,7 +430,29 @@ impl GatewayConfig {
                 return invalid("every plan needs requests_per_sec > 0 and burst >= 1");
             }
         }
-        self.validate_webhooks()
+        self.validate_webhooks()?;
+        self.validate_console()
+    }
+
+    fn validate_console(&self) -> Result<(), ConfigError> {
+        let oidc = &self.console.oidc;
+        if !oidc.is_enabled() {
+            return Ok(());
+        }
+        let redirect = reqwest::Url::parse(&oidc.redirect_url).ok();
+        if !redirect.is_some_and(|u| ["https", "http"].contains(&u.scheme())) {
+            return Err(ConfigError::Invalid(format!(
+                "console.oidc.redirect_url {:?} is not an http(s) URL — set it to the console's address as browsers reach it (e.g. https://t2v.example.com/)",
+                oidc.redirect_url
+            )));
+        }
+        if !self.auth.issuer.starts_with("https://") && !self.auth.issuer.starts_with("http://") {
+            return Err(ConfigError::Invalid(format!(
+                "console.oidc needs auth.issuer to be the issuer's URL, not {:?} — set auth.issuer, or leave console.oidc.client_id empty",
+                self.auth.issuer
+            )));
+        }
+        Ok(())
     }
 
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
@@ -515,6 +575,19 @@ mod tests {
             err.contains("lease_ms") && err.contains("timeout_ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn console_sign_in_needs_a_redirect_url() {
+        let mut cfg = valid();
+        cfg.console.oidc.client_id = "t2v-console".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("console.oidc.redirect_url"), "{err}");
+        cfg.console.oidc.redirect_url = "https://t2v.example.com/".into();
+        cfg.validate().unwrap();
+        cfg.auth.issuer = "t2v-issuer".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.issuer"), "{err}");
     }
 
     #[test]

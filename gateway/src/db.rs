@@ -163,3 +163,21 @@ pub async fn list_jobs(
     .fetch_all(pool)
     .await
 }
+
+/// A queued job's place in line: the queued jobs of its model, of any tenant, submitted before
+/// it, plus one (only a count crosses tenants). An estimate: workers take lanes by priority and
+/// partitions by backlog, not strictly in submission order.
+pub async fn queue_position(pool: &PgPool, row: &JobRow) -> Result<i64, sqlx::Error> {
+    let model = row
+        .request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    sqlx::query_scalar(
+        "SELECT count(*) + 1 FROM jobs WHERE state = 'queued' AND seq < $1 AND request->>'model' = $2",
+    )
+    .bind(row.seq)
+    .bind(model)
+    .fetch_one(pool)
+    .await
+}

@@ -17,12 +17,14 @@
 //! - [`links`]: signed download links (S3/GCS/Azure) or gateway-streamed `file://` artifacts.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`webhooks`]: where callbacks may go, their signature, and the delivery worker.
+//! - [`console`]: the web console at `/` (embedded HTML/CSS/JS) and its OIDC sign-in.
 //!
 //! docs/design.md ("The gateway") describes the API and the reasoning.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod events;
 pub mod limits;
@@ -60,6 +62,12 @@ pub async fn run(
         links: Arc::new(links::Links::new(cfg.link_ttl())),
         metrics: Arc::new(metrics::Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),
+        oidc: if cfg.console.oidc.is_enabled() {
+            let provider = console::oidc::Provider::new(&cfg.console.oidc, &cfg.auth.issuer)?;
+            Some(Arc::new(provider))
+        } else {
+            None
+        },
     };
     let stop = CancellationToken::new();
     let reader = tokio::spawn(start_reader(state.clone(), submitter, stop.clone()));

@@ -40,6 +40,7 @@ async fn serve() -> String {
         links: Arc::new(t2v_gateway::links::Links::new(cfg.link_ttl())),
         metrics: Arc::new(t2v_gateway::metrics::Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),
+        oidc: None,
         cfg: Arc::new(cfg),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

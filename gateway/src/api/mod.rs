@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once the events reader is assigned and the brokers answered.
     pub ready: Arc<AtomicBool>,
+    /// The console's sign-in through `auth.issuer`, when `console.oidc` is configured.
+    pub oidc: Option<Arc<crate::console::oidc::Provider>>,
 }
 
 /// The OpenAPI 3.1 description of this API, served at `/openapi.json`.
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::console::routes())
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -280,8 +280,19 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let row = owned(&state, &auth, &id).await?;
-    let resource = job_resource(&row, &state.links).await;
+    let mut resource = job_resource(&row, &state.links).await;
+    if let Some(position) = queue_position(&state, &row).await? {
+        resource["queuePosition"] = json!(position);
+    }
     Ok(ok_json(&auth, Some(&id), StatusCode::OK, resource))
+}
+
+/// A queued job's place in line ([`db::queue_position`]); `None` once it left the queue.
+async fn queue_position(state: &AppState, row: &JobRow) -> Result<Option<i64>, sqlx::Error> {
+    if row.state != "queued" {
+        return Ok(None);
+    }
+    db::queue_position(&state.pool, row).await.map(Some)
 }
 
 /// `DELETE /v1/videos/{id}`: asks the fleet to cancel; the row turns `canceled` when the worker's
@@ -406,9 +417,10 @@ pub async fn usage(State(state): State<AppState>, auth: Authorized) -> Result<Re
 }
 
 /// `GET /v1/videos/{id}/events`: Server-Sent Events. One message per change of the job's row
-/// (event name = state, data = the job resource, id = the row's version), ending after the
-/// terminal state. The row is read from PostgreSQL, so any replica can serve the stream and a
-/// reconnect after a gateway restart continues where the job is.
+/// or, while it is queued, of its queue position (event name = state, data = the job resource
+/// with `queuePosition` while queued, id = the row's version), ending after the terminal state.
+/// The row is read from PostgreSQL, so any replica can serve the stream and a reconnect after a
+/// gateway restart continues where the job is.
 pub async fn events(
     State(state): State<AppState>,
     auth: Authorized,
@@ -417,9 +429,11 @@ pub async fn events(
     let first = owned(&state, &auth, &id).await?;
     let poll = Duration::from_millis(state.cfg.http.sse_poll_ms.max(20));
     let tenant = auth.caller.tenant.clone();
+    // What the client saw last: the row's version and the queue position.
+    type Seen = Option<(i64, Option<i64>)>;
     let stream = futures::stream::unfold(
-        (Some(first), None::<i64>, false),
-        move |(mut pending, last_version, done)| {
+        (Some(first), None::<(i64, Option<i64>)>, false),
+        move |(mut pending, seen, done): (Option<JobRow>, Seen, bool)| {
             let state = state.clone();
             let (tenant, id) = (tenant.clone(), id.clone());
             async move {
@@ -440,16 +454,23 @@ pub async fn events(
                             }
                         }
                     };
-                    if Some(row.version) == last_version {
+                    let Ok(position) = queue_position(&state, &row).await else {
+                        continue;
+                    };
+                    let now = (row.version, position);
+                    if Some(now) == seen {
                         continue;
                     }
-                    let resource = job_resource(&row, &state.links).await;
+                    let mut resource = job_resource(&row, &state.links).await;
+                    if let Some(position) = position {
+                        resource["queuePosition"] = json!(position);
+                    }
                     let event = Event::default()
                         .event(row.state.clone())
                         .id(row.version.to_string())
                         .json_data(resource)
                         .expect("a JSON value serialises");
-                    return Some((Ok(event), (None, Some(row.version), row.is_terminal())));
+                    return Some((Ok(event), (None, Some(now), row.is_terminal())));
                 }
             }
         },
