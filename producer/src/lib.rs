@@ -21,6 +21,8 @@
 //! - [`routes`]: which request topic a request goes to — its model's fleet, its priority's lane.
 //! - [`error`]: `SubmitError`, and which Kafka failures are transient ([`Retry`]).
 //! - [`headers`]: t2v-contract's record headers as rdkafka headers.
+//! - [`image`]: a request's conditioning image from a path or URI — inline when small, else
+//!   uploaded to an [`image::ImageStore`] under its SHA-256 and sent by URI.
 //! - [`watch`]: follow a job's events to its terminal one.
 //! - [`topics`]: schemas/topics.yaml and `topics apply`.
 //! - [`json`]: the protobuf JSON form of the messages (batch files, `watch` output).
@@ -32,6 +34,7 @@
 
 pub mod error;
 pub mod headers;
+pub mod image;
 pub mod json;
 pub mod placement;
 pub mod properties;

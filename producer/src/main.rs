@@ -264,6 +264,19 @@ struct SubmitArgs {
     /// Give up waiting after this many seconds (exit code 6).
     #[arg(long, default_value_t = 3600)]
     wait_timeout_secs: u64,
+    /// The image the video starts from (image-to-video models), PNG, JPEG or WebP: a URI the
+    /// fleet's workers read with their own credentials (s3://bucket/key, gs://…, az://…,
+    /// file:///path; it must lie under their storage.image_uri_prefixes), or a local file. A
+    /// file of at most 48 KiB goes inline in the request; a larger one is uploaded to
+    /// --image-store and sent as its URI, else refused (exit 2).
+    #[arg(long, value_name = "PATH|URI", conflicts_with = "batch")]
+    image: Option<String>,
+    /// Where a local --image larger than 48 KiB is uploaded: s3://bucket/prefix, gs://…,
+    /// az://container/prefix or file:///dir — a place the workers may read. The object is
+    /// named by the SHA-256 of the file, so submitting the same file again uploads nothing new.
+    /// Credentials and endpoint from the environment (AWS_*, GOOGLE_*, AZURE_*).
+    #[arg(long, env = "T2V_IMAGE_STORE", value_name = "URL", requires = "image")]
+    image_store: Option<String>,
 }
 
 /// A failure with its exit code.
@@ -297,6 +310,15 @@ impl From<InvalidRequest> for Failure {
             message: e.to_string(),
         }
     }
+}
+
+/// A bad --image or --image-store is exit 2 (nothing sent); a failed upload exit 1.
+fn image_failure(e: t2v_producer::image::ImageError) -> Failure {
+    let code = match e {
+        t2v_producer::image::ImageError::Invalid(_) => 2,
+        t2v_producer::image::ImageError::Upload { .. } => 1,
+    };
+    fail(code, e.to_string())
 }
 
 fn fail(code: u8, message: impl Into<String>) -> Failure {
@@ -610,6 +632,7 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
         (None, Some(prompt)) => vec![(0, request_from_flags(&args, prompt.clone())?)],
         (None, None) => return Err(fail(2, "give a prompt or --batch FILE")),
     };
+    let requests = with_image(requests, &args).await?;
     let submitter = Submitter::new(cfg)?;
     submitter.check_brokers().await?;
     match &args.batch {
@@ -619,6 +642,31 @@ async fn submit(cfg: SubmitterConfig, args: SubmitArgs) -> Result<(), Failure> {
             submit_one(&submitter, req, &args).await
         }
     }
+}
+
+/// The single request with its `--image` (uploaded first when it must go by URI), checked
+/// again with the image in place (the whole request must still fit 64 KiB).
+async fn with_image(
+    mut requests: Vec<(usize, GenerationRequest)>,
+    args: &SubmitArgs,
+) -> Result<Vec<(usize, GenerationRequest)>, Failure> {
+    let Some(image) = &args.image else {
+        return Ok(requests);
+    };
+    let store = args
+        .image_store
+        .as_deref()
+        .map(t2v_producer::image::ImageStore::from_url)
+        .transpose()
+        .map_err(image_failure)?;
+    let image = t2v_producer::image::from_argument(image, store.as_ref())
+        .await
+        .map_err(image_failure)?;
+    for (_, req) in &mut requests {
+        req.image = Some(image.clone());
+        validate::request(req)?;
+    }
+    Ok(requests)
 }
 
 /// `submit --batch`: one line a request. Every acknowledged line is printed (stdout) and every
