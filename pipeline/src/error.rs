@@ -31,6 +31,11 @@ pub enum PipelineError {
     #[error("invalid {field}: {message}")]
     InvalidInput { field: String, message: String },
 
+    /// A request's conditioning image cannot be used (format, size, corrupt bytes); the
+    /// message says which and what to send instead.
+    #[error("invalid image: {message}")]
+    Image { message: String },
+
     /// The per-step callback asked the loop to stop.
     #[error("canceled at step {step}")]
     Canceled { step: usize },

@@ -8,6 +8,8 @@
 //!   weights of the benchmarks.
 //! - [`model_dir`]: a diffusers-format model directory (`model_index.json`, its components) and
 //!   the check that it is complete.
+//! - [`image`]: the conditioning image of image-to-video requests (PNG/JPEG/WebP), resized and
+//!   normalised as diffusers' Wan image pipelines do (Pillow's Lanczos, to the bit).
 //! - [`lora`]: LoRA files (diffusers/PEFT, original Wan / ComfyUI / kohya, `diff` deltas) fused
 //!   into the transformer weights at load, one strength per file, per expert.
 //! - [`wan`]: the Wan model family — transformer (DiT), RoPE, attention, umT5 text encoder, VAE.
@@ -24,6 +26,7 @@
 pub mod checkpoint;
 pub mod denoise;
 pub mod error;
+pub mod image;
 pub mod loader;
 pub mod lora;
 pub mod memory;

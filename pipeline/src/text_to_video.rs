@@ -102,6 +102,11 @@ pub struct GenerationParams {
     pub reject_long_prompts: bool,
     /// The limit `reject_long_prompts` applies, `</s>` included; `None` = `max_sequence_length`.
     pub max_prompt_tokens: Option<usize>,
+    /// The first frame of image-to-video (Wan2.2 I2V-A14B, required there) and
+    /// text+image-to-video (TI2V-5B, optional) models; refused by text-to-video-only models.
+    /// Resized to `width × height` as the reference does; a request that leaves the size to the
+    /// model takes it from [`crate::image::size_for_image`].
+    pub image: Option<crate::image::ConditionImage>,
 }
 
 impl Default for GenerationParams {
@@ -128,6 +133,7 @@ impl Default for GenerationParams {
             max_sequence_length: MAX_SEQUENCE_LENGTH,
             reject_long_prompts: false,
             max_prompt_tokens: None,
+            image: None,
         }
     }
 }
