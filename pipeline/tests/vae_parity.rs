@@ -183,15 +183,25 @@ fn config_errors_name_the_cause() {
     assert!(matches!(err, PipelineError::Config { .. }), "{err}");
     assert!(err.to_string().contains("tile_size"), "{err}");
 
-    // The Wan2.2 TI2V-5B VAE as its diffusers config.json describes it.
+    // The Wan2.2 TI2V-5B VAE as its diffusers config.json describes it, but with 8× in space.
     write(
         r#"{"_class_name": "AutoencoderKLWan", "base_dim": 160, "decoder_base_dim": 256,
             "z_dim": 48, "is_residual": true, "patch_size": 2, "in_channels": 12,
-            "out_channels": 12, "scale_factor_spatial": 16, "clip_output": false,
+            "out_channels": 12, "scale_factor_spatial": 8, "clip_output": false,
             "latents_mean": [], "latents_std": []}"#,
     );
     let err = VaeConfig::load(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(err.to_string().contains("latents_mean has 0 entries"), "{err}");
+    let list = |v: &str| vec![v; 48].join(", ");
+    write(&format!(
+        r#"{{"z_dim": 48, "is_residual": true, "patch_size": 2, "in_channels": 12,
+            "out_channels": 12, "scale_factor_spatial": 8,
+            "latents_mean": [{}], "latents_std": [{}]}}"#,
+        list("0.0"),
+        list("1.0")
+    ));
+    let err = VaeConfig::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("scale_factor_spatial is 8"), "{err}");
 
     write(r#"{"_class_name": "AutoencoderKL"}"#);
     let err = VaeConfig::load(dir.path()).unwrap_err();

@@ -1,60 +1,53 @@
-//! `AutoencoderKLWan` — the Wan2.1 video VAE (z_dim 16, 4× in time, 8× in space), decoder half,
-//! matched to diffusers 0.42.1 `models/autoencoders/autoencoder_kl_wan.py`, plus the end of
-//! `WanPipeline.__call__`: latent de-normalisation and `VideoProcessor.postprocess_video`.
+//! `AutoencoderKLWan` — the Wan video VAEs, matched to diffusers 0.42.1
+//! `models/autoencoders/autoencoder_kl_wan.py`: Wan2.1 (z_dim 16, 4× in time, 8× in space) and
+//! Wan2.2 (TI2V-5B: z_dim 48, 4× in time, 16× in space — 2×2 pixel patches, residual down/up
+//! shortcuts). Plus the pipelines' steps around it: latent normalisation after encoding
+//! (`WanImageToVideoPipeline.prepare_latents`), de-normalisation before decoding and
+//! `VideoProcessor.postprocess_video` (`WanPipeline.__call__`).
 //!
-//! The decoder runs one latent frame at a time with a cache of the last frames each causal
-//! convolution saw, exactly as the reference's `_decode`; latent frame 0 becomes one video
-//! frame and every later one `temporal_ratio` (4) frames. Optional spatial tiling
-//! ([`Tiling`], diffusers `enable_tiling`) bounds memory for large frames.
+//! The encoder runs the first frame, then 4 frames at a time, and the decoder one latent frame
+//! at a time, each with a cache of the last frames every causal convolution saw, exactly as the
+//! reference's `_encode` / `_decode`; latent frame 0 is one video frame and every later one
+//! `temporal_ratio` (4) frames. [`AutoencoderKLWan::encode`] returns the posterior's mean (the
+//! pipelines' `retrieve_latents(..., sample_mode="argmax")`). Optional spatial tiling
+//! ([`Tiling`], diffusers `enable_tiling`) bounds memory for large frames, both ways.
 //!
 //! # Layout
 //! - `config`: [`VaeConfig`], the checkpoint's `vae/config.json`.
-//! - `layers`: causal Conv3d, RMS norm, residual and attention blocks, upsamplers, feature cache.
+//! - `layers`: causal Conv3d, RMS norm, residual and attention blocks, resamplers, feature cache.
+//! - `residual`: Wan2.2's `AvgDown3D` / `DupUp3D` shortcuts and pixel (un)patchify.
+//! - `encoder`: `WanEncoder3d` over one chunk.
 //! - `decoder`: `WanDecoder3d` over one chunk.
+//! - `tiling`: [`Tiling`] and the tiled encode / decode.
 
 mod config;
 mod decoder;
+mod encoder;
 mod layers;
+mod residual;
+mod tiling;
 
 use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
-pub use config::{DecoderStage, VaeConfig};
+pub use config::{DecoderStage, EncoderStage, VaeConfig};
 use decoder::Decoder;
+use encoder::Encoder;
 use layers::{CausalConv3d, FeatCache};
+use residual::{patchify, unpatchify};
+pub use tiling::{LatentTile, TileGrid, Tiling};
 
 use crate::error::{PipelineError, Result};
 use crate::loader::load_weights;
 use crate::wan::TensorMap;
 
-/// Spatial tiling of the decode, in output pixels (diffusers `enable_tiling` arguments).
-/// Tiles of `min_*` pixels start every `stride_*` pixels; the `min - stride` overlap is
-/// blended linearly into the tile below / to the right.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tiling {
-    pub min_height: i64,
-    pub min_width: i64,
-    pub stride_height: i64,
-    pub stride_width: i64,
-}
-
-impl Default for Tiling {
-    /// diffusers `AutoencoderKLWan` defaults: 256-pixel tiles every 192 pixels.
-    fn default() -> Self {
-        Self {
-            min_height: 256,
-            min_width: 256,
-            stride_height: 192,
-            stride_width: 192,
-        }
-    }
-}
-
-/// The Wan VAE's decoding half. Module paths equal the checkpoint keys (`post_quant_conv.*`,
-/// `decoder.*`); the encoder's weights in the same file are not loaded.
+/// The Wan VAE. Module paths equal the checkpoint keys (`encoder.*`, `quant_conv.*`,
+/// `post_quant_conv.*`, `decoder.*`).
 pub struct AutoencoderKLWan {
     cfg: VaeConfig,
+    encoder: Encoder,
+    quant_conv: CausalConv3d,
     post_quant_conv: CausalConv3d,
     decoder: Decoder,
     tiling: Option<Tiling>,
@@ -68,14 +61,16 @@ impl AutoencoderKLWan {
         let z = cfg.z_dim;
         Ok(Self {
             cfg: cfg.clone(),
+            encoder: Encoder::new(cfg, &vs / "encoder"),
+            quant_conv: CausalConv3d::new(&vs / "quant_conv", 2 * z, 2 * z, [1; 3], [0; 3]),
             post_quant_conv: CausalConv3d::new(&vs / "post_quant_conv", z, z, [1; 3], [0; 3]),
             decoder: Decoder::new(cfg, &vs / "decoder"),
             tiling: None,
         })
     }
 
-    /// Reads `dir/config.json` and the decoder's weights from `dir` (a diffusers `vae/` folder)
-    /// onto `device` in `kind`.
+    /// Reads `dir/config.json` and the weights from `dir` (a diffusers `vae/` folder:
+    /// `diffusion_pytorch_model*.safetensors`) onto `device` in `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = VaeConfig::load(dir)?;
         let mut vs = nn::VarStore::new(device);
@@ -89,7 +84,7 @@ impl AutoencoderKLWan {
         &self.cfg
     }
 
-    /// Decode in tiles from now on (when the latents exceed one tile), as diffusers
+    /// Encode and decode in tiles from now on (when the frames exceed one tile), as diffusers
     /// `enable_tiling`. Strides must cover at least one latent and not exceed the tile.
     pub fn enable_tiling(&mut self, tiling: Tiling) -> Result<()> {
         let ratio = self.cfg.spatial_ratio();
@@ -118,6 +113,8 @@ impl AutoencoderKLWan {
         let f: &TensorMap<'_> = &|t| Ok(t.f_to_device(device)?);
         Ok(Self {
             cfg: self.cfg.clone(),
+            encoder: self.encoder.map_tensors(f)?,
+            quant_conv: self.quant_conv.map_tensors(f)?,
             post_quant_conv: self.post_quant_conv.map_tensors(f)?,
             decoder: self.decoder.map_tensors(f)?,
             tiling: self.tiling,
@@ -133,23 +130,88 @@ impl AutoencoderKLWan {
         self.post_quant_conv.kind_device().1
     }
 
-    /// Latents (B, z_dim, T, h, w) → video (B, out_channels, 1 + r·(T−1), s·h, s·w) clamped to
-    /// [-1, 1], where r is the temporal and s the spatial ratio. The latents are moved to the
-    /// weights' device and kind first.
+    /// Latents (B, z_dim, T, h, w) → video (B, out_channels / p², 1 + r·(T−1), s·h, s·w)
+    /// clamped to [-1, 1], where r is the temporal and s the spatial ratio, p the patch size.
+    /// The latents are moved to the weights' device and kind first.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let z = self.prepare(latents)?;
         let (_, _, _, h, w) = z.size5()?;
         tch::no_grad(|| {
             let ratio = self.cfg.spatial_ratio();
-            let mut video = match self.tiling {
+            let patched = match self.tiling {
                 Some(tiling) if w > tiling.min_width / ratio || h > tiling.min_height / ratio => {
                     self.decode_tiled(&z, &tiling)?
                 }
                 _ => self.decode_frames(&z)?,
             };
+            let mut video = unpatchify(&patched, self.cfg.patch())?;
             let _ = video.f_clamp_(-1.0, 1.0)?;
             Ok(video)
         })
+    }
+
+    /// Video (B, 3, T, H, W) in [-1, 1] → the posterior's mean (B, z_dim, 1 + (T−1)/4, H/s, W/s),
+    /// un-normalised (see [`normalize_latents`]); s is the spatial ratio. As diffusers
+    /// `encode(video).latent_dist.mode()`: frames past the last whole chunk of 4 are not
+    /// encoded. The video is moved to the weights' device and kind first.
+    pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
+        let x = self.prepare_video(video)?;
+        let (_, _, _, h, w) = x.size5()?;
+        tch::no_grad(|| {
+            let x = patchify(&x, self.cfg.patch())?;
+            let moments = match self.tiling {
+                Some(tiling) if w > tiling.min_width || h > tiling.min_height => {
+                    self.encode_tiled(&x, &tiling)?
+                }
+                _ => self.encode_frames(&x)?,
+            };
+            // DiagonalGaussianDistribution: mean and log-variance halves; the mode is the mean
+            Ok(moments.f_narrow(1, 0, self.cfg.z_dim)?)
+        })
+    }
+
+    /// Checks `video` and moves it to the weights' device and kind.
+    fn prepare_video(&self, video: &Tensor) -> Result<Tensor> {
+        let p = self.cfg.patch();
+        let channels = self.cfg.in_channels / (p * p);
+        let s = self.cfg.spatial_ratio();
+        let expected = || {
+            format!(
+                "expected (batch, {channels}, frames, height, width) with height and width {}{s}, got {:?}",
+                if self.cfg.is_residual { "multiples of " } else { "at least " },
+                video.size()
+            )
+        };
+        let (_, c, t, h, w) = video
+            .size5()
+            .map_err(|_| PipelineError::invalid("video", expected()))?;
+        let fits = |len: i64| {
+            if self.cfg.is_residual {
+                len % s == 0
+            } else {
+                len >= s
+            }
+        };
+        if c != channels || t < 1 || !fits(h) || !fits(w) || h < 1 || w < 1 {
+            return Err(PipelineError::invalid("video", expected()));
+        }
+        let (kind, device) = self.post_quant_conv.kind_device();
+        Ok(video.f_to_device(device)?.f_to_kind(kind)?)
+    }
+
+    /// The reference's `_encode` loop on a patchified video: the encoder on the first frame,
+    /// then on each whole chunk of 4 frames, concatenated in time, then `quant_conv`.
+    fn encode_frames(&self, x: &Tensor) -> Result<Tensor> {
+        let t = x.size()[2];
+        let mut cache = FeatCache::new();
+        let mut chunks = vec![self
+            .encoder
+            .forward_chunk(&x.f_narrow(2, 0, 1)?, &mut cache)?];
+        for i in 0..(t - 1) / 4 {
+            let frames = x.f_narrow(2, 1 + 4 * i, 4)?;
+            chunks.push(self.encoder.forward_chunk(&frames, &mut cache)?);
+        }
+        self.quant_conv.forward(&Tensor::f_cat(&chunks, 2)?, None)
     }
 
     /// Checks `latents` and moves them to the weights' device and kind.
@@ -178,8 +240,8 @@ impl AutoencoderKLWan {
         Ok(latents.f_to_device(device)?.f_to_kind(kind)?)
     }
 
-    /// The reference's `_decode` loop without the clamp: post_quant_conv, then the decoder
-    /// on one latent frame at a time, written into one preallocated output.
+    /// The reference's `_decode` loop without `unpatchify` and the clamp: post_quant_conv, then
+    /// the decoder on one latent frame at a time, written into one preallocated output.
     fn decode_frames(&self, z: &Tensor) -> Result<Tensor> {
         let x = self.post_quant_conv.forward(z, None)?;
         let t = x.size()[2];
@@ -216,138 +278,26 @@ impl AutoencoderKLWan {
             )),
         }
     }
-
-    /// diffusers `tiled_decode` (without the clamp): overlapping latent tiles decoded apart,
-    /// each blended into the tile above and to its left (both already blended), then cropped
-    /// to the stride and stitched.
-    fn decode_tiled(&self, z: &Tensor, tiling: &Tiling) -> Result<Tensor> {
-        let grid = self.tile_grid(z, tiling)?;
-        let mut tiles = Vec::with_capacity(grid.tiles.len());
-        for tile in &grid.tiles {
-            tiles.push(self.decode_tile(z, tile)?);
-        }
-        self.stitch_tiles(&grid, tiles)
-    }
-
-    /// The latent tiles of a tiled decode of `z` (prepared, see [`Self::prepare`]), row by row.
-    pub fn tile_grid(&self, z: &Tensor, tiling: &Tiling) -> Result<TileGrid> {
-        let (_, _, _, height, width) = z.size5()?;
-        let ratio = self.cfg.spatial_ratio();
-        let (tile_h, tile_w) = (tiling.min_height / ratio, tiling.min_width / ratio);
-        let (step_h, step_w) = (tiling.stride_height / ratio, tiling.stride_width / ratio);
-        let mut tiles = Vec::new();
-        let mut columns = 0;
-        for i in (0..height).step_by(step_h as usize) {
-            columns = 0;
-            for j in (0..width).step_by(step_w as usize) {
-                tiles.push(LatentTile {
-                    top: i,
-                    left: j,
-                    height: tile_h.min(height - i),
-                    width: tile_w.min(width - j),
-                });
-                columns += 1;
-            }
-        }
-        Ok(TileGrid {
-            tiles,
-            columns,
-            tiling: *tiling,
-            latent_size: [height, width],
-        })
-    }
-
-    /// One tile of `z` decoded on its own (unclamped).
-    pub fn decode_tile(&self, z: &Tensor, tile: &LatentTile) -> Result<Tensor> {
-        let part = z
-            .f_narrow(3, tile.top, tile.height)?
-            .f_narrow(4, tile.left, tile.width)?;
-        tch::no_grad(|| self.decode_frames(&part))
-    }
-
-    /// The decoded tiles of `grid` (in its order, on one device) blended, cropped to the
-    /// stride and stitched into the video — not yet clamped.
-    pub fn stitch_tiles(&self, grid: &TileGrid, tiles: Vec<Tensor>) -> Result<Tensor> {
-        let tiling = grid.tiling;
-        let ratio = self.cfg.spatial_ratio();
-        let blend_height = tiling.min_height - tiling.stride_height;
-        let blend_width = tiling.min_width - tiling.stride_width;
-        let columns = grid.columns.max(1);
-        let mut rows: Vec<Vec<Tensor>> = Vec::new();
-        let mut tiles = tiles.into_iter();
-        while !tiles.as_slice().is_empty() {
-            rows.push(tiles.by_ref().take(columns).collect());
-        }
-
-        // blend (in place, in order) and crop each tile to the stride
-        let mut stitched_rows = Vec::with_capacity(rows.len());
-        for i in 0..rows.len() {
-            let mut parts = Vec::with_capacity(rows[i].len());
-            for j in 0..rows[i].len() {
-                let tile = rows[i][j].shallow_clone();
-                if i > 0 {
-                    blend(&rows[i - 1][j], &tile, 3, blend_height)?;
-                }
-                if j > 0 {
-                    blend(&rows[i][j - 1], &tile, 4, blend_width)?;
-                }
-                let size = tile.size();
-                parts.push(
-                    tile.f_narrow(3, 0, tiling.stride_height.min(size[3]))?
-                        .f_narrow(4, 0, tiling.stride_width.min(size[4]))?,
-                );
-            }
-            stitched_rows.push(Tensor::f_cat(&parts, 4)?);
-        }
-        let video = Tensor::f_cat(&stitched_rows, 3)?;
-        let size = video.size();
-        let [height, width] = grid.latent_size;
-        Ok(video
-            .f_narrow(3, 0, (height * ratio).min(size[3]))?
-            .f_narrow(4, 0, (width * ratio).min(size[4]))?)
-    }
 }
 
-/// One latent tile of a tiled decode: its top-left corner and size, in latent pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LatentTile {
-    pub top: i64,
-    pub left: i64,
-    pub height: i64,
-    pub width: i64,
-}
-
-/// The tiles of one tiled decode, row by row, `columns` to a row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TileGrid {
-    pub tiles: Vec<LatentTile>,
-    pub columns: usize,
-    pub tiling: Tiling,
-    /// (height, width) of the latents.
-    pub latent_size: [i64; 2],
-}
-
-/// diffusers `blend_v` (dim 3) / `blend_h` (dim 4): the first `extent` rows/columns of `b`
-/// fade from the last ones of `a`: `b[y] = a[−extent+y]·(1 − y/extent) + b[y]·(y/extent)`,
-/// in place, one row at a time with scalar weights as the reference does.
-fn blend(a: &Tensor, b: &Tensor, dim: i64, extent: i64) -> Result<()> {
-    let (len_a, len_b) = (a.size()[dim as usize], b.size()[dim as usize]);
-    let extent = extent.min(len_a).min(len_b);
-    for y in 0..extent {
-        let weight = y as f64 / extent as f64;
-        let mixed = a
-            .f_narrow(dim, len_a - extent + y, 1)?
-            .f_mul_scalar(1.0 - weight)?
-            .f_add(&b.f_narrow(dim, y, 1)?.f_mul_scalar(weight)?)?;
-        b.f_narrow(dim, y, 1)?.f_copy_(&mixed)?;
-    }
-    Ok(())
+/// What the image-to-video pipelines do to encoded latents (`prepare_latents`):
+/// `(latents − mean) · (1 / std)`, per latent channel, in the latents' own kind and device
+/// (the pipeline first casts them to its dtype, so do that first to match it in bf16).
+pub fn normalize_latents(latents: &Tensor, cfg: &VaeConfig) -> Result<Tensor> {
+    let (mean, inv_std) = channel_stats(latents, cfg)?;
+    Ok(latents.f_sub(&mean)?.f_mul(&inv_std)?)
 }
 
 /// The pipeline's step before decoding: `latents / (1 / std) + mean`, per latent channel,
 /// in the latents' own kind and device (the pipeline first casts them to the VAE's kind, so
 /// do that first to match it in bf16).
 pub fn denormalize_latents(latents: &Tensor, cfg: &VaeConfig) -> Result<Tensor> {
+    let (mean, inv_std) = channel_stats(latents, cfg)?;
+    Ok(latents.f_div(&inv_std)?.f_add(&mean)?)
+}
+
+/// `latents_mean` and `1 / latents_std` as (1, z_dim, 1, 1, 1) in the latents' kind and device.
+fn channel_stats(latents: &Tensor, cfg: &VaeConfig) -> Result<(Tensor, Tensor)> {
     let (kind, device) = (latents.kind(), latents.device());
     if latents.dim() != 5 || latents.size()[1] != cfg.z_dim {
         return Err(PipelineError::invalid(
@@ -372,7 +322,7 @@ pub fn denormalize_latents(latents: &Tensor, cfg: &VaeConfig) -> Result<Tensor> 
         .f_to_device(device)?
         .f_to_kind(kind)?
         .f_reciprocal()?;
-    Ok(latents.f_div(&inv_std)?.f_add(&mean)?)
+    Ok((mean, inv_std))
 }
 
 /// `VideoProcessor.postprocess_video(video, output_type="np")` for one video: (1, 3, F, H, W) in

@@ -1,5 +1,6 @@
 //! `vae/config.json` of `AutoencoderKLWan` as diffusers writes it, with the defaults of
 //! diffusers 0.42.1 `AutoencoderKLWan.__init__` (the Wan2.1 VAE) in one place: [`VaeConfig::default`].
+//! The Wan2.2 VAE (TI2V-5B) is the same class with `is_residual`, `patch_size` 2 and z_dim 48.
 
 use std::path::Path;
 
@@ -17,6 +18,22 @@ const WAN2_1_LATENTS_MEAN: [f64; 16] = [
 const WAN2_1_LATENTS_STD: [f64; 16] = [
     2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
     1.6382, 1.1253, 2.8251, 1.9160,
+];
+
+/// Latent channel means of the Wan2.2 VAE (`Wan-AI/Wan2.2-TI2V-5B-Diffusers` `vae/config.json`).
+const WAN2_2_LATENTS_MEAN: [f64; 48] = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+    0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+    -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
+    -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+    0.3573, -0.0548, -0.1681, -0.0667,
+];
+/// Latent channel standard deviations of the Wan2.2 VAE (same file).
+const WAN2_2_LATENTS_STD: [f64; 48] = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 ];
 
 /// The fields diffusers writes for `AutoencoderKLWan`. Missing fields take the diffusers
@@ -38,7 +55,8 @@ pub struct VaeConfig {
     /// Width multipliers per stage (the decoder walks them in reverse).
     pub dim_mult: Vec<i64>,
     pub num_res_blocks: i64,
-    /// Unused by the Wan decoder (its only attention is in the mid block).
+    /// Attention in the encoder's down blocks at these scales; must be empty (diffusers' encoder
+    /// cannot run such a block with its feature cache, and no Wan checkpoint has one).
     pub attn_scales: Vec<f64>,
     /// Per encoder stage; the decoder upsamples in time where the reversed list says true.
     pub temperal_downsample: Vec<bool>,
@@ -46,11 +64,12 @@ pub struct VaeConfig {
     pub dropout: f64,
     pub latents_mean: Vec<f64>,
     pub latents_std: Vec<f64>,
-    /// Wan2.2 residual up/down blocks (not supported yet).
+    /// Wan2.2 residual down/up blocks (`AvgDown3D` / `DupUp3D` shortcuts).
     pub is_residual: bool,
     pub in_channels: i64,
     pub out_channels: i64,
-    /// Wan2.2 pixel patchify (not supported yet).
+    /// Wan2.2 pixel patchify: `p×p` pixels become channels before the encoder and after the
+    /// decoder (so `in_channels` / `out_channels` are 3·p²).
     pub patch_size: Option<i64>,
     pub scale_factor_temporal: Option<i64>,
     pub scale_factor_spatial: Option<i64>,
@@ -68,8 +87,35 @@ pub struct DecoderStage {
     pub out_channels: i64,
     /// The upsampler after it also doubles the frames.
     pub temporal_upsample: bool,
-    /// An upsampler follows it (every block but the last): 2× height and width, half the width.
+    /// An upsampler follows it (every block but the last): 2× height and width.
     pub upsample: bool,
+    /// Width out of that upsampler: half the block's for the Wan2.1 VAE, all of it for Wan2.2.
+    pub upsample_channels: i64,
+    /// Wan2.2: a `DupUp3D` shortcut around the block (whenever it upsamples).
+    pub residual: bool,
+}
+
+impl EncoderStage {
+    /// `AvgDown3D`'s (time, space) factors: 2 where the block halves that axis, else 1.
+    pub fn shortcut_factors(&self) -> [i64; 3] {
+        let space = if self.downsample { 2 } else { 1 };
+        [if self.temporal_downsample { 2 } else { 1 }, space, space]
+    }
+}
+
+/// One down block of the encoder, as [`VaeConfig::encoder_stages`] lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderStage {
+    /// Width into the block's first residual block.
+    pub in_channels: i64,
+    /// Width of its residual blocks' output.
+    pub out_channels: i64,
+    /// A downsampler follows it (every block but the last): half the height and width.
+    pub downsample: bool,
+    /// That downsampler also halves the frames (`downsample3d`).
+    pub temporal_downsample: bool,
+    /// Wan2.2: the block is a `WanResidualDownBlock` with an `AvgDown3D` shortcut.
+    pub residual: bool,
 }
 
 impl Default for VaeConfig {
@@ -102,6 +148,26 @@ impl Default for VaeConfig {
 }
 
 impl VaeConfig {
+    /// The Wan2.2 VAE of TI2V-5B as `Wan-AI/Wan2.2-TI2V-5B-Diffusers` `vae/config.json` writes
+    /// it: base_dim 160, decoder_base_dim 256, z_dim 48, residual blocks, 2×2 patches (12
+    /// channels in and out), 16× in space.
+    pub fn wan2_2() -> Self {
+        Self {
+            base_dim: 160,
+            decoder_base_dim: Some(256),
+            z_dim: 48,
+            latents_mean: WAN2_2_LATENTS_MEAN.to_vec(),
+            latents_std: WAN2_2_LATENTS_STD.to_vec(),
+            is_residual: true,
+            in_channels: 12,
+            out_channels: 12,
+            patch_size: Some(2),
+            scale_factor_spatial: Some(16),
+            clip_output: Some(false),
+            ..Self::default()
+        }
+    }
+
     /// Reads and checks `dir/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
@@ -120,14 +186,6 @@ impl VaeConfig {
                 ).into());
             }
         }
-        if self.is_residual || self.patch_size.is_some() {
-            return Err(format!(
-                "the Wan2.2 VAE (is_residual {}, patch_size {:?}, z_dim {}) is not supported yet — \
-                 use a model with the Wan2.1 VAE (z_dim 16), such as Wan2.2-T2V-A14B or Wan2.1-T2V",
-                self.is_residual, self.patch_size, self.z_dim
-            )
-            .into());
-        }
         if self.dim_mult.is_empty() || self.dim_mult.len() != self.temperal_downsample.len() + 1 {
             return Err(format!(
                 "dim_mult has {} entries and temperal_downsample {}; expected one more dim_mult than temperal_downsample",
@@ -139,8 +197,10 @@ impl VaeConfig {
             ("base_dim", self.base_dim),
             ("decoder_base_dim", self.decoder_base_dim.unwrap_or(1)),
             ("z_dim", self.z_dim),
+            ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
-            ("num_res_blocks", self.num_res_blocks + 1),
+            ("num_res_blocks", self.num_res_blocks),
+            ("patch_size", self.patch_size.unwrap_or(1)),
         ];
         let mults = self.dim_mult.iter().map(|&m| ("dim_mult", m));
         if let Some((name, value)) = positive.into_iter().chain(mults).find(|(_, v)| *v < 1) {
@@ -158,6 +218,78 @@ impl VaeConfig {
         }
         if self.latents_std.contains(&0.0) {
             return Err("latents_std has a zero entry".into());
+        }
+        self.validate_layout()
+    }
+
+    /// The checks on how the layers fit together (see [`Self::validate`]).
+    fn validate_layout(&self) -> std::result::Result<(), ConfigProblem> {
+        if !self.attn_scales.is_empty() {
+            return Err(format!(
+                "attn_scales is {:?}; only [] is supported (diffusers' Wan encoder cannot run attention in its down blocks)",
+                self.attn_scales
+            )
+            .into());
+        }
+        let patch_area = self.patch_size.unwrap_or(1).pow(2);
+        for (name, channels) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+        ] {
+            if channels % patch_area != 0 {
+                return Err(format!(
+                    "{name} {channels} is not a multiple of patch_size² = {patch_area} (the patchified pixels are channels)"
+                )
+                .into());
+            }
+        }
+        let implied = (1 << self.temperal_downsample.len()) * self.patch_size.unwrap_or(1);
+        if let Some(spatial) = self.scale_factor_spatial.filter(|&s| s != implied) {
+            return Err(format!(
+                "scale_factor_spatial is {spatial}, but {} downsampling stages and patch_size {:?} make {implied}",
+                self.temperal_downsample.len(),
+                self.patch_size
+            )
+            .into());
+        }
+        if let Some(temporal) = self
+            .scale_factor_temporal
+            .filter(|&t| t != self.temporal_ratio())
+        {
+            return Err(format!(
+                "scale_factor_temporal is {temporal}, but temperal_downsample {:?} makes {}",
+                self.temperal_downsample,
+                self.temporal_ratio()
+            )
+            .into());
+        }
+        if self.is_residual {
+            self.validate_residual_shortcuts()?;
+        }
+        Ok(())
+    }
+
+    /// `AvgDown3D` / `DupUp3D` regroup channels: the widths must divide as diffusers asserts.
+    fn validate_residual_shortcuts(&self) -> std::result::Result<(), ConfigProblem> {
+        for stage in self.encoder_stages() {
+            let factor = stage.shortcut_factors().iter().product::<i64>();
+            if stage.in_channels * factor % stage.out_channels != 0 {
+                return Err(format!(
+                    "dim_mult {:?}: an encoder block from {} to {} channels cannot average {factor} pixels per channel group",
+                    self.dim_mult, stage.in_channels, stage.out_channels
+                )
+                .into());
+            }
+        }
+        for stage in self.decoder_stages().iter().filter(|s| s.upsample) {
+            let factor = if stage.temporal_upsample { 8 } else { 4 };
+            if stage.out_channels * factor % stage.in_channels != 0 {
+                return Err(format!(
+                    "dim_mult {:?} with decoder_base_dim {}: a decoder block from {} to {} channels cannot duplicate its input {factor}-fold",
+                    self.dim_mult, self.decoder_dim(), stage.in_channels, stage.out_channels
+                )
+                .into());
+            }
         }
         Ok(())
     }
@@ -192,21 +324,68 @@ impl VaeConfig {
         (0..stages)
             .map(|i| {
                 let upsample = i + 1 < stages;
+                let c_out = dims[i + 1];
+                // Wan2.1: after the first stage the previous upsampler has halved the width.
+                let halved = i > 0 && !self.is_residual;
                 DecoderStage {
-                    // After the first stage the previous upsampler has halved the width.
-                    in_channels: if i > 0 { dims[i] / 2 } else { dims[i] },
-                    out_channels: dims[i + 1],
+                    in_channels: if halved { dims[i] / 2 } else { dims[i] },
+                    out_channels: c_out,
                     temporal_upsample: upsample && temporal[i],
                     upsample,
+                    upsample_channels: if self.is_residual { c_out } else { c_out / 2 },
+                    residual: self.is_residual && upsample,
                 }
             })
             .collect()
     }
 
-    /// Pixels per latent along height and width (`scale_factor_spatial`, else 2 per upsampling stage).
+    /// The encoder's down blocks in order (`base_dim` × 1, then × each multiplier), as the
+    /// encoder and the memory estimate build them.
+    pub fn encoder_stages(&self) -> Vec<EncoderStage> {
+        let dims: Vec<i64> = std::iter::once(1)
+            .chain(self.dim_mult.iter().copied())
+            .map(|m| self.base_dim * m)
+            .collect();
+        let stages = self.dim_mult.len();
+        (0..stages)
+            .map(|i| {
+                let downsample = i + 1 < stages;
+                EncoderStage {
+                    in_channels: dims[i],
+                    out_channels: dims[i + 1],
+                    downsample,
+                    temporal_downsample: downsample && self.temperal_downsample[i],
+                    residual: self.is_residual,
+                }
+            })
+            .collect()
+    }
+
+    /// Width of the encoder's last stage, its middle block and head.
+    pub fn encoder_dim(&self) -> i64 {
+        self.base_dim * self.dim_mult.last().copied().unwrap_or(1)
+    }
+
+    /// Pixels per patchified pixel along height and width (1 for the Wan2.1 VAE).
+    pub fn patch(&self) -> i64 {
+        self.patch_size.unwrap_or(1)
+    }
+
+    /// Pixels per latent along height and width (`scale_factor_spatial`, else 2 per upsampling
+    /// stage times `patch_size`): 8 for the Wan2.1 VAE, 16 for Wan2.2.
     pub fn spatial_ratio(&self) -> i64 {
         self.scale_factor_spatial
-            .unwrap_or(1 << self.temperal_downsample.len())
+            .unwrap_or((1 << self.temperal_downsample.len()) * self.patch())
+    }
+
+    /// [`Self::spatial_ratio`]: video pixels per latent pixel (8 for Wan2.1, 16 for Wan2.2).
+    pub fn spatial_scale(&self) -> i64 {
+        self.spatial_ratio()
+    }
+
+    /// [`Self::temporal_ratio`]: video frames per latent frame after the first (4 for both VAEs).
+    pub fn temporal_scale(&self) -> i64 {
+        self.temporal_ratio()
     }
 
     /// Frames one latent frame turns into after the first: 2 per temporal upsampling stage.
@@ -239,12 +418,65 @@ mod tests {
         assert!(err.contains("unknown field `frobnicate`"), "{err}");
     }
 
+    /// `Wan-AI/Wan2.2-TI2V-5B-Diffusers` `vae/config.json` without its 48 means and stds.
+    fn wan2_2_json(overrides: &str) -> String {
+        let list = |v: f64| vec![v.to_string(); 48].join(", ");
+        format!(
+            r#"{{"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": true,
+                "patch_size": 2, "in_channels": 12, "out_channels": 12,
+                "scale_factor_spatial": 16, "scale_factor_temporal": 4, "clip_output": false,
+                "latents_mean": [{}], "latents_std": [{}] {overrides}}}"#,
+            list(0.0),
+            list(1.0)
+        )
+    }
+
     #[test]
-    fn wan2_2_vae_is_refused() {
-        let err =
-            parse(r#"{"z_dim": 48, "is_residual": true, "patch_size": 2, "clip_output": false}"#)
-                .unwrap_err();
-        assert!(err.contains("not supported yet"), "{err}");
+    fn wan2_2_vae_parses_with_its_scales() {
+        let cfg = parse(&wan2_2_json("")).unwrap();
+        assert_eq!((cfg.spatial_scale(), cfg.temporal_scale()), (16, 4));
+        VaeConfig::wan2_2().validate().unwrap();
+        let stages = cfg.decoder_stages();
+        // residual blocks keep their input width (no halving upsampler)
+        assert_eq!(
+            stages.iter().map(|s| s.in_channels).collect::<Vec<_>>(),
+            vec![1024, 1024, 1024, 512]
+        );
+        assert!(stages[0].residual && stages[0].temporal_upsample && !stages[3].residual);
+        let enc = cfg.encoder_stages();
+        assert_eq!(
+            enc.iter().map(|s| s.out_channels).collect::<Vec<_>>(),
+            vec![160, 320, 640, 640]
+        );
+        assert_eq!(
+            enc.iter()
+                .map(|s| s.temporal_downsample)
+                .collect::<Vec<_>>(),
+            vec![false, true, true, false]
+        );
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        for (json, field) in [
+            (wan2_2_json(r#", "in_channels": 3"#), "in_channels 3"),
+            (
+                wan2_2_json(r#", "scale_factor_spatial": 8"#),
+                "scale_factor_spatial",
+            ),
+            (r#"{"attn_scales": [1.0]}"#.to_string(), "attn_scales"),
+            (
+                r#"{"scale_factor_temporal": 8}"#.to_string(),
+                "scale_factor_temporal",
+            ),
+            (
+                r#"{"patch_size": 0}"#.to_string(),
+                "patch_size must be positive",
+            ),
+        ] {
+            let err = parse(&json).unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -1,29 +1,33 @@
-//! `WanDecoder3d` (Wan2.1 layout): conv_in, a mid block (residual, attention, residual), up
-//! blocks of residual blocks each ending in an upsampler, then RMS norm, SiLU and conv_out.
-//! It runs on one chunk (one latent frame) at a time, carrying a [`FeatCache`] between chunks.
+//! `WanDecoder3d`: conv_in, a mid block (residual, attention, residual), up blocks of residual
+//! blocks each ending in an upsampler, then RMS norm, SiLU and conv_out. The Wan2.2 layout
+//! (`is_residual`) adds a `DupUp3D` shortcut around each upsampling block. It runs on one chunk
+//! (one latent frame) at a time, carrying a [`FeatCache`] between chunks.
 
 use tch::{nn, Tensor};
 
+use super::config::DecoderStage;
 use super::config::VaeConfig;
 use super::layers::{AttentionBlock, CausalConv3d, FeatCache, ResidualBlock, RmsNorm, Upsample};
+use super::residual::dup_up;
 use crate::error::Result;
 use crate::wan::TensorMap;
 
-/// `WanMidBlock` with one attention layer: resnets.0, attentions.0, resnets.1.
-struct MidBlock {
+/// `WanMidBlock` with one attention layer: resnets.0, attentions.0, resnets.1 (also the
+/// encoder's middle block).
+pub struct MidBlock {
     resnets: Vec<ResidualBlock>,
     attentions: Vec<AttentionBlock>,
 }
 
 impl MidBlock {
-    fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
         Ok(Self {
             resnets: map_layers(&self.resnets, f, ResidualBlock::map_tensors)?,
             attentions: map_layers(&self.attentions, f, AttentionBlock::map_tensors)?,
         })
     }
 
-    fn new(vs: nn::Path<'_>, dim: i64) -> Self {
+    pub fn new(vs: nn::Path<'_>, dim: i64) -> Self {
         Self {
             resnets: (0..2)
                 .map(|i| ResidualBlock::new(&vs / "resnets" / i, dim, dim))
@@ -32,7 +36,7 @@ impl MidBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let mut x = self.resnets[0].forward(x, cache)?;
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
             x = attention.forward(&x)?;
@@ -42,10 +46,20 @@ impl MidBlock {
     }
 }
 
-/// `WanUpBlock`: `num_res_blocks + 1` residual blocks, then `upsamplers.0` unless last.
+/// `WanUpBlock`: `num_res_blocks + 1` residual blocks, then `upsamplers.0` unless last; or
+/// `WanResidualUpBlock` (Wan2.2): the same with `upsampler`, plus a `DupUp3D` of its input added
+/// to the output when it upsamples.
 struct UpBlock {
     resnets: Vec<ResidualBlock>,
     upsampler: Option<Upsample>,
+    shortcut: Option<DupUpShortcut>,
+}
+
+/// The `avg_shortcut` (`DupUp3D`) of a Wan2.2 up block: to `channels`, `frames`× in time, 2× in space.
+#[derive(Clone, Copy)]
+struct DupUpShortcut {
+    channels: i64,
+    frames: i64,
 }
 
 impl UpBlock {
@@ -57,16 +71,58 @@ impl UpBlock {
                 .as_ref()
                 .map(|u| u.map_tensors(f))
                 .transpose()?,
+            shortcut: self.shortcut,
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        let mut x = x.shallow_clone();
+    /// Up block `i` under `vs` (`decoder.up_blocks.{i}`) as `stage` describes it.
+    fn new(vs: nn::Path<'_>, stage: &DecoderStage, num_res_blocks: i64) -> Self {
+        let mut c_in = stage.in_channels;
+        let c_out = stage.out_channels;
+        let resnets = (0..=num_res_blocks)
+            .map(|j| {
+                let resnet = ResidualBlock::new(&vs / "resnets" / j, c_in, c_out);
+                c_in = c_out;
+                resnet
+            })
+            .collect();
+        let upsampler = stage.upsample.then(|| {
+            let path = if stage.residual {
+                &vs / "upsampler"
+            } else {
+                &vs / "upsamplers" / 0
+            };
+            Upsample::new(
+                path,
+                c_out,
+                stage.upsample_channels,
+                stage.temporal_upsample,
+            )
+        });
+        let shortcut = stage.residual.then_some(DupUpShortcut {
+            channels: c_out,
+            frames: if stage.temporal_upsample { 2 } else { 1 },
+        });
+        Self {
+            resnets,
+            upsampler,
+            shortcut,
+        }
+    }
+
+    fn forward(&self, input: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        let mut x = input.shallow_clone();
         for resnet in &self.resnets {
             x = resnet.forward(&x, cache)?;
         }
-        match &self.upsampler {
-            Some(upsampler) => upsampler.forward(&x, cache),
+        if let Some(upsampler) = &self.upsampler {
+            x = upsampler.forward(&x, cache)?;
+        }
+        match self.shortcut {
+            Some(s) => {
+                let first = cache.first_chunk();
+                Ok(x.f_add(&dup_up(input, s.channels, s.frames, 2, first)?)?)
+            }
             None => Ok(x),
         }
     }
@@ -81,7 +137,7 @@ pub struct Decoder {
 }
 
 /// Every layer of `layers` with its tensors mapped by `f`.
-fn map_layers<T>(
+pub fn map_layers<T>(
     layers: &[T],
     f: &TensorMap<'_>,
     map: impl Fn(&T, &TensorMap<'_>) -> Result<T>,
@@ -105,24 +161,11 @@ impl Decoder {
     pub fn new(cfg: &VaeConfig, vs: nn::Path<'_>) -> Self {
         let dims = cfg.decoder_widths();
         let stages = cfg.decoder_stages();
-        let mut up_blocks = Vec::with_capacity(stages.len());
-        for (i, stage) in stages.iter().enumerate() {
-            let mut c_in = stage.in_channels;
-            let c_out = stage.out_channels;
-            let block = &vs / "up_blocks" / i;
-            let resnets = (0..=cfg.num_res_blocks)
-                .map(|j| {
-                    let resnet = ResidualBlock::new(&block / "resnets" / j, c_in, c_out);
-                    c_in = c_out;
-                    resnet
-                })
-                .collect();
-            let upsampler = stage.upsample.then(|| {
-                let path = &block / "upsamplers" / 0;
-                Upsample::new(path, c_out, c_out / 2, stage.temporal_upsample)
-            });
-            up_blocks.push(UpBlock { resnets, upsampler });
-        }
+        let up_blocks = stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| UpBlock::new(&vs / "up_blocks" / i, stage, cfg.num_res_blocks))
+            .collect();
         let c_last = dims[stages.len()];
         Self {
             conv_in: CausalConv3d::new(&vs / "conv_in", cfg.z_dim, dims[0], [3; 3], [1; 3]),

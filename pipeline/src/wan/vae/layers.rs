@@ -1,6 +1,7 @@
 //! The Wan VAE's building blocks (diffusers `autoencoder_kl_wan.py`): causal 3-D convolution,
-//! channel RMS norm, residual block, single-head frame attention, up-resampling, and the
-//! per-chunk feature cache that lets the decoder run one latent frame at a time.
+//! channel RMS norm, residual block, single-head frame attention, up- and down-resampling, and
+//! the per-chunk feature cache that lets the decoder run one latent frame at a time (and the
+//! encoder one chunk of frames).
 
 use tch::{nn, Kind, Tensor};
 
@@ -25,6 +26,7 @@ enum Slot {
 pub struct FeatCache {
     slots: Vec<Slot>,
     idx: usize,
+    chunks: usize,
 }
 
 impl FeatCache {
@@ -32,12 +34,19 @@ impl FeatCache {
         Self {
             slots: Vec::new(),
             idx: 0,
+            chunks: 0,
         }
     }
 
-    /// Rewinds to the first layer before the decoder runs on the next chunk.
+    /// Rewinds to the first layer before the model runs on the next chunk.
     pub fn start_chunk(&mut self) {
         self.idx = 0;
+        self.chunks += 1;
+    }
+
+    /// The chunk being run is the first (diffusers `first_chunk=True`).
+    pub fn first_chunk(&self) -> bool {
+        self.chunks <= 1
     }
 
     fn next_slot(&mut self) -> &mut Slot {
@@ -81,6 +90,7 @@ pub struct CausalConv3d {
     bias: Tensor,
     past: i64,
     spatial_padding: [i64; 2],
+    stride: [i64; 3],
 }
 
 impl CausalConv3d {
@@ -91,6 +101,7 @@ impl CausalConv3d {
             bias: f(&self.bias)?,
             past: self.past,
             spatial_padding: self.spatial_padding,
+            stride: self.stride,
         })
     }
 
@@ -107,7 +118,13 @@ impl CausalConv3d {
             bias,
             past: 2 * padding[0],
             spatial_padding: [padding[1], padding[2]],
+            stride: [1; 3],
         }
+    }
+
+    /// The layer with a stride (the `downsample3d` time convolution strides 2 in time).
+    pub fn with_stride(self, stride: [i64; 3]) -> Self {
+        Self { stride, ..self }
     }
 
     /// The kind and device of the weights.
@@ -134,7 +151,7 @@ impl CausalConv3d {
         Ok(x.f_conv3d(
             &self.weight,
             Some(&self.bias),
-            [1, 1, 1],
+            self.stride,
             [0, ph, pw],
             [1, 1, 1],
             1,
@@ -410,5 +427,66 @@ impl Upsample {
         Ok(frames
             .f_view([b, t, c_out, 2 * h, 2 * w])?
             .f_permute([0, 2, 1, 3, 4])?)
+    }
+}
+
+/// `WanResample` in its encoder modes: `downsample2d` (each frame zero-padded by one pixel on
+/// the right and bottom, then a 3×3 conv of stride 2) and `downsample3d` (then a causal time conv
+/// of stride 2 over the last frame of the previous chunk and this chunk's frames; the first
+/// chunk passes through in time).
+pub struct Downsample {
+    conv: (Tensor, Tensor),
+    time_conv: Option<CausalConv3d>,
+}
+
+impl Downsample {
+    pub fn map_tensors(&self, f: &TensorMap<'_>) -> Result<Self> {
+        Ok(Self {
+            conv: (f(&self.conv.0)?, f(&self.conv.1)?),
+            time_conv: self
+                .time_conv
+                .as_ref()
+                .map(|c| c.map_tensors(f))
+                .transpose()?,
+        })
+    }
+
+    pub fn new(vs: nn::Path<'_>, dim: i64, temporal: bool) -> Self {
+        Self {
+            conv: conv_params(&(&vs / "resample" / 1), dim, &[dim, 3, 3]),
+            time_conv: temporal.then(|| {
+                CausalConv3d::new(&vs / "time_conv", dim, dim, [3, 1, 1], [0; 3])
+                    .with_stride([2, 1, 1])
+            }),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        let (b, c, t, h, w) = x.size5()?;
+        // 1. each frame: ZeroPad2d((0, 1, 0, 1)), 3×3 conv with stride 2
+        let frames = x
+            .f_permute([0, 2, 1, 3, 4])?
+            .f_reshape([b * t, c, h, w])?
+            .f_constant_pad_nd([0, 1, 0, 1])?
+            .f_conv2d(&self.conv.0, Some(&self.conv.1), [2, 2], [0, 0], [1, 1], 1)?;
+        let (c_out, h, w) = (frames.size()[1], frames.size()[2], frames.size()[3]);
+        let x = frames
+            .f_view([b, t, c_out, h, w])?
+            .f_permute([0, 2, 1, 3, 4])?;
+        // 2. downsample3d: the time conv sees the previous chunk's last frame first
+        let Some(time_conv) = &self.time_conv else {
+            return Ok(x);
+        };
+        let slot = cache.next_slot();
+        let last = x.f_narrow(2, t - 1, 1)?.f_contiguous()?;
+        let out = match slot {
+            Slot::Frames(previous) => {
+                let previous = previous.f_narrow(2, previous.size()[2] - 1, 1)?;
+                time_conv.forward(&Tensor::f_cat(&[&previous, &x], 2)?, None)?
+            }
+            _ => x,
+        };
+        *slot = Slot::Frames(last);
+        Ok(out)
     }
 }
