@@ -144,7 +144,7 @@ async function submitVideo(form) {
   const response = await api("/v1/videos", {
     method: "POST",
     // A retried click is the same request, not a second video.
-    headers: { "Content-Type": "application/json", "Idempotency-Key": crypto.randomUUID() },
+    headers: { "Content-Type": "application/json", "Idempotency-Key": randomString(18) },
     body: JSON.stringify(requestBody(form)),
   });
   const job = await response.json();

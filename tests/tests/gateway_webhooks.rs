@@ -2,7 +2,8 @@
 //! because each gateway here allows 127.0.0.0/8 and http through its configuration): the
 //! signature verifies with an implementation of the Standard Webhooks algorithm written here;
 //! 500s and timeouts are retried; a receiver down for a while gets the event once it is back;
-//! redirects are not followed; private addresses are refused at submit.
+//! redirects are not followed; private addresses are refused at submit; a delivery whose
+//! replica is killed mid-flight is delivered by another once its lease ends.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -614,5 +615,79 @@ async fn a_slow_receiver_delays_no_other() {
         delivery_row(&db, &slow_job),
         "0|0|f|f|0",
         "the slow delivery is still in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_whose_replica_dies_mid_flight_is_delivered_by_another_after_the_lease() {
+    let setup = WorkerSetup::new("gw-hook-lease", 1).await;
+    let _worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "50")]);
+    let key = SigningKey::generate("k1");
+    let db = fresh_database();
+    // An attempt may hang for 5 s, the lease lasts 10 s: well short of the default
+    // (2 × 5 s + 30 s), so the redelivery below is the configured lease at work.
+    const LEASE: Duration = Duration::from_secs(10);
+    let mut env = loopback_webhooks(&secret());
+    env.retain(|(k, _)| !k.ends_with("TIMEOUT_MS"));
+    env.push(("T2V_GATEWAY__WEBHOOKS__TIMEOUT_MS", "5000".into()));
+    env.push((
+        "T2V_GATEWAY__WEBHOOKS__LEASE_MS",
+        LEASE.as_millis().to_string(),
+    ));
+    let mut doomed = start_gateway(&setup, &db, &key, &env).await;
+    let acme = key.token("acme", json!({}));
+    // The first request hangs (past anything this test waits for); later ones get 200.
+    let receiver = Receiver::scripted(&[Answer::Slow(Duration::from_secs(600))]);
+    let url = receiver.start().await;
+
+    let id = submit(&doomed, &acme, Some(&url)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.got().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica never called the receiver\n{}",
+            doomed.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let claimed = Instant::now();
+    // Killed while its request hangs: it never records the attempt.
+    doomed.kill();
+    assert_eq!(
+        delivery_row(&db, &id),
+        "0|0|f|f|0",
+        "the dead replica recorded nothing"
+    );
+
+    let survivor = start_gateway(&setup, &db, &key, &env).await;
+    let got = receiver
+        .wait_delivered(Duration::from_secs(60), || survivor.logs())
+        .await;
+    let redelivered = claimed.elapsed();
+    assert_eq!(got.len(), 2, "one hung request, one delivery");
+    assert!(
+        redelivered >= LEASE - Duration::from_millis(500),
+        "delivered again only once the lease ended: after {redelivered:?}, lease {LEASE:?}"
+    );
+    assert!(
+        redelivered < LEASE + Duration::from_secs(15),
+        "delivered soon after the lease ended: after {redelivered:?}, lease {LEASE:?}"
+    );
+    assert_eq!(
+        got[0].headers["webhook-id"], got[1].headers["webhook-id"],
+        "the same event, so the receiver can tell it is a repeat"
+    );
+    assert!(verifies(&got[1].headers, &got[1].body));
+    let sent: Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(
+        (sent["id"].as_str(), sent["state"].as_str()),
+        (Some(id.as_str()), Some("completed"))
+    );
+    let row = wait_row(&db, &id, |r| r.contains("|t|"), "recorded as delivered").await;
+    assert_eq!(row, "1|200|t|f|1", "the survivor's one recorded attempt");
+    assert!(
+        survivor.logs().contains("webhook delivered"),
+        "{}",
+        survivor.logs()
     );
 }

@@ -1,0 +1,532 @@
+//! The gateway's web console in a real browser: headless Chromium from Debian driven through
+//! chromedriver (WebDriver) against a real gateway, a synthetic worker writing real MP4s, Kafka
+//! and PostgreSQL. A token is pasted, a video submitted through the form; its progress bar climbs
+//! to 100 %, the finished MP4 plays inline (its duration is frames / fps), and the gallery shows
+//! the job with its thumbnail. A bad token and a bad request show the API's own words. The page
+//! is saved to build/console/console.png for people to look at.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use t2v_tests::gateway::{fresh_database, GatewayProcess, SigningKey};
+use t2v_tests::{free_port, workspace_root, WorkerSetup, MODEL};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// The video the form asks for: 17 frames at 8 fps, so 2.125 s.
+const FRAMES: u32 = 17;
+const FPS: u32 = 8;
+const STEPS: u32 = 8;
+
+/// `chromedriver` on a free loopback port; killed when dropped.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl ChromeDriver {
+    async fn start() -> Self {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(path).exists(),
+                "{path} missing — install Debian's chromium and chromium-driver (`make deps`)"
+            );
+        }
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("chromedriver-{port}.log"));
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = Self { child, port, log };
+        let status = format!("{}/status", driver.url());
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(&status).send().await {
+                let body: Value = r.json().await.unwrap_or_default();
+                if body["value"]["ready"] == true {
+                    return driver;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver not ready within 30 s; its log:\n{}",
+                std::fs::read_to_string(&driver.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A headless Chromium session: no sandbox (tests may run as root), fixed window size,
+    /// media allowed to play without a click.
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                    "--window-size=1280,1700", "--autoplay-policy=no-user-gesture-required",
+                ],
+            }),
+        );
+        ClientBuilder::rustls()
+            .expect("the WebDriver client's TLS setup")
+            .capabilities(caps)
+            .connect(&self.url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no Chromium session: {e}; chromedriver's log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            })
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Evaluates `expression` in the page until it is truthy: its value. On timeout, panics naming
+/// `what`, with the page's error box and the gateway's log.
+async fn wait_until(
+    browser: &Client,
+    gateway: &GatewayProcess,
+    what: &str,
+    expression: &str,
+    timeout: Duration,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    let script = format!("return ({expression});");
+    loop {
+        let value = browser.execute(&script, vec![]).await.unwrap();
+        let truthy = !matches!(&value, Value::Null | Value::Bool(false))
+            && value != json!(0)
+            && value != json!("");
+        if truthy {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            let error = browser
+                .execute(
+                    "return document.getElementById('error').textContent",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
+            panic!(
+                "{what}: not within {timeout:?} (last value {value}); the page's error box: {error}\ngateway log:\n{}",
+                gateway.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn fill(browser: &Client, id: &str, text: &str) {
+    let field = browser.find(Locator::Id(id)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn click(browser: &Client, id: &str) {
+    browser
+        .find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The page's error box once it shows something.
+async fn shown_error(browser: &Client, gateway: &GatewayProcess) -> String {
+    let shown = wait_until(
+        browser,
+        gateway,
+        "an error is shown",
+        "!document.getElementById('error').hidden && document.getElementById('error').textContent",
+        Duration::from_secs(10),
+    )
+    .await;
+    shown.as_str().unwrap().to_string()
+}
+
+/// Pastes `token` and waits for the signed-in console.
+async fn sign_in(browser: &Client, gateway: &GatewayProcess, token: &str) {
+    fill(browser, "token", token).await;
+    click(browser, "use-token").await;
+    let who = wait_until(
+        browser,
+        gateway,
+        "signed in",
+        "!document.getElementById('create').hidden && document.getElementById('who').textContent",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(who.as_str().unwrap().contains("acme"), "{who}");
+    let stored = browser
+        .execute(
+            "return [sessionStorage.getItem('t2v.token'), localStorage.length]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        json!([token, 0]),
+        "the token lives in sessionStorage only"
+    );
+}
+
+/// What the API itself says to `POST /v1/videos` with `body` as `token`: its error message.
+async fn api_error(gateway: &GatewayProcess, token: &str, body: &Value) -> String {
+    let r = gateway.submit(token, body, None).await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let body: Value = r.json().await.unwrap();
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_video_submitted_in_the_console_shows_progress_plays_and_joins_the_gallery() {
+    let setup = WorkerSetup::new("gw-console", 1).await;
+    // Outputs on the local filesystem: the console fetches them through the gateway's
+    // authorised /v1/videos/{id}/files/{name} (blob URLs), the path a bearer token must open.
+    let outputs = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", outputs.path().display());
+    let _worker = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", "250"),
+        ("T2V_STORAGE__URL", &storage),
+    ]);
+    let key = SigningKey::generate("k1");
+    let gateway = GatewayProcess::start(&setup, &fresh_database(), &key, &[]).await;
+    let acme = key.token("acme", json!({}));
+
+    // The assets: right types, a strict policy, revalidated caching.
+    let page = gateway.http.get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let script = gateway
+        .http
+        .get(gateway.url("/console/console.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(script.headers().contains_key("etag"));
+
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&gateway.url("/")).await.unwrap();
+    let ready = "document.body.dataset.ready === 'true'";
+    wait_until(
+        &browser,
+        &gateway,
+        "the console starts",
+        ready,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // A token the API refuses: the page says what the API says.
+    fill(&browser, "token", "not-a-jwt").await;
+    click(&browser, "use-token").await;
+    let refused = gateway.get("not-a-jwt", "/v1/usage").await;
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(
+        shown_error(&browser, &gateway).await,
+        refused["error"]["message"].as_str().unwrap()
+    );
+
+    // The real token.
+    sign_in(&browser, &gateway, &acme).await;
+    // A request the API refuses: its words, as they are.
+    fill(&browser, "prompt", "a lighthouse at dusk, waves below").await;
+    fill(&browser, "model", MODEL).await;
+    browser
+        .find(Locator::Id("size"))
+        .await
+        .unwrap()
+        .select_by_value("64x64")
+        .await
+        .unwrap();
+    fill(&browser, "frames", &FRAMES.to_string()).await;
+    fill(&browser, "fps", &FPS.to_string()).await;
+    fill(&browser, "steps", "100000").await;
+    fill(&browser, "seed", "42").await;
+    click(&browser, "submit").await;
+    let body = json!({
+        "model": MODEL, "prompt": "a lighthouse at dusk, waves below", "width": 64, "height": 64,
+        "numFrames": FRAMES, "fps": FPS, "numInferenceSteps": 100000, "seed": "42",
+    });
+    assert_eq!(
+        shown_error(&browser, &gateway).await,
+        api_error(&gateway, &acme, &body).await
+    );
+
+    // Every value the progress text takes, recorded by the page as it changes.
+    browser
+        .execute(
+            "const text = document.getElementById('progress-text');
+             window.seenProgress = [];
+             new MutationObserver(() => window.seenProgress.push(text.textContent))
+               .observe(text, {childList: true, characterData: true, subtree: true});",
+            vec![],
+        )
+        .await
+        .unwrap();
+    fill(&browser, "steps", &STEPS.to_string()).await;
+    click(&browser, "submit").await;
+    let id = wait_until(
+        &browser,
+        &gateway,
+        "the job panel shows the new job",
+        "!document.getElementById('job').hidden && document.getElementById('job-id').textContent",
+        Duration::from_secs(20),
+    )
+    .await;
+    let id = id.as_str().unwrap().to_string();
+    assert!(
+        browser
+            .execute("return document.getElementById('error').hidden", vec![])
+            .await
+            .unwrap()
+            == json!(true),
+        "the earlier error is cleared"
+    );
+
+    // Progress climbs to 100 % over the SSE stream.
+    wait_until(
+        &browser,
+        &gateway,
+        "the progress bar reaches 100 %",
+        "document.getElementById('progress').value === 100 \
+         && document.getElementById('progress-text').textContent === '100 %' \
+         && document.getElementById('job-state').dataset.state === 'completed'",
+        Duration::from_secs(90),
+    )
+    .await;
+    let seen: Vec<String> = serde_json::from_value(
+        browser
+            .execute("return window.seenProgress", vec![])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let percents: Vec<u32> = seen
+        .iter()
+        .filter_map(|s| s.trim_end_matches(" %").parse().ok())
+        .collect();
+    assert!(
+        percents.iter().any(|&p| p > 0 && p < 100),
+        "progress shown on the way: {seen:?}"
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "never backwards: {seen:?}"
+    );
+    assert_eq!(percents.last(), Some(&100), "{seen:?}");
+
+    // The MP4 plays inline; its duration is frames / fps.
+    let playing = wait_until(
+        &browser,
+        &gateway,
+        "the video plays",
+        "(() => { const v = document.getElementById('player'); \
+           if (v.readyState >= 2 && v.paused) v.play().catch(() => {}); \
+           return !v.hidden && v.readyState >= 2 && !v.paused && v.currentTime > 0 \
+             && {readyState: v.readyState, duration: v.duration, src: v.currentSrc, \
+                 width: v.videoWidth, height: v.videoHeight}; })()",
+        Duration::from_secs(30),
+    )
+    .await;
+    let duration = playing["duration"].as_f64().unwrap();
+    let expected = f64::from(FRAMES) / f64::from(FPS);
+    assert!(
+        (duration - expected).abs() < 0.15,
+        "duration {duration} s, expected about {expected} s: {playing}"
+    );
+    assert!(
+        playing["src"].as_str().unwrap().starts_with("blob:"),
+        "{playing}"
+    );
+    assert_eq!(
+        (playing["width"].as_u64(), playing["height"].as_u64()),
+        (Some(64), Some(64))
+    );
+
+    // The gallery has the job, completed, with its thumbnail and timings.
+    let item = format!("#gallery li[data-id='{id}'][data-state='completed']");
+    let gallery = wait_until(
+        &browser,
+        &gateway,
+        "the gallery shows the finished job with its thumbnail",
+        &format!(
+            "(() => {{ const li = document.querySelector(\"{item}\"); \
+               const img = li && li.querySelector('img'); \
+               return img && img.complete && img.naturalWidth > 0 && li.textContent; }})()"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let gallery = gallery.as_str().unwrap();
+    assert!(
+        gallery.contains("a lighthouse at dusk") && gallery.contains("total"),
+        "{gallery}"
+    );
+
+    // For people to look at.
+    let shot = browser.screenshot().await.unwrap();
+    let dir = workspace_root().join("build/console");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("console.png"), &shot).unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
+    browser.close().await.unwrap();
+}
+
+/// The text of the job panel's state line once `expression` (over `state`, that line's text,
+/// and `data`, its job state) holds.
+async fn wait_job_state(
+    browser: &Client,
+    gateway: &GatewayProcess,
+    what: &str,
+    expression: &str,
+) -> String {
+    let check = format!(
+        "(() => {{ const line = document.getElementById('job-state'); \
+           const state = line.textContent, data = line.dataset.state; \
+           return ({expression}) && state; }})()"
+    );
+    let text = wait_until(browser, gateway, what, &check, Duration::from_secs(60)).await;
+    text.as_str().unwrap().to_string()
+}
+
+async fn show_in_gallery(browser: &Client, gateway: &GatewayProcess, id: &str) {
+    let button = format!("#gallery li[data-id='{id}'] button");
+    wait_until(
+        browser,
+        gateway,
+        "the job is in the gallery",
+        &format!("document.querySelector(\"{button}\") !== null"),
+        Duration::from_secs(20),
+    )
+    .await;
+    browser
+        .find(Locator::Css(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_console_shows_the_queue_position_live_and_cancels_a_running_job() {
+    let setup = WorkerSetup::new("gw-console-queue", 1).await;
+    let key = SigningKey::generate("k1");
+    let gateway = GatewayProcess::start(&setup, &fresh_database(), &key, &[]).await;
+    let acme = key.token("acme", json!({}));
+    // No worker yet: both wait, the second behind the first.
+    let mut long = t2v_tests::gateway::video_body(200);
+    long["prompt"] = json!("a long one, to be canceled");
+    let first = gateway.submit_job(&acme, &long, None).await;
+    let second = gateway
+        .submit_job(&acme, &t2v_tests::gateway::video_body(4), None)
+        .await;
+    let (first, second) = (
+        first["id"].as_str().unwrap(),
+        second["id"].as_str().unwrap(),
+    );
+    assert_eq!(gateway.job(&acme, second).await["queuePosition"], 2);
+
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&gateway.url("/")).await.unwrap();
+    let ready = "document.body.dataset.ready === 'true'";
+    wait_until(
+        &browser,
+        &gateway,
+        "the console starts",
+        ready,
+        Duration::from_secs(20),
+    )
+    .await;
+    sign_in(&browser, &gateway, &acme).await;
+
+    show_in_gallery(&browser, &gateway, second).await;
+    let line = wait_job_state(&browser, &gateway, "second in line", "data === 'queued'").await;
+    assert_eq!(line, "Queued — position 2 in the queue");
+
+    // A worker takes the first job: the stream moves the second one up.
+    let worker = setup.start_worker(&[("T2V_MODEL__SYNTHETIC_STEP_MS", "100")]);
+    let line = wait_job_state(
+        &browser,
+        &gateway,
+        "first in line",
+        "state.includes('position 1')",
+    )
+    .await;
+    assert_eq!(
+        line,
+        "Queued — position 1 in the queue",
+        "{}",
+        worker.logs()
+    );
+
+    // Cancel the running one from its panel.
+    show_in_gallery(&browser, &gateway, first).await;
+    wait_job_state(
+        &browser,
+        &gateway,
+        "the first job runs",
+        "data === 'running'",
+    )
+    .await;
+    click(&browser, "cancel").await;
+    let line = wait_job_state(&browser, &gateway, "canceled", "data === 'canceled'").await;
+    assert_eq!(line, "Canceled");
+    assert_eq!(gateway.job(&acme, first).await["state"], "canceled");
+    wait_until(
+        &browser,
+        &gateway,
+        "the gallery shows it canceled, the cancel button gone",
+        &format!(
+            "document.querySelector(\"#gallery li[data-id='{first}'][data-state='canceled']\") !== null \
+             && document.getElementById('cancel').hidden"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    browser.close().await.unwrap();
+}
