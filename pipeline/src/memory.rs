@@ -21,6 +21,10 @@
 //! bytes per element of the model dtype:
 //! - transformer weights: `(P − P32)·b + P32·4`, `P` = [`TransformerConfig::num_parameters`],
 //!   `P32` = the `_keep_in_fp32_modules` (`time_embedder`, every `scale_shift_table`, `norm2`).
+//! - under `dtype` [`fp8::FP8`]: the block linear weights `Q` = [`fp8::fp8_parameters`] at 1 byte
+//!   plus one f32 scale per output channel ([`fp8::fp8_scale_parameters`]), everything else and
+//!   the activations as bf16 (`b` = 2), plus `5·N·F` while the FFN hidden is quantised for its
+//!   output projection (the f32 quotient and its e4m3 copy).
 //! - transformer activations of one forward (CFG runs its two forwards one after the other) at
 //!   `N` tokens: `6·N·D·b` (residual stream, normed input, q, k, v, attention output; flash SDPA
 //!   keeps no N² scores) + `3·N·D·4` (f32 norm/modulation and RoPE temporaries) + `2·N·F·b`
@@ -51,7 +55,7 @@ use crate::model_dir::{Component, ModelDir};
 use crate::parallel::ParallelLayout;
 use crate::wan::text_encoder::UMT5Config;
 use crate::wan::vae::{Tiling, VaeConfig};
-use crate::wan::TransformerConfig;
+use crate::wan::{fp8, TransformerConfig};
 
 /// Where the experts live between uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -320,13 +324,13 @@ pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<Memo
             ));
         }
     }
-    let b = request.dtype.elt_size_in_bytes() as u64;
+    let b = compute_bytes(request.dtype);
     let experts: Vec<&TransformerConfig> = std::iter::once(&models.transformer)
         .chain(models.transformer_2.as_ref())
         .collect();
     let expert_weights: Vec<u64> = experts
         .iter()
-        .map(|c| transformer_weight_bytes(c, b))
+        .map(|c| transformer_weight_bytes_in(c, request.dtype))
         .collect();
     let te_weights = umt5_parameters(&models.text_encoder) as u64 * b;
     let vae_weights =
@@ -349,7 +353,7 @@ pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<Memo
     let embeds = 2 * request.text_len as u64 * models.text_encoder.d_model as u64 * b;
     let transformer_act = experts
         .iter()
-        .map(|c| transformer_activation_bytes(c, latent, request.text_len, b, 1))
+        .map(|c| transformer_activation_bytes(c, latent, request.text_len, request.dtype, 1))
         .max()
         .unwrap_or(0);
     let vae_act = vae_decode_bytes(&models.vae, request, policy.vae_tiling);
@@ -406,15 +410,32 @@ pub fn transformer_weight_bytes(cfg: &TransformerConfig, b: u64) -> u64 {
     (cfg.num_parameters() as u64 - p32) * b + p32 * 4
 }
 
+/// Bytes per element of the activations (and non-FP8 weights) of a model loaded in `dtype`.
+fn compute_bytes(dtype: Kind) -> u64 {
+    fp8::compute_kind(dtype).elt_size_in_bytes() as u64
+}
+
+/// Weight bytes of one expert loaded in `dtype`: [`transformer_weight_bytes`], or under
+/// [`fp8::FP8`] the block linear weights at 1 byte plus their f32 scales, the rest in bf16.
+pub fn transformer_weight_bytes_in(cfg: &TransformerConfig, dtype: Kind) -> u64 {
+    let dense = transformer_weight_bytes(cfg, compute_bytes(dtype));
+    if dtype != fp8::FP8 {
+        return dense;
+    }
+    let quantised = fp8::fp8_parameters(cfg) as u64;
+    dense - quantised * compute_bytes(dtype) + quantised + fp8::fp8_scale_parameters(cfg) as u64 * 4
+}
+
 /// Activation bytes of one transformer forward over `latent` ([C, F, H, W]) with `text_len`
-/// text tokens, on one rank of `ulysses` (1: the whole sequence on one device).
+/// text tokens, on one rank of `ulysses` (1: the whole sequence on one device), in `dtype`.
 fn transformer_activation_bytes(
     cfg: &TransformerConfig,
     [c, f, h, w]: [i64; 4],
     text_len: i64,
-    b: u64,
+    dtype: Kind,
     ulysses: u64,
 ) -> u64 {
+    let b = compute_bytes(dtype);
     let [pt, ph, pw] = cfg.patch_size;
     let n = ((f / pt) * (h / ph) * (w / pw)) as u64;
     let m = n.div_ceil(ulysses.max(1));
@@ -422,10 +443,17 @@ fn transformer_activation_bytes(
     let hidden = 6 * m * d * b + 3 * m * d * 4;
     let exchange = if ulysses > 1 { 6 * m * d * b } else { 0 };
     let ffn = 2 * m * cfg.ffn_dim as u64 * b;
+    // FP8: quantising the FFN hidden for its output projection takes an f32 quotient and its
+    // e4m3 copy beside it.
+    let quantise = if dtype == fp8::FP8 {
+        m * cfg.ffn_dim as u64 * (4 + 1)
+    } else {
+        0
+    };
     let rope = 2 * m * cfg.attention_head_dim as u64 * 4;
     let text = 3 * text_len as u64 * d * b;
     let latents = 4 * (c * f * h * w) as u64 * 4;
-    hidden + exchange + ffn + rope + text + latents
+    hidden + exchange + ffn + quantise + rope + text + latents
 }
 
 /// The estimate for each GPU of a run split `layout` over `devices` distinct devices (see the
@@ -444,13 +472,14 @@ pub fn estimate_per_gpu(
     let mut per_gpu = estimate(models, &request)?;
     let ulysses = layout.ulysses as u64;
     if ulysses > 1 {
-        let b = request.dtype.elt_size_in_bytes() as u64;
         let latent = latent_shape(models, &request);
         let experts = std::iter::once(&models.transformer).chain(models.transformer_2.as_ref());
         let activations = |u: u64| {
             experts
                 .clone()
-                .map(|c| transformer_activation_bytes(c, latent, request.text_len, b, u))
+                .map(|c| {
+                    transformer_activation_bytes(c, latent, request.text_len, request.dtype, u)
+                })
                 .max()
                 .unwrap_or(0)
         };
@@ -689,6 +718,37 @@ mod tests {
         let bytes = transformer_weight_bytes(&cfg, 2);
         assert_eq!(bytes, (14_288_491_584 - 29_184_000) * 2 + 29_184_000 * 4);
         assert_eq!(bytes / 100_000_000, 286, "≈ 28.6 GB");
+    }
+
+    #[test]
+    fn a14b_fp8_expert_weights_by_hand() {
+        // Q = 40·(8·5120² + 2·5120·13824) block linear weights at 1 byte instead of 2, and
+        // 40·(9·5120 + 13824) f32 scales.
+        let cfg = TransformerConfig::wan22_t2v_a14b();
+        assert_eq!(fp8::fp8_parameters(&cfg), 14_050_918_400);
+        assert_eq!(fp8::fp8_scale_parameters(&cfg), 2_396_160);
+        let bf16 = transformer_weight_bytes(&cfg, 2);
+        assert_eq!(transformer_weight_bytes_in(&cfg, Kind::BFloat16), bf16);
+        let fp8_bytes = transformer_weight_bytes_in(&cfg, fp8::FP8);
+        assert_eq!(fp8_bytes, bf16 - 14_050_918_400 + 2_396_160 * 4);
+        assert_eq!(fp8_bytes / 100_000_000, 145, "≈ 14.6 GB");
+    }
+
+    #[test]
+    fn a14b_fp8_480p_both_experts_fit_48_gib_with_the_encoder_parked() {
+        let policy = MemoryPolicy {
+            offload_text_encoder: true,
+            ..MemoryPolicy::all_resident()
+        };
+        let bf16 = estimate(&ModelConfigs::wan22_t2v_a14b(), &request(832, 480, policy)).unwrap();
+        let mut req = request(832, 480, policy);
+        req.dtype = fp8::FP8;
+        let e = estimate(&ModelConfigs::wan22_t2v_a14b(), &req).unwrap();
+        let saved = 2 * (bf16.transformer_weights - e.transformer_weights);
+        // FFN hidden quantised: 32,760 tokens × 13,824 × (4 + 1) bytes more activation.
+        assert_eq!(bf16.denoise - e.denoise, saved - 32_760 * 13_824 * 5);
+        assert_eq!(e.text_encoder_weights, bf16.text_encoder_weights);
+        assert!(e.peak < 48 * (1 << 30), "{e:?}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::scheduler::{SamplerKind, Scheduler, SchedulerConfig};
 use crate::wan::prompt::{T5Tokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
 use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
 use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
-use crate::wan::WanTransformer3DModel;
+use crate::wan::{fp8, WanTransformer3DModel};
 
 mod parallel;
 mod random;
@@ -56,6 +56,8 @@ pub const SIZE_MULTIPLE: i64 = 16;
 pub struct LoadOptions {
     pub device: Device,
     /// Transformer and text encoder weights (f32 on the CPU, bf16 or f16 on CUDA).
+    /// [`fp8::FP8`] (`Kind::Float8e4m3fn`): the transformer blocks' linear weights in FP8, the
+    /// rest in bf16 (see [`crate::wan::fp8`]).
     pub dtype: Kind,
     /// VAE weights (diffusers' examples keep the VAE in f32).
     pub vae_dtype: Kind,
@@ -248,10 +250,14 @@ impl WanT2V {
     ) -> Result<Self> {
         let model_dir = ModelDir::open(model_dir)?;
         model_dir.check_complete()?;
+        let kind = model_dir.kind()?;
         if !loras.transformer_2.is_empty() && !model_dir.has(Component::Transformer2) {
             return Err(crate::lora::LoraError::NoSecondExpert.into());
         }
         let (device, dtype) = (options.device, options.dtype);
+        if dtype == fp8::FP8 && device.is_cuda() {
+            fp8::probe_scaled_mm(device).map_err(fp8_unsupported)?;
+        }
         let policy = options.memory;
         let swap = policy.experts == ExpertPlacement::SwapExperts;
         let scheduler = SchedulerConfig::from_file(
@@ -260,13 +266,19 @@ impl WanT2V {
                 .join("scheduler_config.json"),
         )?;
         let load_expert = |component: Component| -> Result<Expert> {
-            let (model, vs) =
-                WanTransformer3DModel::load(&model_dir.path(component)?, dtype, device)?;
+            let dir = model_dir.path(component)?;
+            let (model, vs) = WanTransformer3DModel::load(&dir, fp8::compute_kind(dtype), device)?;
             let expert_loras = match component {
                 Component::Transformer2 => &loras.transformer_2,
                 _ => &loras.transformer,
             };
             crate::lora::fuse_loras(&vs, expert_loras)?;
+            // FP8 after the LoRAs, so that they apply; before parking, so the FP8 form is parked.
+            let model = if dtype == fp8::FP8 {
+                fp8::quantize_blocks(model, &vs)?
+            } else {
+                model
+            };
             let weights = if swap {
                 let parked = ParkedWeights::new(vs.variables().into_iter().collect(), device)?;
                 Some(parked)
@@ -824,6 +836,14 @@ pub fn torch_oom_summary(message: &str) -> &str {
         .trim_end()
 }
 
+/// The load error of `dtype = fp8` on a device whose `_scaled_mm` probe failed.
+fn fp8_unsupported(probe: PipelineError) -> PipelineError {
+    PipelineError::invalid(
+        "dtype fp8",
+        format!("this GPU does not run FP8 matrix products (needs compute capability 8.9 or later: Ada, Hopper) — {probe}; load in bf16"),
+    )
+}
+
 /// Tokenizer + umT5 encoder; with `offload_text_encoder` the encoder is built in a VarStore of
 /// our own so its weights can be parked (as `UMT5EncoderModel::load` otherwise does).
 fn load_text_encoder(
@@ -831,7 +851,11 @@ fn load_text_encoder(
     options: LoadOptions,
 ) -> Result<(TextEncoder, Option<ParkedWeights>)> {
     if !options.memory.offload_text_encoder {
-        let text = TextEncoder::load(model_dir.root(), options.dtype, options.device)?;
+        let text = TextEncoder::load(
+            model_dir.root(),
+            fp8::compute_kind(options.dtype),
+            options.device,
+        )?;
         return Ok((text, None));
     }
     let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
@@ -845,7 +869,7 @@ fn load_text_encoder(
             EmbeddingKey::Shared
         };
     let mut vs = nn::VarStore::new(options.device);
-    vs.set_kind(options.dtype);
+    vs.set_kind(fp8::compute_kind(options.dtype));
     let model = UMT5EncoderModel::with_embedding(&cfg, vs.root(), embedding)?;
     loader::load_weights(&vs, &dir)?;
     vs.freeze();

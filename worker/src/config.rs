@@ -344,6 +344,10 @@ pub enum DtypeChoice {
     Bf16,
     Fp16,
     F32,
+    /// The transformer blocks' linear weights in FP8 (e4m3, per-channel scales, `_scaled_mm`),
+    /// the rest in bf16: half the expert memory. CUDA GPUs of compute capability 8.9 or later
+    /// (Ada, Hopper) only.
+    Fp8,
 }
 
 /// How the Wan pipeline uses device memory.

@@ -14,7 +14,7 @@ use crate::scheduler::SchedulerConfig;
 use crate::wan::prompt::{T5Tokenizer, TextEncoder};
 use crate::wan::text_encoder::{UMT5Config, UMT5EncoderModel};
 use crate::wan::vae::{AutoencoderKLWan, VaeConfig};
-use crate::wan::{TransformerConfig, WanTransformer3DModel};
+use crate::wan::{fp8, TransformerConfig, WanTransformer3DModel};
 
 impl WanT2V {
     /// Builds every component from the configs in `model_dir` with random weights drawn on the
@@ -41,9 +41,14 @@ impl WanT2V {
         let build_expert = |component: Component| -> Result<Expert> {
             let dir = model_dir.path(component)?;
             let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
-            let vs = random_store(dtype);
+            let vs = random_store(fp8::compute_kind(dtype));
             let model = WanTransformer3DModel::new(&cfg, vs.root())?;
             random_weights(&vs)?;
+            let model = if dtype == fp8::FP8 {
+                fp8::quantize_blocks(model, &vs)?
+            } else {
+                model
+            };
             let weights = if swap {
                 let parked = ParkedWeights::new(vs.variables().into_iter().collect(), device)?;
                 parked.park()?;
@@ -61,7 +66,7 @@ impl WanT2V {
         let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
         let text_cfg =
             UMT5Config::from_file(&model_dir.path(Component::TextEncoder)?.join("config.json"))?;
-        let text_vs = random_store(dtype);
+        let text_vs = random_store(fp8::compute_kind(dtype));
         let text_model = UMT5EncoderModel::new(&text_cfg, text_vs.root())?;
         random_weights(&text_vs)?;
         let text_weights = if policy.offload_text_encoder {

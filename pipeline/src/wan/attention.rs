@@ -4,39 +4,80 @@
 //! context; cross-attention (`attn2`) attends from the video tokens to the text.
 //!
 //! Also holds the two leaf builders the DiT shares, [`param`] and [`Linear`], which create
-//! variables directly in the dtype they will run in (fp32 islands next to bf16 weights).
+//! variables directly in the dtype they will run in (fp32 islands next to bf16 weights), and
+//! whose `Linear` runs FP8 weights when the VarStore holds them (see [`crate::wan::fp8`]).
 
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
 use crate::parallel::SequenceShard;
+use crate::wan::fp8;
 use crate::wan::rope::apply_rotary_emb;
 use crate::wan::TensorMap;
 
 /// A zero-filled, non-trainable variable `name` under `vs`, of `kind` on the store's device.
 /// Its value comes from the checkpoint (`loader::load_weights` copies and converts into it).
+/// When `vs` already holds `name` with these dims, that variable is returned instead: the module
+/// tree built again over loaded weights ([`crate::wan::fp8::quantize_blocks`]) reuses them.
 pub fn param(vs: &nn::Path<'_>, name: &str, dims: &[i64], kind: Kind) -> Result<Tensor> {
+    if let Some(existing) = vs.get(name) {
+        if existing.size() != dims {
+            return Err(PipelineError::invalid(
+                "module tree",
+                format!(
+                    "variable {name} under {} exists with shape {:?}, expected {dims:?}",
+                    vs.components().collect::<Vec<_>>().join("."),
+                    existing.size()
+                ),
+            ));
+        }
+        return Ok(existing);
+    }
     let tensor = Tensor::f_zeros(dims, (kind, vs.device()))?;
     Ok(vs.add(name, tensor, false))
 }
 
-/// `torch.nn.Linear` with bias: `weight` `[out, in]`, `bias` `[out]`, through `aten::linear`.
+/// `torch.nn.Linear` with bias: `weight` `[out, in]`, `bias` `[out]`, through `aten::linear` —
+/// or, when the VarStore holds the weight in FP8 with its `weight_scale` `[out, 1]` (see
+/// [`fp8`]), through `_scaled_mm`.
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// Per-output-channel f32 scales when `weight` is float8 e4m3.
+    pub weight_scale: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(vs: nn::Path<'_>, in_dim: i64, out_dim: i64, kind: Kind) -> Result<Self> {
+        let weight = param(&vs, "weight", &[out_dim, in_dim], kind)?;
+        let weight_scale = if weight.kind() == fp8::FP8 {
+            let scale = vs.get(fp8::SCALE_NAME).ok_or_else(|| {
+                PipelineError::invalid(
+                    "fp8 weight",
+                    format!(
+                        "{} has an FP8 weight without {}; quantise with wan::fp8::quantize_blocks",
+                        vs.components().collect::<Vec<_>>().join("."),
+                        fp8::SCALE_NAME
+                    ),
+                )
+            })?;
+            Some(scale)
+        } else {
+            None
+        };
         Ok(Self {
-            weight: param(&vs, "weight", &[out_dim, in_dim], kind)?,
+            weight,
             bias: param(&vs, "bias", &[out_dim], kind)?,
+            weight_scale,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, Some(&self.bias))?)
+        match &self.weight_scale {
+            Some(scale) => fp8::linear(x, &self.weight, scale, &self.bias),
+            None => Ok(x.f_linear(&self.weight, Some(&self.bias))?),
+        }
     }
 
     /// The same layer with every weight mapped by `f` (see [`crate::wan::TensorMap`]).
@@ -44,6 +85,7 @@ impl Linear {
         Ok(Self {
             weight: f(&self.weight)?,
             bias: f(&self.bias)?,
+            weight_scale: self.weight_scale.as_ref().map(f).transpose()?,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! - `config`: `TransformerConfig`, the transformer's `config.json`, with presets of the published models.
 //! - `transformer`: `WanTransformer3DModel` (patch embedding, condition embedder, blocks, output).
 //! - `attention`: self/cross attention with RMS q/k norm through `scaled_dot_product_attention`.
+//! - `fp8`: FP8 (e4m3) block linear weights with per-channel scales through `_scaled_mm`.
 //! - `rope`: 3-D rotary position embedding split over (frames, height, width).
 //! - `text_encoder`: the umT5 encoder and its config.
 //! - `prompt`: the tokenizer, prompt cleaning and `TextEncoder` (tokenize → umT5 → embeddings).
@@ -11,6 +12,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod fp8;
 pub mod prompt;
 pub mod rope;
 pub mod text_encoder;

@@ -4,7 +4,8 @@
 //!   version libtorch was built for;
 //! - [`memory_findings`]: the configured model, dtype and memory policy fit the GPU (or
 //!   `memory_budget_gib`) at the default job size (FAIL otherwise) and at the largest request the
-//!   fleet accepts (WARN otherwise), by t2v-pipeline's estimate, with the settings that fit.
+//!   fleet accepts (WARN otherwise), by t2v-pipeline's estimate, with the settings that fit;
+//! - [`fp8_finding`]: with `model.dtype = "fp8"`, the device runs FP8 matrix products.
 //!
 //! The decisions are plain functions of the facts gathered ([`CudaFacts`]), unit-tested without
 //! a GPU.
@@ -14,8 +15,8 @@ use t2v_pipeline::wan::prompt::MAX_SEQUENCE_LENGTH;
 use tch::{Device, Kind};
 
 use super::{finding, warning, Finding};
-use crate::config::{Backend, DeviceChoice, WorkerConfig};
-use crate::generate::preflight::{fit_hint, MemoryLimit};
+use crate::config::{Backend, DeviceChoice, DtypeChoice, WorkerConfig};
+use crate::generate::preflight::{check_dtype, fit_hint, MemoryLimit};
 use crate::generate::wan::{memory_policy, resolve_dtype};
 use crate::gpu::{human, CudaVersion, Gpu, GpuError, GpuMemory, TorchCuda};
 use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
@@ -309,6 +310,22 @@ fn size_fits(
     })
 }
 
+/// With `model.dtype = "fp8"`: whether `device` runs FP8 matrix products (the load refuses it
+/// otherwise, in the same words).
+fn fp8_finding(dtype: DtypeChoice, device: Device) -> Option<Finding> {
+    if dtype != DtypeChoice::Fp8 {
+        return None;
+    }
+    Some(match check_dtype(resolve_dtype(dtype, device), device) {
+        Ok(()) => finding(
+            "dtype",
+            true,
+            "model.dtype = fp8: this GPU runs row-wise FP8 _scaled_mm (block linears in e4m3, the rest in bf16)",
+        ),
+        Err(e) => finding("dtype", false, e.to_string()),
+    })
+}
+
 /// The GPU checks of the Wan backend.
 pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
     if cfg.model.backend != Backend::Wan {
@@ -323,6 +340,7 @@ pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
         DeviceChoice::Auto if facts.torch_sees_cuda => Device::Cuda(0),
         DeviceChoice::Auto => Device::Cpu,
     };
+    out.extend(fp8_finding(cfg.model.dtype, device));
     let gpu_total = facts.driver.as_ref().ok().map(|d| d.memory.total);
     let limit = MemoryLimit::new(cfg.model.memory_budget_gib, device, gpu_total);
     // An empty model.dir is the model check's failure already.
@@ -597,6 +615,14 @@ mod tests {
             checked_sizes(),
         );
         assert!(low[0].ok, "{low:?}");
+    }
+
+    #[test]
+    fn fp8_on_the_cpu_fails_the_doctor_with_the_fix() {
+        assert!(fp8_finding(DtypeChoice::Bf16, Device::Cpu).is_none());
+        let f = fp8_finding(DtypeChoice::Fp8, Device::Cpu).unwrap();
+        assert!(!f.ok && f.check == "dtype", "{f:?}");
+        assert!(f.message.contains("set model.dtype"), "{}", f.message);
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! loaded. A job that cannot fit fails at once with `GenerateError::OutOfMemory` naming the
 //! estimate, the limit and [`settings_that_fit`], instead of crashing minutes later; after a
 //! real CUDA OOM, [`torch_oom_room`] reads from libtorch's message how much the process could
-//! have used, so the hints fit that.
+//! have used, so the hints fit that. [`check_dtype`] refuses a weight dtype the device cannot
+//! run (FP8 on the CPU or on a GPU before compute capability 8.9) before anything loads.
 
 use t2v_pipeline::memory::{estimate, EstimateRequest, MemoryPolicy, ModelConfigs};
-use tch::Device;
+use t2v_pipeline::wan::fp8;
+use tch::{Device, Kind};
 
+use crate::generate::GenerateError;
 use crate::gpu::{human, GIB};
 
 /// Device memory the estimate (tensors only) leaves out on a GPU: the CUDA context (about
@@ -62,6 +65,26 @@ impl MemoryLimit {
             format!("the GPU has {}", human(self.bytes))
         }
     }
+}
+
+/// Refuses a weight `dtype` that `device` cannot run, in one line with the fix: FP8 needs a
+/// CUDA GPU whose `_scaled_mm` runs row-wise FP8 products (compute capability 8.9 or later:
+/// Ada, Hopper); the CPU and older GPUs are refused before anything loads.
+pub fn check_dtype(dtype: Kind, device: Device) -> Result<(), GenerateError> {
+    if dtype != fp8::FP8 {
+        return Ok(());
+    }
+    if !device.is_cuda() {
+        return Err(GenerateError::Load(
+            "model.dtype = \"fp8\" needs a CUDA GPU of compute capability 8.9 or later (Ada, Hopper) and the model runs on the CPU — set model.dtype = \"auto\" (f32 on the CPU), or model.device = \"cuda\" on such a GPU".into(),
+        ));
+    }
+    fp8::probe_scaled_mm(device).map_err(|e| {
+        GenerateError::Load(format!(
+            "model.dtype = \"fp8\": this GPU does not run FP8 matrix products (compute capability below 8.9; libtorch: {}) — set model.dtype = \"bf16\", or run on an Ada or Hopper GPU",
+            e.to_string().lines().next().unwrap_or_default()
+        ))
+    })
 }
 
 /// Larger settings the request bounds still accept: no side below this.
@@ -168,11 +191,10 @@ mod tests {
 
     use t2v_pipeline::LoadOptions;
     use t2v_proto::v1::Sampler;
-    use tch::Kind;
 
     use super::*;
     use crate::generate::wan::WanGenerator;
-    use crate::generate::{GenerateError, JobSpec, StepInfo, VideoGenerator};
+    use crate::generate::{JobSpec, StepInfo, VideoGenerator};
 
     fn request(width: i64, height: i64, num_frames: i64, policy: MemoryPolicy) -> EstimateRequest {
         EstimateRequest {
@@ -189,6 +211,47 @@ mod tests {
     /// What NVML reports for an H100 80GB and an A100 40GB.
     const H100: u64 = 81_559 << 20;
     const A100_40: u64 = 40_960 << 20;
+
+    #[test]
+    fn fp8_is_refused_on_the_cpu_with_the_fix() {
+        let error = check_dtype(fp8::FP8, Device::Cpu).unwrap_err().to_string();
+        assert!(
+            error.contains("model.dtype = \"fp8\" needs a CUDA GPU of compute capability 8.9")
+                && error.contains("set model.dtype = \"auto\""),
+            "{error}"
+        );
+        assert!(!error.contains('\n'), "one line: {error}");
+        let refused = crate::generate::wan::load_options(
+            crate::config::DeviceChoice::Cpu,
+            crate::config::DtypeChoice::Fp8,
+            crate::config::MemoryPolicyChoice::Resident,
+        );
+        assert!(matches!(refused, Err(GenerateError::Load(_))));
+        for dtype in [Kind::BFloat16, Kind::Float, Kind::Half] {
+            assert!(check_dtype(dtype, Device::Cpu).is_ok());
+        }
+    }
+
+    #[test]
+    fn fp8_estimate_holds_both_a14b_experts_in_about_half() {
+        let configs = ModelConfigs::wan22_t2v_a14b();
+        let bf16 = estimate(
+            &configs,
+            &request(832, 480, 81, MemoryPolicy::all_resident()),
+        )
+        .unwrap();
+        let mut fp8_request = request(832, 480, 81, MemoryPolicy::all_resident());
+        fp8_request.dtype = fp8::FP8;
+        let fp8_estimate = estimate(&configs, &fp8_request).unwrap();
+        let ratio = fp8_estimate.transformer_weights as f64 / bf16.transformer_weights as f64;
+        assert!(ratio > 0.5 && ratio < 0.52, "{ratio}");
+        // Both experts resident on an 80 GB card, with room left that bf16 does not leave.
+        assert!(
+            fp8_estimate.peak + CUDA_OVERHEAD < 60 * GIB,
+            "{fp8_estimate:?}"
+        );
+        assert!(bf16.peak > fp8_estimate.peak + 25 * GIB);
+    }
 
     #[test]
     fn the_limit_is_the_budget_or_the_gpus_total() {

@@ -64,6 +64,7 @@ pub fn resolve_dtype(choice: DtypeChoice, device: Device) -> Kind {
         DtypeChoice::Auto | DtypeChoice::F32 => Kind::Float,
         DtypeChoice::Bf16 => Kind::BFloat16,
         DtypeChoice::Fp16 => Kind::Half,
+        DtypeChoice::Fp8 => t2v_pipeline::wan::fp8::FP8,
     }
 }
 
@@ -81,6 +82,7 @@ pub fn load_options(
     memory: MemoryPolicyChoice,
 ) -> Result<LoadOptions, GenerateError> {
     let device = resolve_device(device)?;
+    super::preflight::check_dtype(resolve_dtype(dtype, device), device)?;
     Ok(LoadOptions {
         device,
         dtype: resolve_dtype(dtype, device),
@@ -571,6 +573,7 @@ pub fn precision(options: &LoadOptions) -> String {
         Kind::Float => "f32".to_string(),
         Kind::BFloat16 => "bf16".to_string(),
         Kind::Half => "fp16".to_string(),
+        Kind::Float8e4m3fn => "fp8".to_string(),
         Kind::Double => "f64".to_string(),
         other => format!("{other:?}").to_lowercase(),
     };
