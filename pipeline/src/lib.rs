@@ -17,6 +17,8 @@
 //!   Ulysses sequence parallel denoising, the VAE decode's tiles spread over the ranks.
 //! - [`scheduler`]: flow-matching samplers (UniPC multistep, FlowMatch Euler) behind one trait.
 //! - [`denoise`]: the denoising loop with the two-expert boundary switch and CFG.
+//! - [`step_cache`]: First-Block-Cache and MagCache, skipping transformer blocks on steps
+//!   close to the last computed one (diffusers' cache hooks), per expert and CFG branch.
 //! - [`checkpoint`]: the denoising state as a safetensors file, to resume a run elsewhere.
 //! - [`memory`]: GPU memory policy (resident or swapped experts, parked text encoder, tiled
 //!   decode) and the preflight estimate of peak GPU memory.
@@ -33,6 +35,7 @@ pub mod memory;
 pub mod model_dir;
 pub mod parallel;
 pub mod scheduler;
+pub mod step_cache;
 pub mod text_to_video;
 pub mod wan;
 

@@ -104,6 +104,9 @@ pub struct GenerationParams {
     pub reject_long_prompts: bool,
     /// The limit `reject_long_prompts` applies, `</s>` included; `None` = `max_sequence_length`.
     pub max_prompt_tokens: Option<usize>,
+    /// Skip transformer blocks on steps close to the last computed one ([`crate::step_cache`]);
+    /// `None`: every forward computes.
+    pub step_cache: Option<crate::step_cache::StepCacheConfig>,
     /// The first frame of image-to-video (Wan2.2 I2V-A14B, required there) and
     /// text+image-to-video (TI2V-5B, optional) models; refused by text-to-video-only models.
     /// Resized to `width × height` as the reference does; a request that leaves the size to the
@@ -135,6 +138,7 @@ impl Default for GenerationParams {
             max_sequence_length: MAX_SEQUENCE_LENGTH,
             reject_long_prompts: false,
             max_prompt_tokens: None,
+            step_cache: None,
             image: None,
         }
     }
@@ -176,6 +180,8 @@ pub struct GenerationOutput {
     pub num_frames: i64,
     pub timings: PhaseTimings,
     pub warnings: Vec<String>,
+    /// What the step cache did (forwards computed and skipped), when the run had one.
+    pub step_cache: Option<crate::step_cache::CacheReport>,
 }
 
 /// One expert and, when the policy parks it, its host copy.
@@ -214,6 +220,19 @@ impl NoisePredictor for OnDemand<'_> {
     fn predict(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
         self.make_resident()?;
         self.expert.model.forward(latents, timestep, text)
+    }
+}
+
+impl crate::step_cache::CachePredictor for OnDemand<'_> {
+    fn predict_cached(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        cache: &mut crate::step_cache::BranchCache<'_>,
+    ) -> Result<Tensor> {
+        self.make_resident()?;
+        self.expert.model.forward_cached(latents, timestep, text, cache)
     }
 }
 
@@ -618,7 +637,15 @@ impl WanT2V {
             negative_prompt_embeds: negative_embeds.as_ref(),
             start_step,
         };
-        let latents = self.denoise_latents(scheduler.as_mut(), &resolved, input, on_step)?;
+        let cache = crate::step_cache::run_cache(
+            params.step_cache.as_ref(),
+            params.num_inference_steps,
+            do_cfg,
+            self.parallel.is_some(),
+        )?;
+        let latents =
+            self.denoise_latents(scheduler.as_mut(), &resolved, input, cache.as_ref(), on_step)?;
+        let step_cache = cache.map(crate::step_cache::finish_run);
         drop((prompt_embeds, negative_embeds));
         synchronize(device);
         let denoise_time = denoise_start.elapsed();
@@ -640,6 +667,7 @@ impl WanT2V {
                 total: start.elapsed(),
             },
             warnings: resolved.warnings,
+            step_cache,
         })
     }
 
@@ -650,6 +678,7 @@ impl WanT2V {
         scheduler: &mut dyn Scheduler,
         resolved: &ResolvedParams,
         input: DenoiseInput<'_>,
+        cache: Option<&std::cell::RefCell<crate::step_cache::StepCache>>,
         on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
     ) -> Result<Tensor> {
         let high = OnDemand {
@@ -671,7 +700,12 @@ impl WanT2V {
             expand_timesteps: self.model_dir.expand_timesteps(),
         };
         let denoised = match &self.parallel {
-            None => denoise(&experts, scheduler, &settings, input, on_step),
+            None => match cache {
+                None => denoise(&experts, scheduler, &settings, input, on_step),
+                Some(cache) => crate::step_cache::denoise_cached(
+                    &experts, cache, scheduler, &settings, input, on_step,
+                ),
+            },
             Some(run) => self.denoise_on_ranks(
                 run,
                 (&high, low.as_ref()),

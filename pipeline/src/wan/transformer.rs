@@ -16,6 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::error::{PipelineError, Result};
 use crate::loader;
 use crate::parallel::SequenceShard;
+use crate::step_cache::BranchCache;
 use crate::wan::attention::{param, Linear, WanAttention};
 use crate::wan::config::TransformerConfig;
 use crate::wan::rope::WanRotaryPosEmbed;
@@ -457,6 +458,44 @@ impl WanTransformer3DModel {
         encoder_hidden_states: &Tensor,
         sequence: Option<&SequenceShard<'_>>,
     ) -> Result<Tensor> {
+        self.forward_tokens_with(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            sequence,
+            None,
+        )
+    }
+
+    /// [`Self::forward`] with a step cache that may stand in for the blocks
+    /// ([`crate::step_cache`]); one device, no sequence shard.
+    pub fn forward_cached(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        cache: &mut BranchCache<'_>,
+    ) -> Result<Tensor> {
+        let [batch, ..] = self.check_inputs(hidden_states)?;
+        let grid = self.token_grid(hidden_states)?;
+        let tokens = self.forward_tokens_with(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            None,
+            Some(cache),
+        )?;
+        self.unpatchify(&tokens, batch, grid)
+    }
+
+    fn forward_tokens_with(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        sequence: Option<&SequenceShard<'_>>,
+        cache: Option<&mut BranchCache<'_>>,
+    ) -> Result<Tensor> {
         let [batch, _, frames, height, width] = self.check_inputs(hidden_states)?;
         // Inputs may come from the CPU (noise is drawn there); the model's device wins.
         let device = self.patch_weight.device();
@@ -496,11 +535,20 @@ impl WanTransformer3DModel {
             Some(seq) => shard_rows(seq, timestep.dim() == 2, x, cos, sin, temb, timestep_proj)?,
         };
 
-        // 4. transformer blocks
-        let mut x = x;
-        for block in &self.blocks {
-            x = block.forward_with(&x, &context, &timestep_proj, (&cos, &sin), sequence)?;
-        }
+        // 4. transformer blocks — or what a step cache leaves of them: it may skip the blocks
+        //    after the first, or all of them
+        let run = |x: Tensor, blocks: &[WanTransformerBlock]| {
+            blocks.iter().try_fold(x, |x, block| {
+                block.forward_with(&x, &context, &timestep_proj, (&cos, &sin), sequence)
+            })
+        };
+        let (first, rest) = self.blocks.split_at(self.blocks.len().min(1));
+        let x = match cache {
+            None => run(x, &self.blocks)?,
+            Some(cache) => {
+                cache.run_blocks(x, |x| run(x.shallow_clone(), first), |x| run(x, rest))?
+            }
+        };
 
         // 5. output norm (f32) modulated by the top-level table + temb, projection
         let out_mod = self
