@@ -193,6 +193,10 @@ pub struct ModelConfig {
     /// TOML: `[[model.loras]]` tables; env: `T2V_MODEL__LORAS=expert:strength:file,…`, e.g.
     /// `transformer:1.0:/loras/high.safetensors,transformer_2:1.0:/loras/low.safetensors`.
     pub loras: Vec<LoraConfig>,
+    /// Wan backend: step caching of the variant's jobs (`[model.cache]`: kind, threshold, MagCache
+    /// settings); refused for step-distilled variants. A request's `cache_threshold` overrides
+    /// the threshold.
+    pub cache: crate::generate::variant::CacheConfig,
 }
 
 /// `[model] preset`: the sampling defaults of a variant.
@@ -380,6 +384,7 @@ impl Default for ModelConfig {
             preset: PresetChoice::Base,
             sampling: SamplingConfig::default(),
             loras: Vec::new(),
+            cache: Default::default(),
         }
     }
 }
@@ -750,6 +755,7 @@ impl ModelConfig {
             )));
         }
         self.sampling.validate()?;
+        self.cache.validate(self).map_err(ConfigError::Invalid)?;
         self.validate_loras()
     }
 

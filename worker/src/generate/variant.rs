@@ -10,12 +10,26 @@
 //! `sample_steps = 4`, `sample_shift = 5.0`, `sample_guide_scale = (1.0, 1.0)` (low noise, high
 //! noise; the expert boundary stays the base model's 0.875), and `generate.py` defaults to the
 //! `euler` solver and warns on any other "because it's used in distillation".
+//!
+//! `[model.cache]` turns on step caching for the variant ([`CacheConfig`], t2v-pipeline's
+//! `step_cache`): First-Block-Cache or MagCache with a threshold, which a request's
+//! `cache_threshold` overrides (0 = off for that job). A step-distilled variant — the `lightning`
+//! preset, or at most [`DISTILLED_MAX_STEPS`] steps with guidance off on both experts — refuses
+//! a cache, at config load and per request: its few steps are far apart, so there is nothing
+//! close enough to reuse (LightX2V refuses the combination too).
 
 use sha2::{Digest, Sha256};
 use t2v_contract::defaults::{SINGLE_EXPERT_GUIDANCE, WAN22_T2V_A14B};
 use t2v_contract::ModelDefaults;
 use t2v_pipeline::lora::{ExpertLoras, LoraSpec};
+use t2v_pipeline::step_cache::{
+    CachePolicy, MagSettings, StepCacheConfig, DISTILLED_MAX_STEPS, MAG_MAX_SKIP_STEPS,
+    MAG_RETENTION_RATIO,
+};
 use t2v_proto::v1::Sampler;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{LoraConfig, LoraExpert, ModelConfig, PresetChoice, SamplerChoice};
 use crate::generate::GenerateError;
@@ -98,11 +112,12 @@ impl SamplingDefaults {
     }
 }
 
-/// The variant of `[model]`: its sampling defaults and its LoRAs per expert.
+/// The variant of `[model]`: its sampling defaults, its LoRAs per expert and its step cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
     pub sampling: SamplingDefaults,
     pub loras: ExpertLoras,
+    pub cache: VariantCache,
 }
 
 impl Variant {
@@ -111,6 +126,7 @@ impl Variant {
         Self {
             sampling: SamplingDefaults::BASE,
             loras: ExpertLoras::default(),
+            cache: VariantCache::default(),
         }
     }
 
@@ -118,12 +134,151 @@ impl Variant {
         Self {
             sampling: SamplingDefaults::of(model),
             loras: expert_loras(&model.loras),
+            cache: VariantCache::of(model),
         }
     }
 
     /// Whether this is the base model unchanged (so its revision is the directory's).
     pub fn is_base(&self) -> bool {
         self.loras.is_empty() && self.sampling == SamplingDefaults::BASE
+    }
+}
+
+/// `[model.cache]`: step caching of the variant's jobs (t2v-pipeline `step_cache`, matched to
+/// diffusers' `FirstBlockCacheConfig` / `MagCacheConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `off` (default), `first_block` (First-Block-Cache: block 0 always runs; the rest is
+    /// skipped while its residual changed by at most `threshold`, relative L1) or `mag`
+    /// (MagCache: whole forwards skipped while the accumulated magnitude-ratio error stays at
+    /// most `threshold`; needs `mag_ratios`).
+    pub kind: CacheKind,
+    /// 0 < threshold <= 1; unset = diffusers' default (first_block 0.05, mag 0.06). Higher skips
+    /// more forwards and changes the video more. A request's `cache_threshold` replaces it.
+    pub threshold: Option<f64>,
+    /// mag: most forwards skipped in a row; unset = 3.
+    pub max_skip_steps: Option<usize>,
+    /// mag: share of the first steps never skipped, 0..=1; unset = 0.2.
+    pub retention_ratio: Option<f64>,
+    /// mag: the model's magnitude ratios, one per step of some schedule (resampled to the job's
+    /// steps). Get them with `calibrate = true`: one run logs them.
+    pub mag_ratios: Vec<f32>,
+    /// mag: skip nothing; measure the ratios and log them ("MagCache calibration").
+    pub calibrate: bool,
+}
+
+/// `[model.cache] kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheKind {
+    #[default]
+    Off,
+    FirstBlock,
+    Mag,
+}
+
+/// diffusers' default thresholds: `FirstBlockCacheConfig` 0.05, `MagCacheConfig` 0.06.
+const FIRST_BLOCK_THRESHOLD: f64 = 0.05;
+const MAG_THRESHOLD: f64 = 0.06;
+
+impl CacheConfig {
+    /// The pipeline's cache config, `None` when off.
+    pub fn step_cache(&self) -> Option<StepCacheConfig> {
+        let (policy, default_threshold) = match self.kind {
+            CacheKind::Off => return None,
+            CacheKind::FirstBlock => (CachePolicy::FirstBlock, FIRST_BLOCK_THRESHOLD),
+            CacheKind::Mag => (
+                CachePolicy::Mag(MagSettings {
+                    max_skip_steps: self.max_skip_steps.unwrap_or(MAG_MAX_SKIP_STEPS),
+                    retention_ratio: self.retention_ratio.unwrap_or(MAG_RETENTION_RATIO),
+                    mag_ratios: (!self.mag_ratios.is_empty()).then(|| self.mag_ratios.clone()),
+                    calibrate: self.calibrate,
+                }),
+                MAG_THRESHOLD,
+            ),
+        };
+        Some(StepCacheConfig {
+            policy,
+            threshold: self.threshold.unwrap_or(default_threshold),
+        })
+    }
+
+    /// At config load: a valid cache, and none on a step-distilled variant.
+    pub fn validate(&self, model: &ModelConfig) -> Result<(), String> {
+        let Some(cache) = self.step_cache() else {
+            return Ok(());
+        };
+        if model.backend != crate::config::Backend::Wan {
+            return Err("model.cache is set but model.backend is not wan — only the Wan pipeline caches steps; set kind = \"off\" or backend = \"wan\"".into());
+        }
+        if cache.threshold <= 0.0 {
+            return Err(format!(
+                "model.cache.threshold must be above 0 (0 is off: set kind = \"off\" instead), got {}",
+                cache.threshold
+            ));
+        }
+        cache.validate().map_err(|e| format!("model.cache: {e}"))?;
+        if is_distilled(model) {
+            return Err(format!(
+                "model.cache.kind = {:?} is refused for the step-distilled variant {:?} (preset lightning, or at most {DISTILLED_MAX_STEPS} steps with guidance off): its steps are too far apart to reuse — set kind = \"off\"",
+                cache.kind_name(),
+                model.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `model` serves a step-distilled variant: the `lightning` preset, or at most
+/// [`DISTILLED_MAX_STEPS`] steps with guidance off (at most 1.0) on both experts.
+pub fn is_distilled(model: &ModelConfig) -> bool {
+    let d = SamplingDefaults::of(model).defaults;
+    model.preset == PresetChoice::Lightning
+        || (d.steps as usize <= DISTILLED_MAX_STEPS
+            && d.guidance_scale <= 1.0
+            && d.guidance_scale_2 <= 1.0)
+}
+
+/// The variant's step cache and whether it is step-distilled (which refuses one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantCache {
+    pub config: Option<StepCacheConfig>,
+    pub distilled: bool,
+}
+
+impl VariantCache {
+    pub fn of(model: &ModelConfig) -> Self {
+        Self {
+            config: model.cache.step_cache(),
+            distilled: is_distilled(model),
+        }
+    }
+
+    /// The cache of a job with the request's `cache_threshold`: unset = the variant's, 0 = off,
+    /// else the variant's kind (First-Block-Cache when the variant has none) at that threshold.
+    /// A cache on a step-distilled variant is refused in one line.
+    pub fn for_job(
+        &self,
+        requested: Option<f32>,
+    ) -> Result<Option<StepCacheConfig>, GenerateError> {
+        let cache = match requested {
+            None => self.config.clone(),
+            Some(t) if t <= 0.0 => None,
+            Some(t) => Some(StepCacheConfig {
+                policy: self
+                    .config
+                    .as_ref()
+                    .map_or(CachePolicy::FirstBlock, |c| c.policy.clone()),
+                threshold: f64::from(t),
+            }),
+        };
+        if cache.is_some() && self.distilled {
+            return Err(GenerateError::InvalidInput(
+                "cache_threshold: step caching is refused for this step-distilled variant (its few steps are too far apart to reuse) — leave cache_threshold unset or 0".into(),
+            ));
+        }
+        Ok(cache)
     }
 }
 
@@ -283,6 +438,151 @@ mod tests {
         assert_eq!(paths(&experts.transformer), ["high", "both"]);
         assert_eq!(paths(&experts.transformer_2), ["both", "low"]);
         assert!(experts.transformer.iter().all(|s| s.strength == 0.5));
+    }
+
+    fn with_cache(model: ModelConfig, cache: &str) -> Result<ModelConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        let preset = match model.preset {
+            PresetChoice::Base => "base",
+            PresetChoice::Lightning => "lightning",
+        };
+        let text = format!(
+            "[model]\nname = \"{}\"\nbackend = \"wan\"\npreset = \"{preset}\"\n\n[model.sampling]\nsteps = {}\nguidance_scale = {:?}\nguidance_scale_2 = {:?}\n\n[model.cache]\n{cache}\n",
+            model.name, model.sampling.steps, model.sampling.guidance_scale, model.sampling.guidance_scale_2
+        );
+        std::fs::write(&file, text).unwrap();
+        crate::config::WorkerConfig::load(Some(&file), Vec::<(String, String)>::new(), &[])
+            .map(|c| c.model)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_cache_loads_from_toml_with_diffusers_defaults() {
+        let model = with_cache(ModelConfig::default(), "kind = \"first_block\"").unwrap();
+        let cache = VariantCache::of(&model);
+        let config = cache.config.clone().unwrap();
+        assert_eq!(
+            (config.policy, config.threshold),
+            (CachePolicy::FirstBlock, 0.05)
+        );
+        assert!(!cache.distilled);
+        let mag = with_cache(
+            ModelConfig::default(),
+            "kind = \"mag\"\nthreshold = 0.1\nmag_ratios = [1.0, 1.02, 0.99]",
+        )
+        .unwrap();
+        let Some(StepCacheConfig {
+            policy: CachePolicy::Mag(settings),
+            threshold,
+        }) = mag.cache.step_cache()
+        else {
+            panic!("a MagCache config")
+        };
+        assert_eq!(threshold, 0.1);
+        assert_eq!(
+            (settings.max_skip_steps, settings.retention_ratio),
+            (3, 0.2)
+        );
+        assert_eq!(settings.mag_ratios, Some(vec![1.0, 1.02, 0.99]));
+        assert_eq!(
+            VariantCache::of(&ModelConfig::default()).config,
+            None,
+            "off by default"
+        );
+    }
+
+    #[test]
+    fn bad_caches_are_refused_at_load_in_one_line() {
+        for (cache, expected) in [
+            ("kind = \"mag\"", "calibrate = true"),
+            ("kind = \"first_block\"\nthreshold = 1.5", "0.0..=1.0"),
+            ("kind = \"first_block\"\nthreshold = 0.0", "kind = \"off\""),
+            ("kind = \"sometimes\"", "kind"),
+        ] {
+            let err = with_cache(ModelConfig::default(), cache).unwrap_err();
+            assert!(
+                err.contains(expected) && !err.contains('\n'),
+                "{cache}: {err}"
+            );
+        }
+        assert!(with_cache(ModelConfig::default(), "kind = \"mag\"\ncalibrate = true").is_ok());
+    }
+
+    #[test]
+    fn a_cache_on_a_step_distilled_variant_is_refused_at_load() {
+        let err = with_cache(lightning(), "kind = \"first_block\"").unwrap_err();
+        assert!(err.contains("step-distilled"), "{err}");
+        // The base preset turned into a few-step, guidance-off recipe is distilled too.
+        let few_steps = ModelConfig {
+            sampling: SamplingConfig {
+                steps: 6,
+                guidance_scale: 1.0,
+                guidance_scale_2: 1.0,
+                ..SamplingConfig::default()
+            },
+            ..ModelConfig::default()
+        };
+        let err = with_cache(few_steps.clone(), "kind = \"first_block\"").unwrap_err();
+        assert!(err.contains("step-distilled"), "{err}");
+        // Few steps with guidance on, or many steps with guidance off, are not.
+        let guided = ModelConfig {
+            sampling: SamplingConfig {
+                guidance_scale: 0.0,
+                guidance_scale_2: 0.0,
+                ..few_steps.sampling.clone()
+            },
+            ..few_steps.clone()
+        };
+        assert!(with_cache(guided, "kind = \"first_block\"").is_ok());
+        assert!(with_cache(lightning(), "kind = \"off\"").is_ok());
+    }
+
+    #[test]
+    fn a_requests_threshold_overrides_the_variants_and_zero_turns_it_off() {
+        let fbc = |threshold| StepCacheConfig {
+            policy: CachePolicy::FirstBlock,
+            threshold,
+        };
+        let variant = VariantCache {
+            config: Some(fbc(0.05)),
+            distilled: false,
+        };
+        assert_eq!(variant.for_job(None).unwrap(), Some(fbc(0.05)));
+        assert_eq!(variant.for_job(Some(0.0)).unwrap(), None);
+        assert_eq!(variant.for_job(Some(0.25)).unwrap(), Some(fbc(0.25)));
+        let mag = VariantCache {
+            config: Some(StepCacheConfig {
+                policy: CachePolicy::Mag(MagSettings::default()),
+                threshold: 0.06,
+            }),
+            distilled: false,
+        };
+        let job = mag.for_job(Some(0.5)).unwrap().unwrap();
+        assert_eq!(
+            (job.kind_name(), job.threshold),
+            ("mag", 0.5),
+            "the variant's kind"
+        );
+        let uncached = VariantCache::default();
+        assert_eq!(uncached.for_job(None).unwrap(), None);
+        assert_eq!(
+            uncached.for_job(Some(0.1)).unwrap(),
+            Some(fbc(f64::from(0.1f32)))
+        );
+    }
+
+    #[test]
+    fn a_request_for_a_cache_on_a_distilled_variant_is_refused() {
+        let distilled = VariantCache::of(&lightning());
+        assert!(distilled.distilled);
+        let err = distilled.for_job(Some(0.1)).unwrap_err().to_string();
+        assert!(
+            err.contains("cache_threshold") && err.contains("step-distilled"),
+            "{err}"
+        );
+        assert_eq!(distilled.for_job(Some(0.0)).unwrap(), None);
+        assert_eq!(distilled.for_job(None).unwrap(), None);
     }
 
     #[test]
