@@ -28,7 +28,7 @@ lint: deps ## rustfmt and clippy, warnings are errors
 unit: lint fixtures ## fmt, clippy and the library tests without the Kafka/S3 stack — the fast loop
 	@$(ENV) export T2V_FIXTURES=$(FIXTURES) && \
 	  cargo test --workspace --lib --no-fail-fast && \
-	  cargo test -p t2v-proto -p t2v-contract -p t2v-pipeline --test '*' --no-fail-fast
+	  cargo test -p t2v-proto -p t2v-contract -p t2v-pipeline -p t2v-ftfy --test '*' --no-fail-fast
 
 fixtures: deps ## write the diffusers/transformers reference outputs the parity tests compare against (re-run when any parity script changes: they import each other)
 	@$(ENV) mkdir -p $(FIXTURES) && for script in pipeline/parity/*.py; do \

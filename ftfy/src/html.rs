@@ -1,11 +1,19 @@
-//! `html.unescape` as Python's standard library writes it (`html/__init__.py`, HTML5 rules):
-//! numeric references with the WHATWG replacements for invalid code points, and named references
-//! from the full HTML5 table, including the longest-prefix match of the legacy names that may
-//! appear without a `;` (`&ampx` → `&x`, `&notit;` → `¬it;`).
+//! HTML character references, two ways:
+//! - [`unescape`]: Python's `html.unescape` (`html/__init__.py`, HTML5 rules): numeric
+//!   references with the WHATWG replacements for invalid code points, and named references from
+//!   the full HTML5 table, including the longest-prefix match of the legacy names that may appear
+//!   without a `;` (`&ampx` → `&x`, `&notit;` → `¬it;`).
+//! - [`unescape_entities`]: ftfy's `unescape_html`, which only decodes unambiguous references —
+//!   `&name;` with its `;`, numeric ones whose digits run to the `;`, and the all-caps forms of
+//!   lower-case names (`&EACUTE;` → `É`) — so informal text such as `this&not that` survives.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
+
+use regex::Regex;
+
+use crate::tables::UPPERCASE_ENTITIES;
 
 /// The HTML5 table (`html.entities.html5`), generated from Python; see the file's header.
 const ENTITIES_TSV: &str = include_str!("html5_entities.tsv");
@@ -31,6 +39,37 @@ pub fn named_references() -> &'static HashMap<&'static str, String> {
             })
             .collect()
     })
+}
+
+/// ftfy's `unescape_html`: each `&#?[0-9A-Za-z]{1,24};` that is an HTML5 name (or the all-caps
+/// form of a lower-case one) becomes its text; a numeric one becomes what `html.unescape` makes
+/// of it, unless that leaves a `;` behind (the digits stopped early, or the value was `;`).
+pub fn unescape_entities(text: &str) -> String {
+    static ENTITY: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new("&#?[0-9A-Za-z]{1,24};").expect("entity pattern"));
+    static UPPERCASE: LazyLock<HashMap<&'static str, &'static str>> =
+        LazyLock::new(|| UPPERCASE_ENTITIES.iter().copied().collect());
+    if !text.contains('&') {
+        return text.to_string();
+    }
+    ENTITY
+        .replace_all(text, |caps: &regex::Captures<'_>| {
+            let entity = &caps[0];
+            if let Some(replacement) = named_references().get(&entity[1..]) {
+                return replacement.clone();
+            }
+            if let Some(replacement) = UPPERCASE.get(entity) {
+                return replacement.to_string();
+            }
+            if entity.starts_with("&#") {
+                let decoded = unescape(entity);
+                if !decoded.contains(';') {
+                    return decoded.into_owned();
+                }
+            }
+            entity.to_string()
+        })
+        .into_owned()
 }
 
 /// Python's `html.unescape(s)`.
@@ -193,6 +232,30 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(unescape(input), expected, "unescape({input:?})");
+        }
+    }
+
+    #[test]
+    fn ftfy_unescapes_only_unambiguous_references() {
+        // Expected values from ftfy 6.3.1's `unescape_html` (its docstring and test_entities).
+        let cases = [
+            ("&lt;tag&gt;", "<tag>"),
+            ("&Jscr;ohn &HilbertSpace;ancock", "𝒥ohn ℋancock"),
+            ("P&EACUTE;REZ", "PÉREZ"),
+            ("BUNDESSTRA&SZLIG;E", "BUNDESSTRASSE"),
+            ("&ntilde; &Ntilde; &NTILDE; &nTILDE;", "ñ Ñ Ñ &nTILDE;"),
+            ("euro &#x80;", "euro €"),
+            ("not an entity &#20x6;", "not an entity &#20x6;"),
+            ("&#xffff;", ""),
+            ("&#xffffffff;", "\u{fffd}"),
+            ("&#59; &amp &not that", "&#59; &amp &not that"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                unescape_entities(input),
+                expected,
+                "unescape_entities({input:?})"
+            );
         }
     }
 

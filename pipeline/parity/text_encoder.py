@@ -4,7 +4,7 @@ Writes, under ROOT/text_encoder/:
   tokenizer/                 a tiny SentencePiece-unigram T5 tokenizer (pad 0, eos 1, unk 2, NFKC
                              precompiled charsmap, 4 sentinel tokens), saved with save_pretrained
   text_encoder/              a tiny random-weight UMT5EncoderModel (save_pretrained layout, f32)
-  cases.json                 the prompts; prompt_clean() of each (ftfy off, see below); the
+  cases.json                 the prompts; prompt_clean() of each (ftfy on, see below); the
                              reference token ids of raw (uncleaned) strings without padding; the
                              clean-text cases; the HTML5 entity table of Python's `html` module
   embeds.safetensors         for L in (16, 512): ids_L / mask_L (the tokenizer call of
@@ -21,9 +21,10 @@ Writes, under ROOT/text_encoder/:
                              a copy whose first attention output projection is scaled so that
                              fp16 overflows to inf: hidden_16_f16 exercises the inf clamp
 
-ftfy: diffusers runs `ftfy.fix_text` in basic_clean when ftfy is importable. We cannot run ftfy
-in Rust, so the reference is taken with ftfy switched off (`is_ftfy_available` patched to False);
-cases.json also records, for information, the ftfy-on cleaning of every prompt.
+ftfy: diffusers runs `ftfy.fix_text` in basic_clean when ftfy is importable, as Wan's requirements
+have it; the reference runs so (ftfy 6.3.1 must be installed), and so does our prompt_clean
+(t2v-ftfy). Prompts and clean cases include text ftfy changes: curly quotes, ligatures, full-width
+letters, mojibake, C1 controls and terminal escapes.
 
 `make_tiny_text_encoder(dir_root, seed)` is reusable: it writes dir_root/tokenizer/ and
 dir_root/text_encoder/ and returns (tokenizer, model), so a whole tiny WanPipeline directory can
@@ -73,6 +74,7 @@ PROMPTS = [
     "A cat and a dog baking a cake together in a kitchen.",
     "  Tom &amp;amp; Jerry &lt;3\tin   the\n\nrain &#x1F600; &copy  ",
     "Ein Hund läuft über die Straße — ｆｕｌｌｗｉｄｔｈ ﬁsh, “quoted”",
+    "it’s “quiet” — ﬁne ＡＢＣ café, CafÃ© â€œau laitâ€\x9d",
     " . ",
     "A drone shot over snowy mountains at sunrise, cinematic lighting, the quick brown fox "
     "jumps over the lazy dog again and again until the sun sets behind the hills.",
@@ -111,6 +113,11 @@ CLEAN_CASES = [
     "",
     "   ",
     "&nbsp;&#160;&#x3000;",
+    "it’s “quiet” — ﬁne ＡＢＣ café",
+    "CafÃ© crÃ¨me, â€œsmartâ€\x9d quotes, Ð¡Ð¾Ð±Ð°ÐºÐ° and æ—¥æœ¬èªž",
+    "\x1b[1;31mred\x1b[0m \x80\x93C1\x94 \u2028line\r\nbreaks\x00\ufeff",
+    "&amp;\n<b>tag</b>\n&amp; &lt;",
+    "ＬＯＵＤ　ＮＯＩＳＥＳ ｶﾀｶﾅ Ĳssel ǅ",
 ]
 
 SEQ_LENS = (16, 512)
@@ -317,14 +324,10 @@ def main():
 
     tokenizer, model = make_tiny_text_encoder(root, seed=0)
 
-    # The reference prompt path without ftfy (see the module docstring); ftfy-on for information.
-    ftfy_on = [pipeline_wan.prompt_clean(p) for p in PROMPTS + CLEAN_CASES]
-    pipeline_wan.is_ftfy_available = lambda: False
+    # The reference prompt path with ftfy (see the module docstring).
+    assert pipeline_wan.is_ftfy_available(), "install ftfy==6.3.1: the reference cleans prompts with it"
     cleaned = [pipeline_wan.prompt_clean(p) for p in PROMPTS]
     clean_cases = [[s, pipeline_wan.prompt_clean(s)] for s in CLEAN_CASES]
-    for raw, off, on in zip(PROMPTS + CLEAN_CASES, cleaned + [c for _, c in clean_cases], ftfy_on):
-        if off != on:
-            print(f"  ftfy changes {raw!r}: {off!r} -> {on!r}")
 
     pipe = _pipeline(tokenizer, model)
     tensors = {}
@@ -337,7 +340,6 @@ def main():
     cases = {
         "prompts": PROMPTS,
         "cleaned": cleaned,
-        "cleaned_with_ftfy": ftfy_on[: len(PROMPTS)],
         "token_counts": [len(tokenizer(t).input_ids) for t in cleaned],
         "raw_tokenize": [[s, tokenizer(s).input_ids] for s in RAW_TOKENIZE],
         "raw_tokenize_byte_fallback": _byte_fallback_variant(root),

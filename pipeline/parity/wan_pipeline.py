@@ -19,8 +19,8 @@ The model directories are also what the demo and the worker's integration tests 
 `write_tiny_wan_model(dir, two_experts, seed)` writes one, and
 `python pipeline/parity/wan_pipeline.py --model-only DIR [--single-expert]` writes just that.
 
-ftfy: the reference runs with ftfy switched off, as text_encoder.py explains; the prompts are
-plain ASCII, which ftfy leaves alone anyway.
+ftfy: the reference cleans prompts with ftfy, as diffusers does when it is installed (see
+text_encoder.py); the prompts are plain ASCII, which ftfy leaves alone anyway.
 
 Usage: python pipeline/parity/wan_pipeline.py --out ROOT
 """
@@ -192,7 +192,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="with --model-only: weight seed")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pipeline_wan.is_ftfy_available = lambda: False
+    assert pipeline_wan.is_ftfy_available(), "install ftfy==6.3.1: the reference cleans prompts with it"
     if args.model_only:
         write_tiny_wan_model(args.model_only, two_experts=not args.single_expert, seed=args.seed)
         print(f"wrote {args.model_only}")

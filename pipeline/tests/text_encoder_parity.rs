@@ -1,5 +1,6 @@
 //! Parity of the umT5 text encoder and WanPipeline's prompt path with transformers 5.24 /
-//! diffusers 0.42.1, on the fixtures of `pipeline/parity/text_encoder.py` (ftfy off there).
+//! diffusers 0.42.1 (with ftfy 6.3.1, which `prompt_clean` runs first), on the fixtures of
+//! `pipeline/parity/text_encoder.py`.
 //!
 //! Tolerances: f32 hidden states and embeddings rtol 1e-4 / atol 1e-5; bf16 / fp16 at most one
 //! unit in the last place of the output dtype (the same libtorch CPU kernels run both sides);
@@ -75,6 +76,22 @@ fn prompt_clean_matches_diffusers() {
         let (raw, expected) = (case[0].as_str().unwrap(), case[1].as_str().unwrap());
         assert_eq!(prompt::prompt_clean(raw), expected, "prompt_clean({raw:?})");
     }
+}
+
+#[test]
+fn prompts_are_cleaned_with_ftfy_like_diffusers() {
+    let f = fixture();
+    let prompts = f.strings("prompts");
+    let at = prompts
+        .iter()
+        .position(|p| p.starts_with("it’s “quiet”"))
+        .expect("the fixture's prompts include one that ftfy changes");
+    let cleaned = &f.strings("cleaned")[at];
+    assert_eq!(&prompt::prompt_clean(&prompts[at]), cleaned);
+    assert!(
+        cleaned.starts_with("it's \"quiet\" — fine ABC café, Café \"au lait\""),
+        "the reference cleaned without ftfy ({cleaned:?}) — install ftfy==6.3.1 and re-run `make fixtures`"
+    );
 }
 
 #[test]

@@ -4,17 +4,19 @@
 //!
 //! # Layout
 //! - [`prompt_clean`] / [`basic_clean`] / [`whitespace_clean`]: the reference's text cleaning.
-//! - [`html`]: Python's `html.unescape` (HTML5 rules), used twice by [`basic_clean`].
+//! - [`html`]: Python's `html.unescape` (HTML5 rules, from `t2v-ftfy`), used twice by
+//!   [`basic_clean`].
 //! - [`tokenizer`]: `T5Tokenizer` rebuilt from `tokenizer/tokenizer.json` as transformers 5 does.
 //! - [`TextEncoder`]: tokenizer + `UMT5EncoderModel`; `_get_t5_prompt_embeds` and `encode_prompt`.
 //!
 //! # ftfy
-//! diffusers runs `ftfy.fix_text` first when the `ftfy` package is importable. We do not: this is
-//! the reference with ftfy absent. With ftfy present the two differ on text ftfy repairs (curly
-//! quotes, full-width letters, ligatures, C0/C1 controls, mojibake); plain prompts are equal.
+//! diffusers runs `ftfy.fix_text` first when the `ftfy` package is importable, and Wan's
+//! requirements install it; [`basic_clean`] does the same with `t2v_ftfy::fix_text` (ftfy 6.3.1's
+//! default behaviour), so curly quotes, full-width letters, ligatures, stray controls and
+//! mojibake are cleaned exactly as the reference cleans them.
 
-pub mod html;
 pub mod tokenizer;
+pub use t2v_ftfy::html;
 
 use std::path::Path;
 
@@ -31,9 +33,10 @@ pub const MAX_SEQUENCE_LENGTH: usize = 512;
 /// has no built-in negative prompt; Wan's official one lives in its examples.)
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "";
 
-/// `basic_clean` without ftfy: `html.unescape` twice, then Python's `str.strip()`.
+/// `basic_clean`: `ftfy.fix_text`, `html.unescape` twice, then Python's `str.strip()`.
 pub fn basic_clean(text: &str) -> String {
-    let once = html::unescape(text);
+    let fixed = t2v_ftfy::fix_text(text);
+    let once = html::unescape(&fixed);
     let twice = html::unescape(&once);
     py_strip(&twice).to_string()
 }
@@ -194,11 +197,16 @@ mod tests {
 
     #[test]
     fn cleans_like_the_reference() {
-        // Expected values from diffusers' prompt_clean with ftfy off.
+        // Expected values from diffusers' prompt_clean with ftfy 6.3.1 installed.
         assert_eq!(prompt_clean("  a\t\tb\n c  "), "a b c");
         assert_eq!(prompt_clean("Tom &amp;amp; Jerry &lt;3"), "Tom & Jerry <3");
-        assert_eq!(prompt_clean("\u{1c} x\u{1c}y \u{1f}"), "x\u{1c}y");
+        assert_eq!(prompt_clean("\u{1c} x\u{1c}y \u{1f}"), "xy");
         assert_eq!(prompt_clean("x\u{3000}\u{a0}\u{200b}y"), "x \u{200b}y");
         assert_eq!(prompt_clean("&nbsp;"), "");
+        assert_eq!(
+            prompt_clean("it’s “quiet” — ﬁne ＡＢＣ café"),
+            "it's \"quiet\" — fine ABC café"
+        );
+        assert_eq!(prompt_clean("CafÃ© â€œau laitâ€\u{9d}"), "Café \"au lait\"");
     }
 }
