@@ -75,6 +75,9 @@ bench-gpu: deps ## on a GPU host: bf16 tiny-config check vs the f32 reference, t
 	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so "$$CARGO_TARGET_DIR/release/examples/bench_transformer" --runs 4 --sizes $$size; \
 	  done
 
+bench-step-cache: deps ## on a GPU host (H200: one A14B-shaped expert, 720p 81 frames): one forward computed vs skipped by First-Block-Cache / MagCache, and a 6-step CFG loop without and with First-Block-Cache (forwards skipped)
+	@$(ENV) cargo run -q --release -p t2v-pipeline --example bench_step_cache -- --runs 3 --steps 6
+
 gpu-check: deps fixtures ## on a GPU host: doctor on device=cuda, a preflight refusal, a genuine CUDA OOM (one line with settings that fit), a normal generate with the NVML peak
 	@$(ENV) cargo build --release -p t2v-worker && bash scripts/gpu_worker_check.sh
 
