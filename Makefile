@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu chaos soak checkpoint-write sim schemas gpu-check
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -74,6 +74,11 @@ bench-gpu: deps ## on a GPU host: bf16 tiny-config check vs the f32 reference, t
 	    python pipeline/bench/bench_transformer.py --runs 4 --sizes $$size; \
 	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so "$$CARGO_TARGET_DIR/release/examples/bench_transformer" --runs 4 --sizes $$size; \
 	  done
+
+bench-fast: deps ## on a GPU host: FP8 vs bf16 forward, 4-step distilled end to end, FP8 PSNR and 480p peak, base steps, LoRA load+fuse — ours and diffusers, A14B-shaped random weights; stages of < 10 min each: BENCH_FAST_STAGES=prep,profile,forward,lora,lightning,fp8-720p,psnr-480p,base,diffusers-lightning,diffusers-base,table (default all)
+	@$(ENV) cargo build -q --release -p t2v-pipeline --example bench_fast && \
+	  python pipeline/bench/cuda_peak_memory.py --build build/gpu && \
+	  python pipeline/bench/bench_fast.py --out build/bench-fast --run $(or $(BENCH_FAST_STAGES),all)
 
 bench-step-cache: deps ## on a GPU host (H200: one A14B-shaped expert, 720p 81 frames): one forward computed vs skipped by First-Block-Cache / MagCache, and a 6-step CFG loop without and with First-Block-Cache (forwards skipped)
 	@$(ENV) cargo run -q --release -p t2v-pipeline --example bench_step_cache -- --runs 3 --steps 6
