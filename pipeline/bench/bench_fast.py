@@ -192,6 +192,15 @@ def diffusers_run(args, lightning):
         return out
 
     pipe.vae.decode = timed_decode
+    encode = pipe.encode_prompt
+
+    def timed_encode(*a, **k):
+        out = encode(*a, **k)
+        torch.cuda.synchronize()
+        marks["last"] = marks["encode_end"] = time.perf_counter()
+        return out
+
+    pipe.encode_prompt = timed_encode
     torch.cuda.synchronize()
     marks["start"] = time.perf_counter()
     with torch.no_grad():
@@ -202,8 +211,8 @@ def diffusers_run(args, lightning):
     total = time.perf_counter() - marks["start"]
     decode_s = marks["decode_end"] - marks["decode"]
     step = sum(times) / len(times)
-    # The first step's time includes encode_prompt: take it from the rest.
-    text = total - decode_s - sum(times)
+    # Steps are timed from the end of encode_prompt; the rest before them is the text phase.
+    text = marks["encode_end"] - marks["start"]
     prefix = "diffusers_lightning" if lightning else "diffusers_base"
     print(f"diffusers: total {total:.2f} s, {step:.3f} s/step, decode {decode_s:.2f} s, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
