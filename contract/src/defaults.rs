@@ -35,3 +35,30 @@ pub const WAN22_T2V_A14B: ModelDefaults = ModelDefaults {
 /// Guidance of single-expert Wan models (Wan2.1, diffusers' `WanPipeline` default), used when a
 /// model directory has one transformer and the request leaves guidance unset.
 pub const SINGLE_EXPERT_GUIDANCE: f32 = 5.0;
+
+/// Wan2.2 I2V-A14B (Wan-Video/Wan2.2 `wan/configs/wan_i2v_A14B.py`: 40 sampling steps, guidance
+/// 3.5 for both experts, 81 frames at 16 fps, boundary 0.900; 832×480 is its published 480P size
+/// and diffusers' `WanImageToVideoPipeline` default). A request that leaves the size unset takes
+/// the image's aspect ratio at `width × height` pixels.
+pub const WAN22_I2V_A14B: ModelDefaults = ModelDefaults {
+    width: 832,
+    height: 480,
+    num_frames: 81,
+    fps: 16,
+    steps: 40,
+    guidance_scale: 3.5,
+    guidance_scale_2: 3.5,
+};
+
+/// Wan2.2 TI2V-5B, text-to-video and text+image-to-video (Wan-Video/Wan2.2
+/// `wan/configs/wan_ti2v_5B.py`: 50 sampling steps, guidance 5.0, 121 frames at 24 fps,
+/// 1280×704). One expert: `guidance_scale_2` is not used.
+pub const WAN22_TI2V_5B: ModelDefaults = ModelDefaults {
+    width: 1280,
+    height: 704,
+    num_frames: 121,
+    fps: 24,
+    steps: 50,
+    guidance_scale: 5.0,
+    guidance_scale_2: 5.0,
+};

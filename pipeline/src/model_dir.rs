@@ -22,11 +22,18 @@ use serde::Deserialize;
 use crate::error::{PipelineError, Result};
 use crate::loader;
 
+mod kind;
+
+pub use kind::{ModelKind, I2V_MASK_CHANNELS};
+
 /// File name of the pipeline index at the directory's root.
 pub const MODEL_INDEX: &str = "model_index.json";
 
-/// The pipeline class this crate runs (T2V-A14B, TI2V-5B and Wan2.1 T2V all use it).
+/// The text-to-video pipeline class (T2V-A14B, TI2V-5B and Wan2.1 T2V ship with it).
 pub const PIPELINE_CLASS: &str = "WanPipeline";
+
+/// The image-to-video pipeline class (Wan2.2 I2V-A14B ships with it; TI2V-5B may be saved so).
+pub const I2V_PIPELINE_CLASS: &str = "WanImageToVideoPipeline";
 
 /// A component folder of a `WanPipeline` directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,6 +129,12 @@ struct RawIndex {
     vae: Entry,
     #[serde(default)]
     scheduler: Entry,
+    /// CLIP image encoder of Wan2.1 I2V (`WanImageToVideoPipeline`); must be null.
+    #[serde(default)]
+    image_encoder: Entry,
+    #[serde(default)]
+    #[serde(rename = "image_processor")]
+    _image_processor: Entry,
 }
 
 /// A parsed `WanPipeline` model directory.
@@ -149,13 +162,18 @@ impl ModelDir {
         // The class first: another pipeline's extra components would otherwise be reported as
         // unknown fields, which hides the real cause.
         let class = value.get("_class_name").and_then(|c| c.as_str());
-        if class != Some(PIPELINE_CLASS) {
+        if class != Some(PIPELINE_CLASS) && class != Some(I2V_PIPELINE_CLASS) {
             return Err(config_error(format!(
-                "_class_name is {class:?}; only {PIPELINE_CLASS:?} (text-to-video) directories are supported"
+                "_class_name is {class:?}; only {PIPELINE_CLASS:?} and {I2V_PIPELINE_CLASS:?} (Wan T2V, I2V-A14B, TI2V-5B) directories are supported"
             )));
         }
         let raw: RawIndex =
             serde_json::from_value(value).map_err(|e| config_error(e.to_string()))?;
+        if matches!(&raw.image_encoder, Some([Some(_), Some(_)])) {
+            return Err(config_error(
+                "image_encoder is set: a Wan2.1 I2V checkpoint (CLIP image embeddings) is not supported; use Wan2.2 I2V-A14B or TI2V-5B".into(),
+            ));
+        }
         let mut components: [Option<ComponentClass>; 6] = Default::default();
         let entries = [
             raw.transformer,
@@ -434,8 +452,8 @@ mod tests {
     fn inconsistent_indexes_are_config_errors() {
         let cases = [
             (
-                A14B_INDEX.replace("WanPipeline", "WanImageToVideoPipeline"),
-                "WanImageToVideoPipeline",
+                A14B_INDEX.replace("WanPipeline", "WanVACEPipeline"),
+                "WanVACEPipeline",
             ),
             (
                 A14B_INDEX.replace(

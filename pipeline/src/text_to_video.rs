@@ -36,15 +36,18 @@ use crate::memory::{
     estimate, EstimateRequest, ExpertPlacement, MemoryEstimate, MemoryPolicy, ModelConfigs,
     ParkedWeights,
 };
-use crate::model_dir::{Component, ModelDir};
+use crate::model_dir::{Component, ModelDir, ModelKind};
 use crate::scheduler::{SamplerKind, Scheduler, SchedulerConfig};
 use crate::wan::prompt::{T5Tokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
 use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
 use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
 use crate::wan::{fp8, WanTransformer3DModel};
 
+pub mod conditioning;
 mod parallel;
 mod random;
+
+use conditioning::{Conditioned, LatentCondition, VideoSize};
 
 pub use parallel::ParallelRun;
 
@@ -195,6 +198,8 @@ struct Expert {
 struct OnDemand<'a> {
     expert: &'a Expert,
     other: Option<&'a Expert>,
+    /// The request's image conditioning, added to every forward's input.
+    condition: Option<&'a LatentCondition>,
 }
 
 impl OnDemand<'_> {
@@ -219,7 +224,13 @@ impl NoisePredictor for OnDemand<'_> {
 
     fn predict(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
         self.make_resident()?;
-        self.expert.model.forward(latents, timestep, text)
+        match self.condition {
+            None => self.expert.model.forward(latents, timestep, text),
+            Some(condition) => {
+                let (input, timestep) = condition.model_input(latents, timestep)?;
+                self.expert.model.forward(&input, &timestep, text)
+            }
+        }
     }
 }
 
@@ -232,13 +243,21 @@ impl crate::step_cache::CachePredictor for OnDemand<'_> {
         cache: &mut crate::step_cache::BranchCache<'_>,
     ) -> Result<Tensor> {
         self.make_resident()?;
-        self.expert.model.forward_cached(latents, timestep, text, cache)
+        match self.condition {
+            None => self.expert.model.forward_cached(latents, timestep, text, cache),
+            Some(condition) => {
+                let (input, timestep) = condition.model_input(latents, timestep)?;
+                self.expert.model.forward_cached(&input, &timestep, text, cache)
+            }
+        }
     }
 }
 
 /// A loaded text-to-video Wan pipeline.
 pub struct WanT2V {
     model_dir: ModelDir,
+    /// What the directory is (text-, image- or text+image-to-video), checked against requests.
+    kind: ModelKind,
     options: LoadOptions,
     /// Always `Some` between calls (taken while the sequence length is set for a request).
     text: Option<TextEncoder>,
@@ -335,6 +354,7 @@ impl WanT2V {
         }
         Ok(Self {
             model_dir,
+            kind,
             options,
             text: Some(text),
             text_weights,
@@ -348,6 +368,27 @@ impl WanT2V {
 
     pub fn model_dir(&self) -> &ModelDir {
         &self.model_dir
+    }
+
+    /// The VAE (its encoder conditions image-to-video requests, its decoder makes the frames).
+    pub fn vae(&self) -> &AutoencoderKLWan {
+        &self.vae
+    }
+
+    /// What the loaded model is, and so whether requests need, may or must not carry an image.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// The frame size `(width, height)` for `image` when a request leaves it to the model:
+    /// the image's aspect ratio at the model's default area, in whole latent patches
+    /// ([`crate::image::size_for_image`]).
+    pub fn size_for_image(&self, image: &crate::image::ConditionImage) -> (i64, i64) {
+        let defaults = self.kind.defaults();
+        let (_, spatial) = self.vae_scale_factors();
+        let multiple = spatial * self.high.model.config().patch_size[1];
+        let area = i64::from(defaults.width) * i64::from(defaults.height);
+        crate::image::size_for_image(image, area, multiple)
     }
 
     pub fn options(&self) -> &LoadOptions {
@@ -393,7 +434,9 @@ impl WanT2V {
     /// `WanPipeline.check_inputs` and the adjustments `__call__` makes before encoding.
     pub fn resolve(&self, params: &GenerationParams) -> Result<ResolvedParams> {
         let mut warnings = Vec::new();
-        // 1. check_inputs: sizes divisible by 16; guidance_scale_2 only with a boundary
+        // 1. check_inputs: sizes divisible by 16; guidance_scale_2 only with a boundary; an
+        //    image exactly when the model takes one
+        self.kind.check_request(params.image.is_some())?;
         self.check_inputs(params)?;
         // 2. frames: `num_frames − 1` divisible by the VAE's temporal factor
         let num_frames = self.round_num_frames(params.num_frames, &mut warnings);
@@ -411,7 +454,8 @@ impl WanT2V {
             num_frames,
             latent_shape: [
                 1,
-                self.high.model.config().in_channels,
+                // the noise's channels: the transformer's output (its input adds the image's)
+                self.high.model.config().out_channels(),
                 (num_frames - 1) / temporal + 1,
                 height / spatial,
                 width / spatial,
@@ -628,6 +672,8 @@ impl WanT2V {
         // 4. initial noise from the seed, or the saved latents and scheduler state
         let (latents, start_step) = initial_latents(scheduler.as_mut(), params, &resolved, resume)?;
         let latents = latents.f_to_device(device)?;
+        // 4b. the image's latents and mask (image-to-video models)
+        let condition = self.prepare_condition(params, &resolved).map_err(out_of_memory)?;
 
         // 5. denoising loop
         let denoise_start = Instant::now();
@@ -643,8 +689,18 @@ impl WanT2V {
             do_cfg,
             self.parallel.is_some(),
         )?;
-        let latents =
-            self.denoise_latents(scheduler.as_mut(), &resolved, input, cache.as_ref(), on_step)?;
+        let latents = self.denoise_latents(
+            scheduler.as_mut(),
+            &resolved,
+            input,
+            condition.as_ref(),
+            cache.as_ref(),
+            on_step,
+        )?;
+        let latents = match &condition {
+            Some(condition) => condition.final_latents(latents)?,
+            None => latents,
+        };
         let step_cache = cache.map(crate::step_cache::finish_run);
         drop((prompt_embeds, negative_embeds));
         synchronize(device);
@@ -671,6 +727,24 @@ impl WanT2V {
         })
     }
 
+    /// Step 4b of [`Self::generate_with`]: `prepare_latents`' image conditioning, when the
+    /// request has an image ([`Self::resolve`] checked that the model takes one).
+    fn prepare_condition(
+        &self,
+        params: &GenerationParams,
+        resolved: &ResolvedParams,
+    ) -> Result<Option<LatentCondition>> {
+        let Some(image) = &params.image else {
+            return Ok(None);
+        };
+        let size = VideoSize {
+            width: resolved.width,
+            height: resolved.height,
+            num_frames: resolved.num_frames,
+        };
+        LatentCondition::prepare(self.kind, &self.vae, image, size, self.options.device)
+    }
+
     /// Step 5 of [`Self::generate_with`]: the denoising loop over the experts (fetched on
     /// demand), then — even after a failure — no expert left on the device when swapping.
     fn denoise_latents(
@@ -678,16 +752,19 @@ impl WanT2V {
         scheduler: &mut dyn Scheduler,
         resolved: &ResolvedParams,
         input: DenoiseInput<'_>,
+        condition: Option<&LatentCondition>,
         cache: Option<&std::cell::RefCell<crate::step_cache::StepCache>>,
         on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
     ) -> Result<Tensor> {
         let high = OnDemand {
             expert: &self.high,
             other: self.low.as_ref(),
+            condition,
         };
         let low = self.low.as_ref().map(|low| OnDemand {
             expert: low,
             other: Some(&self.high),
+            condition,
         });
         let experts = Experts {
             high: &high,

@@ -6,7 +6,7 @@
 
 use tch::{Device, Tensor};
 
-use super::{OnDemand, WanT2V};
+use super::{Conditioned, OnDemand, WanT2V};
 use crate::denoise::{
     denoise, DenoiseInput, DenoiseSettings, Expert as ExpertId, Experts, StepControl, StepEnd,
 };
@@ -105,6 +105,7 @@ impl WanT2V {
         on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
     ) -> Result<Tensor> {
         let models = RankModels::for_ranks(&run.plan, &self.home_models()?, &run.replicas)?;
+        let condition = high.condition;
         let prepare_high = || high.make_resident();
         let prepare_low = low.map(|low| move || low.make_resident());
         run_ranks(&run.plan, models, |pool| {
@@ -112,11 +113,28 @@ impl WanT2V {
             let low = prepare_low
                 .as_ref()
                 .map(|prepare| pool.expert(ExpertId::Low, Some(prepare)));
-            let experts = Experts {
-                high: &high,
-                low: low.as_ref(),
-            };
-            denoise(&experts, scheduler, settings, input, on_step)
+            match condition {
+                None => {
+                    let experts = Experts {
+                        high: &high,
+                        low: low.as_ref(),
+                    };
+                    denoise(&experts, scheduler, settings, input, on_step)
+                }
+                // the ranks see the conditioned input; the loop the plain latents
+                Some(condition) => {
+                    let high = Conditioned {
+                        inner: &high,
+                        condition,
+                    };
+                    let low = low.as_ref().map(|inner| Conditioned { inner, condition });
+                    let experts = Experts {
+                        high: &high,
+                        low: low.as_ref(),
+                    };
+                    denoise(&experts, scheduler, settings, input, on_step)
+                }
+            }
         })?
     }
 

@@ -24,6 +24,7 @@ impl WanT2V {
     /// the memory policy is applied as [`Self::load`] does.
     pub fn random(model_dir: impl AsRef<Path>, options: LoadOptions, seed: i64) -> Result<Self> {
         let model_dir = ModelDir::open(model_dir)?;
+        let kind = model_dir.kind()?;
         let (device, dtype) = (options.device, options.dtype);
         let policy = options.memory;
         let swap = policy.experts == ExpertPlacement::SwapExperts;
@@ -89,6 +90,7 @@ impl WanT2V {
         }
         Ok(Self {
             model_dir,
+            kind,
             options,
             text: Some(TextEncoder::new(tokenizer, text_model)),
             text_weights,

@@ -53,7 +53,8 @@ pub struct TransformerConfig {
     /// Must be `rms_norm_across_heads`.
     pub qk_norm: Option<String>,
     pub eps: f64,
-    /// Image-embedding width of the I2V/FLF2V models; must be null (text-to-video only).
+    /// Image-embedding width of the Wan2.1 I2V/FLF2V models (CLIP); must be null (Wan2.2
+    /// I2V-A14B conditions through its 36 input channels instead).
     pub image_dim: Option<i64>,
     /// Width of the I2V image key/value projections; must be null.
     pub added_kv_proj_dim: Option<i64>,
@@ -148,7 +149,7 @@ impl TransformerConfig {
         }
         if let Some(dim) = self.image_dim {
             return Err(format!(
-                "image_dim = {dim} (an image-to-video checkpoint) is not supported; use a text-to-video (T2V or TI2V) checkpoint"
+                "image_dim = {dim} (Wan2.1 I2V, CLIP image embeddings) is not supported; use Wan2.2 T2V-A14B, I2V-A14B or TI2V-5B"
             ).into());
         }
         if let Some(dim) = self.added_kv_proj_dim {

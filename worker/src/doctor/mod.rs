@@ -255,11 +255,7 @@ fn model(cfg: &WorkerConfig) -> Finding {
             "model.dir is empty — point it at a diffusers-format Wan2.2 checkpoint",
         )
     } else if missing.is_empty() {
-        finding(
-            "model",
-            true,
-            format!("{} looks like a diffusers checkpoint", cfg.model.dir),
-        )
+        model_kind(&cfg.model.dir)
     } else {
         finding(
             "model",
@@ -270,6 +266,16 @@ fn model(cfg: &WorkerConfig) -> Finding {
                 missing.join(", ")
             ),
         )
+    }
+}
+
+/// What a complete-looking model directory is (e.g. "Wan2.2 I2V-A14B (two experts,
+/// image-to-video)"), or why its index and configs fit no Wan pipeline.
+fn model_kind(dir: &str) -> Finding {
+    let kind = t2v_pipeline::model_dir::ModelDir::open(dir).and_then(|model| model.kind());
+    match kind {
+        Ok(kind) => finding("model", true, format!("{dir} is {kind}")),
+        Err(e) => finding("model", false, format!("{dir}: {e}")),
     }
 }
 

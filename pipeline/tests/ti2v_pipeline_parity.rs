@@ -1,0 +1,136 @@
+//! Wan2.2 TI2V-5B's two modes against diffusers on the CPU in f32, over the tiny TI2V-shaped
+//! directory `pipeline/parity/ti2v_pipeline.py` writes (one expert with one timestep per token,
+//! the Wan2.2 VAE with 48 latent channels): text-to-video (`WanPipeline`) and
+//! text+image-to-video (`WanImageToVideoPipeline` on the same directory, the 61×37 test image
+//! stretched to 96×64).
+//!
+//! Tolerances: frames (in [0, 1]) within 1e-3 absolute, the acceptance bar; the image's latent
+//! and the final latents within 1e-4.
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::{assert_close, fixture, load_tensors};
+use t2v_pipeline::denoise::StepControl;
+use t2v_pipeline::image::decode_condition_image;
+use t2v_pipeline::model_dir::ModelKind;
+use t2v_pipeline::text_to_video::conditioning::{LatentCondition, VideoSize};
+use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
+use tch::{Device, Kind, Tensor};
+
+static SEED_LOCK: Mutex<()> = Mutex::new(());
+
+const FRAMES_ATOL: f64 = 1e-3;
+
+fn model_dir() -> std::path::PathBuf {
+    fixture("ti2v_pipeline").join("model")
+}
+
+fn reference(name: &str) -> (serde_json::Value, std::collections::HashMap<String, Tensor>) {
+    let dir = model_dir();
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("settings");
+    let tensors = load_tensors(&dir.join(format!("{name}.safetensors")));
+    (serde_json::from_str(&text).unwrap(), tensors)
+}
+
+fn params(s: &serde_json::Value) -> GenerationParams {
+    let int = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("settings.{k}"));
+    GenerationParams {
+        prompt: s["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: s["negative_prompt"].as_str().map(str::to_string),
+        width: int("width"),
+        height: int("height"),
+        num_frames: int("num_frames"),
+        num_inference_steps: int("num_inference_steps") as usize,
+        guidance_scale: s["guidance_scale"].as_f64().unwrap(),
+        guidance_scale_2: None,
+        seed: Some(int("seed") as u64),
+        ..GenerationParams::default()
+    }
+}
+
+fn load() -> WanT2V {
+    let pipe = WanT2V::load(model_dir(), LoadOptions::new(Device::Cpu, Kind::Float))
+        .unwrap_or_else(|e| panic!("load: {e}"));
+    assert_eq!(pipe.kind(), ModelKind::TextImageToVideo);
+    pipe
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Runs `params` and compares the final latents and the frames with `reference`.
+fn check_run(
+    mode: &str,
+    pipe: &mut WanT2V,
+    params: &GenerationParams,
+    reference: &std::collections::HashMap<String, Tensor>,
+) {
+    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last_latents = None;
+    let output = pipe
+        .generate(params, &mut |step| {
+            last_latents = Some(step.latents.copy());
+            StepControl::Continue
+        })
+        .unwrap_or_else(|e| panic!("generate: {e}"));
+    assert_close(
+        &format!("{mode} latents"),
+        &last_latents.unwrap(),
+        &reference["latents"],
+        1e-4,
+        1e-4,
+    );
+    let diff = max_abs(&output.frames, &reference["frames"]);
+    println!("TI2V {mode} frames: max |ours − diffusers| = {diff:.3e}");
+    assert!(diff <= FRAMES_ATOL, "{mode} frames differ by {diff}");
+}
+
+#[test]
+fn text_to_video_matches_diffusers() {
+    let (settings, reference) = reference("t2v");
+    let mut pipe = load();
+    check_run("t2v", &mut pipe, &params(&settings), &reference);
+}
+
+#[test]
+fn text_and_image_to_video_matches_diffusers() {
+    let (settings, reference) = reference("i2v");
+    let mut pipe = load();
+    let bytes = std::fs::read(fixture("ti2v_pipeline").join("image.png")).unwrap();
+    let image = decode_condition_image(&bytes).unwrap();
+    let params = GenerationParams {
+        image: Some(image.clone()),
+        ..params(&settings)
+    };
+    let resolved = pipe.resolve(&params).unwrap();
+    let condition = LatentCondition::prepare(
+        pipe.kind(),
+        pipe.vae(),
+        &image,
+        VideoSize {
+            width: resolved.width,
+            height: resolved.height,
+            num_frames: resolved.num_frames,
+        },
+        Device::Cpu,
+    )
+    .unwrap()
+    .expect("TI2V conditions on an image");
+    match &condition {
+        LatentCondition::FirstFrame { condition, .. } => assert_close(
+            "image latent",
+            condition,
+            &reference["condition"],
+            1e-4,
+            1e-4,
+        ),
+        other => panic!("expected a first-frame condition, got {other:?}"),
+    }
+    check_run("i2v", &mut pipe, &params, &reference);
+}
