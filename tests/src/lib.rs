@@ -11,6 +11,8 @@
 //! - [`worker`]: [`WorkerSetup`] and [`WorkerProcess`] (`t2v-worker run` on fresh topics),
 //!   [`synthetic_request`], and the tiny model of `make fixtures` with its `generate` output.
 //! - [`s3`]: the stack's bucket — listing and getting objects — and [`S3Outage`].
+//! - [`images`]: conditioning images for requests (PNGs of known colours, a GIF), putting them
+//!   in the bucket, and the first frame of a stored video.
 //! - [`chaos`]: the fault-injection suite of `make chaos` and `tests/chaos_bounded.rs`.
 //! - `tests/*.rs`: one binary per behaviour (`producer_cli.rs`: the `t2v` CLI and `Submitter`;
 //!   `worker_*.rs`: `t2v-worker`; `storage_backends.rs`: its `Storage` on each cloud backend).
@@ -19,11 +21,13 @@
 
 pub mod chaos;
 pub mod gateway;
+pub mod images;
 pub mod kafka;
 pub mod s3;
 pub mod stack;
 pub mod worker;
 
+pub use images::*;
 pub use kafka::*;
 pub use s3::*;
 pub use stack::*;

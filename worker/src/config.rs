@@ -128,12 +128,20 @@ pub struct StorageConfig {
     /// `abfs://`, `abfss://`) or `file:///absolute/dir`; endpoint and credentials from the
     /// `AWS_*`, `GOOGLE_*` or `AZURE_*` environment. Outputs land under `<prefix>/<job_id>/`.
     pub url: String,
+    /// Where requests' conditioning images may be read from (`image.uri`), as URI prefixes:
+    /// `s3://bucket/dir/`, `gs://…`, `az://…` (read with the same credentials as `url`) or
+    /// `file:///absolute/dir/` (local files under that directory, symlinks resolved). A URI
+    /// under none of them is refused with INVALID_ARGUMENT before anything is read. Empty (the
+    /// default) = no image URIs at all: images come inline (at most 48 KiB). Env:
+    /// comma-separated, `T2V_STORAGE__IMAGE_URI_PREFIXES=s3://t2v-inputs/,file:///srv/images/`.
+    pub image_uri_prefixes: Vec<String>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             url: "file:///tmp/t2v-outputs".into(),
+            image_uri_prefixes: Vec::new(),
         }
     }
 }
@@ -165,6 +173,10 @@ pub struct ModelConfig {
     /// Synthetic backend only, fault injection: after this many jobs every generation fails
     /// with an internal error, as after a CUDA error that poisoned the context. 0 = never.
     pub synthetic_fail_after_jobs: u32,
+    /// Synthetic backend only: the kind of model it pretends to be — `text_image_to_video`
+    /// (default: requests with and without an image), `text_to_video` (an image is refused)
+    /// or `image_to_video` (a request without an image is refused).
+    pub synthetic_kind: crate::generate::ModelKind,
     /// Wan backend: `cpu`, `cuda`, or `auto` (CUDA when available, else the CPU).
     pub device: DeviceChoice,
     /// Wan backend: weight dtype; `auto` = bf16 on CUDA, f32 on the CPU. The VAE stays in f32.
@@ -376,6 +388,7 @@ impl Default for ModelConfig {
             synthetic_step_ms: 0,
             synthetic_hang_marker: String::new(),
             synthetic_fail_after_jobs: 0,
+            synthetic_kind: crate::generate::ModelKind::default(),
             device: DeviceChoice::Auto,
             dtype: DtypeChoice::Auto,
             memory_policy: MemoryPolicyChoice::Resident,
@@ -547,7 +560,11 @@ impl Default for TelemetryConfig {
 }
 
 /// Keys whose env and flag values are comma-separated lists.
-const LIST_KEYS: [&str; 2] = ["kafka.requests_topics", LORAS_KEY];
+const LIST_KEYS: [&str; 3] = [
+    "kafka.requests_topics",
+    LORAS_KEY,
+    "storage.image_uri_prefixes",
+];
 
 /// The list key whose items are `expert:strength:file` LoRA entries ([`LoraConfig::parse_env`]).
 const LORAS_KEY: &str = "model.loras";
@@ -687,7 +704,13 @@ impl WorkerConfig {
     fn validate_storage(&self) -> Result<(), ConfigError> {
         crate::storage::check_url(&self.storage.url).map_err(|reason| {
             ConfigError::Invalid(format!("storage.url {:?}: {reason}", self.storage.url))
-        })
+        })?;
+        for prefix in &self.storage.image_uri_prefixes {
+            crate::job::image::check_prefix(prefix).map_err(|reason| {
+                ConfigError::Invalid(format!("storage.image_uri_prefixes {prefix:?}: {reason}"))
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -224,6 +224,10 @@ fn job_spec(args: &GenerateArgs, defaults: ModelDefaults) -> JobSpec {
             Some(SamplerArg::Euler) => Sampler::FlowEuler,
         },
         seed: args.seed.unwrap_or_else(|| rand::random::<u64>() >> 1),
+        cache_threshold: None,
+        image_reference: None,
+        size_from_image: false,
+        image: None,
     }
 }
 

@@ -69,6 +69,20 @@ fn object_store_retry() -> RetryConfig {
     }
 }
 
+/// What [`Storage::get_at_most`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectRead {
+    Found(Bytes),
+    Missing,
+    /// Larger than the limit: `size` is what the store announced, or what had arrived when the
+    /// read stopped.
+    TooLarge {
+        size: u64,
+    },
+    /// The credentials may not read it; the store's words.
+    Denied(String),
+}
+
 /// A storage failure, sorted by what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -465,6 +479,47 @@ impl Storage {
         }
     }
 
+    /// The object's bytes when it holds at most `limit` bytes. The size is checked from the
+    /// object's metadata before the body is read and again while reading (a server that
+    /// sends more than it announced is cut off), so at most `limit` bytes are ever buffered.
+    /// Outages are retried like [`Storage::get`]; what retrying cannot change — a missing
+    /// object, refused credentials, an object too large — comes back as an [`ObjectRead`].
+    pub async fn get_at_most(&self, path: &Path, limit: u64) -> Result<ObjectRead, StorageError> {
+        let attempt = || async {
+            let found = self.store.get(path).await?;
+            if found.meta.size > limit {
+                return Ok(ObjectRead::TooLarge {
+                    size: found.meta.size,
+                });
+            }
+            let mut body = bytes::BytesMut::with_capacity(found.meta.size as usize);
+            let mut chunks = found.into_stream();
+            while let Some(chunk) = chunks.try_next().await? {
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Ok(ObjectRead::TooLarge {
+                        size: (body.len() + chunk.len()) as u64,
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(ObjectRead::Found(body.freeze()))
+        };
+        match attempt
+            .retry(self.retry)
+            .when(is_transient)
+            .notify(|e, delay| tracing::warn!(%path, error = %e, ?delay, "object store read failed; retrying"))
+            .await
+        {
+            Ok(read) => Ok(read),
+            Err(object_store::Error::NotFound { .. }) => Ok(ObjectRead::Missing),
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => Ok(ObjectRead::Denied(e.to_string())),
+            Err(e) => Err(self.unavailable(path, e)),
+        }
+    }
+
     /// Deletes an object; a missing object is fine.
     pub async fn delete(&self, path: &Path) -> Result<(), StorageError> {
         let attempt = || async { self.store.delete(path).await };
@@ -655,6 +710,33 @@ mod tests {
         assert_eq!(
             t2v_contract::sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[tokio::test]
+    async fn bounded_reads_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let storage = Storage::from_url(&url, &JobsConfig::default()).unwrap();
+        let key = storage.path("image.png");
+        storage
+            .put(&key, Bytes::from(vec![7u8; 100]), "image/png", false)
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.get_at_most(&key, 100).await.unwrap(),
+            ObjectRead::Found(Bytes::from(vec![7u8; 100]))
+        );
+        assert_eq!(
+            storage.get_at_most(&key, 99).await.unwrap(),
+            ObjectRead::TooLarge { size: 100 }
+        );
+        assert_eq!(
+            storage
+                .get_at_most(&storage.path("none.png"), 99)
+                .await
+                .unwrap(),
+            ObjectRead::Missing
         );
     }
 

@@ -14,6 +14,7 @@
 //! What a checkpoint is and when it resumes a job lives in [`crate::job::checkpoints`].
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use t2v_contract::ModelDefaults;
@@ -29,6 +30,7 @@ pub mod variant;
 pub mod wan;
 
 pub use synthetic::SyntheticGenerator;
+pub use t2v_pipeline::image::ConditionImage;
 pub use thread::{GeneratorThread, Loaded};
 pub use wan::WanGenerator;
 
@@ -48,6 +50,28 @@ pub struct JobSpec {
     pub shift: Option<f32>,
     pub sampler: Sampler,
     pub seed: u64,
+    /// The request's step-cache threshold (unset = the variant's setting).
+    pub cache_threshold: Option<f32>,
+    /// What the request's image is, as the request digest names it: the URI, or
+    /// `inline sha256:<hex>`; `None` = text-to-video.
+    pub image_reference: Option<String>,
+    /// The width and height come from the image (the request left both unset): the digest
+    /// says so instead of naming the numbers, which depend on the image's pixels.
+    pub size_from_image: bool,
+    /// The conditioning image the worker read and decoded before any GPU work.
+    pub image: Option<JobImage>,
+}
+
+/// A request's conditioning image after the worker read and decoded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobImage {
+    /// SHA-256 (hex) of the encoded bytes the worker read: a checkpoint resumes only with the
+    /// same bytes, whatever happened to the object behind a URI in between.
+    pub sha256: String,
+    /// Size of the encoded bytes.
+    pub size_bytes: u64,
+    /// The decoded pixels (shared, not copied, between the job and the generator thread).
+    pub decoded: Arc<ConditionImage>,
 }
 
 impl JobSpec {
@@ -55,7 +79,7 @@ impl JobSpec {
     /// checkpoint resumes only a request with the same digest.
     pub fn digest(&self) -> String {
         let bits = |v: Option<f32>| v.map(f32::to_bits);
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "width": self.width,
@@ -69,6 +93,16 @@ impl JobSpec {
             "sampler": self.sampler.as_str_name(),
             "seed": self.seed,
         });
+        if let Some(threshold) = self.cache_threshold {
+            canonical["cache_threshold"] = threshold.to_bits().into();
+        }
+        if let Some(reference) = &self.image_reference {
+            canonical["image"] = reference.clone().into();
+        }
+        if self.size_from_image {
+            canonical["width"] = "from image".into();
+            canonical["height"] = "from image".into();
+        }
         t2v_contract::sha256_hex(canonical.to_string().as_bytes())
     }
 }
@@ -108,6 +142,47 @@ pub struct ModelInfo {
     /// same precision.
     pub precision: String,
     pub defaults: ModelDefaults,
+    /// Which requests the model takes: with an image, without one, or both.
+    pub kind: ModelKind,
+}
+
+/// What a model generates from: text, an image, or either. A request that does not fit is
+/// refused before any work.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Text-to-video only (Wan2.2 T2V-A14B): a request with an image is refused.
+    TextToVideo,
+    /// Image-to-video only (Wan2.2 I2V-A14B): a request without an image is refused.
+    ImageToVideo,
+    /// Text-to-video and text+image-to-video (Wan2.2 TI2V-5B): both are taken.
+    #[default]
+    TextImageToVideo,
+}
+
+impl ModelKind {
+    /// Whether a request with (or without) an image fits, else the one-line reason.
+    pub fn check_request(self, model: &str, has_image: bool) -> Result<(), String> {
+        match (self, has_image) {
+            (Self::TextToVideo, true) => Err(format!(
+                "model {model:?} is text-to-video only and takes no image — leave image unset, or submit to an image-to-video model"
+            )),
+            (Self::ImageToVideo, false) => Err(format!(
+                "model {model:?} is image-to-video only and needs an image — set image (t2v submit --image PATH|URI)"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl ModelInfo {
@@ -220,7 +295,81 @@ pub(crate) mod tests {
             shift: None,
             sampler: Sampler::Unspecified,
             seed,
+            cache_threshold: None,
+            image_reference: None,
+            size_from_image: false,
+            image: None,
         }
+    }
+
+    /// A job with a 1×1 image read from `reference` whose bytes hash to `sha256`.
+    pub(crate) fn spec_with_image(seed: u64, reference: &str, sha256: &str) -> JobSpec {
+        JobSpec {
+            image_reference: Some(reference.into()),
+            image: Some(JobImage {
+                sha256: sha256.into(),
+                size_bytes: 3,
+                decoded: Arc::new(ConditionImage::from_rgb(1, 1, vec![1, 2, 3]).unwrap()),
+            }),
+            ..spec(seed)
+        }
+    }
+
+    #[test]
+    fn the_digest_covers_the_image_reference_and_the_cache_threshold() {
+        let text = spec(1);
+        let a = spec_with_image(1, "s3://b/a.png", "aa");
+        assert_ne!(text.digest(), a.digest());
+        assert_ne!(
+            a.digest(),
+            spec_with_image(1, "s3://b/b.png", "aa").digest()
+        );
+        // The digest names what the request said; the bytes are checked at resume.
+        assert_eq!(
+            a.digest(),
+            spec_with_image(1, "s3://b/a.png", "bb").digest()
+        );
+        let before_reading = JobSpec {
+            image: None,
+            ..a.clone()
+        };
+        assert_eq!(a.digest(), before_reading.digest());
+        let auto = JobSpec {
+            size_from_image: true,
+            ..a.clone()
+        };
+        assert_eq!(
+            auto.digest(),
+            JobSpec {
+                width: 999,
+                ..auto.clone()
+            }
+            .digest(),
+            "a size taken from the image is not part of the digest"
+        );
+        let cached = JobSpec {
+            cache_threshold: Some(0.1),
+            ..spec(1)
+        };
+        assert_ne!(text.digest(), cached.digest());
+    }
+
+    #[test]
+    fn model_kinds_refuse_requests_that_do_not_fit_in_one_line() {
+        assert!(ModelKind::TextImageToVideo.check_request("m", true).is_ok());
+        assert!(ModelKind::TextImageToVideo
+            .check_request("m", false)
+            .is_ok());
+        assert!(ModelKind::TextToVideo.check_request("m", false).is_ok());
+        assert!(ModelKind::ImageToVideo.check_request("m", true).is_ok());
+        let no_image = ModelKind::TextToVideo
+            .check_request("t2v", true)
+            .unwrap_err();
+        assert!(no_image.contains("text-to-video only") && !no_image.contains('\n'));
+        let needs = ModelKind::ImageToVideo
+            .check_request("i2v", false)
+            .unwrap_err();
+        assert!(needs.contains("--image"), "{needs}");
     }
 
     #[test]

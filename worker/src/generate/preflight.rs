@@ -368,6 +368,10 @@ mod tests {
             shift: None,
             sampler: Sampler::FlowEuler,
             seed: 1,
+            cache_threshold: None,
+            image_reference: None,
+            size_from_image: false,
+            image: None,
         };
         let mut steps = 0;
         let refused = generator.generate(&job(512, 512, 81), None, &mut |_: StepInfo| {

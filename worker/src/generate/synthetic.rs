@@ -1,5 +1,7 @@
 //! TEST/DEMO BACKEND — not a model: deterministic moving gradients, a sleep per "step", and the
 //! checkpoints a real backend would take, so tests can run long, cancellable, resumable jobs.
+//! A request's conditioning image becomes the first frame, resized to the frame size as the
+//! reference pipelines resize it, so tests can see that the image reached the generator.
 
 use std::time::{Duration, Instant};
 
@@ -7,8 +9,8 @@ use t2v_contract::defaults::WAN22_T2V_A14B;
 use t2v_pipeline::checkpoint;
 
 use super::{
-    Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepHooks, StepInfo,
-    VideoGenerator,
+    Frames, GenerateError, Generated, JobSpec, ModelInfo, ModelKind, PipelineTimings, StepHooks,
+    StepInfo, VideoGenerator,
 };
 use crate::job::checkpoints::{checkpoint_metadata, Checkpoint};
 
@@ -28,9 +30,32 @@ impl SyntheticGenerator {
                 revision: "synthetic-v1".into(),
                 precision: "f32/cpu".into(),
                 defaults: WAN22_T2V_A14B,
+                kind: ModelKind::default(),
             },
             step_delay,
         }
+    }
+
+    /// Pretends to be a model of `kind` (`[model] synthetic_kind`), so tests can see requests
+    /// that do not fit refused.
+    pub fn with_kind(mut self, kind: ModelKind) -> Self {
+        self.info.kind = kind;
+        self
+    }
+
+    /// [`Self::render`], with the job's conditioning image (resized with Pillow's Lanczos to
+    /// the frame size, as diffusers' `VideoProcessor.preprocess` does) as the first frame.
+    pub fn render_with_image(job: &JobSpec) -> Result<Frames, GenerateError> {
+        let mut frames = Self::render(job);
+        if let Some(image) = &job.image {
+            let first = image
+                .decoded
+                .resize_lanczos(job.width, job.height)
+                .map_err(|e| GenerateError::InvalidInput(e.to_string()))?;
+            let len = frames.frame_len();
+            frames.rgb[..len].copy_from_slice(first.rgb());
+        }
+        Ok(frames)
     }
 
     /// The frames for `job`: a diagonal gradient whose hue comes from the seed and which moves
@@ -94,7 +119,7 @@ impl VideoGenerator for SyntheticGenerator {
         }
         let denoise = started.elapsed();
         let decode = Instant::now();
-        let frames = Self::render(job);
+        let frames = Self::render_with_image(job)?;
         Ok(Generated {
             frames,
             timings: PipelineTimings {
@@ -110,9 +135,40 @@ impl VideoGenerator for SyntheticGenerator {
 mod tests {
     use std::ops::ControlFlow;
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::generate::tests::spec;
+    use crate::generate::{ConditionImage, JobImage};
     use crate::job::checkpoints::check_checkpoint;
+
+    #[test]
+    fn the_conditioning_image_is_the_first_frame_resized() {
+        let job = spec(1);
+        // 2x2 quadrants: red, green / blue, white — stretched to 64x48.
+        let rgb = vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255];
+        let decoded = ConditionImage::from_rgb(2, 2, rgb).unwrap();
+        let with_image = JobSpec {
+            image: Some(JobImage {
+                sha256: "00".into(),
+                size_bytes: 12,
+                decoded: Arc::new(decoded.clone()),
+            }),
+            ..job.clone()
+        };
+        let frames = SyntheticGenerator::render_with_image(&with_image).unwrap();
+        let expected = decoded.resize_lanczos(64, 48).unwrap();
+        assert_eq!(frames.frame(0), expected.rgb());
+        assert_eq!(&frames.frame(0)[..3], [255, 0, 0], "top left stays red");
+        let plain = SyntheticGenerator::render(&job);
+        assert_ne!(frames.frame(0), plain.frame(0));
+        assert_eq!(
+            frames.frame(1),
+            plain.frame(1),
+            "later frames are the gradient"
+        );
+        assert_eq!(SyntheticGenerator::render_with_image(&job).unwrap(), plain);
+    }
 
     #[test]
     fn synthetic_frames_depend_only_on_the_seed() {

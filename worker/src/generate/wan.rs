@@ -37,8 +37,8 @@ use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice, ModelConfig};
 use crate::generate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
 use crate::generate::variant::{variant_revision, SamplingDefaults, Variant};
 use crate::generate::{
-    Frames, GenerateError, Generated, JobSpec, ModelInfo, PipelineTimings, StepHooks, StepInfo,
-    VideoGenerator,
+    Frames, GenerateError, Generated, JobSpec, ModelInfo, ModelKind, PipelineTimings, StepHooks,
+    StepInfo, VideoGenerator,
 };
 use crate::gpu::{human, Gpu};
 use crate::job::checkpoints::{checkpoint_metadata, Checkpoint};
@@ -154,6 +154,8 @@ impl WanGenerator {
                 defaults: variant.sampling.defaults,
             },
             limit: None,
+                // The text-to-video pipeline: a request with an image is refused before any work.
+                kind: ModelKind::TextToVideo,
             sampling: variant.sampling,
         })
     }
@@ -314,6 +316,7 @@ impl WanGenerator {
             ..GenerationParams::default()
         }
     }
+            image: job.image.as_ref().map(|image| (*image.decoded).clone()),
 
     /// Runs `job` (from `resume` when given) and returns the pipeline's output: frames
     /// `(F, H, W, 3)` f32 in [0, 1]. A checkpoint that does not decode or fit is ignored with a
@@ -964,6 +967,10 @@ mod tests {
         assert_eq!(params.guidance_scale_2, Some(3.0));
         assert_eq!(params.sampler, Some(SamplerKind::FlowEuler));
         assert!(params.reject_long_prompts);
+            cache_threshold: None,
+            image_reference: None,
+            size_from_image: false,
+            image: None,
 
         let mut seen = Vec::new();
         let done = generator
@@ -1065,6 +1072,10 @@ mod tests {
             (params.guidance_scale, params.guidance_scale_2),
             (1.0, Some(1.0))
         );
+            cache_threshold: None,
+            image_reference: None,
+            size_from_image: false,
+            image: None,
         assert_eq!(params.shift, Some(5.0));
         assert_eq!(params.sampler, Some(SamplerKind::FlowEuler));
         let explicit = JobSpec {

@@ -1,5 +1,5 @@
 //! A job's checkpoints. What one is: a t2v-pipeline checkpoint file whose metadata names the
-//! request digest, model revision and precision (weights dtype, device class) it belongs to ([`checkpoint_metadata`], read back by
+//! request digest, conditioning image (SHA-256 of its bytes), model revision and precision (weights dtype, device class) it belongs to ([`checkpoint_metadata`], read back by
 //! [`check_checkpoint`]). Where they go: `<job>/checkpoint/step-NNNNNN.safetensors`, found and checked
 //! before Started, asked for by [`JobHooks`] on the generator thread (every `[checkpoint]
 //! every_steps` / `every_secs`, and at a stop), uploaded one at a time by a writer task (the older
@@ -40,6 +40,10 @@ pub mod meta {
     pub const DEVICE: &str = "device";
     pub const STEP: &str = "step";
     pub const TOTAL_STEPS: &str = "total_steps";
+    /// SHA-256 of the conditioning image's bytes the run read (absent: no image). The request
+    /// digest names a URI; this names what was behind it, so a resumed attempt that finds
+    /// another object there starts over instead of mixing two images.
+    pub const IMAGE_SHA256: &str = "image_sha256";
 }
 
 /// The metadata a checkpoint of `job` after `step` steps carries.
@@ -49,7 +53,11 @@ pub fn checkpoint_metadata(
     step: u32,
 ) -> BTreeMap<String, String> {
     let (dtype, device) = model.dtype_and_device();
-    BTreeMap::from([
+    let image = job
+        .image
+        .as_ref()
+        .map(|image| (meta::IMAGE_SHA256.to_string(), image.sha256.clone()));
+    let mut metadata = BTreeMap::from([
         (meta::REQUEST_DIGEST.into(), job.digest()),
         (meta::MODEL.into(), model.name.clone()),
         (meta::MODEL_REVISION.into(), model.revision.clone()),
@@ -57,7 +65,9 @@ pub fn checkpoint_metadata(
         (meta::DEVICE.into(), device.to_string()),
         (meta::STEP.into(), step.to_string()),
         (meta::TOTAL_STEPS.into(), job.steps.to_string()),
-    ])
+    ]);
+    metadata.extend(image);
+    metadata
 }
 
 /// Why a stored checkpoint cannot resume a job.
@@ -67,6 +77,8 @@ pub enum CheckpointRejected {
     Unreadable(String),
     #[error("it was written for a different request (request digest differs)")]
     OtherRequest,
+    #[error("it was written with another conditioning image (sha256 {written:?}, this attempt read {read:?})")]
+    OtherImage { written: String, read: String },
     #[error("it was written by model revision {written:?}, this worker serves {serving:?}")]
     OtherRevision { written: String, serving: String },
     #[error("it was written by a {written} run (dtype/device), this worker runs {serving}")]
@@ -90,6 +102,13 @@ pub fn check_checkpoint(
     let get = |key: &str| metadata.get(key).map(String::as_str).unwrap_or_default();
     if get(meta::REQUEST_DIGEST) != job.digest() {
         return Err(CheckpointRejected::OtherRequest);
+    }
+    let read = job.image.as_ref().map_or("", |image| image.sha256.as_str());
+    if get(meta::IMAGE_SHA256) != read {
+        return Err(CheckpointRejected::OtherImage {
+            written: get(meta::IMAGE_SHA256).to_string(),
+            read: read.to_string(),
+        });
     }
     if get(meta::MODEL_REVISION) != model.revision {
         return Err(CheckpointRejected::OtherRevision {
@@ -309,7 +328,35 @@ mod tests {
             revision: "0123456789ab".into(),
             precision: precision.into(),
             defaults: t2v_contract::defaults::WAN22_T2V_A14B,
+            kind: crate::generate::ModelKind::default(),
         }
+    }
+
+    #[test]
+    fn a_checkpoint_resumes_only_with_the_image_bytes_it_was_written_with() {
+        let with_image = |sha256: &str| JobSpec {
+            steps: 6,
+            ..crate::generate::tests::spec_with_image(3, "s3://b/cat.png", sha256)
+        };
+        let info = model("f32/cpu");
+        let first = with_image("aaaa");
+        let metadata = checkpoint_metadata(&first, &info, 2);
+        assert_eq!(metadata[meta::IMAGE_SHA256], "aaaa");
+        let bytes = checkpoint::metadata_only(&metadata);
+        assert_eq!(check_checkpoint(&bytes, &first, &info), Ok(2));
+        // Same URI, another object behind it: the run starts over.
+        let why = check_checkpoint(&bytes, &with_image("bbbb"), &info).unwrap_err();
+        assert!(
+            matches!(why, CheckpointRejected::OtherImage { .. }),
+            "{why}"
+        );
+        // A text-to-video checkpoint carries no image digest.
+        let text = JobSpec {
+            steps: 6,
+            ..spec(3)
+        };
+        let bytes = checkpoint::metadata_only(&checkpoint_metadata(&text, &info, 2));
+        assert_eq!(check_checkpoint(&bytes, &text, &info), Ok(2));
     }
 
     #[test]

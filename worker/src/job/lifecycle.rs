@@ -1,4 +1,5 @@
-//! One request's life after decoding: validate → manifest lookup → Accepted → attempt marker →
+//! One request's life after decoding: validate → manifest lookup → conditioning image read and
+//! decoded → Accepted → attempt marker →
 //! Started → generate with Progress (throttled) → MP4 + thumbnail → upload → manifest
 //! (create-only, the commit point) → Completed. An early end is a [`Stop`], classified and
 //! published by [`super::failure`].
@@ -24,9 +25,9 @@ use tracing::Instrument;
 use super::attempts;
 use super::checkpoints::{Checkpoint, JobHooks};
 use super::failure::{generate_failure, Failure, Stop};
-use super::manifest::{self, Manifest, StoredFile, TimingsMs};
+use super::manifest::{self, Manifest, ManifestImage, StoredFile, TimingsMs};
 use super::{default_seed, JobContext};
-use crate::generate::{GenerateError, Generated, JobSpec, StepInfo};
+use crate::generate::{GenerateError, Generated, JobImage, JobSpec, StepInfo};
 use crate::kafka::events::SourceRecord;
 use crate::media;
 use crate::metrics::{outcome, phase};
@@ -85,6 +86,8 @@ pub(super) struct Job<'a> {
     pub(super) admitted: bool,
     /// This run's folder name under [`manifest::RUNS_DIR`], `<attempt>.<n>`.
     pub(super) run: String,
+    /// The request's conditioning image, once read and decoded.
+    pub(super) image: Option<JobImage>,
 }
 
 /// The encoded outputs, read into memory for upload.
@@ -144,8 +147,10 @@ impl Job<'_> {
             self.delete_checkpoints().await;
             return self.answer_from_manifest(&manifest_key, &bytes).await;
         }
-        // 3. Bounds, model, deadline, cancel.
+        // 3. Bounds, model, deadline, cancel; then the conditioning image, read and decoded
+        //    before any GPU work.
         self.check_admissible()?;
+        self.read_image().await?;
         // 4. Accepted, then the attempt marker (poison jobs stop after max_attempts).
         self.accept().await?;
         let (previous, marker) = attempts::claim(
@@ -213,6 +218,10 @@ impl Job<'_> {
             )
             .into());
         }
+        ctx.model
+            .kind
+            .check_request(&ctx.model.name, req.image.is_some())
+            .map_err(Failure::invalid_input)?;
         if req.deadline_unix_ms != 0 && now_unix_ms() > req.deadline_unix_ms {
             return Err(Failure::refused(
                 ErrorCode::DeadlineExceeded,
@@ -226,6 +235,28 @@ impl Job<'_> {
         if let Some(reason) = ctx.cancels.reason(&req.job_id) {
             return Err(Stop::Canceled { reason, at_step: 0 });
         }
+        Ok(())
+    }
+
+    /// Reads the request's image (inline, or from an allowed URI) and decodes it; a bad one
+    /// fails the job with INVALID_ARGUMENT, an outage re-queues it.
+    async fn read_image(&mut self) -> Result<(), Stop> {
+        let Some(image) = &self.req.image else {
+            return Ok(());
+        };
+        let storage = &self.ctx.cfg.storage;
+        let read = super::image::read(image, &storage.image_uri_prefixes, &self.ctx.cfg.jobs)
+            .instrument(phase_span("read_image"))
+            .await?;
+        let decoded = super::image::decode(read).await?;
+        tracing::info!(
+            sha256 = decoded.sha256,
+            size_bytes = decoded.size_bytes,
+            width = decoded.decoded.width(),
+            height = decoded.decoded.height(),
+            "conditioning image read"
+        );
+        self.image = Some(decoded);
         Ok(())
     }
 
@@ -278,12 +309,17 @@ impl Job<'_> {
     fn spec(&self) -> JobSpec {
         let (req, d) = (&self.req, self.ctx.model.defaults);
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        let size_from_image = req.image.is_some() && req.width == 0 && req.height == 0;
+        let (width, height) = match &self.image {
+            Some(image) if size_from_image => size_for_image(image, d.width, d.height),
+            _ => (or(req.width, d.width), or(req.height, d.height)),
+        };
         JobSpec {
             job_id: req.job_id.clone(),
             prompt: req.prompt.clone(),
             negative_prompt: req.negative_prompt.clone(),
-            width: or(req.width, d.width),
-            height: or(req.height, d.height),
+            width,
+            height,
             num_frames: or(req.num_frames, d.num_frames),
             fps: or(req.fps, d.fps),
             steps: or(req.num_inference_steps, d.steps),
@@ -292,6 +328,10 @@ impl Job<'_> {
             shift: req.shift,
             sampler: Sampler::try_from(req.sampler).unwrap_or(Sampler::Unspecified),
             seed: req.seed.unwrap_or_else(|| default_seed(&req.job_id)),
+            cache_threshold: req.cache_threshold,
+            image_reference: req.image.as_ref().and_then(super::image::reference),
+            size_from_image,
+            image: self.image.clone(),
         }
     }
 
@@ -611,6 +651,14 @@ impl Job<'_> {
             fps: spec.fps,
             num_inference_steps: spec.steps,
             request_digest: spec.digest(),
+            image: spec.image.as_ref().map(|image| ManifestImage {
+                uri: match &self.req.image.as_ref().and_then(|i| i.source.as_ref()) {
+                    Some(t2v_proto::v1::condition_image::Source::Uri(uri)) => uri.clone(),
+                    _ => String::new(),
+                },
+                sha256: image.sha256.clone(),
+                size_bytes: image.size_bytes,
+            }),
             labels: self.req.labels.clone().into_iter().collect(),
             video,
             thumbnail,
@@ -653,4 +701,15 @@ impl Job<'_> {
         .instrument(phase_span("commit"))
         .await
     }
+}
+
+/// The frame size of a request that leaves both sides to the model but brings an image: the
+/// image's aspect ratio at the model's default area, in multiples of 16, as the reference
+/// image-to-video pipelines choose it (t2v_pipeline::image::size_for_image).
+fn size_for_image(image: &JobImage, default_width: u32, default_height: u32) -> (u32, u32) {
+    let max_area = i64::from(default_width) * i64::from(default_height);
+    let multiple = i64::from(validate::SIDE_MULTIPLE);
+    let (width, height) = t2v_pipeline::image::size_for_image(&image.decoded, max_area, multiple);
+    let side = |v: i64| (v as u32).clamp(validate::MIN_SIDE, validate::MAX_SIDE);
+    (side(width), side(height))
 }

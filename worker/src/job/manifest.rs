@@ -50,6 +50,18 @@ pub struct TimingsMs {
     pub total: u64,
 }
 
+/// The conditioning image a job ran with: its URI when the request named one, and always the
+/// SHA-256 and size of the bytes the worker read — never the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestImage {
+    /// Empty for an inline image.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uri: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
 /// The manifest's JSON form (format version 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +83,9 @@ pub struct Manifest {
     /// written before it existed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_digest: String,
+    /// Absent for text-to-video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ManifestImage>,
     pub labels: BTreeMap<String, String>,
     pub video: StoredFile,
     pub thumbnail: StoredFile,

@@ -9,6 +9,7 @@
 //! - [`failure`]: how an early end is classified — what is retried, what goes to the DLQ.
 //! - [`checkpoints`]: what a checkpoint is, when one is taken, where it is stored, how a job resumes.
 //! - [`attempts`]: attempt markers, so a job that keeps crashing workers ends in the DLQ.
+//! - [`image`]: the conditioning image — inline or from an allowed URI, bounded, decoded.
 //! - [`manifest`]: `manifest.json`, the commit point, and the Completed event built from it.
 
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use tracing::Instrument;
 pub mod attempts;
 pub mod checkpoints;
 pub mod failure;
+pub mod image;
 pub mod lifecycle;
 pub mod manifest;
 
@@ -153,6 +155,7 @@ pub async fn handle(
             at_step: 0,
             admitted: false,
             run: String::new(),
+            image: None,
         };
         ctx.metrics.set_in_flight(1);
         let result = job.run().await;

@@ -140,10 +140,13 @@ pub fn build_generator(
     move || match model.backend {
         Backend::Synthetic => {
             tracing::warn!("model.backend = synthetic: TEST/DEMO backend, videos are gradients, not model output");
-            let synthetic = Box::new(SyntheticGenerator::new(
-                &model.name,
-                Duration::from_millis(model.synthetic_step_ms),
-            ));
+            let synthetic = Box::new(
+                SyntheticGenerator::new(
+                    &model.name,
+                    Duration::from_millis(model.synthetic_step_ms),
+                )
+                .with_kind(model.synthetic_kind),
+            );
             if model.synthetic_hang_marker.is_empty() && model.synthetic_fail_after_jobs == 0 {
                 return Ok(synthetic);
             }
