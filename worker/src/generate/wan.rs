@@ -35,7 +35,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, DtypeChoice, MemoryPolicyChoice, ModelConfig};
 use crate::generate::preflight::{fit_hint, torch_oom_room, MemoryLimit};
-use crate::generate::variant::{variant_revision, SamplingDefaults, Variant};
+use crate::generate::variant::{variant_revision, SamplingDefaults, Variant, VariantCache};
 use crate::generate::{
     Frames, GenerateError, Generated, JobSpec, ModelInfo, ModelKind, PipelineTimings, StepHooks,
     StepInfo, VideoGenerator,
@@ -98,6 +98,8 @@ pub struct WanGenerator {
     limit: Option<MemoryLimit>,
     /// What a job's unset fields take (the variant's preset).
     sampling: SamplingDefaults,
+    /// The variant's step cache, which a job's `cache_threshold` overrides.
+    cache: VariantCache,
 }
 
 impl WanGenerator {
@@ -157,6 +159,7 @@ impl WanGenerator {
                 // The text-to-video pipeline: a request with an image is refused before any work.
                 kind: ModelKind::TextToVideo,
             sampling: variant.sampling,
+            cache: variant.cache.clone(),
         })
     }
 
@@ -327,7 +330,10 @@ impl WanGenerator {
         resume: Option<&Checkpoint>,
         hooks: &mut dyn StepHooks,
     ) -> Result<GenerationOutput, GenerateError> {
-        let params = self.params(job);
+        let params = GenerationParams {
+            step_cache: self.cache.for_job(job.cache_threshold)?,
+            ..self.params(job)
+        };
         if let Some(limit) = self.limit {
             self.preflight(&params, limit)?;
         }
@@ -1321,5 +1327,66 @@ mod tests {
         assert!(defaults
             .iter()
             .all(|p| p.extension().is_some_and(|e| e == "json")));
+    }
+
+    /// `[model.cache]` and a request's `cache_threshold` reach the pipeline: the variant's
+    /// First-Block-Cache skips forwards of the tiny model, a request's 0 turns it off, a
+    /// request's tiny threshold skips nothing, and a distilled variant refuses a request's cache.
+    #[test]
+    fn the_variants_cache_and_a_requests_threshold_reach_the_pipeline() {
+        use crate::generate::variant::{CacheConfig, CacheKind};
+        let model = ModelConfig {
+            dir: tiny_model().display().to_string(),
+            name: "tiny-cached".into(),
+            device: DeviceChoice::Cpu,
+            cache: CacheConfig {
+                kind: CacheKind::FirstBlock,
+                threshold: Some(0.9),
+                ..CacheConfig::default()
+            },
+            ..ModelConfig::default()
+        };
+        let mut generator = WanGenerator::load_model(&model).unwrap();
+        let mut run = |cache_threshold: Option<f32>| {
+            let job = JobSpec {
+                steps: 8,
+                cache_threshold,
+                ..crate::generate::tests::spec(3)
+            };
+            let mut hooks = |_: StepInfo| ControlFlow::Continue(());
+            generator.run(&job, None, &mut hooks)
+        };
+        let variant = run(None).unwrap().step_cache.expect("the variant's cache");
+        assert_eq!((variant.kind, variant.threshold), ("first_block", 0.9));
+        assert_eq!(variant.forwards.len(), 16, "8 steps, cond and uncond");
+        assert!(
+            variant.skipped() > 0,
+            "threshold 0.9 skips on the tiny model"
+        );
+        assert!(run(Some(0.0)).unwrap().step_cache.is_none(), "0 = off");
+        let strict = run(Some(0.001)).unwrap().step_cache.unwrap();
+        assert_eq!(strict.skipped(), 0);
+        assert_eq!(strict.threshold, f64::from(0.001f32));
+
+        let lightning = ModelConfig {
+            preset: crate::config::PresetChoice::Lightning,
+            cache: CacheConfig::default(),
+            ..model
+        };
+        let mut distilled = WanGenerator::load_model(&lightning).unwrap();
+        let job = JobSpec {
+            cache_threshold: Some(0.1),
+            ..crate::generate::tests::spec(3)
+        };
+        let mut hooks = |_: StepInfo| ControlFlow::Continue(());
+        match distilled.run(&job, None, &mut hooks) {
+            Err(GenerateError::InvalidInput(message)) => {
+                assert!(message.contains("step-distilled"), "{message}")
+            }
+            other => panic!(
+                "a cache on the lightning variant ran: {:?}",
+                other.map(|o| o.step_cache)
+            ),
+        }
     }
 }
