@@ -7,7 +7,8 @@ Writes ROOT/ftfy_corpus.jsonl, one {"source", "input", "expected"} object per li
   - mojibake generated from the corpus's non-ASCII text (seeded): UTF-8 read as each single-byte
     codec ftfy knows and several it does not, double and triple encodings, mojibake of one word
     inside correct text, no-break spaces turned into spaces, lossy decodings with U+FFFD, CESU-8;
-  - random strings over the characters ftfy's heuristics look at (seeded);
+  - random strings over the characters ftfy's heuristics look at, some with any code point
+    (seeded);
   - long lines that cross max_decode_length, and multi-line text mixing all of the above.
 
 Usage: python pipeline/parity/ftfy_corpus.py --out ROOT
@@ -109,12 +110,34 @@ def interesting_chars():
     return sorted(chars)
 
 
+def any_char(rng):
+    """Any code point but a surrogate, weighted towards combining marks and newer planes, so
+    characters the reference's Unicode version does not assign come up too."""
+    while True:
+        code = rng.choice([
+            rng.randrange(0x80, 0x800),
+            rng.randrange(0x300, 0x370),
+            rng.randrange(0x800, 0x10000),
+            rng.randrange(0x10000, 0x32000),
+            rng.randrange(0xE0000, 0xE0080),
+        ])
+        if not 0xD800 <= code <= 0xDFFF:
+            return chr(code)
+
+
 def random_strings(rng, count):
     pool = interesting_chars()
-    return [
+    cases = [
         ("random", "".join(rng.choice(pool) for _ in range(rng.randint(1, 12))))
         for _ in range(count)
     ]
+    cases += [
+        ("random, any code point", "".join(
+            rng.choice(pool) if rng.random() < 0.7 else any_char(rng) for _ in range(rng.randint(1, 25))
+        ))
+        for _ in range(count // 3)
+    ]
+    return cases
 
 
 def long_cases(texts, rng):
