@@ -418,22 +418,25 @@ mod tests {
         assert!(err.contains("unknown field `frobnicate`"), "{err}");
     }
 
-    /// `Wan-AI/Wan2.2-TI2V-5B-Diffusers` `vae/config.json` without its 48 means and stds.
+    /// `Wan-AI/Wan2.2-TI2V-5B-Diffusers` `vae/config.json` (means 0, stds 1) with the fields
+    /// of the JSON object `overrides` replaced.
     fn wan2_2_json(overrides: &str) -> String {
-        let list = |v: f64| vec![v.to_string(); 48].join(", ");
-        format!(
-            r#"{{"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": true,
-                "patch_size": 2, "in_channels": 12, "out_channels": 12,
-                "scale_factor_spatial": 16, "scale_factor_temporal": 4, "clip_output": false,
-                "latents_mean": [{}], "latents_std": [{}] {overrides}}}"#,
-            list(0.0),
-            list(1.0)
-        )
+        let mut cfg = serde_json::json!({
+            "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": true,
+            "patch_size": 2, "in_channels": 12, "out_channels": 12,
+            "scale_factor_spatial": 16, "scale_factor_temporal": 4, "clip_output": false,
+            "latents_mean": vec![0.0; 48], "latents_std": vec![1.0; 48],
+        });
+        let overrides: serde_json::Value = serde_json::from_str(overrides).unwrap();
+        for (key, value) in overrides.as_object().unwrap() {
+            cfg[key] = value.clone();
+        }
+        cfg.to_string()
     }
 
     #[test]
     fn wan2_2_vae_parses_with_its_scales() {
-        let cfg = parse(&wan2_2_json("")).unwrap();
+        let cfg = parse(&wan2_2_json("{}")).unwrap();
         assert_eq!((cfg.spatial_scale(), cfg.temporal_scale()), (16, 4));
         VaeConfig::wan2_2().validate().unwrap();
         let stages = cfg.decoder_stages();
@@ -459,10 +462,14 @@ mod tests {
     #[test]
     fn unsupported_fields_are_named() {
         for (json, field) in [
-            (wan2_2_json(r#", "in_channels": 3"#), "in_channels 3"),
+            (wan2_2_json(r#"{"in_channels": 3}"#), "in_channels 3"),
             (
-                wan2_2_json(r#", "scale_factor_spatial": 8"#),
+                wan2_2_json(r#"{"scale_factor_spatial": 8}"#),
                 "scale_factor_spatial",
+            ),
+            (
+                wan2_2_json(r#"{"dim_mult": [1, 2, 4, 8]}"#),
+                "dim_mult [1, 2, 4, 8]",
             ),
             (r#"{"attn_scales": [1.0]}"#.to_string(), "attn_scales"),
             (

@@ -96,10 +96,10 @@ mod tests {
         let x = Tensor::arange(3 * 2 * 4 * 6, (Kind::Float, Device::Cpu)).view([1, 3, 2, 4, 6]);
         let patched = patchify(&x, 2).unwrap();
         assert_eq!(patched.size(), [1, 12, 2, 2, 3]);
-        // channel 1 = column 1, row 0 of each patch: pixel (0, 1) of frame 0
-        assert_eq!(patched.double_value(&[0, 1, 0, 0, 0]), 1.0);
-        // channel 2 = column 0, row 1: pixel (1, 0) = 6
-        assert_eq!(patched.double_value(&[0, 2, 0, 0, 0]), 6.0);
+        // channel 1 = column 0, row 1 of each patch: pixel (1, 0) of frame 0 = 6
+        assert_eq!(patched.double_value(&[0, 1, 0, 0, 0]), 6.0);
+        // channel 2 = column 1, row 0: pixel (0, 1) = 1
+        assert_eq!(patched.double_value(&[0, 2, 0, 0, 0]), 1.0);
         assert!(unpatchify(&patched, 2).unwrap().equal(&x));
     }
 
