@@ -163,7 +163,18 @@ impl GatewayProcess {
         key: Option<&Path>,
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let port = free_port();
+        Self::start_on_port(setup, db_url, key, free_port(), extra_env).await
+    }
+
+    /// As [`GatewayProcess::start_with`], listening on `port` (a test whose configuration
+    /// names the gateway's own address, such as an OIDC redirect URL, picks it first).
+    pub async fn start_on_port(
+        setup: &WorkerSetup,
+        db_url: &str,
+        key: Option<&Path>,
+        port: u16,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{}-gateway-{port}.log", setup.prefix));
         let mut cmd = Command::new(binary("t2v-gateway"));
         cmd.env_clear()

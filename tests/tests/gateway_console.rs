@@ -3,11 +3,16 @@
 //! and PostgreSQL. A token is pasted, a video submitted through the form; its progress bar climbs
 //! to 100 %, the finished MP4 plays inline (its duration is frames / fps), and the gallery shows
 //! the job with its thumbnail. A bad token and a bad request show the API's own words. The page
-//! is saved to build/console/console.png for people to look at.
+//! is saved to build/console/console.png for people to look at. The queue position moves up
+//! live and a running job is canceled from its panel; sign-in through an issuer (a fake one
+//! here) goes through authorization code + PKCE.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -528,5 +533,194 @@ async fn the_console_shows_the_queue_position_live_and_cancels_a_running_job() {
         Duration::from_secs(20),
     )
     .await;
+    browser.close().await.unwrap();
+}
+
+/// An identity provider for one sign-in: discovery, an authorization endpoint that signs the
+/// user in at once (redirecting back with a code), and a token endpoint that checks the PKCE
+/// verifier against the challenge before it issues `token`.
+#[derive(Clone, Default)]
+struct FakeIssuer {
+    /// The challenge and redirect URI of the authorization request.
+    asked: Arc<Mutex<Option<(String, String)>>>,
+    /// What the token endpoint was sent, and what it answered.
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
+}
+
+/// A token request's form fields and the status it was answered with.
+type Exchange = (Vec<(String, String)>, u16);
+
+const CODE: &str = "one-time-code";
+
+fn json_answer(status: u16, body: &Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(status).unwrap();
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://q.invalid/?{query}"))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+fn pair<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+impl FakeIssuer {
+    async fn start(&self, token: impl Fn(&str) -> String + Send + Sync + 'static) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let token = Arc::new(token);
+        let discovery = json!({
+            "issuer": base, "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+        });
+        let (asked, exchanges) = (self.asked.clone(), self.exchanges.clone());
+        let issuer = base.clone();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || async move { json_answer(200, &discovery) }),
+            )
+            .route(
+                "/authorize",
+                axum::routing::get(move |uri: axum::http::Uri| async move {
+                    let q = query_pairs(uri.query().unwrap_or_default());
+                    assert_eq!(pair(&q, "response_type"), "code");
+                    assert_eq!(pair(&q, "client_id"), "t2v-console");
+                    assert_eq!(pair(&q, "code_challenge_method"), "S256");
+                    let redirect = pair(&q, "redirect_uri").to_string();
+                    *asked.lock().unwrap() =
+                        Some((pair(&q, "code_challenge").to_string(), redirect.clone()));
+                    let back = format!("{redirect}?code={CODE}&state={}", pair(&q, "state"));
+                    (axum::http::StatusCode::SEE_OTHER, [("location", back)])
+                }),
+            )
+            .route(
+                "/token",
+                axum::routing::post({
+                    let asked = self.asked.clone();
+                    move |body: String| async move {
+                        let form = query_pairs(&body);
+                        let (challenge, redirect) = asked.lock().unwrap().clone().unwrap_or_default();
+                        let digest = t2v_contract::sha256_hex(pair(&form, "code_verifier").as_bytes());
+                        let bytes: Vec<u8> = (0..digest.len())
+                            .step_by(2)
+                            .map(|i| u8::from_str_radix(&digest[i..i + 2], 16).unwrap())
+                            .collect();
+                        let verified = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+                            == challenge;
+                        let good = verified
+                            && pair(&form, "grant_type") == "authorization_code"
+                            && pair(&form, "code") == CODE
+                            && pair(&form, "client_id") == "t2v-console"
+                            && pair(&form, "redirect_uri") == redirect;
+                        let status = if good { 200 } else { 400 };
+                        exchanges.lock().unwrap().push((form, status));
+                        let answer = if good {
+                            json!({"access_token": token(&issuer), "token_type": "Bearer"})
+                        } else {
+                            json!({"error": "invalid_grant", "error_description": "PKCE or code mismatch"})
+                        };
+                        json_answer(status, &answer)
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+}
+
+#[tokio::test]
+async fn signing_in_through_the_issuer_uses_pkce_and_lands_signed_in() {
+    let setup = WorkerSetup::new("gw-console-oidc", 1).await;
+    let idp = FakeIssuer::default();
+    let signer = SigningKey::generate("k1");
+    let public = signer.public_pem_path.clone();
+    let issuer = idp
+        .start(move |iss| signer.token("acme", json!({"iss": iss})))
+        .await;
+    let port = free_port();
+    let console = format!("http://127.0.0.1:{port}/");
+    let env = [
+        ("T2V_GATEWAY__AUTH__ISSUER", issuer.clone()),
+        (
+            "T2V_GATEWAY__CONSOLE__OIDC__CLIENT_ID",
+            "t2v-console".into(),
+        ),
+        ("T2V_GATEWAY__CONSOLE__OIDC__REDIRECT_URL", console.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gateway =
+        GatewayProcess::start_on_port(&setup, &fresh_database(), Some(&public), port, &env).await;
+
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&console).await.unwrap();
+    let ready = "document.body.dataset.ready === 'true' && !document.getElementById('oidc').hidden";
+    wait_until(
+        &browser,
+        &gateway,
+        "the sign-in button",
+        ready,
+        Duration::from_secs(20),
+    )
+    .await;
+    click(&browser, "oidc-sign-in").await;
+    let who = wait_until(
+        &browser,
+        &gateway,
+        "signed in through the issuer",
+        "document.body.dataset.ready === 'true' && !document.getElementById('create').hidden \
+         && document.getElementById('who').textContent",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(who.as_str().unwrap().contains("acme"), "{who}");
+    let exchanges = idp.exchanges.lock().unwrap().clone();
+    assert_eq!(exchanges.len(), 1, "{exchanges:?}");
+    assert_eq!(
+        exchanges[0].1, 200,
+        "the verifier matched the challenge: {exchanges:?}"
+    );
+    let url = browser.current_url().await.unwrap();
+    assert_eq!(
+        url.as_str(),
+        console,
+        "the code is gone from the address bar"
+    );
+    let left = browser
+        .execute(
+            "return [sessionStorage.getItem('t2v.oidc'), localStorage.length]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left, json!([null, 0]), "the verifier is dropped once used");
+
+    // A forged answer (a state this tab never made) is refused, and nothing is exchanged.
+    browser
+        .execute("sessionStorage.clear()", vec![])
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("{console}?code={CODE}&state=forged-state-0123"))
+        .await
+        .unwrap();
+    let error = shown_error(&browser, &gateway).await;
+    assert!(error.contains("does not match"), "{error}");
+    assert_eq!(idp.exchanges.lock().unwrap().len(), 1);
     browser.close().await.unwrap();
 }
