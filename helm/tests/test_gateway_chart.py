@@ -193,3 +193,17 @@ def test_gateway_webhook_secrets_are_mounted_from_a_secret():
     plain = render("inline-secrets-values.yaml")
     assert not [v for v in one(plain, "Deployment")["spec"]["template"]["spec"]["volumes"]
                 if v["name"] == "webhook-secrets"], "no tenants, no mount"
+
+
+def test_gateway_console_sign_in_and_the_webhook_lease_land_in_the_toml():
+    base = ("-f", str(CI_DIR / "managed-postgres-values.yaml"))
+    plain = tomllib.loads(one(render("managed-postgres-values.yaml"), "ConfigMap")["data"]["gateway.toml"])
+    assert "console" not in plain, "no client id: the console takes a pasted token"
+    assert "lease_ms" not in plain["webhooks"], "unset: the gateway's default"
+    docs = render("managed-postgres-values.yaml", "--set", "console.oidc.clientId=t2v-console",
+                  "--set", "console.oidc.redirectUrl=https://t2v.example.com/", "--set", "webhooks.leaseMs=60000")
+    toml = tomllib.loads(one(docs, "ConfigMap")["data"]["gateway.toml"])
+    assert toml["console"]["oidc"] == {"client_id": "t2v-console", "redirect_url": "https://t2v.example.com/",
+                                       "scopes": "openid"}
+    assert toml["webhooks"]["lease_ms"] == 60000
+    assert "console.oidc.redirectUrl is required" in refused(*base, "--set", "console.oidc.clientId=t2v-console")
