@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check bench-ti2v
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -82,6 +82,16 @@ bench-fast: deps ## on a GPU host: FP8 vs bf16 forward, 4-step distilled end to 
 
 bench-step-cache: deps ## on a GPU host (H200: one A14B-shaped expert, 720p 81 frames): one forward computed vs skipped by First-Block-Cache / MagCache, and a 6-step CFG loop without and with First-Block-Cache (forwards skipped)
 	@$(ENV) cargo run -q --release -p t2v-pipeline --example bench_step_cache -- --runs 3 --steps 6
+
+bench-ti2v: deps fixtures ## on a GPU host: Wan2.2 TI2V-5B (random 5B-shaped weights) text+image-to-video at 1280x704, 121 frames, 10 steps — diffusers then ours, resident then low memory (must peak under 24 GiB): s/step, VAE decode, end to end, peak memory
+	@$(ENV) cargo build -q --release -p t2v-pipeline --example bench_ti2v && \
+	  python pipeline/bench/cuda_peak_memory.py --build build/gpu && \
+	  python pipeline/bench/bench_ti2v.py --write-model build/bench-ti2v/model --tokenizer $(FIXTURES)/wan_pipeline/two_experts/tokenizer && \
+	  for policy in resident low; do \
+	    python pipeline/bench/bench_ti2v.py --model build/bench-ti2v/model $$([ $$policy = low ] && echo --low-memory); \
+	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so T2V_PEAK_MEMORY_PROGRAMS=bench_ti2v \
+	      "$$CARGO_TARGET_DIR/release/examples/bench_ti2v" --model build/bench-ti2v/model --policy $$policy; \
+	  done
 
 gpu-check: deps fixtures ## on a GPU host: doctor on device=cuda, a preflight refusal, a genuine CUDA OOM (one line with settings that fit), a normal generate with the NVML peak
 	@$(ENV) cargo build --release -p t2v-worker && bash scripts/gpu_worker_check.sh

@@ -1,11 +1,11 @@
 //! Image conditioning of the Wan image pipelines: diffusers `WanImageToVideoPipeline`
 //! `prepare_latents` and the model input it builds every step.
 //!
-//! - **I2V-A14B** ([`LatentCondition::Concat`]): the image followed by `num_frames − 1` black
-//!   frames goes through the VAE encoder; its normalised latents, after a 4-channel mask (1 on
-//!   the first latent frame — the first pixel frame repeated over the VAE's 4 — and 0 after),
-//!   are concatenated to the noisy latents on the channel axis at every step (16 + 4 + 16 = 36
-//!   transformer input channels).
+//! - **I2V-A14B** ([`LatentCondition::Concat`]): the image followed by `num_frames − 1`
+//!   zero (mid-grey) frames goes through the VAE encoder; its normalised latents, after a
+//!   4-channel mask (1 on the first latent frame — the first pixel frame repeated over the
+//!   VAE's 4 — and 0 after), are concatenated to the noisy latents on the channel axis at every
+//!   step (16 + 4 + 16 = 36 transformer input channels).
 //! - **TI2V-5B** ([`LatentCondition::FirstFrame`]): the image alone is encoded; at every step
 //!   the first latent frame of the model input is that latent (`(1 − mask)·condition +
 //!   mask·latents`), and the tokens of that frame get timestep 0 (`mask[:, ::2, ::2] · t`, one
@@ -25,7 +25,7 @@ use crate::wan::vae::{normalize_latents, AutoencoderKLWan};
 /// The conditioning of one request, on the denoising device.
 #[derive(Debug)]
 pub enum LatentCondition {
-    /// `[1, 4 + z, T, h, w]` f32: mask, then the normalised latents of (image, black frames).
+    /// `[1, 4 + z, T, h, w]` f32: mask, then the normalised latents of (image, zero frames).
     Concat { condition: Tensor },
     /// The normalised latent of the image `[1, z, 1, h, w]` f32, the frame mask
     /// `[1, 1, T, h, w]` (0 on the first frame, 1 after) and its per-token form `[tokens]`.
@@ -59,7 +59,7 @@ impl LatentCondition {
         match kind {
             ModelKind::TextToVideo { .. } => Ok(None),
             ModelKind::ImageToVideo { .. } => {
-                // the image, then num_frames − 1 black frames ([-1, 1] zero is mid grey)
+                // the image, then num_frames − 1 zero frames (mid grey in [-1, 1])
                 let rest = Tensor::f_zeros(
                     [1, 3, size.num_frames - 1, size.height, size.width],
                     (Kind::Float, Device::Cpu),
