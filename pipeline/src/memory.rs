@@ -23,8 +23,8 @@
 //!   `P32` = the `_keep_in_fp32_modules` (`time_embedder`, every `scale_shift_table`, `norm2`).
 //! - under `dtype` [`fp8::FP8`]: the block linear weights `Q` = [`fp8::fp8_parameters`] at 1 byte
 //!   plus one f32 scale per output channel ([`fp8::fp8_scale_parameters`]), everything else and
-//!   the activations as bf16 (`b` = 2), plus `N·F` for the e4m3 copy of the FFN hidden that its
-//!   output projection multiplies.
+//!   the activations as bf16 (`b` = 2), plus `5·N·F` while the FFN hidden is quantised for its
+//!   output projection (the f32 quotient and its e4m3 copy).
 //! - transformer activations of one forward (CFG runs its two forwards one after the other) at
 //!   `N` tokens: `6·N·D·b` (residual stream, normed input, q, k, v, attention output; flash SDPA
 //!   keeps no N² scores) + `3·N·D·4` (f32 norm/modulation and RoPE temporaries) + `2·N·F·b`
@@ -32,12 +32,17 @@
 //!   context, cross-attention K and V) + `4·latents·4` (latents, cond, uncond, guided output).
 //! - umT5 weights: `vocab·d + layers·(4·d·h·d_kv + buckets·h + 2·d + (2 or 3)·d·d_ff) + d`;
 //!   activations `L·(4·d + 3·d_ff)·4 + 2·h·L²·4`.
-//! - VAE decoder: weights counted from its module tree; decode peak = the causal feature cache
-//!   (2 frames of the input of every cached causal conv, summed over the decoder) + 3 copies of
-//!   the widest activation (the nearest-upsampled tensor entering the last stage, 4 frames a
-//!   chunk) + the decoded video (chunks and their concatenation: 2 copies in the VAE dtype, and
-//!   the f32 frames). Tiled, the cache and activations are those of one tile and the video is
-//!   held once more (the tiles before blending).
+//! - VAE (Wan2.1 or Wan2.2): weights of the encoder and decoder counted from their module trees;
+//!   decode peak = the causal feature cache (2 frames of the input of every cached causal conv,
+//!   summed over the decoder) + 3 copies of the widest activation (the nearest-upsampled tensor
+//!   entering the last stage, 4 frames a chunk; 4 copies with Wan2.2's `DupUp3D` shortcuts),
+//!   per pixel the decoder outputs (a quarter of the video's with Wan2.2's 2×2 patches) + the
+//!   decoded video (chunks and their concatenation: 2 copies in the VAE dtype, one more for
+//!   `unpatchify`, and the f32 frames). Tiled, the cache and activations are those of one tile
+//!   and the video is held once more (the tiles before blending). Encode
+//!   ([`vae_encode_bytes`], for the image-to-video pipelines) likewise over the encoder's first
+//!   stage. These are derived from the layer shapes, not measured; `make bench-vae` prints the
+//!   allocator's peak next to them on a GPU host.
 //!
 //! [`estimate_per_gpu`] is the peak of each GPU of a parallel run ([`crate::parallel`]): the
 //! weights as above (every GPU holds the experts), a Ulysses rank's activations over its
@@ -443,9 +448,10 @@ fn transformer_activation_bytes(
     let hidden = 6 * m * d * b + 3 * m * d * 4;
     let exchange = if ulysses > 1 { 6 * m * d * b } else { 0 };
     let ffn = 2 * m * cfg.ffn_dim as u64 * b;
-    // FP8: the FFN hidden's e4m3 copy for its output projection, beside the bf16 one.
+    // FP8: quantising the FFN hidden for its output projection takes an f32 quotient and its
+    // e4m3 copy beside it.
     let quantise = if dtype == fp8::FP8 {
-        m * cfg.ffn_dim as u64
+        m * cfg.ffn_dim as u64 * (4 + 1)
     } else {
         0
     };
@@ -744,8 +750,8 @@ mod tests {
         req.dtype = fp8::FP8;
         let e = estimate(&ModelConfigs::wan22_t2v_a14b(), &req).unwrap();
         let saved = 2 * (bf16.transformer_weights - e.transformer_weights);
-        // The FFN hidden's e4m3 copy: 32,760 tokens × 13,824 bytes more activation.
-        assert_eq!(bf16.denoise - e.denoise, saved - 32_760 * 13_824);
+        // FFN hidden quantised: 32,760 tokens × 13,824 × (4 + 1) bytes more activation.
+        assert_eq!(bf16.denoise - e.denoise, saved - 32_760 * 13_824 * 5);
         assert_eq!(e.text_encoder_weights, bf16.text_encoder_weights);
         assert!(e.peak < 48 * (1 << 30), "{e:?}");
     }
@@ -885,6 +891,32 @@ mod tests {
         let tile = ((2364.5 + 3.0 * 768.0) * 65_536.0) as u64 * 2;
         assert_eq!(tiled, tile + 3 * video * 2 + video * 4);
         assert!(tiled < expected / 2);
+    }
+
+    #[test]
+    fn wan2_2_vae_decode_of_704p_121_frames_by_hand() {
+        // Wan2.2 decoder (widths 1024, 1024, 1024, 512, 256; stages at 1/64 … 1 of the decoder's
+        // 640×352 output): cache per output pixel (48 + 4·1024)/64·2 = 129.5, stage 0
+        // 6144/64·2 + 1024/64·2 = 224, stage 1 6144/16·2 + 1024/16·2 = 896, stage 2 3584/4·2 =
+        // 1792, stage 3 1792·2 = 3584, conv_out 256·2 = 512: 7137.5. The widest activation:
+        // 512 channels × 4 frames at the last stage's size = 2048, 4 copies with the shortcut.
+        let cfg = VaeConfig::wan2_2();
+        let mut r = request(1280, 704, MemoryPolicy::low_memory());
+        r.num_frames = 121;
+        let video = 3 * 121 * 1280 * 704u64;
+        let per_pixel = 7137.5 + 4.0 * 2048.0;
+        let untiled = (per_pixel * (640.0 * 352.0)) as u64 * 2 + 3 * video * 2 + video * 4;
+        assert_eq!(vae_decode_bytes(&cfg, &r, None), untiled);
+        // Default tiles: 256 video pixels = 128 decoder pixels a side.
+        let tiled = vae_decode_bytes(&cfg, &r, Some(Tiling::default()));
+        let tile = (per_pixel * 16_384.0) as u64 * 2;
+        assert_eq!(tiled, tile + 4 * video * 2 + video * 4);
+        // With the weights the tiled decode stays far below a 24 GiB card.
+        let weights = vae_parameters(&cfg) as u64 * 2;
+        assert!(weights + tiled < 6 * GB, "{weights} + {tiled}");
+        // Encoding the conditioning frame is smaller still.
+        let encode = vae_encode_bytes(&cfg, &r, 1, Some(Tiling::default()));
+        assert!(encode < tiled, "{encode}");
     }
 
     #[test]
