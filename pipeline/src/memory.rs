@@ -23,8 +23,8 @@
 //!   `P32` = the `_keep_in_fp32_modules` (`time_embedder`, every `scale_shift_table`, `norm2`).
 //! - under `dtype` [`fp8::FP8`]: the block linear weights `Q` = [`fp8::fp8_parameters`] at 1 byte
 //!   plus one f32 scale per output channel ([`fp8::fp8_scale_parameters`]), everything else and
-//!   the activations as bf16 (`b` = 2), plus `5·N·F` while the FFN hidden is quantised for its
-//!   output projection (the f32 quotient and its e4m3 copy).
+//!   the activations as bf16 (`b` = 2), plus `N·F` for the e4m3 copy of the FFN hidden that its
+//!   output projection multiplies.
 //! - transformer activations of one forward (CFG runs its two forwards one after the other) at
 //!   `N` tokens: `6·N·D·b` (residual stream, normed input, q, k, v, attention output; flash SDPA
 //!   keeps no N² scores) + `3·N·D·4` (f32 norm/modulation and RoPE temporaries) + `2·N·F·b`
@@ -448,10 +448,9 @@ fn transformer_activation_bytes(
     let hidden = 6 * m * d * b + 3 * m * d * 4;
     let exchange = if ulysses > 1 { 6 * m * d * b } else { 0 };
     let ffn = 2 * m * cfg.ffn_dim as u64 * b;
-    // FP8: quantising the FFN hidden for its output projection takes an f32 quotient and its
-    // e4m3 copy beside it.
+    // FP8: the FFN hidden's e4m3 copy for its output projection, beside the bf16 one.
     let quantise = if dtype == fp8::FP8 {
-        m * cfg.ffn_dim as u64 * (4 + 1)
+        m * cfg.ffn_dim as u64
     } else {
         0
     };
@@ -750,8 +749,8 @@ mod tests {
         req.dtype = fp8::FP8;
         let e = estimate(&ModelConfigs::wan22_t2v_a14b(), &req).unwrap();
         let saved = 2 * (bf16.transformer_weights - e.transformer_weights);
-        // FFN hidden quantised: 32,760 tokens × 13,824 × (4 + 1) bytes more activation.
-        assert_eq!(bf16.denoise - e.denoise, saved - 32_760 * 13_824 * 5);
+        // The FFN hidden's e4m3 copy: 32,760 tokens × 13,824 bytes more activation.
+        assert_eq!(bf16.denoise - e.denoise, saved - 32_760 * 13_824);
         assert_eq!(e.text_encoder_weights, bf16.text_encoder_weights);
         assert!(e.peak < 48 * (1 << 30), "{e:?}");
     }
