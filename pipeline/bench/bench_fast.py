@@ -145,7 +145,7 @@ def profile(args):
                 fn()
             torch.cuda.synchronize()
         print(f"profile: {name}, [{m}, {k}] x [{n}, {k}]^T")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8))
+        print(prof.key_averages().table(sort_by="device_time_total", row_limit=8))
         kernels = [e.key for e in prof.key_averages() if e.device_type.name == "CUDA"]
         total = sum(e.device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA") / 5 / 1e3
         print(f"RESULT profile_{'fp8' if 'fp8' in name else 'bf16'}_ms={total:.3f}")
@@ -296,6 +296,8 @@ def table(args):
     lines.append(f"| FP8 frames vs bf16 frames, PSNR (same seed) | 480p {g('psnr_480p', '{} dB')}, 720p {g('psnr_720p', '{} dB')} "
                  f"| — | ≥ 30 dB |")
     lines.append(f"| per-step latent relative error, FP8 vs bf16 | 480p [{g('errors_480p')}]; 720p [{g('errors_720p')}] | — | — |")
+    lines.append(f"| FFN output projection alone, FP8 / bf16 (ours, same process) | {g('forward.linear_ratio')} "
+                 f"({g('forward.linear_fp8_ms', '{} ms')} / {g('forward.linear_bf16_ms', '{} ms')}) | — | — |")
     lines.append(f"| FP8 kernel (torch.profiler, same op and layouts) | {g('profile.profile_fp8_kernels')} "
                  f"({g('profile.profile_fp8_ms', '{} ms')} vs bf16 {g('profile.profile_bf16_ms', '{} ms')}) | — | — |")
     print("\n".join(lines))

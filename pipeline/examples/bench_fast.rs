@@ -253,6 +253,45 @@ fn forward(args: &Args, device: Device) -> anyhow::Result<()> {
     result("forward_fp8_s", format!("{fp8_s:.3}"));
     result("forward_ratio", format!("{:.3}", fp8_s / dense_s));
     result("forward_rel_error", format!("{error:.4}"));
+    linear_alone(args, &cfg, frames * (height / 16) * (width / 16), device)
+}
+
+/// One FFN output projection alone (`[tokens, ffn] → [tokens, dim]`), bf16 `aten::linear`
+/// against our FP8 `Linear` path (per-token quantisation + `_scaled_mm`) in this process: the
+/// speed-up the FP8 kernel gives where the forward spends its matmul time.
+fn linear_alone(
+    args: &Args,
+    cfg: &TransformerConfig,
+    tokens: i64,
+    device: Device,
+) -> anyhow::Result<()> {
+    let kind = if args.tiny {
+        Kind::Float
+    } else {
+        Kind::BFloat16
+    };
+    let x = Tensor::f_randn([tokens, cfg.ffn_dim], (kind, device))?;
+    let weight = Tensor::f_randn([cfg.inner_dim(), cfg.ffn_dim], (kind, device))?
+        .f_div_scalar((cfg.ffn_dim as f64).sqrt())?;
+    let bias = Tensor::f_zeros([cfg.inner_dim()], (kind, device))?;
+    let (dense_s, dense) = timed(args.runs, device, || Ok(x.f_linear(&weight, Some(&bias))?))?;
+    let (q, scale) = fp8::quantize_rows(&weight)?;
+    drop(weight);
+    let (fp8_s, out) = timed(args.runs, device, || {
+        Ok(fp8::linear(&x, &q, &scale, &bias)?)
+    })?;
+    let error = relative_error(&out, &dense)?;
+    println!(
+        "linear [{tokens}, {}] → {}: bf16 {:.2} ms, fp8 {:.2} ms ({:.3}×), relative error {error:.4}",
+        cfg.ffn_dim,
+        cfg.inner_dim(),
+        dense_s * 1e3,
+        fp8_s * 1e3,
+        fp8_s / dense_s
+    );
+    result("linear_bf16_ms", format!("{:.3}", dense_s * 1e3));
+    result("linear_fp8_ms", format!("{:.3}", fp8_s * 1e3));
+    result("linear_ratio", format!("{:.3}", fp8_s / dense_s));
     Ok(())
 }
 
