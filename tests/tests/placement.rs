@@ -3,8 +3,9 @@
 //! hashed by job id and once placed by the shortest backlog; each job's queue wait is its
 //! Accepted's `queue_wait_ms`. The ideal is a shared FIFO queue (M/G/4) over the same arrivals
 //! and the job times the run measured (Accepted → terminal event). Backlog placement must come
-//! within 1.5× the ideal (plus a little slack for the 1 s refresh and the 1 s offset
-//! auto-commit) and beat hashing.
+//! within 1.5× the ideal (plus 0.25 s of slack: with 40 jobs one unlucky placement behind a
+//! long job moves the mean by ~0.05 s, and the refresher reads the group every 250 ms) and beat
+//! hashing.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -238,7 +239,7 @@ async fn backlog_placement_waits_close_to_a_shared_queue_and_less_than_hashing()
     let arrivals = schedule(7, mean_job);
 
     let (hash, hash_fallbacks) = run(&setup, Placement::Hash, "hash", &arrivals).await;
-    // Let the last offsets be committed (auto-commit, every second) before the next run.
+    // Let the last offsets be committed before the next run.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (backlog, backlog_fallbacks) = run(&setup, Placement::Backlog, "backlog", &arrivals).await;
     let (hash_wait, hash_ideal) = report("hash", &hash);
@@ -247,7 +248,7 @@ async fn backlog_placement_waits_close_to_a_shared_queue_and_less_than_hashing()
 
     assert_eq!(hash_fallbacks, 0, "Placement::Hash is not a fallback");
     assert_eq!(backlog_fallbacks, 0, "the group was readable throughout");
-    let slack = 0.5;
+    let slack = 0.25;
     assert!(
         backlog_wait <= 1.5 * backlog_ideal + slack,
         "backlog mean wait {backlog_wait:.2} s vs ideal {backlog_ideal:.2} s"
