@@ -600,6 +600,12 @@ mod tests {
             "{message}"
         );
         assert!(message.contains(&endpoint), "{message}");
+        // A bounded read (a request's image) is an outage too, not a missing object.
+        let read = storage.get_at_most(&key, 1024).await;
+        assert!(
+            matches!(read, Err(StorageError::Unavailable { .. })),
+            "{read:?}"
+        );
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub struct ModelInfo {
     pub defaults: ModelDefaults,
     /// Which requests the model takes: with an image, without one, or both.
     pub kind: ModelKind,
+    /// The frame sides a request's image picks are multiples of this (the VAE's spatial stride
+    /// × the transformer's patch size: 16 for A14B, 32 for TI2V-5B).
+    pub size_multiple: u32,
 }
 
 /// What a model generates from: text, an image, or either. A request that does not fit is

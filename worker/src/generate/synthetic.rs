@@ -31,6 +31,7 @@ impl SyntheticGenerator {
                 precision: "f32/cpu".into(),
                 defaults: WAN22_T2V_A14B,
                 kind: ModelKind::default(),
+                size_multiple: t2v_contract::validate::SIDE_MULTIPLE,
             },
             step_delay,
         }

@@ -102,6 +102,16 @@ pub struct WanGenerator {
     cache: VariantCache,
 }
 
+/// Which requests the loaded model takes, as the job side checks them before any work.
+fn model_kind(kind: t2v_pipeline::model_dir::ModelKind) -> ModelKind {
+    use t2v_pipeline::model_dir::ModelKind as Dir;
+    match kind {
+        Dir::TextToVideo { .. } => ModelKind::TextToVideo,
+        Dir::ImageToVideo { .. } => ModelKind::ImageToVideo,
+        Dir::TextImageToVideo => ModelKind::TextImageToVideo,
+    }
+}
+
 impl WanGenerator {
     /// Loads `dir` (the diffusers layout) with `options`; `name` is the model id requests use.
     pub fn load(dir: &Path, name: &str, options: LoadOptions) -> Result<Self, GenerateError> {
@@ -147,6 +157,9 @@ impl WanGenerator {
         let pipe = WanT2V::load_with_loras(dir, options, &variant.loras).map_err(load_error)?;
         // After the load, so a LoRA that is no safetensors file fails with the LoRA's message.
         let revision = variant_revision(&base_revision, variant, hash_lora)?;
+        let kind = model_kind(pipe.kind());
+        let patch = pipe.configs().map_err(load_error)?.transformer.patch_size[1];
+        let size_multiple = (pipe.vae().config().spatial_ratio() * patch) as u32;
         Ok(Self {
             pipe,
             info: ModelInfo {
@@ -154,10 +167,10 @@ impl WanGenerator {
                 revision,
                 precision,
                 defaults: variant.sampling.defaults,
+                kind,
+                size_multiple,
             },
             limit: None,
-                // The text-to-video pipeline: a request with an image is refused before any work.
-                kind: ModelKind::TextToVideo,
             sampling: variant.sampling,
             cache: variant.cache.clone(),
         })
@@ -316,10 +329,10 @@ impl WanGenerator {
             },
             seed: Some(job.seed),
             reject_long_prompts: true,
+            image: job.image.as_ref().map(|image| (*image.decoded).clone()),
             ..GenerationParams::default()
         }
     }
-            image: job.image.as_ref().map(|image| (*image.decoded).clone()),
 
     /// Runs `job` (from `resume` when given) and returns the pipeline's output: frames
     /// `(F, H, W, 3)` f32 in [0, 1]. A checkpoint that does not decode or fit is ignored with a
@@ -953,6 +966,13 @@ mod tests {
         let options = LoadOptions::new(Device::Cpu, Kind::Float);
         let mut generator = WanGenerator::load(&tiny_model(), "tiny", options).unwrap();
         assert_eq!(generator.model().revision.len(), 12);
+        // A text-to-video directory: requests with an image are refused before any work.
+        assert_eq!(generator.model().kind, ModelKind::TextToVideo);
+        assert_eq!(
+            generator.model().size_multiple,
+            16,
+            "VAE stride 8 × patch 2"
+        );
         let job = JobSpec {
             job_id: "j".into(),
             prompt: "a cat".into(),
@@ -967,16 +987,16 @@ mod tests {
             shift: None,
             sampler: Sampler::FlowEuler,
             seed: 1,
+            cache_threshold: None,
+            image_reference: None,
+            size_from_image: false,
+            image: None,
         };
         let params = generator.params(&job);
         assert_eq!(params.guidance_scale, 4.0, "two-expert default");
         assert_eq!(params.guidance_scale_2, Some(3.0));
         assert_eq!(params.sampler, Some(SamplerKind::FlowEuler));
         assert!(params.reject_long_prompts);
-            cache_threshold: None,
-            image_reference: None,
-            size_from_image: false,
-            image: None,
 
         let mut seen = Vec::new();
         let done = generator
@@ -1072,16 +1092,16 @@ mod tests {
             shift: None,
             sampler: Sampler::Unspecified,
             seed: 3,
+            cache_threshold: None,
+            image_reference: None,
+            size_from_image: false,
+            image: None,
         };
         let params = variant.params(&job);
         assert_eq!(
             (params.guidance_scale, params.guidance_scale_2),
             (1.0, Some(1.0))
         );
-            cache_threshold: None,
-            image_reference: None,
-            size_from_image: false,
-            image: None,
         assert_eq!(params.shift, Some(5.0));
         assert_eq!(params.sampler, Some(SamplerKind::FlowEuler));
         let explicit = JobSpec {

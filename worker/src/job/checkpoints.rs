@@ -329,6 +329,7 @@ mod tests {
             precision: precision.into(),
             defaults: t2v_contract::defaults::WAN22_T2V_A14B,
             kind: crate::generate::ModelKind::default(),
+            size_multiple: 16,
         }
     }
 

@@ -311,7 +311,9 @@ impl Job<'_> {
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
         let size_from_image = req.image.is_some() && req.width == 0 && req.height == 0;
         let (width, height) = match &self.image {
-            Some(image) if size_from_image => size_for_image(image, d.width, d.height),
+            Some(image) if size_from_image => {
+                size_for_image(image, d.width, d.height, self.ctx.model.size_multiple)
+            }
             _ => (or(req.width, d.width), or(req.height, d.height)),
         };
         JobSpec {
@@ -704,11 +706,17 @@ impl Job<'_> {
 }
 
 /// The frame size of a request that leaves both sides to the model but brings an image: the
-/// image's aspect ratio at the model's default area, in multiples of 16, as the reference
-/// image-to-video pipelines choose it (t2v_pipeline::image::size_for_image).
-fn size_for_image(image: &JobImage, default_width: u32, default_height: u32) -> (u32, u32) {
+/// image's aspect ratio at the model's default area, in multiples of the model's
+/// `size_multiple`, as the reference image-to-video pipelines choose it
+/// (t2v_pipeline::image::size_for_image).
+fn size_for_image(
+    image: &JobImage,
+    default_width: u32,
+    default_height: u32,
+    size_multiple: u32,
+) -> (u32, u32) {
     let max_area = i64::from(default_width) * i64::from(default_height);
-    let multiple = i64::from(validate::SIDE_MULTIPLE);
+    let multiple = i64::from(size_multiple.max(validate::SIDE_MULTIPLE));
     let (width, height) = t2v_pipeline::image::size_for_image(&image.decoded, max_area, multiple);
     let side = |v: i64| (v as u32).clamp(validate::MIN_SIDE, validate::MAX_SIDE);
     (side(width), side(height))
