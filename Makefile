@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check bench-ti2v
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check bench-ti2v bench-vae
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -91,6 +91,15 @@ bench-ti2v: deps fixtures ## on a GPU host: Wan2.2 TI2V-5B (random 5B-shaped wei
 	    python pipeline/bench/bench_ti2v.py --model build/bench-ti2v/model $$([ $$policy = low ] && echo --low-memory); \
 	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so T2V_PEAK_MEMORY_PROGRAMS=bench_ti2v \
 	      "$$CARGO_TARGET_DIR/release/examples/bench_ti2v" --model build/bench-ti2v/model --policy $$policy; \
+	  done
+
+bench-vae: deps ## on a GPU host: the Wan VAEs alone (random bf16 weights): Wan2.2 decode 1280x704x121 tiled and not, encode of 1 and 121 frames, Wan2.1 decode 1280x720x81 — time, the estimate, and the allocator's peak (one process per case)
+	@$(ENV) cargo build -q --release -p t2v-pipeline --example bench_vae && \
+	  python pipeline/bench/cuda_peak_memory.py --build build/gpu && \
+	  for case in "2.2 decode 704x1280 121 default" "2.2 decode 704x1280 121 none" "2.2 encode 704x1280 1 default" "2.2 encode 704x1280 121 default" "2.1 decode 720x1280 81 default" "2.1 decode 720x1280 81 none" "2.1 encode 720x1280 81 default"; do \
+	    set -- $$case; \
+	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so T2V_PEAK_MEMORY_PROGRAMS=bench_vae \
+	      "$$CARGO_TARGET_DIR/release/examples/bench_vae" --vae $$1 --op $$2 --size $$3 --frames $$4 --tiling $$5; \
 	  done
 
 gpu-check: deps fixtures ## on a GPU host: doctor on device=cuda, a preflight refusal, a genuine CUDA OOM (one line with settings that fit), a normal generate with the NVML peak
