@@ -3,10 +3,11 @@ I2V-A14B layout: two experts, 36 input channels, no CLIP image encoder), compare
 pipeline/tests/i2v_pipeline_parity.rs.
 
 Writes, under ROOT/i2v_pipeline/:
-  image.png, image.jpg   the conditioning image, 61×37 (an aspect that matches no video size)
-  images.safetensors     what Pillow makes of them: `png` and `jpeg` (H×W×3 u8, as
-                         `load_image` decodes them) and `lanczos_<W>x<H>` (the PNG resized with
-                         Image.LANCZOS, for the resampling test)
+  image.png, image.jpg, image.webp (lossy), image_lossless.webp
+                         the conditioning image, 61×37 (an aspect that matches no video size)
+  images.safetensors     what Pillow makes of them: `png`, `jpeg`, `webp`, `webp_lossless`
+                         (H×W×3 u8, as `load_image` decodes them) and `lanczos_<W>x<H>` (the
+                         PNG resized with Image.LANCZOS, for the resampling test)
   two_experts/           a complete tiny WanImageToVideoPipeline directory (save_pretrained):
                          transformer/ + transformer_2/ (in 36 = 16 noise + 4 mask + 16 image
                          latents, out 16) and a boundary_ratio splitting the 4 steps 2 + 2,
@@ -78,10 +79,18 @@ def write_test_image(root):
     image = PIL.Image.fromarray(rgb, "RGB")
     image.save(os.path.join(root, "image.png"))
     image.save(os.path.join(root, "image.jpg"), quality=90)
+    image.save(os.path.join(root, "image.webp"), quality=80)
+    image.save(os.path.join(root, "image_lossless.webp"), lossless=True)
     png = load_image(os.path.join(root, "image.png"))
+
+    def pixels(name):
+        return torch.from_numpy(np.array(load_image(os.path.join(root, name)))).contiguous()
+
     tensors = {
-        "png": torch.from_numpy(np.array(png)).contiguous(),
-        "jpeg": torch.from_numpy(np.array(load_image(os.path.join(root, "image.jpg")))).contiguous(),
+        "png": pixels("image.png"),
+        "jpeg": pixels("image.jpg"),
+        "webp": pixels("image.webp"),
+        "webp_lossless": pixels("image_lossless.webp"),
     }
     for size in LANCZOS_SIZES:
         resized = png.resize(size, resample=PIL.Image.LANCZOS)

@@ -11,8 +11,8 @@
 //!
 //! Decoding is the `image` crate's. PNG and WebP (lossless) decode to the same pixels as
 //! Pillow; a JPEG's pixels may differ from Pillow's libjpeg-turbo by rounding in the IDCT and
-//! chroma upsampling (a few levels on some pixels). 16-bit PNGs keep the high byte of each
-//! sample, as Pillow does for RGB.
+//! chroma upsampling (a few levels on some pixels). 16-bit PNGs convert as Pillow converts them
+//! (see `to_rgb8`).
 //!
 //! When a request leaves the size to the model, [`size_for_image`] picks it as diffusers' I2V
 //! examples and the official Wan code do: the image's aspect ratio at the model's default area.
@@ -74,14 +74,24 @@ pub fn decode_condition_image(bytes: &[u8]) -> Result<ConditionImage> {
     Ok(ConditionImage::from_rgb8(to_rgb8(decoded)))
 }
 
-/// `convert("RGB")` of Pillow: alpha dropped, grey replicated; 16-bit samples keep their high
-/// byte.
+/// `convert("RGB")` of Pillow: alpha dropped, grey replicated; 16-bit colour (and grey with
+/// alpha) keeps the high byte of each sample, as Pillow opens such PNGs; 16-bit grey (Pillow's
+/// `I;16`) is clipped to 255, as Pillow's `I;16 → RGB` conversion does.
 fn to_rgb8(image: DynamicImage) -> image::RgbImage {
     match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageLuma16(grey) => {
+            let (width, height) = grey.dimensions();
+            let rgb = grey
+                .into_raw()
+                .into_iter()
+                .flat_map(|v| [v.min(255) as u8; 3])
+                .collect();
+            image::RgbImage::from_raw(width, height, rgb)
+                .unwrap_or_else(|| image::RgbImage::new(width, height))
+        }
         DynamicImage::ImageRgb16(_)
         | DynamicImage::ImageRgba16(_)
-        | DynamicImage::ImageLuma16(_)
         | DynamicImage::ImageLumaA16(_) => {
             let rgb16 = image.to_rgb16();
             let (width, height) = rgb16.dimensions();
@@ -254,6 +264,8 @@ fn image_error(message: impl Into<String>) -> PipelineError {
 
 #[cfg(test)]
 mod tests {
+    use image::ImageEncoder as _;
+
     use super::*;
 
     fn png(width: u32, height: u32) -> Vec<u8> {
@@ -273,6 +285,29 @@ mod tests {
         let image = decode_condition_image(&png(5, 3)).unwrap();
         assert_eq!((image.width(), image.height()), (5, 3));
         assert_eq!(image.rgb()[..6], [0, 7, 14, 21, 28, 35]);
+    }
+
+    /// A 16-bit PNG written by hand: `color_type` 0 (grey) or 2 (RGB), one row.
+    fn png16(samples: &[u16], width: u32, color_type: u8) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let color = match color_type {
+            0 => image::ExtendedColorType::L16,
+            _ => image::ExtendedColorType::Rgb16,
+        };
+        let raw: Vec<u8> = samples.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(&raw, width, 1, color)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn sixteen_bit_pngs_convert_as_pillow_does() {
+        // Pillow: RGB;16 keeps the high byte; I;16 → RGB clips at 255
+        let rgb = decode_condition_image(&png16(&[0x1280, 0xff7f, 0x0181], 1, 2)).unwrap();
+        assert_eq!(rgb.rgb(), [0x12, 0xff, 0x01]);
+        let grey = decode_condition_image(&png16(&[0, 200, 1300], 3, 0)).unwrap();
+        assert_eq!(grey.rgb(), [0, 0, 0, 200, 200, 200, 255, 255, 255]);
     }
 
     #[test]

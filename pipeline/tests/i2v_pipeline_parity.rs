@@ -78,6 +78,31 @@ fn lanczos_resize_equals_pillows_to_the_bit() {
     assert!(compared >= 6, "only {compared} sizes in the fixture");
 }
 
+#[test]
+fn lossless_webp_decodes_to_pillows_pixels() {
+    let decoded = decode_condition_image(&image_bytes("image_lossless.webp")).unwrap();
+    assert_eq!(as_tensor(&decoded), images()["webp_lossless"]);
+}
+
+/// Lossy WebP: the `image` crate's VP8 decoder against libwebp's (with its YUV → RGB
+/// upsampling); this bounds (and prints) the difference on the fixture's WebP.
+#[test]
+fn lossy_webp_decodes_close_to_pillow() {
+    let decoded = decode_condition_image(&image_bytes("image.webp")).unwrap();
+    let expected = &images()["webp"];
+    let actual = as_tensor(&decoded);
+    let diff = max_abs(&actual, expected);
+    let mean = (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double))
+        .abs()
+        .mean(Kind::Double)
+        .double_value(&[]);
+    println!("lossy WebP vs Pillow: max {diff} levels, mean {mean:.4} levels");
+    assert!(
+        diff <= 8.0 && mean <= 1.0,
+        "WebP differs from Pillow by max {diff}, mean {mean}"
+    );
+}
+
 /// The `image` crate's JPEG decoder is not libjpeg-turbo: pixels may differ by IDCT and chroma
 /// upsampling rounding. This bounds (and prints) the difference on the fixture's JPEG.
 #[test]
