@@ -98,10 +98,15 @@ async function finishOidc(params) {
   sessionStorage.setItem(TOKEN_KEY, accessToken);
 }
 
-/** Checks the token with `GET /v1/usage` and shows the signed-in console. */
-async function signedIn() {
+/** The caller and today's quota, from `GET /v1/usage` (which also checks the token). */
+async function showUsage() {
   const usage = await (await api("/v1/usage")).json();
   $("who").textContent = `Signed in as ${usage.tenant} — ${usage.videos.remaining} of ${usage.videos.limit} videos left today`;
+}
+
+/** Checks the token and shows the signed-in console. */
+async function signedIn() {
+  await showUsage();
   for (const id of ["create", "gallery-section", "sign-out"]) $(id).hidden = false;
   $("sign-in").hidden = true;
   await refreshGallery();
@@ -148,8 +153,8 @@ async function submitVideo(form) {
     body: JSON.stringify(requestBody(form)),
   });
   const job = await response.json();
-  await refreshGallery();
   follow(job);
+  await Promise.all([refreshGallery(), showUsage()]);
 }
 
 // ---- following one job ----
