@@ -647,3 +647,151 @@ pub fn denoise_cached<P: CachePredictor + ?Sized>(
     };
     denoise(&cached, scheduler, settings, input, on_step_end)
 }
+
+#[cfg(test)]
+mod tests {
+    use tch::Device;
+
+    use super::*;
+
+    /// One forward of a stand-in model: block 0 doubles, the rest adds 1.
+    fn forward(cache: &mut StepCache, expert: Expert, branch: Branch, x: &Tensor) -> Tensor {
+        cache
+            .forward(expert, branch, |c| {
+                c.run_blocks(x.shallow_clone(), |x| Ok(x * 2.0), |x| Ok(x + 1.0))
+            })
+            .unwrap()
+    }
+
+    fn pattern(report: &CacheReport) -> String {
+        let mark = |f: &ForwardRecord| if f.skipped { 'S' } else { 'C' };
+        report.forwards.iter().map(mark).collect()
+    }
+
+    fn mag(ratios: Vec<f32>, threshold: f64) -> StepCacheConfig {
+        StepCacheConfig {
+            policy: CachePolicy::Mag(MagSettings {
+                mag_ratios: Some(ratios),
+                ..MagSettings::default()
+            }),
+            threshold,
+        }
+    }
+
+    #[test]
+    fn nearest_interp_picks_torchs_indices() {
+        // diffusers' nearest_interp on these ratios (torch.round is half to even).
+        let ratios = [1.0, 1.02, 1.01, 1.005, 1.003, 0.998, 0.995, 0.99, 0.98];
+        assert_eq!(
+            nearest_interp(&ratios, 12),
+            [1.0, 1.02, 1.02, 1.01, 1.005, 1.003, 1.003, 0.998, 0.995, 0.99, 0.99, 0.98]
+        );
+        assert_eq!(nearest_interp(&ratios, 5), [1.0, 1.01, 1.003, 0.995, 0.98]);
+        assert_eq!(nearest_interp(&ratios, 1), [0.98]);
+        assert_eq!(nearest_interp(&ratios, 9), ratios);
+        let index = |n: usize, target: usize| {
+            let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            nearest_interp(&values, target)
+        };
+        assert_eq!(index(3, 5), [0.0, 0.0, 1.0, 2.0, 2.0]);
+        assert_eq!(index(4, 7), [0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn mag_cache_keeps_the_first_steps_and_resets_after_an_error_or_max_skips() {
+        // 10 steps: retention int(0.2·10 + 0.5) = 2; each ratio 1.01 adds |1 − 1.01^k|.
+        let mut cache = StepCache::new(&mag(vec![1.01; 10], 0.05), 10).unwrap();
+        let x = Tensor::ones([1, 4, 3], (Kind::Float, Device::Cpu));
+        for _ in 0..10 {
+            let _ = forward(&mut cache, Expert::High, Branch::Cond, &x);
+        }
+        assert_eq!(pattern(&cache.into_report()), "CCSSCSSCSS");
+        // Ratios of exactly 1 never accumulate an error: max_skip_steps (3) ends each run.
+        let mut cache = StepCache::new(&mag(vec![1.0; 10], 0.05), 10).unwrap();
+        for _ in 0..10 {
+            let _ = forward(&mut cache, Expert::High, Branch::Cond, &x);
+        }
+        assert_eq!(pattern(&cache.into_report()), "CCSSSCSSSC");
+    }
+
+    #[test]
+    fn a_skipped_forward_adds_the_cached_residual() {
+        let x = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([1, 4, 3]);
+        let full = &x * 2.0 + 1.0;
+        for config in [
+            StepCacheConfig {
+                policy: CachePolicy::FirstBlock,
+                threshold: 0.05,
+            },
+            mag(vec![1.0], 0.05),
+        ] {
+            let mut cache = StepCache::new(&config, 4).unwrap();
+            let mut outs = Vec::new();
+            for _ in 0..4 {
+                outs.push(forward(&mut cache, Expert::High, Branch::Cond, &x));
+            }
+            let report = cache.into_report();
+            assert!(
+                report.skipped() > 0,
+                "{}: {}",
+                report.kind,
+                pattern(&report)
+            );
+            for out in outs {
+                assert!(out.allclose(&full, 1e-6, 1e-6, false), "{}", report.kind);
+            }
+        }
+    }
+
+    #[test]
+    fn first_block_cache_computes_when_block_0_changed_more_than_the_threshold() {
+        let config = StepCacheConfig {
+            policy: CachePolicy::FirstBlock,
+            threshold: 0.2,
+        };
+        let mut cache = StepCache::new(&config, 5).unwrap();
+        let x = Tensor::ones([1, 2, 2], (Kind::Float, Device::Cpu));
+        // residual of block 0 = x: relative changes 0.1 (skip), 0.5 (compute), 0 (skip)
+        for scale in [1.0, 1.1, 1.5, 1.5] {
+            let _ = forward(&mut cache, Expert::High, Branch::Cond, &(&x * scale));
+        }
+        // The uncond pass and the other expert have their own state: their first forwards compute.
+        let _ = forward(&mut cache, Expert::High, Branch::Uncond, &x);
+        let _ = forward(&mut cache, Expert::Low, Branch::Cond, &x);
+        assert_eq!(pattern(&cache.into_report()), "CSCSCC");
+    }
+
+    #[test]
+    fn distilled_runs_and_several_ranks_are_refused() {
+        assert!(refuse_distilled(4, false).is_err());
+        assert!(refuse_distilled(8, false).is_err());
+        assert!(refuse_distilled(9, false).is_ok());
+        assert!(refuse_distilled(4, true).is_ok());
+        let config = StepCacheConfig {
+            policy: CachePolicy::FirstBlock,
+            threshold: 0.1,
+        };
+        assert!(run_cache(Some(&config), 20, true, true).is_err());
+        assert!(run_cache(Some(&config), 20, true, false).unwrap().is_some());
+        let off = StepCacheConfig {
+            threshold: 0.0,
+            ..config
+        };
+        assert!(run_cache(Some(&off), 4, false, true).unwrap().is_none());
+        assert!(run_cache(None, 4, false, true).unwrap().is_none());
+    }
+
+    #[test]
+    fn mag_cache_without_ratios_asks_for_a_calibration() {
+        let err = StepCache::new(
+            &StepCacheConfig {
+                policy: CachePolicy::Mag(MagSettings::default()),
+                threshold: 0.06,
+            },
+            10,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("calibrate = true"), "{err}");
+    }
+}
