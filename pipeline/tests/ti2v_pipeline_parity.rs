@@ -12,9 +12,11 @@ mod common;
 use std::sync::Mutex;
 
 use common::{assert_close, fixture, load_tensors};
+use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::image::decode_condition_image;
 use t2v_pipeline::model_dir::ModelKind;
+use t2v_pipeline::parallel::{ParallelLayout, ParallelPlan};
 use t2v_pipeline::text_to_video::conditioning::{LatentCondition, VideoSize};
 use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
 use tch::{Device, Kind, Tensor};
@@ -133,4 +135,69 @@ fn text_and_image_to_video_matches_diffusers() {
         other => panic!("expected a first-frame condition, got {other:?}"),
     }
     check_run("i2v", &mut pipe, &params, &reference);
+}
+
+fn image_params() -> (GenerationParams, std::collections::HashMap<String, Tensor>) {
+    let (settings, reference) = reference("i2v");
+    let bytes = std::fs::read(fixture("ti2v_pipeline").join("image.png")).unwrap();
+    let params = GenerationParams {
+        image: Some(decode_condition_image(&bytes).unwrap()),
+        ..params(&settings)
+    };
+    (params, reference)
+}
+
+/// One timestep per token sharded with the tokens (Ulysses), and CFG on two ranks: the frames
+/// of text+image-to-video still match the reference.
+#[test]
+fn text_and_image_to_video_on_ranks_matches_diffusers() {
+    let (params, reference) = image_params();
+    let mut pipe = load();
+    for (cfg, ulysses) in [(2, 1), (1, 2), (2, 2)] {
+        let layout = ParallelLayout { cfg, ulysses };
+        pipe.set_parallel(Some(ParallelPlan::on_one_device(layout, Device::Cpu)))
+            .unwrap();
+        let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let frames = pipe
+            .generate(&params, &mut |_| StepControl::Continue)
+            .unwrap()
+            .frames;
+        let diff = max_abs(&frames, &reference["frames"]);
+        println!("TI2V i2v layout {layout}: frames max |ours − diffusers| = {diff:.3e}");
+        assert!(
+            diff <= FRAMES_ATOL,
+            "layout {layout}: frames differ by {diff}"
+        );
+    }
+}
+
+/// A run stopped after 2 steps and resumed from its checkpoint gives the uninterrupted frames:
+/// the condition is rebuilt from the image, the checkpoint holds the plain latents.
+#[test]
+fn text_and_image_to_video_resumes_bit_identically() {
+    let (params, _) = image_params();
+    let mut pipe = load();
+    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let full = pipe
+        .generate(&params, &mut |_| StepControl::Continue)
+        .unwrap()
+        .frames;
+    let mut saved = None;
+    let stopped = pipe.generate(&params, &mut |step| {
+        if step.index + 1 == 2 {
+            saved = Some(DenoiseState::capture(step, params.seed.unwrap()).unwrap());
+            return StepControl::Stop;
+        }
+        StepControl::Continue
+    });
+    assert!(stopped.is_err(), "the run should stop at step 2");
+    let state = saved.expect("state at step 2");
+    let resumed = pipe
+        .generate_with(&params, Some(&state), &mut |_| StepControl::Continue)
+        .unwrap()
+        .frames;
+    assert!(
+        resumed.equal(&full),
+        "resumed frames differ from the uninterrupted run"
+    );
 }
