@@ -1,5 +1,7 @@
-//! The whole text-to-video pipeline: diffusers `WanPipeline.__call__` (T2V) with
-//! `output_type="np"`, over a model directory in the diffusers layout.
+//! The whole Wan pipeline: diffusers `WanPipeline.__call__` (text-to-video) and
+//! `WanImageToVideoPipeline.__call__` (Wan2.2 I2V-A14B; TI2V-5B with an image) with
+//! `output_type="np"`, over a model directory in the diffusers layout. Which of them a
+//! directory runs is its [`ModelKind`]; the image conditioning is [`conditioning`].
 //!
 //! [`WanT2V::load`] reads every component onto the device (placing them as the
 //! [`MemoryPolicy`] says); [`WanT2V::generate`] runs, as the reference does:
@@ -7,7 +9,8 @@
 //! 2. encode the prompt, and the negative prompt when `guidance_scale > 1`;
 //! 3. set the schedule;
 //! 4. draw the initial noise on the CPU in f32 from the seed (bit-identical to
-//!    `torch.Generator("cpu").manual_seed(seed)`) and move it to the device;
+//!    `torch.Generator("cpu").manual_seed(seed)`) and move it to the device; with an image,
+//!    resize it (Pillow's Lanczos), encode it with the VAE and build the condition;
 //! 5. denoise (two experts split at `boundary_ratio`, CFG with `guidance_scale` /
 //!    `guidance_scale_2`), reporting every step to the caller, who may cancel;
 //! 6. de-normalise the latents, decode them with the VAE and return frames `(F, H, W, 3)` f32 in
