@@ -4,6 +4,8 @@ Writes, under ROOT/vae_encode/:
   wan21/vae/, wan22/vae/   tiny random-weight AutoencoderKLWan models (save_pretrained layout):
                            the Wan2.1 layout (z_dim 16, 8x spatial) and the Wan2.2 one
                            (is_residual, patch_size 2, z_dim 48, decoder_base_dim, 16x spatial)
+  wan22_unit/              the Wan2.2 layout at diffusers' own unit-test size (base_dim 3,
+                           dim_mult [1, 1, 1, 1], 1 res block), same tensors as wan22/ but bf16
   wan21/encode.safetensors, wan22/encode.safetensors
     video_{T}              input videos in [-1, 1] of T = 1, 5, 9, 13 frames, odd latent sizes
                            (3x5 latents); video_6 also (6 frames: the 5th is past the last
@@ -147,6 +149,27 @@ def main():
     tensors.update(decode_cases(wan22, generator))
     tensors.update(bf16_cases(wan22, tensors))
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(root, "wan22", "encode.safetensors"))
+
+    # The Wan2.2 layout at diffusers' own test size: base_dim 3, all multipliers 1, 1 res block.
+    tiny = make_tiny_vae(
+        os.path.join(root, "wan22_unit"),
+        seed=9,
+        base_dim=3,
+        z_dim=48,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        is_residual=True,
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        scale_factor_spatial=16,
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
+    )
+    generator = torch.Generator().manual_seed(10)
+    tensors = encode_cases(tiny, 16, generator)
+    tensors.update(decode_cases(tiny, generator))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(root, "wan22_unit", "encode.safetensors"))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,19 @@ fn wan2_2_encode_matches_diffusers() {
 
 #[test]
 fn wan2_2_decode_matches_diffusers() {
-    let (_, mut vae, reference) = case("wan22");
+    check_wan2_2_decode("wan22");
+}
+
+#[test]
+fn wan2_2_at_diffusers_unit_test_size_matches() {
+    // base_dim 3, dim_mult [1, 1, 1, 1], 1 res block: the widths every residual shortcut keeps.
+    check_encode("wan22_unit");
+    check_wan2_2_decode("wan22_unit");
+}
+
+/// Decode of 1–4 latent frames, tiled, and the tiles stitched as the parallel decode does.
+fn check_wan2_2_decode(name: &str) {
+    let (_, mut vae, reference) = case(name);
     assert_eq!(
         (vae.config().spatial_scale(), vae.config().temporal_scale()),
         (16, 4)

@@ -191,17 +191,20 @@ fn config_errors_name_the_cause() {
             "latents_mean": [], "latents_std": []}"#,
     );
     let err = VaeConfig::load(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("latents_mean has 0 entries"), "{err}");
+    assert!(
+        err.to_string().contains("latents_mean has 0 entries"),
+        "{err}"
+    );
     let list = |v: &str| vec![v; 48].join(", ");
     write(&format!(
-        r#"{{"z_dim": 48, "is_residual": true, "patch_size": 2, "in_channels": 12,
-            "out_channels": 12, "scale_factor_spatial": 8,
+        r#"{{"z_dim": 48, "is_residual": true, "patch_size": 2, "in_channels": 3,
+            "out_channels": 12, "scale_factor_spatial": 16,
             "latents_mean": [{}], "latents_std": [{}]}}"#,
         list("0.0"),
         list("1.0")
     ));
     let err = VaeConfig::load(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("scale_factor_spatial is 8"), "{err}");
+    assert!(err.to_string().contains("in_channels 3"), "{err}");
 
     write(r#"{"_class_name": "AutoencoderKL"}"#);
     let err = VaeConfig::load(dir.path()).unwrap_err();

@@ -174,7 +174,7 @@ impl AutoencoderKLWan {
     fn prepare_video(&self, video: &Tensor) -> Result<Tensor> {
         let p = self.cfg.patch();
         let channels = self.cfg.in_channels / (p * p);
-        let s = self.cfg.spatial_ratio();
+        let s = self.cfg.layer_spatial_ratio();
         let expected = || {
             format!(
                 "expected (batch, {channels}, frames, height, width) with height and width {}{s}, got {:?}",

@@ -243,26 +243,9 @@ impl VaeConfig {
                 .into());
             }
         }
-        let implied = (1 << self.temperal_downsample.len()) * self.patch_size.unwrap_or(1);
-        if let Some(spatial) = self.scale_factor_spatial.filter(|&s| s != implied) {
-            return Err(format!(
-                "scale_factor_spatial is {spatial}, but {} downsampling stages and patch_size {:?} make {implied}",
-                self.temperal_downsample.len(),
-                self.patch_size
-            )
-            .into());
-        }
-        if let Some(temporal) = self
-            .scale_factor_temporal
-            .filter(|&t| t != self.temporal_ratio())
-        {
-            return Err(format!(
-                "scale_factor_temporal is {temporal}, but temperal_downsample {:?} makes {}",
-                self.temperal_downsample,
-                self.temporal_ratio()
-            )
-            .into());
-        }
+        // `scale_factor_spatial` / `scale_factor_temporal` are taken as written even where they
+        // disagree with the layers: diffusers uses them only for the tile geometry and the
+        // pipelines' latent sizes, and so do we.
         if self.is_residual {
             self.validate_residual_shortcuts()?;
         }
@@ -383,9 +366,17 @@ impl VaeConfig {
         self.spatial_ratio()
     }
 
-    /// [`Self::temporal_ratio`]: video frames per latent frame after the first (4 for both VAEs).
+    /// Video frames per latent frame after the first as the pipelines count them
+    /// (`scale_factor_temporal`, else [`Self::temporal_ratio`]): 4 for both VAEs.
     pub fn temporal_scale(&self) -> i64 {
-        self.temporal_ratio()
+        self.scale_factor_temporal
+            .unwrap_or_else(|| self.temporal_ratio())
+    }
+
+    /// Pixels per latent pixel that the layers make: 2 per downsampling stage times
+    /// `patch_size` (equal to [`Self::spatial_ratio`] in every published config).
+    pub fn layer_spatial_ratio(&self) -> i64 {
+        (1 << self.temperal_downsample.len()) * self.patch()
     }
 
     /// Frames one latent frame turns into after the first: 2 per temporal upsampling stage.
@@ -464,18 +455,10 @@ mod tests {
         for (json, field) in [
             (wan2_2_json(r#"{"in_channels": 3}"#), "in_channels 3"),
             (
-                wan2_2_json(r#"{"scale_factor_spatial": 8}"#),
-                "scale_factor_spatial",
-            ),
-            (
                 wan2_2_json(r#"{"dim_mult": [1, 2, 4, 8]}"#),
                 "dim_mult [1, 2, 4, 8]",
             ),
             (r#"{"attn_scales": [1.0]}"#.to_string(), "attn_scales"),
-            (
-                r#"{"scale_factor_temporal": 8}"#.to_string(),
-                "scale_factor_temporal",
-            ),
             (
                 r#"{"patch_size": 0}"#.to_string(),
                 "patch_size must be positive",
