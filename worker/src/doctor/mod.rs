@@ -378,6 +378,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_model_directory_is_named_by_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write(
+            "model_index.json",
+            r#"{"_class_name": "WanImageToVideoPipeline", "boundary_ratio": 0.9,
+                "transformer": ["diffusers", "WanTransformer3DModel"],
+                "transformer_2": ["diffusers", "WanTransformer3DModel"],
+                "vae": ["diffusers", "AutoencoderKLWan"]}"#,
+        );
+        write(
+            "transformer/config.json",
+            r#"{"in_channels": 36, "out_channels": 16}"#,
+        );
+        write("vae/config.json", r#"{"z_dim": 16}"#);
+        let finding = model_kind(dir.path().to_str().unwrap());
+        assert!(finding.ok, "{}", finding.message);
+        assert!(
+            finding
+                .message
+                .ends_with("is Wan2.2 I2V-A14B (two experts, image-to-video)"),
+            "{}",
+            finding.message
+        );
+        write("vae/config.json", r#"{"z_dim": 48}"#);
+        let finding = model_kind(dir.path().to_str().unwrap());
+        assert!(
+            !finding.ok && finding.message.contains("fits no Wan pipeline"),
+            "{}",
+            finding.message
+        );
+    }
+
+    #[test]
     fn authority_takes_the_port_or_the_schemes() {
         assert_eq!(
             authority("http://otel-collector:4318/v1/traces").as_deref(),
