@@ -893,6 +893,17 @@ mod tests {
     }
 
     #[test]
+    fn vae_parameters_of_both_published_vaes_match_diffusers() {
+        // Counted from diffusers' AutoencoderKLWan(...) built on the meta device.
+        let wan21 = VaeConfig::default();
+        assert_eq!(vae_encoder_parameters(&wan21), 53_596_928);
+        assert_eq!(vae_decoder_parameters(&wan21), 73_295_603);
+        let wan22 = VaeConfig::wan2_2();
+        assert_eq!(vae_encoder_parameters(&wan22), 149_637_088);
+        assert_eq!(vae_decoder_parameters(&wan22), 555_051_580);
+    }
+
+    #[test]
     fn wan2_2_vae_decode_of_704p_121_frames_by_hand() {
         // Wan2.2 decoder (widths 1024, 1024, 1024, 512, 256; stages at 1/64 … 1 of the decoder's
         // 640×352 output): cache per output pixel (48 + 4·1024)/64·2 = 129.5, stage 0
