@@ -26,9 +26,12 @@ pub fn halves_png(width: u32, height: u32) -> Vec<u8> {
     )
 }
 
+/// The colour of [`plain_png`].
+pub const PLAIN: [u8; 3] = [90, 160, 40];
+
 /// A `width`×`height` PNG of one colour (small however large: it compresses to almost nothing).
 pub fn plain_png(width: u32, height: u32) -> Vec<u8> {
-    let image = image::RgbImage::from_pixel(width, height, image::Rgb([90, 160, 40]));
+    let image = image::RgbImage::from_pixel(width, height, image::Rgb(PLAIN));
     encode(
         image::DynamicImage::ImageRgb8(image),
         image::ImageFormat::Png,

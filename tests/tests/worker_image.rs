@@ -4,6 +4,8 @@
 //! a GIF, a missing object, a bucket the worker may not read and a `file://` URI on a worker that
 //! allows none each fail with INVALID_ARGUMENT naming the problem, and the next job on the same
 //! partition still runs. A model that does not take (or needs) an image refuses in one line.
+//! A job interrupted mid-run resumes from its checkpoint with the same image, and starts over
+//! when another object now stands behind the same URI.
 
 use std::time::Duration;
 
@@ -11,8 +13,9 @@ use t2v_proto::v1::{
     condition_image::Source, generation_event::Kind, ConditionImage, ErrorCode, GenerationRequest,
 };
 use t2v_tests::{
-    close_to, first_frame, get_object, gif, halves_png, mean_colour, plain_png, put_object,
-    stack_env, synthetic_request, terminal, wait_committed, wait_events, WorkerSetup, LEFT, RIGHT,
+    close_to, first_frame, get_object, gif, halves_png, list_keys, mean_colour, plain_png,
+    put_object, stack_env, starts, synthetic_request, terminal, wait_committed, wait_events,
+    wait_for_keys, WorkerSetup, LEFT, PLAIN, RIGHT,
 };
 
 fn inline(bytes: Vec<u8>) -> Option<ConditionImage> {
@@ -240,4 +243,80 @@ async fn a_model_that_does_not_fit_the_request_refuses_it_in_one_line() {
             other => panic!("{job}: {other:?}\n{}", worker.logs()),
         }
     }
+}
+
+/// Runs `job` (image at `key`) on a worker that checkpoints every step, SIGTERMs it after the
+/// first checkpoint, replaces the object with `replacement` when given, and lets a second worker
+/// finish: (the step checkpointed, the step the second run started from, the Completed event).
+async fn interrupt_and_finish(
+    job: &str,
+    replacement: Option<Vec<u8>>,
+) -> (u32, u32, t2v_proto::v1::Completed) {
+    let setup = WorkerSetup::new(job, 1).await;
+    let (key_prefix, allowed) = inputs(&setup);
+    let key = format!("{key_prefix}/first.png");
+    let image_uri = put_object(&key, halves_png(64, 48)).await;
+    let env = [
+        ("T2V_STORAGE__IMAGE_URI_PREFIXES", allowed.as_str()),
+        ("T2V_CHECKPOINT__EVERY_STEPS", "1"),
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", "100"),
+    ];
+    let mut first = setup.start_worker(&env);
+    setup
+        .submitter()
+        .submit(GenerationRequest {
+            image: uri(&image_uri),
+            ..synthetic_request(job, 200)
+        })
+        .await
+        .unwrap();
+    let checkpoints = format!("{}/{job}/checkpoint", setup.prefix);
+    wait_for_keys(&checkpoints, Duration::from_secs(60), || first.logs()).await;
+    first.stop(Duration::from_secs(30));
+    let saved = list_keys(&checkpoints).await.len();
+    assert_eq!(saved, 1, "a checkpoint stays for the next worker");
+    if let Some(bytes) = replacement {
+        put_object(&key, bytes).await;
+    }
+    let second = setup.start_worker(&env);
+    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
+        terminal(e, job).is_some()
+    });
+    let starts = starts(&events);
+    assert_eq!(starts.len(), 2, "{starts:?}\n{}", second.logs());
+    let saved_step = events
+        .iter()
+        .filter(|e| e.worker_id == starts[0].0)
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Progress(p)) => Some(p.step),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    match terminal(&events, job) {
+        Some(Kind::Completed(c)) => (saved_step, starts[1].1, c.clone()),
+        other => panic!("{job}: {other:?}\n{}", second.logs()),
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_keeps_the_image_or_starts_over_when_it_changed() {
+    // The same object: the second worker resumes from the checkpoint.
+    let (saved, resumed_from, done) = interrupt_and_finish("resume-same", None).await;
+    assert!(
+        resumed_from > 0,
+        "resumed from a checkpoint (saved about {saved})"
+    );
+    let video = get_object(&done.video.as_ref().unwrap().uri).await;
+    assert_first_frame_is_the_image(&video, done.width, done.height);
+
+    // Another object behind the same URI: the checkpoint is refused and the run starts over,
+    // with the new image.
+    let (_, resumed_from, done) =
+        interrupt_and_finish("resume-changed", Some(plain_png(64, 48))).await;
+    assert_eq!(resumed_from, 0, "another image: no resume");
+    let video = get_object(&done.video.as_ref().unwrap().uri).await;
+    let frame = first_frame(&video, done.width, done.height);
+    let colour = mean_colour(&frame, done.width, 0..done.width);
+    assert!(close_to(colour, PLAIN, 12.0), "{colour:?}");
 }
