@@ -150,6 +150,29 @@ impl Default for GenerationParams {
     }
 }
 
+impl GenerationParams {
+    /// The published defaults of a kind of model ([`ModelKind::defaults`]): size, frames,
+    /// steps and guidance (`guidance_scale_2` only for two experts); the rest as
+    /// [`Default`]. E.g. TI2V-5B: 1280×704, 121 frames, 50 steps, guidance 5.0.
+    pub fn defaults_for(kind: ModelKind) -> Self {
+        let model = kind.defaults();
+        let two_experts = matches!(
+            kind,
+            ModelKind::TextToVideo { two_experts: true }
+                | ModelKind::ImageToVideo { two_experts: true }
+        );
+        Self {
+            width: i64::from(model.width),
+            height: i64::from(model.height),
+            num_frames: i64::from(model.num_frames),
+            num_inference_steps: model.steps as usize,
+            guidance_scale: f64::from(model.guidance_scale),
+            guidance_scale_2: two_experts.then_some(f64::from(model.guidance_scale_2)),
+            ..Self::default()
+        }
+    }
+}
+
 /// A request after the reference's checks and rounding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedParams {
@@ -247,10 +270,15 @@ impl crate::step_cache::CachePredictor for OnDemand<'_> {
     ) -> Result<Tensor> {
         self.make_resident()?;
         match self.condition {
-            None => self.expert.model.forward_cached(latents, timestep, text, cache),
+            None => self
+                .expert
+                .model
+                .forward_cached(latents, timestep, text, cache),
             Some(condition) => {
                 let (input, timestep) = condition.model_input(latents, timestep)?;
-                self.expert.model.forward_cached(&input, &timestep, text, cache)
+                self.expert
+                    .model
+                    .forward_cached(&input, &timestep, text, cache)
             }
         }
     }
@@ -676,7 +704,9 @@ impl WanT2V {
         let (latents, start_step) = initial_latents(scheduler.as_mut(), params, &resolved, resume)?;
         let latents = latents.f_to_device(device)?;
         // 4b. the image's latents and mask (image-to-video models)
-        let condition = self.prepare_condition(params, &resolved).map_err(out_of_memory)?;
+        let condition = self
+            .prepare_condition(params, &resolved)
+            .map_err(out_of_memory)?;
 
         // 5. denoising loop
         let denoise_start = Instant::now();

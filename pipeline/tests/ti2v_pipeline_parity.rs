@@ -201,3 +201,18 @@ fn text_and_image_to_video_resumes_bit_identically() {
         "resumed frames differ from the uninterrupted run"
     );
 }
+
+#[test]
+fn the_defaults_of_ti2v_are_the_published_ones() {
+    let params = GenerationParams::defaults_for(load().kind());
+    assert_eq!(
+        (params.width, params.height, params.num_frames),
+        (1280, 704, 121)
+    );
+    assert_eq!(
+        (params.num_inference_steps, params.guidance_scale),
+        (50, 5.0)
+    );
+    assert_eq!(params.guidance_scale_2, None);
+    assert_eq!(ModelKind::TextImageToVideo.defaults().fps, 24);
+}
