@@ -140,6 +140,14 @@ fn check(name: &str) -> GenerationOutput {
         1e-4,
         1e-4,
     );
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    eprintln!(
+        "{name}: {} of {} forwards skipped; max |diff| frames {:.2e}, latents {:.2e}",
+        report.skipped(),
+        report.forwards.len(),
+        max_diff(&out.frames, &c.reference["frames"]),
+        max_diff(&latents, &c.reference["latents"])
+    );
     assert_close(
         &format!("{name} frames"),
         &out.frames,
