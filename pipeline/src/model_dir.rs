@@ -24,7 +24,7 @@ use crate::loader;
 
 mod kind;
 
-pub use kind::{ModelKind, I2V_MASK_CHANNELS};
+pub use kind::ModelKind;
 
 /// File name of the pipeline index at the directory's root.
 pub const MODEL_INDEX: &str = "model_index.json";

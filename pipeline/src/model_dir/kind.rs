@@ -5,7 +5,7 @@
 //! | kind | transformer in → out | expand_timesteps | image |
 //! |---|---|---|---|
 //! | text-to-video (T2V-A14B, Wan2.1 T2V) | z → z | no | refused |
-//! | image-to-video (I2V-A14B) | z + 4 + z → z (noise, mask, condition) | no | required |
+//! | image-to-video (I2V-A14B) | z + r + z → z (noise, mask, condition; r = the VAE's frames per latent frame, 4) | no | required |
 //! | text+image-to-video (TI2V-5B) | z → z | yes | optional |
 
 use t2v_contract::defaults::{ModelDefaults, WAN22_I2V_A14B, WAN22_T2V_A14B, WAN22_TI2V_5B};
@@ -13,9 +13,6 @@ use t2v_contract::defaults::{ModelDefaults, WAN22_I2V_A14B, WAN22_T2V_A14B, WAN2
 use super::{Component, ModelDir, MODEL_INDEX};
 use crate::error::{PipelineError, Result};
 use crate::loader;
-
-/// Channels of the I2V mask: the first frame's mask repeated over the VAE's temporal factor.
-pub const I2V_MASK_CHANNELS: i64 = 4;
 
 /// The kinds of Wan model this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +111,10 @@ struct Channels {
 struct LatentChannels {
     #[serde(default = "default_channels")]
     z_dim: i64,
+    /// Frames per latent frame: the I2V mask has this many channels (the first frame's mask
+    /// repeated over it). diffusers' default 4.
+    #[serde(default)]
+    scale_factor_temporal: Option<i64>,
 }
 
 /// diffusers' default `in_channels` and `z_dim`.
@@ -145,7 +146,7 @@ impl ModelDir {
         } else if input == z {
             (self.pipeline_class() == super::PIPELINE_CLASS)
                 .then_some(ModelKind::TextToVideo { two_experts })
-        } else if input == 2 * z + I2V_MASK_CHANNELS {
+        } else if input == 2 * z + vae.scale_factor_temporal.unwrap_or(4) {
             Some(ModelKind::ImageToVideo { two_experts })
         } else {
             None

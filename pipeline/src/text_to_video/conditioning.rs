@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 use crate::denoise::NoisePredictor;
 use crate::error::{PipelineError, Result};
 use crate::image::ConditionImage;
-use crate::model_dir::{ModelKind, I2V_MASK_CHANNELS};
+use crate::model_dir::ModelKind;
 use crate::wan::vae::{normalize_latents, AutoencoderKLWan};
 
 /// The conditioning of one request, on the denoising device.
@@ -66,7 +66,7 @@ impl LatentCondition {
                 )?;
                 let video = Tensor::f_cat(&[pixels, rest], 2)?;
                 let latents = encode_normalized(vae, &video, device)?;
-                let mask = first_frame_mask(&latents)?;
+                let mask = first_frame_mask(&latents, vae_temporal_ratio(vae))?;
                 let condition = Tensor::f_cat(&[mask, latents], 1)?;
                 Ok(Some(Self::Concat { condition }))
             }
@@ -155,12 +155,12 @@ fn encode_normalized(vae: &AutoencoderKLWan, video: &Tensor, device: Device) -> 
     normalize_latents(&latents, vae.config())
 }
 
-/// The I2V mask `[1, 4, T, h, w]`: the first pixel frame's 1 repeated over the 4 frames of the
-/// first latent frame, 0 for every later frame.
-fn first_frame_mask(latents: &Tensor) -> Result<Tensor> {
+/// The I2V mask `[1, r, T, h, w]` (r = 4 frames per latent frame): the first pixel frame's 1
+/// repeated over the r frames of the first latent frame, 0 for every later frame.
+fn first_frame_mask(latents: &Tensor, frames_per_latent: i64) -> Result<Tensor> {
     let [_, _, frames, h, w] = size5(latents)?;
     let mask = Tensor::f_zeros(
-        [1, I2V_MASK_CHANNELS, frames, h, w],
+        [1, frames_per_latent, frames, h, w],
         (Kind::Float, latents.device()),
     )?;
     let _ = mask.f_narrow(2, 0, 1)?.f_fill_(1.0)?;
