@@ -71,6 +71,8 @@ pub struct Metrics {
     last_step_reading: Mutex<Option<Instant>>,
     gpu: Option<&'static Gpu>,
     consumer_lag: Gauge,
+    /// `t2v_step_cache_forwards_total{outcome}`: `computed` or `skipped` by the step cache.
+    step_cache: Family<Labels, Counter>,
 }
 
 /// `t2v_gpu_memory_bytes` kinds.
@@ -102,6 +104,12 @@ impl Metrics {
         let steps = Counter::default();
         let gpu_memory = Family::<Labels, Gauge>::default();
         let consumer_lag = Gauge::default();
+        let step_cache = Family::<Labels, Counter>::default();
+        registry.register(
+            "t2v_step_cache_forwards",
+            "Transformer forwards of jobs with a step cache, by outcome (computed, skipped)",
+            step_cache.clone(),
+        );
         registry.register("t2v_jobs", "Jobs finished, by outcome", jobs.clone());
         registry.register(
             "t2v_phase_duration_seconds",
@@ -139,6 +147,17 @@ impl Metrics {
             last_step_reading: Mutex::new(None),
             gpu,
             consumer_lag,
+            step_cache,
+        }
+    }
+
+    /// A job with a step cache finished its forwards: `skipped` of `forwards` were skipped.
+    pub fn step_cache(&self, forwards: u32, skipped: u32) {
+        let computed = forwards.saturating_sub(skipped);
+        for (outcome, n) in [("computed", computed), ("skipped", skipped)] {
+            self.step_cache
+                .get_or_create(&vec![("outcome", outcome)])
+                .inc_by(u64::from(n));
         }
     }
 
@@ -237,6 +256,20 @@ mod tests {
                     .contains("t2v_phase_duration_seconds_bucket{phase=\"denoise\",le=\"2.56\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn step_cache_forwards_are_counted_by_outcome() {
+        let m = Metrics::with_gpu(None);
+        m.step_cache(16, 5);
+        m.step_cache(8, 0);
+        let text = m.render();
+        for line in [
+            "t2v_step_cache_forwards_total{outcome=\"computed\"} 19",
+            "t2v_step_cache_forwards_total{outcome=\"skipped\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 
     #[test]

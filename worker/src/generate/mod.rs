@@ -242,6 +242,8 @@ pub struct PipelineTimings {
 pub struct Generated {
     pub frames: Frames,
     pub timings: PipelineTimings,
+    /// What the step cache did, when the job ran with one.
+    pub step_cache: Option<variant::StepCacheSummary>,
 }
 
 /// Why a generation ended without frames.

@@ -123,6 +123,7 @@ impl VideoGenerator for SyntheticGenerator {
         let frames = Self::render_with_image(job)?;
         Ok(Generated {
             frames,
+            step_cache: None,
             timings: PipelineTimings {
                 text_encode: Duration::ZERO,
                 denoise,

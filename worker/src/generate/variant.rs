@@ -230,6 +230,31 @@ impl CacheConfig {
     }
 }
 
+/// What a job's step cache did: the manifest's `step_cache` and the
+/// `t2v_step_cache_forwards_total` counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepCacheSummary {
+    /// `first_block` or `mag`.
+    pub kind: String,
+    pub threshold: f64,
+    /// Transformer forwards of the run (each CFG pass counts).
+    pub forwards: u32,
+    /// Forwards whose blocks the cache skipped (all but block 0 for first_block).
+    pub skipped: u32,
+}
+
+impl StepCacheSummary {
+    pub fn of(report: &t2v_pipeline::step_cache::CacheReport) -> Self {
+        Self {
+            kind: report.kind.to_string(),
+            threshold: report.threshold,
+            forwards: report.forwards.len() as u32,
+            skipped: report.skipped() as u32,
+        }
+    }
+}
+
 /// Whether `model` serves a step-distilled variant: the `lightning` preset, or at most
 /// [`DISTILLED_MAX_STEPS`] steps with guidance off (at most 1.0) on both experts.
 pub fn is_distilled(model: &ModelConfig) -> bool {

@@ -460,6 +460,10 @@ impl VideoGenerator for WanGenerator {
         Ok(Generated {
             frames: to_rgb24(&output.frames)?,
             timings: timings(&output),
+            step_cache: output
+                .step_cache
+                .as_ref()
+                .map(super::variant::StepCacheSummary::of),
         })
     }
 }
@@ -1387,6 +1391,18 @@ mod tests {
         let strict = run(Some(0.001)).unwrap().step_cache.unwrap();
         assert_eq!(strict.skipped(), 0);
         assert_eq!(strict.threshold, f64::from(0.001f32));
+        // What the job reports (manifest, metric): the same counts.
+        let job = JobSpec {
+            steps: 8,
+            ..crate::generate::tests::spec(3)
+        };
+        let mut hooks = |_: StepInfo| ControlFlow::Continue(());
+        let generated = generator.generate(&job, None, &mut hooks).unwrap();
+        let summary = generated.step_cache.expect("a summary");
+        assert_eq!(
+            (summary.kind.as_str(), summary.forwards, summary.skipped),
+            ("first_block", 16, variant.skipped() as u32)
+        );
 
         let lightning = ModelConfig {
             preset: crate::config::PresetChoice::Lightning,

@@ -344,10 +344,14 @@ impl Job<'_> {
         self.announce_started(&spec, resume.as_ref().map_or(0, |c| c.step))
             .await?;
         let generated = self.generate(&spec, resume).await?;
+        let step_cache = generated.step_cache.clone();
         let encoded = self.encode(&spec, &generated).await?;
         drop(generated);
         let (video, thumbnail) = self.upload_outputs(encoded).await?;
-        let manifest = self.manifest(&spec, video, thumbnail);
+        let manifest = Manifest {
+            step_cache,
+            ..self.manifest(&spec, video, thumbnail)
+        };
         self.commit(manifest).await
     }
 
@@ -519,6 +523,9 @@ impl Job<'_> {
         ] {
             self.ctx.metrics.phase(name, took);
         }
+        if let Some(cache) = &generated.step_cache {
+            self.ctx.metrics.step_cache(cache.forwards, cache.skipped);
+        }
     }
 
     /// Step 5: MP4 and thumbnail through ffmpeg, read back into memory.
@@ -665,6 +672,7 @@ impl Job<'_> {
             video,
             thumbnail,
             timings_ms: self.timings,
+            step_cache: None,
             worker_id: ctx.publisher.worker_id.clone(),
             created_at_unix_ms: now_unix_ms(),
         }

@@ -90,6 +90,10 @@ pub struct Manifest {
     pub video: StoredFile,
     pub thumbnail: StoredFile,
     pub timings_ms: TimingsMs,
+    /// What the step cache did (kind, threshold, forwards and forwards skipped); absent without
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_cache: Option<crate::generate::variant::StepCacheSummary>,
     pub worker_id: String,
     pub created_at_unix_ms: u64,
 }
