@@ -124,9 +124,17 @@ impl WanGenerator {
         let options = load_options(model.device, model.dtype, model.memory_policy)?;
         let variant = Variant::of(model);
         tracing::info!(dir = %model.dir, name = %model.name, ?options, ?variant, "loading the Wan pipeline");
-        Self::load_variant(Path::new(&model.dir), &model.name, options, &variant)?
+        let generator = Self::load_variant(Path::new(&model.dir), &model.name, options, &variant)?
             .with_memory_budget(model.memory_budget_gib)
-            .with_devices(&model.devices)
+            .with_devices(&model.devices)?;
+        // The step cache runs on one device only (t2v-pipeline's step_cache): say so at start,
+        // not in every job.
+        if generator.cache.config.is_some() && generator.pipe.parallel_plan().is_some() {
+            return Err(GenerateError::Load(
+                "model.cache is set but model.devices spreads each job over several GPUs — the step cache runs on one GPU: set devices = [0] (and run one worker per GPU) or cache kind = \"off\"".into(),
+            ));
+        }
+        Ok(generator)
     }
 
     /// Loads `dir` with `variant`'s LoRAs fused into the experts (a missing file or a LoRA for
