@@ -70,10 +70,21 @@ impl SamplingDefaults {
         sampler: Sampler::FlowEuler,
     };
 
-    /// `[model] preset` with the non-zero `[model.sampling]` values in place of the preset's.
+    /// `[model] preset` with the non-zero `[model.sampling]` values in place of the preset's,
+    /// for Wan2.2 T2V-A14B.
     pub fn of(model: &ModelConfig) -> Self {
+        Self::for_model(model, WAN22_T2V_A14B)
+    }
+
+    /// [`Self::of`] for the model whose published defaults are `base` (the model directory's
+    /// kind: T2V-A14B, I2V-A14B or TI2V-5B). Lightning is a T2V-A14B distillation and keeps its
+    /// own recipe.
+    pub fn for_model(model: &ModelConfig, base: ModelDefaults) -> Self {
         let mut resolved = match model.preset {
-            PresetChoice::Base => Self::BASE,
+            PresetChoice::Base => Self {
+                defaults: base,
+                ..Self::BASE
+            },
             PresetChoice::Lightning => Self::LIGHTNING,
         };
         let sampling = &model.sampling;
@@ -131,8 +142,13 @@ impl Variant {
     }
 
     pub fn of(model: &ModelConfig) -> Self {
+        Self::for_model(model, WAN22_T2V_A14B)
+    }
+
+    /// [`Self::of`] for the model whose published defaults are `base`.
+    pub fn for_model(model: &ModelConfig, base: ModelDefaults) -> Self {
         Self {
-            sampling: SamplingDefaults::of(model),
+            sampling: SamplingDefaults::for_model(model, base),
             loras: expert_loras(&model.loras),
             cache: VariantCache::of(model),
         }

@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use t2v_contract::defaults::ModelDefaults;
 use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::{
@@ -112,17 +113,28 @@ fn model_kind(kind: t2v_pipeline::model_dir::ModelKind) -> ModelKind {
     }
 }
 
+/// The published defaults (size, frames, fps, steps, guidance) of the model in `dir`, by its
+/// kind: a TI2V-5B fleet's requests with zeros get 1280x704, 121 frames at 24 fps. A directory
+/// whose kind cannot be read gets T2V-A14B's; its load then fails with the reason.
+fn published_defaults(dir: &Path) -> ModelDefaults {
+    t2v_pipeline::model_dir::ModelDir::open(dir)
+        .and_then(|d| d.kind())
+        .map(|kind| kind.defaults())
+        .unwrap_or(t2v_contract::defaults::WAN22_T2V_A14B)
+}
+
 impl WanGenerator {
     /// Loads `dir` (the diffusers layout) with `options`; `name` is the model id requests use.
     pub fn load(dir: &Path, name: &str, options: LoadOptions) -> Result<Self, GenerateError> {
-        Self::load_variant(dir, name, options, &Variant::base())
+        let variant = Variant::for_model(&ModelConfig::default(), published_defaults(dir));
+        Self::load_variant(dir, name, options, &variant)
     }
 
     /// Loads the whole `[model]` section: the variant's LoRAs and preset, device, dtype, memory
     /// policy, the preflight budget and the GPUs of a job.
     pub fn load_model(model: &ModelConfig) -> Result<Self, GenerateError> {
         let options = load_options(model.device, model.dtype, model.memory_policy)?;
-        let variant = Variant::of(model);
+        let variant = Variant::for_model(model, published_defaults(Path::new(&model.dir)));
         tracing::info!(dir = %model.dir, name = %model.name, ?options, ?variant, "loading the Wan pipeline");
         let generator = Self::load_variant(Path::new(&model.dir), &model.name, options, &variant)?
             .with_memory_budget(model.memory_budget_gib)
@@ -971,6 +983,29 @@ mod tests {
             dir.display()
         );
         dir
+    }
+
+    #[test]
+    fn zeros_in_a_request_take_the_published_defaults_of_the_directorys_model() {
+        let fixtures = tiny_model().join("../..");
+        let options = LoadOptions::new(Device::Cpu, Kind::Float);
+        let ti2v =
+            WanGenerator::load(&fixtures.join("ti2v_pipeline/model"), "ti2v", options).unwrap();
+        assert_eq!(ti2v.model().kind, ModelKind::TextImageToVideo);
+        assert_eq!(ti2v.model().defaults, t2v_contract::defaults::WAN22_TI2V_5B);
+        let i2v = WanGenerator::load_model(&ModelConfig {
+            dir: fixtures
+                .join("i2v_pipeline/two_experts")
+                .display()
+                .to_string(),
+            name: "i2v".into(),
+            device: DeviceChoice::Cpu,
+            ..ModelConfig::default()
+        })
+        .unwrap();
+        assert_eq!(i2v.model().defaults, t2v_contract::defaults::WAN22_I2V_A14B);
+        let t2v = WanGenerator::load(&tiny_model(), "t2v", options).unwrap();
+        assert_eq!(t2v.model().defaults, t2v_contract::defaults::WAN22_T2V_A14B);
     }
 
     #[test]
