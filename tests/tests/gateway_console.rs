@@ -88,6 +88,9 @@ impl ChromeDriver {
                 ],
             }),
         );
+        // Both of rustls' backends are compiled into this workspace: name one (an error only
+        // says one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         ClientBuilder::rustls()
             .expect("the WebDriver client's TLS setup")
             .capabilities(caps)
@@ -209,22 +212,8 @@ async fn api_error(gateway: &GatewayProcess, token: &str, body: &Value) -> Strin
     body["error"]["message"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
-async fn a_video_submitted_in_the_console_shows_progress_plays_and_joins_the_gallery() {
-    let setup = WorkerSetup::new("gw-console", 1).await;
-    // Outputs on the local filesystem: the console fetches them through the gateway's
-    // authorised /v1/videos/{id}/files/{name} (blob URLs), the path a bearer token must open.
-    let outputs = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", outputs.path().display());
-    let _worker = setup.start_worker(&[
-        ("T2V_MODEL__SYNTHETIC_STEP_MS", "250"),
-        ("T2V_STORAGE__URL", &storage),
-    ]);
-    let key = SigningKey::generate("k1");
-    let gateway = GatewayProcess::start(&setup, &fresh_database(), &key, &[]).await;
-    let acme = key.token("acme", json!({}));
-
-    // The assets: right types, a strict policy, revalidated caching.
+/// The assets: right types, a strict policy, revalidated caching.
+async fn assert_console_assets(gateway: &GatewayProcess) {
     let page = gateway.http.get(gateway.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
@@ -250,6 +239,110 @@ async fn a_video_submitted_in_the_console_shows_progress_plays_and_joins_the_gal
         .unwrap()
         .starts_with("text/javascript"));
     assert!(script.headers().contains_key("etag"));
+}
+
+/// Progress climbs to 100 % over the SSE stream.
+async fn assert_progress_climbs_to_100(browser: &Client, gateway: &GatewayProcess) {
+    wait_until(
+        browser,
+        gateway,
+        "the progress bar reaches 100 %",
+        "document.getElementById('progress').value === 100 \
+         && document.getElementById('progress-text').textContent === '100 %' \
+         && document.getElementById('job-state').dataset.state === 'completed'",
+        Duration::from_secs(90),
+    )
+    .await;
+    let seen: Vec<String> = serde_json::from_value(
+        browser
+            .execute("return window.seenProgress", vec![])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let percents: Vec<u32> = seen
+        .iter()
+        .filter_map(|s| s.trim_end_matches(" %").parse().ok())
+        .collect();
+    assert!(
+        percents.iter().any(|&p| p > 0 && p < 100),
+        "progress shown on the way: {seen:?}"
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "never backwards: {seen:?}"
+    );
+    assert_eq!(percents.last(), Some(&100), "{seen:?}");
+}
+
+/// The MP4 plays inline; its duration is frames / fps.
+async fn assert_video_plays(browser: &Client, gateway: &GatewayProcess) {
+    let playing = wait_until(
+        browser,
+        gateway,
+        "the video plays",
+        "(() => { const v = document.getElementById('player'); \
+           if (v.readyState >= 2 && v.paused) v.play().catch(() => {}); \
+           return !v.hidden && v.readyState >= 2 && !v.paused && v.currentTime > 0 \
+             && {readyState: v.readyState, duration: v.duration, src: v.currentSrc, \
+                 width: v.videoWidth, height: v.videoHeight}; })()",
+        Duration::from_secs(30),
+    )
+    .await;
+    let duration = playing["duration"].as_f64().unwrap();
+    let expected = f64::from(FRAMES) / f64::from(FPS);
+    assert!(
+        (duration - expected).abs() < 0.15,
+        "duration {duration} s, expected about {expected} s: {playing}"
+    );
+    assert!(
+        playing["src"].as_str().unwrap().starts_with("blob:"),
+        "{playing}"
+    );
+    assert_eq!(
+        (playing["width"].as_u64(), playing["height"].as_u64()),
+        (Some(64), Some(64))
+    );
+}
+
+/// The gallery has the job, completed, with its thumbnail and timings.
+async fn assert_gallery_shows(browser: &Client, gateway: &GatewayProcess, id: &str) {
+    let item = format!("#gallery li[data-id='{id}'][data-state='completed']");
+    let gallery = wait_until(
+        browser,
+        gateway,
+        "the gallery shows the finished job with its thumbnail",
+        &format!(
+            "(() => {{ const li = document.querySelector(\"{item}\"); \
+               const img = li && li.querySelector('img'); \
+               return img && img.complete && img.naturalWidth > 0 && li.textContent; }})()"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let gallery = gallery.as_str().unwrap();
+    assert!(
+        gallery.contains("a lighthouse at dusk") && gallery.contains("total"),
+        "{gallery}"
+    );
+}
+
+#[tokio::test]
+async fn a_video_submitted_in_the_console_shows_progress_plays_and_joins_the_gallery() {
+    let setup = WorkerSetup::new("gw-console", 1).await;
+    // Outputs on the local filesystem: the console fetches them through the gateway's
+    // authorised /v1/videos/{id}/files/{name} (blob URLs), the path a bearer token must open.
+    let outputs = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", outputs.path().display());
+    let _worker = setup.start_worker(&[
+        ("T2V_MODEL__SYNTHETIC_STEP_MS", "250"),
+        ("T2V_STORAGE__URL", &storage),
+    ]);
+    let key = SigningKey::generate("k1");
+    let gateway = GatewayProcess::start(&setup, &fresh_database(), &key, &[]).await;
+    let acme = key.token("acme", json!({}));
+
+    assert_console_assets(&gateway).await;
 
     let driver = ChromeDriver::start().await;
     let browser = driver.browser().await;
@@ -331,86 +424,9 @@ async fn a_video_submitted_in_the_console_shows_progress_plays_and_joins_the_gal
         "the earlier error is cleared"
     );
 
-    // Progress climbs to 100 % over the SSE stream.
-    wait_until(
-        &browser,
-        &gateway,
-        "the progress bar reaches 100 %",
-        "document.getElementById('progress').value === 100 \
-         && document.getElementById('progress-text').textContent === '100 %' \
-         && document.getElementById('job-state').dataset.state === 'completed'",
-        Duration::from_secs(90),
-    )
-    .await;
-    let seen: Vec<String> = serde_json::from_value(
-        browser
-            .execute("return window.seenProgress", vec![])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let percents: Vec<u32> = seen
-        .iter()
-        .filter_map(|s| s.trim_end_matches(" %").parse().ok())
-        .collect();
-    assert!(
-        percents.iter().any(|&p| p > 0 && p < 100),
-        "progress shown on the way: {seen:?}"
-    );
-    assert!(
-        percents.windows(2).all(|w| w[0] <= w[1]),
-        "never backwards: {seen:?}"
-    );
-    assert_eq!(percents.last(), Some(&100), "{seen:?}");
-
-    // The MP4 plays inline; its duration is frames / fps.
-    let playing = wait_until(
-        &browser,
-        &gateway,
-        "the video plays",
-        "(() => { const v = document.getElementById('player'); \
-           if (v.readyState >= 2 && v.paused) v.play().catch(() => {}); \
-           return !v.hidden && v.readyState >= 2 && !v.paused && v.currentTime > 0 \
-             && {readyState: v.readyState, duration: v.duration, src: v.currentSrc, \
-                 width: v.videoWidth, height: v.videoHeight}; })()",
-        Duration::from_secs(30),
-    )
-    .await;
-    let duration = playing["duration"].as_f64().unwrap();
-    let expected = f64::from(FRAMES) / f64::from(FPS);
-    assert!(
-        (duration - expected).abs() < 0.15,
-        "duration {duration} s, expected about {expected} s: {playing}"
-    );
-    assert!(
-        playing["src"].as_str().unwrap().starts_with("blob:"),
-        "{playing}"
-    );
-    assert_eq!(
-        (playing["width"].as_u64(), playing["height"].as_u64()),
-        (Some(64), Some(64))
-    );
-
-    // The gallery has the job, completed, with its thumbnail and timings.
-    let item = format!("#gallery li[data-id='{id}'][data-state='completed']");
-    let gallery = wait_until(
-        &browser,
-        &gateway,
-        "the gallery shows the finished job with its thumbnail",
-        &format!(
-            "(() => {{ const li = document.querySelector(\"{item}\"); \
-               const img = li && li.querySelector('img'); \
-               return img && img.complete && img.naturalWidth > 0 && li.textContent; }})()"
-        ),
-        Duration::from_secs(20),
-    )
-    .await;
-    let gallery = gallery.as_str().unwrap();
-    assert!(
-        gallery.contains("a lighthouse at dusk") && gallery.contains("total"),
-        "{gallery}"
-    );
-
+    assert_progress_climbs_to_100(&browser, &gateway).await;
+    assert_video_plays(&browser, &gateway).await;
+    assert_gallery_shows(&browser, &gateway, &id).await;
     // For people to look at.
     let shot = browser.screenshot().await.unwrap();
     let dir = workspace_root().join("build/console");
