@@ -30,6 +30,16 @@ REQUESTS_TOPIC = "t2v.requests.v1"
 # The default model's priority lanes, highest first (schemas/topics.yaml `models`).
 LANE_TOPICS = ["t2v.requests.high.v1", "t2v.requests.v1", "t2v.requests.batch.v1"]
 
+
+def model_lane_topics(model: str) -> list[str]:
+    """The request topics of `model`'s lanes, highest first, from schemas/topics.yaml."""
+    import yaml
+
+    routes = yaml.safe_load(TOPICS_YAML.read_text())
+    lanes = [lane["name"] for lane in routes["lanes"]]
+    entry = next(m for m in routes["models"] if m["name"] == model)
+    return [entry["requests"][lane] for lane in lanes]
+
 SCENARIOS = ["defaults"] + sorted(p.name for p in CI_DIR.glob("*-values.yaml"))
 
 

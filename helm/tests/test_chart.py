@@ -21,6 +21,7 @@ from conftest import (
     CHART,
     LANE_TOPICS,
     REQUESTS_TOPIC,
+    model_lane_topics,
     TOPICS_YAML,
     SCENARIOS,
     chart_values,
@@ -107,7 +108,7 @@ def test_scaler_targets_requests_topic_and_group(scenario, docs):
         assert [t["metadata"]["topic"] for t in triggers] == toml["kafka"]["requests_topics"], (
             "one trigger per lane the workers read"
         )
-        assert toml["kafka"]["requests_topics"] == LANE_TOPICS
+        assert toml["kafka"]["requests_topics"] == model_lane_topics(toml["model"]["name"])
         for trigger in triggers:
             meta = trigger["metadata"]
             assert trigger["type"] == "kafka"
@@ -124,7 +125,8 @@ def test_scaler_targets_requests_topic_and_group(scenario, docs):
         hpa = one(docs, "HorizontalPodAutoscaler")
         assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
         topics = [m["external"]["metric"]["selector"]["matchLabels"] for m in hpa["spec"]["metrics"]]
-        assert topics == [{"consumergroup": toml["kafka"]["group_id"], "topic": t} for t in LANE_TOPICS]
+        lanes = model_lane_topics(toml["model"]["name"])
+        assert topics == [{"consumergroup": toml["kafka"]["group_id"], "topic": t} for t in lanes]
         assert hpa["spec"]["minReplicas"] >= 1
         assert not of_kind(docs, "ScaledObject")
         assert "replicas" not in deployment["spec"]

@@ -375,7 +375,13 @@ mod tests {
                 "t2v.control.v1",
                 "t2v.dlq.v1",
                 "t2v.requests.high.v1",
-                "t2v.requests.batch.v1"
+                "t2v.requests.batch.v1",
+                "t2v.i2v.requests.high.v1",
+                "t2v.i2v.requests.v1",
+                "t2v.i2v.requests.batch.v1",
+                "t2v.ti2v.requests.high.v1",
+                "t2v.ti2v.requests.v1",
+                "t2v.ti2v.requests.batch.v1"
             ]
         );
         let control = &specs[2];
