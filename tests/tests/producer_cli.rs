@@ -461,8 +461,10 @@ async fn topics_apply_is_idempotent_and_matches_the_file() {
     assert_eq!(
         text(&real.stdout),
         "t2v.requests.v1: ok\nt2v.events.v1: ok\nt2v.control.v1: ok\nt2v.dlq.v1: ok\n\
-         t2v.requests.high.v1: ok\nt2v.requests.batch.v1: ok\n",
-        "the lanes of the default model are made like t2v.requests.v1"
+         t2v.requests.high.v1: ok\nt2v.requests.batch.v1: ok\n\
+         t2v.i2v.requests.high.v1: ok\nt2v.i2v.requests.v1: ok\nt2v.i2v.requests.batch.v1: ok\n\
+         t2v.ti2v.requests.high.v1: ok\nt2v.ti2v.requests.v1: ok\nt2v.ti2v.requests.batch.v1: ok\n",
+        "the lanes of every served model are made like t2v.requests.v1"
     );
 }
 
