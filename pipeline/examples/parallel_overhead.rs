@@ -21,12 +21,16 @@
 //! look; default all 40), `--layout 1x1` (another layout places all its ranks on the device,
 //! e.g. `1x2`, to see the cost of the exchanges themselves; not a multi-GPU speed-up),
 //! `--gpus 0,1,2,3` (one rank per listed GPU, the layout from the count unless `--layout`
-//! says otherwise, the experts copied to every GPU: the multi-GPU speed-up against GPU 0 alone).
+//! says otherwise, the experts copied to every GPU: the multi-GPU speed-up against GPU 0 alone),
+//! `--collectives auto|nccl|copy` (what moves the ranks' tensors; `auto`, the default, takes
+//! NCCL on two or more GPUs and the in-process copies otherwise — the worker's rule).
 
 use std::time::Instant;
 
 use t2v_pipeline::denoise::{Expert, NoisePredictor};
-use t2v_pipeline::parallel::{run_ranks, ParallelLayout, ParallelPlan, RankModels};
+use t2v_pipeline::parallel::{
+    run_ranks, CollectivesChoice, ParallelLayout, ParallelPlan, RankModels,
+};
 use tch::{Cuda, Device, Kind, Tensor};
 
 mod common;
@@ -48,6 +52,7 @@ struct Args {
     layers: Option<i64>,
     layout: Option<ParallelLayout>,
     gpus: Vec<usize>,
+    collectives: CollectivesChoice,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -61,6 +66,7 @@ fn parse_args() -> anyhow::Result<Args> {
         layers: None,
         layout: None,
         gpus: Vec::new(),
+        collectives: CollectivesChoice::Auto,
     };
     for (flag, value) in common::flags()? {
         match flag.as_str() {
@@ -84,6 +90,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .map(|g| g.trim().parse())
                     .collect::<Result<_, _>>()?
             }
+            "--collectives" => args.collectives = value.parse().map_err(anyhow::Error::msg)?,
             other => anyhow::bail!("unknown option {other}"),
         }
     }
@@ -121,14 +128,16 @@ fn plan(args: &Args, heads: i64) -> anyhow::Result<ParallelPlan> {
     if args.gpus.is_empty() {
         let layout = args.layout.unwrap_or(ParallelLayout::single());
         layout.check(heads)?;
-        return Ok(ParallelPlan::on_one_device(layout, args.device));
+        return Ok(
+            ParallelPlan::on_one_device(layout, args.device).with_collectives(args.collectives)
+        );
     }
     let devices: Vec<Device> = args.gpus.iter().map(|&g| Device::Cuda(g)).collect();
     let layout = match args.layout {
         Some(layout) => layout,
         None => ParallelLayout::for_devices(devices.len(), heads)?,
     };
-    Ok(ParallelPlan::new(layout, devices)?)
+    Ok(ParallelPlan::new(layout, devices)?.with_collectives(args.collectives))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,8 +159,12 @@ fn main() -> anyhow::Result<()> {
     let tokens = latent[2] * latent[3] * latent[4] / 4;
     let plan = plan(&args, cfg.num_attention_heads)?;
     println!(
-        "A14B expert ({} layers, {kind:?}) on {device:?}: latents {latent:?}, {tokens} tokens, CFG on; parallel layout {} on {:?}",
-        cfg.num_layers, plan.layout, plan.devices
+        "A14B expert ({} layers, {kind:?}) on {device:?}: latents {latent:?}, {tokens} tokens, CFG on; parallel layout {} on {:?}, collectives {} ({})",
+        cfg.num_layers,
+        plan.layout,
+        plan.devices,
+        plan.collectives,
+        plan.resolve_collectives()?
     );
     tch::manual_seed(1);
     let latents = Tensor::randn(latent, (Kind::Float, device)).to_kind(kind);

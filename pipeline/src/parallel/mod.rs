@@ -18,13 +18,19 @@
 //! # Layout
 //! - [`comm`]: the [`Communicator`] collectives and [`InProcessGroup`], their in-process form
 //!   (threads exchanging tensors; device-to-device copies across GPUs).
+//! - [`nccl_group`]: [`NcclGroup`], the collectives through NCCL between distinct GPUs, on the
+//!   library loaded at run time by [`nccl`] (the workspace's only `unsafe` code).
+//! - [`collectives`]: which of the two a run uses (`[model] collectives`: auto, nccl, copy).
 //! - [`sequence`]: [`SequenceShard`], Ulysses' token shards and all-to-alls.
 //! - [`ranks`]: [`run_ranks`] — the rank threads of one run — and [`RankPool`], the
 //!   [`crate::denoise::NoisePredictor`] the denoising loop drives them through.
 //! - [`decode`]: the VAE decode with its spatial tiles spread over the ranks.
 
+pub mod collectives;
 pub mod comm;
 pub mod decode;
+pub mod nccl;
+pub mod nccl_group;
 pub mod ranks;
 pub mod sequence;
 
@@ -33,7 +39,9 @@ use std::str::FromStr;
 
 use tch::Device;
 
+pub use collectives::{Collectives, CollectivesChoice};
 pub use comm::{Communicator, InProcessGroup};
+pub use nccl_group::NcclGroup;
 pub use ranks::{run_ranks, RankModels, RankPool};
 pub use sequence::SequenceShard;
 
@@ -135,6 +143,8 @@ impl FromStr for ParallelLayout {
 pub struct ParallelPlan {
     pub layout: ParallelLayout,
     pub devices: Vec<Device>,
+    /// What moves the ranks' tensors (`auto` unless [`Self::with_collectives`] says otherwise).
+    pub collectives: CollectivesChoice,
 }
 
 impl ParallelPlan {
@@ -150,7 +160,23 @@ impl ParallelPlan {
                 ),
             ));
         }
-        Ok(Self { layout, devices })
+        Ok(Self {
+            layout,
+            devices,
+            collectives: CollectivesChoice::Auto,
+        })
+    }
+
+    /// The plan with its collectives chosen by `choice`.
+    pub fn with_collectives(mut self, choice: CollectivesChoice) -> Self {
+        self.collectives = choice;
+        self
+    }
+
+    /// The collectives this plan's runs use, NCCL loaded where chosen
+    /// ([`collectives::resolve`]).
+    pub fn resolve_collectives(&self) -> Result<Collectives> {
+        collectives::resolve(self.collectives, &self.devices)
     }
 
     /// `ranks` ranks on one `device` in `layout` (the tests' and the overhead benchmark's plan).
@@ -158,6 +184,7 @@ impl ParallelPlan {
         Self {
             devices: vec![device; layout.world_size()],
             layout,
+            collectives: CollectivesChoice::Auto,
         }
     }
 

@@ -18,7 +18,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::denoise::{apply_guidance, Expert, NoisePredictor};
 use crate::error::{PipelineError, Result};
-use crate::parallel::comm::{Communicator, InProcessGroup, PEER_FAILED};
+use crate::parallel::collectives::Collectives;
+use crate::parallel::comm::{Communicator, PEER_FAILED};
 use crate::parallel::sequence::SequenceShard;
 use crate::parallel::{ParallelLayout, ParallelPlan};
 use crate::wan::WanTransformer3DModel;
@@ -137,7 +138,7 @@ pub fn run_ranks<R>(
     }
     layout.check(models[0].high.config().num_attention_heads)?;
     let dtype = models[0].high.kind();
-    let groups = rank_groups(plan);
+    let groups = rank_groups(plan, &plan.resolve_collectives()?)?;
     std::thread::scope(|scope| {
         let (answer_tx, answers) = mpsc::channel();
         let mut jobs = Vec::with_capacity(models.len());
@@ -173,33 +174,41 @@ pub fn run_ranks<R>(
     })
 }
 
-/// Every rank's (Ulysses group, CFG group) handles.
-fn rank_groups(plan: &ParallelPlan) -> Vec<(InProcessGroup, InProcessGroup)> {
+/// One rank's handle on a group.
+type Group = Box<dyn Communicator>;
+
+/// Every rank's (Ulysses group, CFG group) handles, through `collectives`.
+fn rank_groups(plan: &ParallelPlan, collectives: &Collectives) -> Result<Vec<(Group, Group)>> {
     let layout = plan.layout;
     let world = layout.world_size();
-    let mut sequence: Vec<Option<InProcessGroup>> = (0..world).map(|_| None).collect();
-    let mut cfg: Vec<Option<InProcessGroup>> = (0..world).map(|_| None).collect();
-    for c in 0..layout.cfg {
-        let ranks: Vec<usize> = (0..layout.ulysses)
-            .map(|u| c * layout.ulysses + u)
-            .collect();
+    let mut sequence: Vec<Option<Group>> = (0..world).map(|_| None).collect();
+    let mut cfg: Vec<Option<Group>> = (0..world).map(|_| None).collect();
+    let place = |slots: &mut Vec<Option<Group>>, ranks: Vec<usize>| -> Result<()> {
         let devices: Vec<Device> = ranks.iter().map(|&r| plan.devices[r]).collect();
-        for (r, g) in ranks.into_iter().zip(InProcessGroup::new(&devices)) {
-            sequence[r] = Some(g);
+        for (r, g) in ranks.into_iter().zip(collectives.group(&devices)?) {
+            slots[r] = Some(g);
         }
+        Ok(())
+    };
+    for c in 0..layout.cfg {
+        place(
+            &mut sequence,
+            (0..layout.ulysses)
+                .map(|u| c * layout.ulysses + u)
+                .collect(),
+        )?;
     }
     for u in 0..layout.ulysses {
-        let ranks: Vec<usize> = (0..layout.cfg).map(|c| c * layout.ulysses + u).collect();
-        let devices: Vec<Device> = ranks.iter().map(|&r| plan.devices[r]).collect();
-        for (r, g) in ranks.into_iter().zip(InProcessGroup::new(&devices)) {
-            cfg[r] = Some(g);
-        }
+        place(
+            &mut cfg,
+            (0..layout.cfg).map(|c| c * layout.ulysses + u).collect(),
+        )?;
     }
-    sequence
+    Ok(sequence
         .into_iter()
         .zip(cfg)
         .filter_map(|(s, c)| Some((s?, c?)))
-        .collect()
+        .collect())
 }
 
 impl RankPool {
@@ -315,8 +324,8 @@ struct Rank {
     index: usize,
     layout: ParallelLayout,
     models: RankModels,
-    sequence: InProcessGroup,
-    cfg: InProcessGroup,
+    sequence: Group,
+    cfg: Group,
 }
 
 impl Rank {
@@ -351,7 +360,7 @@ impl Rank {
         }
         // 1. this rank's token shard of the prediction(s), guided where the pair meets
         let grid = model.token_grid(&job.latents)?;
-        let sequence = SequenceShard::new(&self.sequence, grid.iter().product());
+        let sequence = SequenceShard::new(&*self.sequence, grid.iter().product());
         let forward = |text: &Tensor| {
             model.forward_tokens(&job.latents, &job.timestep, text, Some(&sequence))
         };
