@@ -59,7 +59,8 @@ pub struct HttpConfig {
     pub address: String,
     /// TCP port; 0 picks a free one (logged at start).
     pub port: u16,
-    /// Largest accepted request body in bytes; larger bodies get 413.
+    /// Largest accepted request body in bytes; larger bodies get 413. The default takes a
+    /// request at the contract's largest (an inline image grows by a third in base64).
     pub max_body_bytes: usize,
     /// How often `GET /v1/videos/{id}/events` reads the job's row for changes, in milliseconds.
     pub sse_poll_ms: u64,
@@ -70,7 +71,7 @@ impl Default for HttpConfig {
         Self {
             address: "0.0.0.0".into(),
             port: 8080,
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: 2 * t2v_contract::validate::MAX_REQUEST_BYTES,
             sse_poll_ms: 250,
         }
     }

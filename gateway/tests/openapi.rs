@@ -125,3 +125,66 @@ fn the_request_documents_its_webhook_url() {
         );
     }
 }
+
+/// The JSON names of a proto message's fields.
+fn proto_fields(message: &str) -> std::collections::BTreeSet<String> {
+    t2v_proto::descriptor_pool()
+        .get_message_by_name(message)
+        .unwrap_or_else(|| panic!("{message} is in the descriptor set"))
+        .fields()
+        .map(|f| f.json_name().to_string())
+        .collect()
+}
+
+fn schema_properties(doc: &Value, schema: &str) -> std::collections::BTreeSet<String> {
+    doc["components"]["schemas"][schema]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{schema} has properties"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_request_schema_has_every_field_a_client_may_send() {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let mut expected = proto_fields("t2v.v1.GenerationRequest");
+    for set_by_the_fleet in ["jobId", "attempt", "submittedAtUnixMs"] {
+        assert!(expected.remove(set_by_the_fleet), "{set_by_the_fleet}");
+    }
+    expected.insert("webhookUrl".into());
+    assert_eq!(schema_properties(&doc, "VideoRequest"), expected);
+    assert_eq!(
+        schema_properties(&doc, "Image"),
+        proto_fields("t2v.v1.ConditionImage")
+    );
+}
+
+#[test]
+fn the_image_schema_states_the_contracts_bounds() {
+    use t2v_contract::validate::{IMAGE_URI_SCHEMES, MAX_IMAGE_URI_BYTES, MAX_INLINE_IMAGE_BYTES};
+    let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let image = &doc["components"]["schemas"]["Image"];
+    assert_eq!(
+        doc["components"]["schemas"]["VideoRequest"]["properties"]["image"]["$ref"],
+        "#/components/schemas/Image"
+    );
+    let uri = &image["properties"]["uri"];
+    assert_eq!(uri["maxLength"], MAX_IMAGE_URI_BYTES);
+    let described = uri["description"].as_str().unwrap_or_default();
+    for scheme in IMAGE_URI_SCHEMES {
+        assert!(described.contains(&format!("{scheme}://")), "{described}");
+    }
+    let inline = image["properties"]["inline"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        inline.contains(&format!("{MAX_INLINE_IMAGE_BYTES} bytes")),
+        "{inline}"
+    );
+    // The job resource names an inline image by digest and size, never by its bytes.
+    assert_eq!(
+        schema_properties(&doc, "ImageSettings"),
+        ["sha256", "sizeBytes", "uri"].map(String::from).into()
+    );
+}

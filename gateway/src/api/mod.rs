@@ -4,7 +4,10 @@
 //! # Layout
 //! - [`videos`]: the `/v1/videos` handlers and `/v1/usage`.
 //! - [`resource`]: the job resource a client sees, built from a job row.
+//! - [`image`]: the conditioning image's JSON form, checked with the contract's bounds, and
+//!   named by digest instead of bytes in what the gateway stores and shows.
 
+pub mod image;
 pub mod resource;
 pub mod videos;
 

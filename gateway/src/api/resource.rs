@@ -48,9 +48,12 @@ pub async fn job_resource(row: &JobRow, links: &Links) -> Value {
     Value::Object(out)
 }
 
-/// The request as submitted, without the reserved tenant label.
+/// The request as submitted, without the reserved tenant label, and an inline image as its
+/// digest and size (rows are stored that way; this also covers rows an older gateway stored
+/// with the bytes).
 fn settings(request: &Value) -> Value {
     let mut settings = request.clone();
+    super::image::redact(&mut settings);
     if let Some(labels) = settings.get_mut("labels").and_then(Value::as_object_mut) {
         labels.remove(TENANT_LABEL);
         if labels.is_empty() {
@@ -111,5 +114,16 @@ mod tests {
         assert_eq!(s, json!({"prompt": "x", "labels": {"team": "vfx"}}));
         let s = settings(&json!({"prompt": "x", "labels": {TENANT_LABEL: "acme"}}));
         assert_eq!(s, json!({"prompt": "x"}));
+    }
+
+    #[test]
+    fn a_row_stored_with_the_image_bytes_shows_their_digest_only() {
+        // "iVBORw0KGgo=" is the PNG signature, 8 bytes.
+        let s = settings(&json!({"prompt": "x", "image": {"inline": "iVBORw0KGgo="}}));
+        let signature = b"\x89PNG\r\n\x1a\n";
+        assert_eq!(
+            s["image"],
+            json!({"sha256": t2v_contract::sha256_hex(signature), "sizeBytes": 8})
+        );
     }
 }

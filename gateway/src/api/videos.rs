@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use t2v_contract::headers::schema::GENERATION_REQUEST;
 use t2v_proto::v1::GenerationRequest;
 
+use super::image;
 use super::resource::{job_resource, TENANT_LABEL};
 use super::{ApiError, AppState, Authorized};
 use crate::db::{self, Created, JobRow};
@@ -50,10 +51,15 @@ fn job_id_for(tenant: &str, headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// Parses and checks the body: the request's JSON form without `jobId`, unknown fields refused,
-/// the shared contract's bounds. Returns the request and its canonical JSON.
+/// the shared contract's bounds. Returns the request and its canonical JSON (an inline image's
+/// bytes included, so that an Idempotency-Key stands for the image too).
 fn parse_request(body: &[u8]) -> Result<(GenerationRequest, String), ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| bad_request(None, "the body is not UTF-8 — send JSON"))?;
+    // A malformed image is named by its field; a body that is not JSON gets the parser's words.
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        image::check_form(&value).map_err(|e| bad_request(Some(e.field), e.to_string()))?;
+    }
     let req: GenerationRequest =
         t2v_producer::json::from_json(GENERATION_REQUEST, text).map_err(|e| {
             bad_request(
@@ -158,7 +164,7 @@ pub async fn create(
             ApiError::new(
                 status,
                 "body_too_large",
-                format!("the body is over {max} bytes — shorten the prompt or the labels"),
+                format!("the body is over {max} bytes — shorten the prompt or the labels, or send the image by uri"),
             )
         } else {
             ApiError::new(
@@ -191,7 +197,9 @@ pub async fn create(
         .for_caller(&auth.caller)
     })?;
     let job_id = req.job_id.clone();
-    let settings: Value = serde_json::from_str(&canonical).expect("to_json writes JSON");
+    let mut settings: Value = serde_json::from_str(&canonical).expect("to_json writes JSON");
+    // The row keeps what the job resource shows: an inline image's digest and size, not its bytes.
+    image::redact(&mut settings);
     let created = db::create_job(
         &state.pool,
         &tenant,
