@@ -194,6 +194,12 @@ pub struct ModelConfig {
     /// CFG × Ulysses over them (the layout follows from the count) and the VAE decode spreads
     /// its tiles; CUDA device 0 must be among them.
     pub devices: DevicesChoice,
+    /// Wan backend, a job on several GPUs: what moves the ranks' tensors — `auto` (NCCL when
+    /// the ranks are on two or more distinct GPUs, else the in-process copies; a multi-GPU
+    /// worker whose NCCL cannot load warns once and uses the copies), `nccl` (NCCL or the load
+    /// fails) or `copy` (device-to-device copies through the ranks' threads). Env:
+    /// `T2V_MODEL__COLLECTIVES`; NCCL is loaded from `libnccl.so.2` or `T2V_NCCL_LIBRARY`.
+    pub collectives: CollectivesChoice,
     /// The sampling preset of the variant this fleet serves, which a request's zero fields take:
     /// `base` (the base model's own defaults) or `lightning` (Wan2.2-Lightning's 4-step recipe:
     /// 4 steps, guidance 1.0 on both experts, the Euler flow sampler, shift 5.0). Pair it with
@@ -335,6 +341,30 @@ impl Default for DevicesChoice {
     }
 }
 
+/// `[model] collectives`: what moves the tensors between the GPUs of one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectivesChoice {
+    /// NCCL when the job's ranks are on two or more distinct GPUs, the in-process copies
+    /// otherwise.
+    #[default]
+    Auto,
+    /// NCCL; a worker whose NCCL cannot be loaded fails its load.
+    Nccl,
+    /// Device-to-device copies through the ranks' threads, no NCCL.
+    Copy,
+}
+
+impl From<CollectivesChoice> for t2v_pipeline::parallel::CollectivesChoice {
+    fn from(choice: CollectivesChoice) -> Self {
+        match choice {
+            CollectivesChoice::Auto => Self::Auto,
+            CollectivesChoice::Nccl => Self::Nccl,
+            CollectivesChoice::Copy => Self::Copy,
+        }
+    }
+}
+
 /// Where the Wan pipeline runs.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
@@ -394,6 +424,7 @@ impl Default for ModelConfig {
             memory_policy: MemoryPolicyChoice::Resident,
             memory_budget_gib: 0.0,
             devices: DevicesChoice::default(),
+            collectives: CollectivesChoice::Auto,
             preset: PresetChoice::Base,
             sampling: SamplingConfig::default(),
             loras: Vec::new(),

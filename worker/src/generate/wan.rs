@@ -138,7 +138,7 @@ impl WanGenerator {
         tracing::info!(dir = %model.dir, name = %model.name, ?options, ?variant, "loading the Wan pipeline");
         let generator = Self::load_variant(Path::new(&model.dir), &model.name, options, &variant)?
             .with_memory_budget(model.memory_budget_gib)
-            .with_devices(&model.devices)?;
+            .with_parallel(&model.devices, model.collectives)?;
         // The step cache runs on one device only (t2v-pipeline's step_cache): say so at start,
         // not in every job.
         if generator.cache.config.is_some() && generator.pipe.parallel_plan().is_some() {

@@ -1,13 +1,16 @@
 //! The doctor's checks of `[model] devices` when a job spans several GPUs: every listed GPU
 //! visible, a layout the model's heads allow, one GPU model for all (a job runs at the pace of
 //! the slowest, and the memory preflight checks every GPU's estimated peak against GPU 0's
-//! size), and peer access between GPU 0 and the others (without it the ranks' exchanges go
-//! through host memory).
+//! size), peer access between GPU 0 and the others (without it the ranks' exchanges go
+//! through host memory), and which collectives move the ranks' tensors (`[model] collectives`:
+//! NCCL, or the in-process copies).
 
 use std::path::Path;
 
 use nvml_wrapper::enum_wrappers::device::{P2pCapabilitiesIndex, P2pStatus};
 use nvml_wrapper::Nvml;
+use t2v_pipeline::parallel::collectives::{load_nccl, select, Collectives, Selection};
+use t2v_pipeline::parallel::CollectivesChoice;
 use t2v_pipeline::wan::TransformerConfig;
 use tch::Device;
 
@@ -58,6 +61,11 @@ pub fn findings(cfg: &WorkerConfig, torch_sees_cuda: bool) -> Vec<Finding> {
             Err(e) => out.push(finding("devices", false, e)),
         }
     }
+    out.push(collectives_finding(
+        cfg.model.collectives.into(),
+        &devices,
+        load_nccl,
+    ));
     let ordinals: Vec<usize> = devices
         .iter()
         .filter_map(|d| match d {
@@ -67,6 +75,35 @@ pub fn findings(cfg: &WorkerConfig, torch_sees_cuda: bool) -> Vec<Finding> {
         .collect();
     out.extend(gpu_findings(&gather(&ordinals)));
     out
+}
+
+/// Which collectives a job on `devices` uses with `choice`, NCCL loaded by `load`: an `auto`
+/// whose NCCL cannot load warns (jobs run, on the slower copies); a requested one fails.
+pub fn collectives_finding(
+    choice: CollectivesChoice,
+    devices: &[Device],
+    load: impl FnOnce() -> t2v_pipeline::Result<Collectives>,
+) -> Finding {
+    match select(choice, devices) {
+        Err(e) => finding("collectives", false, e.to_string()),
+        Ok(Selection::Copy) => finding(
+            "collectives",
+            true,
+            format!("in-process copies between the GPUs (collectives = {choice})"),
+        ),
+        Ok(Selection::Nccl { required }) => match (load(), required) {
+            (Ok(nccl), _) => finding(
+                "collectives",
+                true,
+                format!("{nccl} between the GPUs (collectives = {choice})"),
+            ),
+            (Err(e), true) => finding("collectives", false, e.to_string()),
+            (Err(e), false) => warning(
+                "collectives",
+                format!("{e}; until then jobs exchange through the in-process copies (slower)"),
+            ),
+        },
+    }
 }
 
 /// NVML's facts on the listed GPUs (CUDA ordinals mapped through `CUDA_VISIBLE_DEVICES`).
@@ -193,6 +230,34 @@ mod tests {
         let found = gpu_findings(&[gpu(0, "H100", None), gpu(1, "A100", Some(false))]);
         assert!(!found[0].ok && found[0].message.contains("GPU 0 H100, GPU 1 A100"));
         assert!(found[1].warning && found[1].message.contains("GPU 1 has no peer access"));
+    }
+
+    #[test]
+    fn the_collectives_of_a_multi_gpu_job_are_reported() {
+        let two = [Device::Cuda(0), Device::Cuda(1)];
+        let missing = || -> t2v_pipeline::Result<Collectives> {
+            Err(t2v_pipeline::PipelineError::invalid(
+                "collectives",
+                "NCCL cannot be loaded from /x/libnccl.so.2",
+            ))
+        };
+        let auto = collectives_finding(CollectivesChoice::Auto, &two, missing);
+        assert!(auto.ok && auto.warning, "{auto}");
+        assert!(
+            auto.message.contains("/x/libnccl.so.2") && auto.message.contains("in-process copies")
+        );
+        let nccl = collectives_finding(CollectivesChoice::Nccl, &two, missing);
+        assert!(
+            !nccl.ok && nccl.message.contains("/x/libnccl.so.2"),
+            "{nccl}"
+        );
+        let copy = collectives_finding(CollectivesChoice::Copy, &two, missing);
+        assert!(copy.ok && !copy.warning && copy.message.contains("in-process copies"));
+        let twice = collectives_finding(CollectivesChoice::Nccl, &[Device::Cuda(0); 2], missing);
+        assert!(
+            !twice.ok && twice.message.contains("two ranks on cuda:0"),
+            "{twice}"
+        );
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! (t2v-pipeline's [`ParallelPlan`]: CFG × Ulysses, the layout following from the count).
 //!
 //! CUDA device 0 — the device the pipeline loads on — is rank 0; the others get a copy of the
-//! experts. On the CPU the list is ignored. Checkpoints do not depend on it: the denoising state
+//! experts. On the CPU the list is ignored. `[model] collectives` picks what moves the ranks'
+//! tensors (NCCL or the in-process copies, t2v-pipeline's `parallel::collectives`). Checkpoints do not depend on it: the denoising state
 //! is the same whatever the layout, so a job checkpointed on 8 GPUs resumes on 1 and vice versa.
 
 use t2v_pipeline::parallel::{ParallelLayout, ParallelPlan};
 use tch::Device;
 
 use super::WanGenerator;
-use crate::config::DevicesChoice;
+use crate::config::{CollectivesChoice, DevicesChoice};
 use crate::generate::GenerateError;
 
 /// The CUDA ordinals `choice` names, of the `visible` GPUs (`"all"`: every one), checked.
@@ -83,9 +84,19 @@ pub fn plan_for(devices: &[Device], heads: i64) -> Result<Option<ParallelPlan>, 
 }
 
 impl WanGenerator {
-    /// Runs every job on the GPUs of `[model] devices` (one process, one thread per GPU);
-    /// a single GPU, or the CPU, keeps today's one-device path.
-    pub fn with_devices(mut self, choice: &DevicesChoice) -> Result<Self, GenerateError> {
+    /// Runs every job on the GPUs of `[model] devices` (one process, one thread per GPU) with
+    /// the default collectives (`auto`); a single GPU, or the CPU, keeps today's one-device path.
+    pub fn with_devices(self, choice: &DevicesChoice) -> Result<Self, GenerateError> {
+        self.with_parallel(choice, CollectivesChoice::Auto)
+    }
+
+    /// As [`Self::with_devices`], the ranks' tensors moved by `collectives`: NCCL that is
+    /// asked for and cannot be loaded fails the load here, in one line.
+    pub fn with_parallel(
+        mut self,
+        choice: &DevicesChoice,
+        collectives: CollectivesChoice,
+    ) -> Result<Self, GenerateError> {
         let device = self.pipe.options().device;
         let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
         let devices = resolve_devices(choice, device, visible).map_err(GenerateError::Load)?;
@@ -95,9 +106,14 @@ impl WanGenerator {
             .map_err(|e| GenerateError::Load(e.to_string()))?
             .transformer
             .num_attention_heads;
-        let plan = plan_for(&devices, heads).map_err(GenerateError::Load)?;
+        let plan = plan_for(&devices, heads)
+            .map_err(GenerateError::Load)?
+            .map(|plan| plan.with_collectives(collectives.into()));
         if let Some(plan) = &plan {
-            tracing::info!(layout = %plan.layout, gpus = devices.len(), "one job spans several GPUs");
+            let used = plan
+                .resolve_collectives()
+                .map_err(|e| GenerateError::Load(e.to_string()))?;
+            tracing::info!(layout = %plan.layout, gpus = devices.len(), collectives = %plan.collectives, collectives_used = %used, "one job spans several GPUs");
         }
         self.pipe
             .set_parallel(plan)
@@ -160,6 +176,25 @@ mod tests {
         assert_eq!(device_ordinals(&from_env.model.devices, 4).unwrap(), [0, 1]);
         let default = WorkerConfig::load(None, Vec::new(), &[]).unwrap();
         assert_eq!(device_ordinals(&default.model.devices, 2).unwrap(), [0, 1]);
+    }
+
+    #[test]
+    fn collectives_come_from_the_file_or_the_env_and_default_to_auto() {
+        use crate::config::WorkerConfig;
+        use t2v_pipeline::parallel::CollectivesChoice as Pipeline;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, "[model]\ncollectives = \"copy\"\n").unwrap();
+        let from_file = WorkerConfig::load(Some(&file), Vec::new(), &[]).unwrap();
+        assert_eq!(from_file.model.collectives, CollectivesChoice::Copy);
+        let env = vec![("T2V_MODEL__COLLECTIVES".to_string(), "nccl".to_string())];
+        let from_env = WorkerConfig::load(Some(&file), env, &[]).unwrap();
+        assert_eq!(from_env.model.collectives, CollectivesChoice::Nccl);
+        assert_eq!(Pipeline::from(from_env.model.collectives), Pipeline::Nccl);
+        let default = WorkerConfig::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(default.model.collectives, CollectivesChoice::Auto);
+        std::fs::write(&file, "[model]\ncollectives = \"mpi\"\n").unwrap();
+        assert!(WorkerConfig::load(Some(&file), Vec::new(), &[]).is_err());
     }
 
     #[test]
