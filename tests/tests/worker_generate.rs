@@ -1,11 +1,13 @@
 //! `t2v-worker generate` on the tiny random-weight Wan models of `make fixtures`
-//! (`pipeline/parity/wan_pipeline.py`): the saved frames match diffusers
-//! `WanPipeline(..., output_type="np")` within 1e-3 absolute (values in [0, 1]); bad inputs end
-//! with one line naming the cause and a non-zero exit; `--out` writes an H.264 MP4.
+//! (`pipeline/parity/wan_pipeline.py`, `i2v_pipeline.py`): the saved frames match diffusers
+//! `WanPipeline(..., output_type="np")` within 1e-3 absolute (values in [0, 1]), and with
+//! `--image` `WanImageToVideoPipeline` on the same image file; without a size the image picks it
+//! as a worker does; bad inputs (an image for a text-to-video model, none for an image-to-video
+//! one, a GIF) end with one line naming the cause and a non-zero exit; `--out` writes an H.264 MP4.
 //!
 //! Fixtures: `$T2V_FIXTURES` (default `<workspace>/build/fixtures`); missing ones fail the test.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use t2v_tests::{binary, copy_dir, fixture_dir};
@@ -37,7 +39,9 @@ fn reference_args(s: &serde_json::Value) -> Vec<String> {
     if let Some(g2) = s["guidance_scale_2"].as_f64() {
         args.extend(["--guidance-2".into(), g2.to_string()]);
     }
-    assert_eq!(s["max_sequence_length"], 512, "the CLI pads prompts to 512");
+    // Unset, the reference pipelines pad to 512 as well.
+    let max_sequence_length = s.get("max_sequence_length").unwrap_or(&512.into()).clone();
+    assert_eq!(max_sequence_length, 512, "the CLI pads prompts to 512");
     args
 }
 
@@ -267,4 +271,130 @@ fn out_dir_gets_an_h264_mp4_with_every_frame_and_a_thumbnail() {
     );
     assert_eq!(stream["width"], s["width"]);
     assert_eq!(stream["height"], s["height"]);
+}
+
+/// `make fixtures`' `i2v_pipeline/`, beside `wan_pipeline/`: the tiny I2V-A14B-shaped model
+/// (`two_experts/`, its diffusers run in `reference.json` / `reference.safetensors`) and the
+/// 61×37 image it was given (`image.png`).
+fn i2v_fixture() -> PathBuf {
+    let root = fixture_dir("two_experts").join("../../i2v_pipeline");
+    assert!(
+        root.join("two_experts/reference.json").exists(),
+        "fixture {} missing — run `make fixtures`",
+        root.display()
+    );
+    root
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn image_to_video_from_an_image_file_matches_diffusers() {
+    let fixture = i2v_fixture();
+    let dir = fixture.join("two_experts");
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let npy = tmp.path().join("frames.npy");
+    let mut args = reference_args(&s);
+    args.extend([
+        "--image".into(),
+        fixture.join("image.png").display().to_string(),
+    ]);
+    args.extend(["--save-frames".into(), npy.display().to_string()]);
+    let out = generate(&dir, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (shape, frames) = read_npy(&npy);
+    let (ref_shape, reference) = read_safetensors(&dir.join("reference.safetensors"), "frames");
+    assert_eq!(shape, ref_shape, "(frames, height, width, 3)");
+    let diff = frames
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("i2v: max |frames − diffusers| = {diff:.3e}");
+    assert!(
+        diff <= FRAMES_ATOL,
+        "max |frames − diffusers| {diff:.3e} > {FRAMES_ATOL:.0e}"
+    );
+}
+
+#[test]
+fn without_a_size_the_image_picks_it_as_a_worker_does() {
+    let fixture = i2v_fixture();
+    let image = fixture.join("image.png").display().to_string();
+    let args = strings(&[
+        "--prompt", "a kite", "--frames", "1", "--steps", "1", "--seed", "1", "--image", &image,
+    ]);
+    let out = generate(&fixture.join("two_experts"), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The 61×37 image at I2V-A14B's default area (832×480), each side a multiple of 16.
+    let area = 832.0 * 480.0;
+    let aspect = 37.0 / 61.0_f64;
+    let side = |v: f64| (v.round() as u32) / 16 * 16;
+    let (width, height) = (side((area / aspect).sqrt()), side((area * aspect).sqrt()));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains(&format!("generated 1 frames {width}×{height} ")),
+        "{width}×{height} in {summary}"
+    );
+}
+
+#[test]
+fn an_image_the_model_cannot_take_is_one_line() {
+    let fixture = i2v_fixture();
+    let image = fixture.join("image.png").display().to_string();
+    let small = [
+        "--width", "48", "--height", "32", "--frames", "1", "--steps", "1",
+    ];
+
+    let mut args = strings(&["--prompt", "a cat", "--image", &image]);
+    args.extend(strings(&small));
+    let out = generate(&fixture_dir("single_expert"), &args);
+    assert_one_error_line(&out, "takes no image");
+
+    let mut args = strings(&["--prompt", "a cat"]);
+    args.extend(strings(&small));
+    let out = generate(&fixture.join("two_experts"), &args);
+    assert_one_error_line(&out, "needs an image");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let gif = tmp.path().join("cat.gif");
+    std::fs::write(&gif, t2v_tests::gif()).unwrap();
+    let mut args = strings(&["--prompt", "a cat", "--image", &gif.display().to_string()]);
+    args.extend(strings(&small));
+    let out = generate(&fixture.join("two_experts"), &args);
+    assert_one_error_line(&out, &gif.display().to_string());
+    assert!(
+        stderr(&out).contains("PNG, JPEG or WebP"),
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = tmp.path().join("none.png");
+    let mut args = strings(&[
+        "--prompt",
+        "a cat",
+        "--image",
+        &missing.display().to_string(),
+    ]);
+    args.extend(strings(&small));
+    let out = generate(&fixture.join("two_experts"), &args);
+    assert_one_error_line(&out, "cannot read --image");
+}
+
+#[test]
+fn help_explains_the_image_flag() {
+    let out = Command::new(binary("t2v-worker"))
+        .args(["generate", "--help"])
+        .output()
+        .expect("running t2v-worker generate --help");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for words in ["--image <PATH>", "image-to-video", "PNG, JPEG or WebP"] {
+        assert!(help.contains(words), "{words:?} in\n{help}");
+    }
 }

@@ -1,7 +1,9 @@
 //! `t2v-worker generate`: one video from the command line, no Kafka — for trying a model
 //! directory, checking a GPU, and comparing with diffusers.
 //!
-//! 1. load the model directory with `--device / --dtype / --memory-policy`;
+//! 1. load the model directory with `--device / --dtype / --memory-policy`; with `--image`, read
+//!    and decode the conditioning image as a worker does a request's (`job::image`), after the
+//!    model's kind said it takes one (and, for an image-to-video model, before saying it needs one);
 //! 2. generate, showing a progress bar (plain step lines when stderr is not a terminal);
 //! 3. optionally save the f32 frames as `.npy` (`(F, H, W, 3)` in [0, 1], what diffusers returns
 //!    with `output_type="np"`) and the MP4 + thumbnail to a local directory or object-store URL;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use t2v_contract::validate::MAX_IMAGE_OBJECT_BYTES;
 use t2v_pipeline::GenerationOutput;
 use t2v_proto::v1::Sampler;
 use tch::{Device, Kind, Tensor};
@@ -23,7 +26,7 @@ use crate::config::{
     DeviceChoice, DevicesChoice, DtypeChoice, JobsConfig, MediaConfig, MemoryPolicyChoice,
 };
 use crate::generate::wan::{load_options, seconds, timings, to_rgb24, WanGenerator};
-use crate::generate::{GenerateError, JobSpec, ModelDefaults, StepInfo, VideoGenerator};
+use crate::generate::{GenerateError, JobImage, JobSpec, ModelInfo, StepInfo, VideoGenerator};
 use crate::gpu::{human, Gpu, PeakSampler};
 use crate::media::MediaError;
 use crate::storage::{Storage, StorageError};
@@ -42,6 +45,17 @@ pub enum GenerateCommandError {
     /// The generation failed.
     #[error(transparent)]
     Generate(GenerateError),
+    /// `--image` does not suit the model (it takes none, or needs one), or its bytes are not an
+    /// image the fleet takes; the message is a worker's for the same request.
+    #[error("{0}")]
+    Image(String),
+    /// The `--image` file cannot be read.
+    #[error("cannot read --image {}: {source} — name a PNG, JPEG or WebP file", path.display())]
+    ImageFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The loader or generator thread panicked or was cancelled.
     #[error("the {thread} thread failed: {source}")]
     Thread {
@@ -97,8 +111,9 @@ pub enum SamplerArg {
     Euler,
 }
 
-/// Flags of `t2v-worker generate`. Unset settings take the model's defaults (832×480, 81 frames
-/// at 16 fps, 40 steps; guidance 4.0/3.0 for two-expert models, 5.0 otherwise).
+/// Flags of `t2v-worker generate`. Unset settings take the model's defaults (for T2V-A14B
+/// 832×480, 81 frames at 16 fps, 40 steps, guidance 4.0/3.0; I2V-A14B and TI2V-5B have their
+/// own); with `--image` and neither `--width` nor `--height`, the size follows the image.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenerateArgs {
     /// Diffusers-format model directory (model_index.json, transformer/, vae/, …).
@@ -136,6 +151,13 @@ pub struct GenerateArgs {
     /// Noise seed (default: random, printed in the summary).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The image the video starts from, for image-to-video models (Wan2.2 I2V-A14B needs one,
+    /// TI2V-5B takes one; a text-to-video model refuses it): a PNG, JPEG or WebP file of at most
+    /// 4096×4096 pixels, decoded and resized to the video's size as a worker does a request's
+    /// image. Without --width and --height the size is the image's aspect ratio at the model's
+    /// default area.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long, value_enum, default_value = "auto")]
@@ -165,7 +187,9 @@ pub async fn run(args: GenerateArgs) -> Result<(), GenerateCommandError> {
     let started = Instant::now();
     let (generator, device) = load(&args).await?;
     let load_time = started.elapsed();
-    let job = job_spec(&args, generator.model().defaults);
+    let model = generator.model();
+    let image = condition_image(&args, &model).await?;
+    let job = job_spec(&args, &model, image);
     let (output, gpu_peak) = generate(generator, job.clone(), device).await?;
     for warning in &output.warnings {
         eprintln!("warning: {warning}");
@@ -203,15 +227,81 @@ async fn load(args: &GenerateArgs) -> Result<(WanGenerator, Device), GenerateCom
     Ok((generator, options.device))
 }
 
-/// The job the flags describe; unset flags take the model's `defaults`, an unset seed a random
-/// one.
-fn job_spec(args: &GenerateArgs, defaults: ModelDefaults) -> JobSpec {
+/// Step 1b: the `--image` file decoded, or `None`. The model's kind refuses an image it takes
+/// none of, and its absence when it needs one, in a worker's words; the bytes go through the
+/// worker's own decode (`job::image::decode`), so they are taken or refused exactly as a
+/// request's would be.
+async fn condition_image(
+    args: &GenerateArgs,
+    model: &ModelInfo,
+) -> Result<Option<JobImage>, GenerateCommandError> {
+    let name = args.model.display().to_string();
+    model
+        .kind
+        .check_request(&name, args.image.is_some())
+        .map_err(GenerateCommandError::Image)?;
+    let Some(path) = &args.image else {
+        return Ok(None);
+    };
+    let bytes = read_image_file(path)?;
+    let read = crate::job::image::ImageBytes {
+        bytes,
+        reference: path.display().to_string(),
+    };
+    let image = crate::job::image::decode(read)
+        .await
+        .map_err(|e| GenerateCommandError::Image(e.to_string()))?;
+    Ok(Some(image))
+}
+
+/// The bytes of the `--image` file: at most [`MAX_IMAGE_OBJECT_BYTES`], as a worker reads an
+/// image object.
+fn read_image_file(path: &Path) -> Result<Bytes, GenerateCommandError> {
+    use std::io::Read;
+    let unreadable = |source| GenerateCommandError::ImageFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            file.take(MAX_IMAGE_OBJECT_BYTES + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_IMAGE_OBJECT_BYTES {
+        return Err(GenerateCommandError::Image(format!(
+            "image {} is larger than the {} MiB an image may be — use a smaller PNG, JPEG or WebP",
+            path.display(),
+            MAX_IMAGE_OBJECT_BYTES / (1024 * 1024)
+        )));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The job the flags describe; unset flags take the `model`'s defaults, an unset seed a random
+/// one. With an image and no size, the size comes from the image as a worker picks it.
+fn job_spec(args: &GenerateArgs, model: &ModelInfo, image: Option<JobImage>) -> JobSpec {
+    let defaults = model.defaults;
+    let size_from_image = image.is_some() && args.width.is_none() && args.height.is_none();
+    let (width, height) = match &image {
+        Some(image) if size_from_image => crate::job::lifecycle::size_for_image(
+            image,
+            defaults.width,
+            defaults.height,
+            model.size_multiple,
+        ),
+        _ => (
+            args.width.unwrap_or(defaults.width),
+            args.height.unwrap_or(defaults.height),
+        ),
+    };
     JobSpec {
         job_id: "generate".into(),
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        width: args.width.unwrap_or(defaults.width),
-        height: args.height.unwrap_or(defaults.height),
+        width,
+        height,
         num_frames: args.frames.unwrap_or(defaults.num_frames),
         fps: args.fps.unwrap_or(defaults.fps),
         steps: args.steps.unwrap_or(defaults.steps),
@@ -225,9 +315,9 @@ fn job_spec(args: &GenerateArgs, defaults: ModelDefaults) -> JobSpec {
         },
         seed: args.seed.unwrap_or_else(|| rand::random::<u64>() >> 1),
         cache_threshold: None,
-        image_reference: None,
-        size_from_image: false,
-        image: None,
+        image_reference: args.image.as_ref().map(|p| p.display().to_string()),
+        size_from_image,
+        image,
     }
 }
 

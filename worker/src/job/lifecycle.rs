@@ -716,8 +716,9 @@ impl Job<'_> {
 /// The frame size of a request that leaves both sides to the model but brings an image: the
 /// image's aspect ratio at the model's default area, in multiples of the model's
 /// `size_multiple`, as the reference image-to-video pipelines choose it
-/// (t2v_pipeline::image::size_for_image).
-fn size_for_image(
+/// (t2v_pipeline::image::size_for_image). `t2v-worker generate --image` sizes its video with it
+/// too.
+pub(crate) fn size_for_image(
     image: &JobImage,
     default_width: u32,
     default_height: u32,
