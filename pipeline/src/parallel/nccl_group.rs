@@ -7,9 +7,13 @@
 //! gives the group [`Communicator::abort`]'s semantics (a rank waiting there for a failed peer
 //! is released with an error). Then one NCCL group of sends and receives carries the tensors —
 //! the all-to-all of the Ulysses exchange, and the all-gather as an all-to-all of one tensor.
+//!
+//! Creating communicators (`ncclCommInitAll`, then NCCL's connections at their first use)
+//! takes long enough to show in every job, so the communicators of a run that ended without an
+//! abort are kept ([`IdleSets`]) and the next run on the same GPUs takes them back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tch::{Device, Kind, Tensor};
 
@@ -20,7 +24,11 @@ use crate::parallel::nccl::{self, Comm, Nccl, Transfer};
 /// One rank's handle on an NCCL group. Made by [`NcclGroup::new`], one per rank; each handle
 /// moves to its rank's thread.
 pub struct NcclGroup {
-    comm: Comm,
+    /// Taken out only when the handle is dropped, to be kept for the next run.
+    comm: Option<Comm>,
+    /// Which set of communicators (one `ncclCommInitAll`) `comm` belongs to, on which GPUs.
+    set: u64,
+    ordinals: Vec<usize>,
     /// Dtypes and shapes, host to host, and the group's abort.
     shapes: InProcessGroup,
     /// Set by the first rank that aborts: every handle then aborts its communicator when it is
@@ -78,12 +86,19 @@ impl NcclGroup {
                 format!("NCCL rank on cuda:{missing}, but libtorch sees {visible} CUDA device(s) — list GPUs below {visible} in [model] devices (check CUDA_VISIBLE_DEVICES)"),
             ));
         }
-        keep_nvlink_multicast_off();
-        let comms = library
-            .init_all(&ordinals)
-            .map_err(|e| PipelineError::Collective {
-                message: format!("creating the NCCL communicators of {devices:?}: {e} — set [model] collectives = \"copy\" to run without NCCL"),
-            })?;
+        let kept = idle_sets().take(&ordinals);
+        let (set, comms) = match kept {
+            Some(kept) => kept,
+            None => {
+                keep_nvlink_multicast_off();
+                let comms = library
+                    .init_all(&ordinals)
+                    .map_err(|e| PipelineError::Collective {
+                        message: format!("creating the NCCL communicators of {devices:?}: {e} — set [model] collectives = \"copy\" to run without NCCL"),
+                    })?;
+                (idle_sets().new_set(), comms)
+            }
+        };
         let aborted = Arc::new(AtomicBool::new(false));
         let shapes = InProcessGroup::new(&vec![Device::Cpu; devices.len()]);
         Ok(comms
@@ -92,7 +107,9 @@ impl NcclGroup {
             .zip(devices)
             .enumerate()
             .map(|(rank, ((comm, shapes), &device))| Self {
-                comm,
+                comm: Some(comm),
+                set,
+                ordinals: ordinals.clone(),
                 shapes,
                 aborted: Arc::clone(&aborted),
                 rank,
@@ -112,6 +129,12 @@ impl NcclGroup {
             });
         }
         Ok(t.f_to_device(self.device)?.f_contiguous()?)
+    }
+
+    fn comm(&self) -> Result<&Comm> {
+        self.comm.as_ref().ok_or_else(|| PipelineError::Collective {
+            message: format!("rank {}'s NCCL communicator is gone", self.rank),
+        })
     }
 
     fn failed(&self, e: String) -> PipelineError {
@@ -201,22 +224,95 @@ impl Communicator for NcclGroup {
                     .map(|(peer, tensor)| Transfer::Recv { tensor, peer }),
             )
             .collect();
-        self.comm.exchange(&transfers).map_err(|e| self.failed(e))?;
+        self.comm()?
+            .exchange(&transfers)
+            .map_err(|e| self.failed(e))?;
         Ok(received)
     }
 
     fn abort(&self, reason: &str) {
         self.aborted.store(true, Ordering::SeqCst);
         self.shapes.abort(reason);
-        self.comm.abort();
+        if let Some(comm) = &self.comm {
+            comm.abort();
+        }
     }
 }
 
 impl Drop for NcclGroup {
+    /// Keeps the communicator for the next run on these GPUs, unless the group was aborted:
+    /// then it is aborted too (a destroy would wait for operations a failed peer never
+    /// matches). A run's ranks drop their handles only after every rank answered its last
+    /// step, so no abort comes after a handle was kept.
     fn drop(&mut self) {
+        let Some(comm) = self.comm.take() else {
+            return;
+        };
         if self.aborted.load(Ordering::SeqCst) {
-            self.comm.abort();
+            comm.abort();
+        } else {
+            let ordinals = std::mem::take(&mut self.ordinals);
+            idle_sets().put(self.set, ordinals, self.rank, comm);
         }
+    }
+}
+
+/// Communicators of earlier runs, waiting for the next run on the same GPUs.
+fn idle_sets() -> std::sync::MutexGuard<'static, IdleSets<Comm>> {
+    static IDLE: Mutex<IdleSets<Comm>> = Mutex::new(IdleSets::new());
+    // Every update is a single push or a removal: a panic elsewhere leaves the sets whole.
+    IDLE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Members of sets of communicators (each set made by one `ncclCommInitAll` over some GPUs),
+/// returned one by one as their ranks end; a set is handed out again only whole, so ranks
+/// never mix communicators of different sets.
+struct IdleSets<T> {
+    next_set: u64,
+    /// (set, its GPUs, rank, communicator).
+    members: Vec<(u64, Vec<usize>, usize, T)>,
+}
+
+impl<T> IdleSets<T> {
+    const fn new() -> Self {
+        Self {
+            next_set: 0,
+            members: Vec::new(),
+        }
+    }
+
+    /// A new set's id.
+    fn new_set(&mut self) -> u64 {
+        self.next_set += 1;
+        self.next_set
+    }
+
+    fn put(&mut self, set: u64, ordinals: Vec<usize>, rank: usize, item: T) {
+        self.members.push((set, ordinals, rank, item));
+    }
+
+    /// A whole set over `ordinals` (rank `i` on `ordinals[i]`), in rank order.
+    fn take(&mut self, ordinals: &[usize]) -> Option<(u64, Vec<T>)> {
+        let set = self.members.iter().map(|(set, ..)| *set).find(|&set| {
+            (0..ordinals.len()).all(|rank| {
+                self.members
+                    .iter()
+                    .any(|(s, o, r, _)| *s == set && o == ordinals && *r == rank)
+            })
+        })?;
+        let mut taken: Vec<(usize, T)> = Vec::with_capacity(ordinals.len());
+        let mut kept = Vec::with_capacity(self.members.len());
+        for (s, o, rank, item) in self.members.drain(..) {
+            if s == set {
+                taken.push((rank, item));
+            } else {
+                kept.push((s, o, rank, item));
+            }
+        }
+        self.members = kept;
+        taken.sort_by_key(|(rank, _)| *rank);
+        Some((set, taken.into_iter().map(|(_, item)| item).collect()))
     }
 }
 
@@ -241,6 +337,23 @@ mod tests {
         }
         let err = read_description(&Tensor::from_slice(&[-1i64, 4])).unwrap_err();
         assert!(err.to_string().contains("unknown dtype"), "{err}");
+    }
+
+    #[test]
+    fn kept_communicators_are_handed_out_only_as_whole_sets_on_the_same_gpus() {
+        let mut idle = IdleSets::new();
+        let (a, b) = (idle.new_set(), idle.new_set());
+        assert_ne!(a, b);
+        // set a on GPUs [0, 1] fully returned (rank 1 first), set b only half
+        idle.put(a, vec![0, 1], 1, "a1");
+        idle.put(b, vec![0, 1], 0, "b0");
+        idle.put(a, vec![0, 1], 0, "a0");
+        assert_eq!(idle.take(&[1, 0]), None, "other GPU order, other ranks");
+        assert_eq!(idle.take(&[0, 1]), Some((a, vec!["a0", "a1"])));
+        assert_eq!(idle.take(&[0, 1]), None, "b is incomplete");
+        idle.put(b, vec![0, 1], 1, "b1");
+        assert_eq!(idle.take(&[0, 1]), Some((b, vec!["b0", "b1"])));
+        assert!(idle.members.is_empty());
     }
 
     #[test]
