@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use t2v_pipeline::loader::random_weights;
 use t2v_pipeline::memory::{
-    vae_decode_bytes, vae_encode_bytes, vae_parameters, EstimateRequest, MemoryPolicy,
+    vae_decode_bytes, vae_encode_bytes, vae_parameters, EstimateRequest, ImageEncode, MemoryPolicy,
 };
 use t2v_pipeline::wan::vae::{AutoencoderKLWan, Tiling, VaeConfig};
 use tch::{nn, Cuda, Device, Kind, Tensor};
@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             vae_tiling: args.tiling,
             ..MemoryPolicy::all_resident()
         },
+        image: ImageEncode::None,
     };
     let activations = if args.encode {
         vae_encode_bytes(&cfg, &request, args.frames, args.tiling)

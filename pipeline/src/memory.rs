@@ -43,6 +43,13 @@
 //!   ([`vae_encode_bytes`], for the image-to-video pipelines) likewise over the encoder's first
 //!   stage. These are derived from the layer shapes, not measured; `make bench-vae` prints the
 //!   allocator's peak next to them on a GPU host.
+//! - the image encode, a phase of its own for a request with a conditioning image
+//!   ([`EstimateRequest::image`]: the image alone for TI2V-5B, the image and `num_frames − 1`
+//!   zero frames for I2V-A14B): between the prompt and the loop, with the weights of the
+//!   decode phase resident plus the prompt embeddings, and [`vae_encode_bytes`] of those frames
+//!   (tiled as the policy tiles). With the published models the decode or the loop stays the
+//!   larger; the encode sets the peak only where its (larger, for Wan2.2) tiles and a short
+//!   video make it so.
 //!
 //! [`estimate_per_gpu`] is the peak of each GPU of a parallel run ([`crate::parallel`]): the
 //! weights as above (every GPU holds the experts), a Ulysses rank's activations over its
@@ -56,7 +63,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
-use crate::model_dir::{Component, ModelDir};
+use crate::model_dir::{Component, ModelDir, ModelKind};
 use crate::parallel::ParallelLayout;
 use crate::wan::text_encoder::UMT5Config;
 use crate::wan::vae::{Tiling, VaeConfig};
@@ -280,6 +287,40 @@ impl ModelConfigs {
     }
 }
 
+/// What the VAE encodes for a request's conditioning image before the denoising loop
+/// (`LatentCondition::prepare`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageEncode {
+    /// No image (text-to-video): no encode phase.
+    #[default]
+    None,
+    /// The image alone, one frame (TI2V-5B).
+    FirstFrame,
+    /// The image followed by `num_frames − 1` zero frames (I2V-A14B).
+    WithZeroFrames,
+}
+
+impl ImageEncode {
+    /// What a model of `kind` encodes for a request with (or without) an image.
+    pub fn of(kind: ModelKind, has_image: bool) -> Self {
+        match kind {
+            _ if !has_image => Self::None,
+            ModelKind::TextToVideo { .. } => Self::None,
+            ModelKind::ImageToVideo { .. } => Self::WithZeroFrames,
+            ModelKind::TextImageToVideo => Self::FirstFrame,
+        }
+    }
+
+    /// Frames the encoder takes for a video of `num_frames`; 0 = no encode.
+    pub fn frames(self, num_frames: i64) -> i64 {
+        match self {
+            Self::None => 0,
+            Self::FirstFrame => 1,
+            Self::WithZeroFrames => num_frames,
+        }
+    }
+}
+
 /// What a run is estimated for.
 #[derive(Debug, Clone, Copy)]
 pub struct EstimateRequest {
@@ -293,6 +334,8 @@ pub struct EstimateRequest {
     /// `max_sequence_length` (512).
     pub text_len: i64,
     pub policy: MemoryPolicy,
+    /// The conditioning image's encode ([`ImageEncode::of`] the model's kind).
+    pub image: ImageEncode,
 }
 
 /// Bytes of device memory, per component and per phase.
@@ -304,11 +347,13 @@ pub struct MemoryEstimate {
     pub vae_weights: u64,
     /// Peak while encoding the prompt.
     pub text_encode: u64,
+    /// Peak while encoding the conditioning image; 0 without one.
+    pub vae_encode: u64,
     /// Peak while denoising.
     pub denoise: u64,
     /// Peak while decoding.
     pub vae_decode: u64,
-    /// The largest of the three phases.
+    /// The largest of the phases.
     pub peak: u64,
     /// Host memory the parked copies take (pinned).
     pub pinned_host: u64,
@@ -364,6 +409,13 @@ pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<Memo
     let vae_act = vae_decode_bytes(&models.vae, request, policy.vae_tiling);
 
     let text_encode = vae_weights + te_weights + experts_idle + text_act;
+    let vae_encode = match request.image.frames(request.num_frames) {
+        0 => 0,
+        frames => {
+            let encode = vae_encode_bytes(&models.vae, request, frames, policy.vae_tiling);
+            vae_weights + te_between + experts_idle + embeds + encode
+        }
+    };
     let denoise = vae_weights + te_between + experts_denoise + embeds + transformer_act;
     let vae_decode = vae_weights + te_between + experts_idle + vae_act;
     let mut pinned_host = 0;
@@ -379,9 +431,10 @@ pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<Memo
         text_encoder_weights: te_weights,
         vae_weights,
         text_encode,
+        vae_encode,
         denoise,
         vae_decode,
-        peak: text_encode.max(denoise).max(vae_decode),
+        peak: text_encode.max(vae_encode).max(denoise).max(vae_decode),
         pinned_host,
     })
 }
@@ -469,11 +522,20 @@ pub fn estimate_per_gpu(
     layout: ParallelLayout,
     devices: usize,
 ) -> Result<MemoryEstimate> {
+    let own_tiling = request.policy.vae_tiling;
     let mut request = *request;
     if devices > 1 && request.policy.vae_tiling.is_none() {
         request.policy.vae_tiling = Some(Tiling::default());
     }
     let mut per_gpu = estimate(models, &request)?;
+    // The spread decode tiles a VAE of its own; the image is encoded by the pipeline's VAE,
+    // tiled only as the policy says.
+    let frames = request.image.frames(request.num_frames);
+    if frames > 0 && own_tiling != request.policy.vae_tiling {
+        per_gpu.vae_encode = per_gpu.vae_encode
+            - vae_encode_bytes(&models.vae, &request, frames, request.policy.vae_tiling)
+            + vae_encode_bytes(&models.vae, &request, frames, own_tiling);
+    }
     let ulysses = layout.ulysses as u64;
     if ulysses > 1 {
         let latent = latent_shape(models, &request);
@@ -488,11 +550,12 @@ pub fn estimate_per_gpu(
                 .unwrap_or(0)
         };
         per_gpu.denoise = per_gpu.denoise - activations(1) + activations(ulysses);
-        per_gpu.peak = per_gpu
-            .text_encode
-            .max(per_gpu.denoise)
-            .max(per_gpu.vae_decode);
     }
+    per_gpu.peak = per_gpu
+        .text_encode
+        .max(per_gpu.vae_encode)
+        .max(per_gpu.denoise)
+        .max(per_gpu.vae_decode);
     Ok(per_gpu)
 }
 
@@ -706,6 +769,7 @@ mod tests {
             vae_dtype: Kind::BFloat16,
             text_len: 512,
             policy,
+            image: ImageEncode::None,
         }
     }
 
@@ -927,6 +991,137 @@ mod tests {
         // Encoding the conditioning frame is smaller still.
         let encode = vae_encode_bytes(&cfg, &r, 1, Some(Tiling::default()));
         assert!(encode < tiled, "{encode}");
+    }
+
+    #[test]
+    fn what_each_kind_encodes_for_an_image() {
+        let i2v = ModelKind::ImageToVideo { two_experts: true };
+        assert_eq!(ImageEncode::of(i2v, true).frames(81), 81);
+        assert_eq!(
+            ImageEncode::of(ModelKind::TextImageToVideo, true).frames(121),
+            1
+        );
+        assert_eq!(
+            ImageEncode::of(ModelKind::TextImageToVideo, false).frames(121),
+            0
+        );
+        let t2v = ModelKind::TextToVideo { two_experts: true };
+        assert_eq!(ImageEncode::of(t2v, true), ImageEncode::None);
+    }
+
+    /// `models` at `r` without and with `image`: (without, with).
+    fn with_and_without_image(
+        models: &ModelConfigs,
+        r: EstimateRequest,
+        image: ImageEncode,
+    ) -> (MemoryEstimate, MemoryEstimate) {
+        let without = estimate(models, &r).unwrap();
+        let with = estimate(models, &EstimateRequest { image, ..r }).unwrap();
+        (without, with)
+    }
+
+    #[test]
+    fn the_image_encode_is_counted_but_the_published_models_peak_elsewhere() {
+        let ti2v = ModelConfigs {
+            transformer: TransformerConfig::wan22_ti2v_5b(),
+            transformer_2: None,
+            text_encoder: UMT5Config::umt5_xxl(),
+            vae: VaeConfig::wan2_2(),
+        };
+        let i2v_expert = TransformerConfig {
+            in_channels: 36,
+            ..TransformerConfig::wan22_t2v_a14b()
+        };
+        let i2v = ModelConfigs {
+            transformer: i2v_expert.clone(),
+            transformer_2: Some(i2v_expert),
+            text_encoder: UMT5Config::umt5_xxl(),
+            vae: VaeConfig::default(),
+        };
+        let ti2v_704p = EstimateRequest {
+            num_frames: 121,
+            ..request(1280, 704, MemoryPolicy::all_resident())
+        };
+        let cases = [
+            (&ti2v, ti2v_704p, ImageEncode::FirstFrame),
+            (
+                &ti2v,
+                EstimateRequest {
+                    policy: MemoryPolicy::low_memory(),
+                    ..ti2v_704p
+                },
+                ImageEncode::FirstFrame,
+            ),
+            (
+                &i2v,
+                request(832, 480, MemoryPolicy::all_resident()),
+                ImageEncode::WithZeroFrames,
+            ),
+            (
+                &i2v,
+                request(1280, 720, MemoryPolicy::low_memory()),
+                ImageEncode::WithZeroFrames,
+            ),
+        ];
+        for (models, r, image) in cases {
+            let (without, with) = with_and_without_image(models, r, image);
+            assert_eq!(without.vae_encode, 0);
+            assert!(with.vae_encode > with.vae_weights, "{with:?}");
+            assert!(with.vae_encode < with.peak, "{with:?}");
+            assert_eq!(with.peak, without.peak, "{r:?}");
+        }
+    }
+
+    fn tiny_umt5() -> UMT5Config {
+        let mut cfg = UMT5Config::umt5_xxl();
+        (cfg.vocab_size, cfg.d_model, cfg.d_kv, cfg.d_ff) = (64, 32, 16, 64);
+        (cfg.num_layers, cfg.num_heads) = (1, 2);
+        cfg
+    }
+
+    #[test]
+    fn the_image_encode_sets_the_peak_where_it_dominates() {
+        // A tiny transformer and text encoder beside the Wan2.2 VAE, one frame, tiled: the
+        // encode's tiles (512 video pixels a side, patchified) are 4× the decode's in area.
+        let tiny = ModelConfigs {
+            transformer: TransformerConfig {
+                num_attention_heads: 2,
+                attention_head_dim: 16,
+                text_dim: 32,
+                freq_dim: 16,
+                ffn_dim: 64,
+                num_layers: 1,
+                ..TransformerConfig::wan22_ti2v_5b()
+            },
+            transformer_2: None,
+            text_encoder: tiny_umt5(),
+            vae: VaeConfig::wan2_2(),
+        };
+        let one_frame = EstimateRequest {
+            num_frames: 1,
+            ..request(1280, 704, MemoryPolicy::low_memory())
+        };
+        let (without, with) = with_and_without_image(&tiny, one_frame, ImageEncode::FirstFrame);
+        assert_eq!(with.peak, with.vae_encode, "{with:?}");
+        assert!(with.peak > without.peak, "{with:?} vs {without:?}");
+        let phases = [without.text_encode, without.denoise, without.vae_decode];
+        assert_eq!(without.peak, phases.into_iter().max().unwrap());
+        // Spread over GPUs the decode is tiled by a VAE of its own; the encode keeps the
+        // policy's tiles, and still sets each GPU's peak.
+        let untiled = EstimateRequest {
+            policy: MemoryPolicy::all_resident(),
+            ..one_frame
+        };
+        let (_, one_gpu) = with_and_without_image(&tiny, untiled, ImageEncode::FirstFrame);
+        let layout = ParallelLayout { cfg: 2, ulysses: 1 };
+        let image = EstimateRequest {
+            image: ImageEncode::FirstFrame,
+            ..untiled
+        };
+        let per_gpu = estimate_per_gpu(&tiny, &image, layout, 2).unwrap();
+        assert_eq!(per_gpu.vae_encode, one_gpu.vae_encode);
+        assert!(per_gpu.vae_decode < one_gpu.vae_decode);
+        assert_eq!(per_gpu.peak, per_gpu.vae_encode, "{per_gpu:?}");
     }
 
     #[test]

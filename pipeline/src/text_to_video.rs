@@ -36,8 +36,8 @@ use crate::denoise::{
 use crate::error::{PipelineError, Result};
 use crate::loader;
 use crate::memory::{
-    estimate, EstimateRequest, ExpertPlacement, MemoryEstimate, MemoryPolicy, ModelConfigs,
-    ParkedWeights,
+    estimate, EstimateRequest, ExpertPlacement, ImageEncode, MemoryEstimate, MemoryPolicy,
+    ModelConfigs, ParkedWeights,
 };
 use crate::model_dir::{Component, ModelDir, ModelKind};
 use crate::scheduler::{SamplerKind, Scheduler, SchedulerConfig};
@@ -449,6 +449,7 @@ impl WanT2V {
                 vae_dtype: self.options.vae_dtype,
                 text_len: params.max_sequence_length as i64,
                 policy: self.options.memory,
+                image: ImageEncode::of(self.kind, params.image.is_some()),
             },
         )
     }

@@ -10,7 +10,8 @@
 //! The decisions are plain functions of the facts gathered ([`CudaFacts`]), unit-tested without
 //! a GPU.
 
-use t2v_pipeline::memory::{estimate, EstimateRequest, ModelConfigs};
+use t2v_pipeline::memory::{estimate, EstimateRequest, ImageEncode, ModelConfigs};
+use t2v_pipeline::model_dir::ModelDir;
 use t2v_pipeline::wan::prompt::MAX_SEQUENCE_LENGTH;
 use tch::{Device, Kind};
 
@@ -368,6 +369,7 @@ pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
         vae_dtype: Kind::Float,
         text_len: MAX_SEQUENCE_LENGTH as i64,
         policy: memory_policy(cfg.model.memory_policy),
+        image: needed_image_encode(&cfg.model.dir),
     };
     out.extend(memory_findings(
         &configs,
@@ -377,6 +379,16 @@ pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
         checked_sizes(),
     ));
     out
+}
+
+/// The image encode every job of the model in `dir` runs: an image-to-video model's jobs all
+/// carry one, so its estimate counts that phase.
+fn needed_image_encode(dir: &str) -> ImageEncode {
+    ModelDir::open(std::path::Path::new(dir))
+        .and_then(|dir| dir.kind())
+        .map_or(ImageEncode::None, |kind| {
+            ImageEncode::of(kind, kind.requires_image())
+        })
 }
 
 #[cfg(test)]
@@ -557,6 +569,7 @@ mod tests {
             vae_dtype: Kind::Float,
             text_len: 512,
             policy,
+            image: ImageEncode::None,
         }
     }
 

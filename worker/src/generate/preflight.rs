@@ -205,6 +205,7 @@ mod tests {
             vae_dtype: Kind::Float,
             text_len: 512,
             policy,
+            image: t2v_pipeline::memory::ImageEncode::None,
         }
     }
 

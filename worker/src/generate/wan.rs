@@ -26,7 +26,8 @@ use t2v_contract::defaults::ModelDefaults;
 use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::memory::{
-    estimate, estimate_per_gpu, EstimateRequest, MemoryEstimate, MemoryPolicy, ModelConfigs,
+    estimate, estimate_per_gpu, EstimateRequest, ImageEncode, MemoryEstimate, MemoryPolicy,
+    ModelConfigs,
 };
 use t2v_pipeline::scheduler::SamplerKind;
 use t2v_pipeline::PipelineError;
@@ -243,6 +244,7 @@ impl WanGenerator {
             vae_dtype: options.vae_dtype,
             text_len: params.max_sequence_length as i64,
             policy,
+            image: ImageEncode::of(self.pipe.kind(), params.image.is_some()),
         })
     }
 
