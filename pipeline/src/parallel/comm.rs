@@ -139,6 +139,15 @@ impl InProcessGroup {
     }
 }
 
+impl InProcessGroup {
+    /// Waits until every rank of the group got here, or fails once the group is aborted.
+    pub fn barrier(&self) -> Result<()> {
+        let state = self.exchange.lock();
+        drop(self.exchange.barrier(state)?);
+        Ok(())
+    }
+}
+
 impl Communicator for InProcessGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -247,6 +256,31 @@ mod tests {
         });
         for got in results {
             assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0]);
+        }
+    }
+
+    #[test]
+    fn the_barrier_waits_for_every_rank_and_fails_once_aborted() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let arrived = AtomicUsize::new(0);
+        let results = run_ranks(3, |g| {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            g.barrier().unwrap();
+            let all_there = arrived.load(Ordering::SeqCst) == 3;
+            if g.rank() == 2 {
+                g.abort("rank 2 failed");
+                return (all_there, None);
+            }
+            (all_there, Some(g.barrier().unwrap_err().to_string()))
+        });
+        for (all_there, error) in results {
+            assert!(
+                all_there,
+                "a rank left the barrier before every rank arrived"
+            );
+            if let Some(error) = error {
+                assert!(error.contains("rank 2 failed"), "{error}");
+            }
         }
     }
 

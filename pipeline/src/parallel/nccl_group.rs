@@ -5,7 +5,9 @@
 //! tells each receiver the dtype and shape of what it will get: the ranks are threads of one
 //! process, and these few integers go through an [`InProcessGroup`] of host tensors, which also
 //! gives the group [`Communicator::abort`]'s semantics (a rank waiting there for a failed peer
-//! is released with an error). Then one NCCL group of sends and receives carries the tensors —
+//! is released with an error), and a barrier there after the receive buffers are allocated
+//! keeps a rank that failed before its NCCL calls from leaving its peers' transfers waiting on
+//! the GPU. Then one NCCL group of sends and receives carries the tensors —
 //! the all-to-all of the Ulysses exchange, and the all-gather as an all-to-all of one tensor.
 //!
 //! Creating communicators (`ncclCommInitAll`, then NCCL's connections at their first use)
@@ -212,7 +214,10 @@ impl Communicator for NcclGroup {
                 Ok(Tensor::f_empty(&shape, (kind, self.device))?)
             })
             .collect::<Result<Vec<_>>>()?;
-        // 3. one NCCL group: a send to and a receive from every rank (itself included)
+        // 3. every rank has its buffers: a rank that failed to allocate aborts the group here,
+        //    before any peer enqueued a transfer that would wait for it on the GPU
+        self.shapes.barrier()?;
+        // 4. one NCCL group: a send to and a receive from every rank (itself included)
         let transfers: Vec<Transfer<'_>> = send
             .iter()
             .enumerate()
