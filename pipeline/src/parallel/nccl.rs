@@ -213,9 +213,10 @@ impl Comm {
         let mut enqueued = Ok(());
         for (is_send, (ptr, count, datatype), peer) in checked {
             // SAFETY: `buffer` checked that `ptr` is the start of a contiguous tensor of
-            // `count` elements of `datatype` on this communicator's GPU, alive for the call;
-            // the stream is the null stream (see the module doc for why that orders the
-            // transfer with libtorch's kernels and allocator).
+            // `count` elements of `datatype` on this communicator's GPU. NCCL reads or writes
+            // it later, on the null stream: the stream the caching allocator orders the reuse
+            // of the tensor's block on once it is freed (module doc), so the memory stays the
+            // tensor's until the transfer is done.
             let code = unsafe {
                 if is_send {
                     (api.send)(ptr, count, datatype, peer, raw, std::ptr::null_mut())
