@@ -262,15 +262,20 @@ mod tests {
     #[test]
     fn the_barrier_waits_for_every_rank_and_fails_once_aborted() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let arrived = AtomicUsize::new(0);
+        let (arrived, left) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let results = run_ranks(3, |g| {
             arrived.fetch_add(1, Ordering::SeqCst);
             g.barrier().unwrap();
             let all_there = arrived.load(Ordering::SeqCst) == 3;
             if g.rank() == 2 {
+                // abort once the others left the first barrier, as they wait at the second
+                while left.load(Ordering::SeqCst) < 2 {
+                    std::thread::yield_now();
+                }
                 g.abort("rank 2 failed");
                 return (all_there, None);
             }
+            left.fetch_add(1, Ordering::SeqCst);
             (all_there, Some(g.barrier().unwrap_err().to_string()))
         });
         for (all_there, error) in results {

@@ -42,7 +42,7 @@ use tch::Device;
 pub use collectives::{Collectives, CollectivesChoice};
 pub use comm::{Communicator, InProcessGroup};
 pub use nccl_group::NcclGroup;
-pub use ranks::{run_ranks, RankModels, RankPool};
+pub use ranks::{prepare_collectives, run_ranks, RankModels, RankPool};
 pub use sequence::SequenceShard;
 
 use crate::error::{PipelineError, Result};

@@ -177,6 +177,18 @@ pub fn run_ranks<R>(
 /// One rank's handle on a group.
 type Group = Box<dyn Communicator>;
 
+/// The collectives of `plan`'s runs, with NCCL's communicators for every group created now
+/// and kept for the first run: a worker calls it at load, so NCCL that cannot start fails the
+/// load rather than the first job, and that job does not wait for the communicators.
+pub fn prepare_collectives(plan: &ParallelPlan) -> Result<Collectives> {
+    let collectives = plan.resolve_collectives()?;
+    if matches!(collectives, Collectives::Nccl { .. }) {
+        // Dropped without an abort, the handles leave their communicators for the next run.
+        drop(rank_groups(plan, &collectives)?);
+    }
+    Ok(collectives)
+}
+
 /// Every rank's (Ulysses group, CFG group) handles, through `collectives`.
 fn rank_groups(plan: &ParallelPlan, collectives: &Collectives) -> Result<Vec<(Group, Group)>> {
     let layout = plan.layout;

@@ -91,7 +91,8 @@ impl WanGenerator {
     }
 
     /// As [`Self::with_devices`], the ranks' tensors moved by `collectives`: NCCL that is
-    /// asked for and cannot be loaded fails the load here, in one line.
+    /// asked for and cannot be loaded, or whose communicators cannot be created, fails the
+    /// load here, in one line (the communicators are made now and kept for the first job).
     pub fn with_parallel(
         mut self,
         choice: &DevicesChoice,
@@ -110,8 +111,7 @@ impl WanGenerator {
             .map_err(GenerateError::Load)?
             .map(|plan| plan.with_collectives(collectives.into()));
         if let Some(plan) = &plan {
-            let used = plan
-                .resolve_collectives()
+            let used = t2v_pipeline::parallel::prepare_collectives(plan)
                 .map_err(|e| GenerateError::Load(e.to_string()))?;
             tracing::info!(layout = %plan.layout, gpus = devices.len(), collectives = %plan.collectives, collectives_used = %used, "one job spans several GPUs");
         }
