@@ -8,12 +8,17 @@
 //! - **hash**: each job goes to a uniformly random partition of P = 32; partitions are spread
 //!   evenly over the W workers (partition p → worker p mod W); each worker takes its
 //!   partitions' records one at a time, first come first served;
-//! - **backlog**: the submitter sees every worker's backlog (queued + running jobs) as of the
+//! - **count**: the submitter sees every worker's backlog (queued + running jobs) as of the
 //!   last refresh (every Δ), adds the jobs it placed itself since then, and sends the job to a
 //!   worker with the smallest backlog; ties between idle workers at random, ties between busy
 //!   ones to the worker busy the longest (last seen finishing a job, or getting one while idle,
-//!   the earliest), whose job is likely to end first; shown for Δ = 250 ms against T = 60 s
-//!   (a short Wan job) and Δ = T/8 (the end-to-end test's ~2 s jobs);
+//!   the earliest), whose job is likely to end first — what placement does before it has seen
+//!   a job end to end;
+//! - **expected**: as count, but a busy worker is ranked by when it is expected to free: the
+//!   end of its running job as that job's progress predicted it at the last refresh, plus one
+//!   mean job per queued job — what placement does once it follows the jobs' events;
+//!   shown for Δ = 250 ms against T = 60 s (a short Wan job) and Δ = T/8 (the end-to-end
+//!   test's ~2 s jobs);
 //! - **shared**: one FIFO queue served by all W workers (M/G/W) — the lower bound.
 //!
 //! `T2V_SIM_JOBS` (default 200000) jobs per cell, the first 10 % dropped as warm-up;
@@ -76,15 +81,26 @@ fn hash(jobs: &[Job], workers: usize, rng: &mut StdRng) -> Vec<f64> {
     per_worker_fifo(jobs, workers, |_| rng.random_range(0..PARTITIONS) % workers)
 }
 
-/// Join the shortest backlog with a view refreshed every `refresh` (units of T); among busy
-/// workers with equally short backlogs, the one busy the longest (its job ends soonest).
-fn backlog(jobs: &[Job], workers: usize, refresh: f64, rng: &mut StdRng) -> Vec<f64> {
+/// How a busy worker is ranked.
+#[derive(Clone, Copy, PartialEq)]
+enum Rank {
+    /// Fewest jobs, then busy the longest.
+    Count,
+    /// Soonest expected end of its running job (known at the last refresh) plus a mean job
+    /// (1 T) per queued one.
+    Expected,
+}
+
+/// Placement with a view refreshed every `refresh` (units of T), busy workers ranked by `rank`.
+fn backlog(jobs: &[Job], workers: usize, refresh: f64, rank: Rank, rng: &mut StdRng) -> Vec<f64> {
     let mut free_at = vec![0.0f64; workers];
     // Finish times of each worker's jobs not yet finished at the last look (FIFO: increasing).
     let mut pending: Vec<VecDeque<f64>> = vec![VecDeque::new(); workers];
     let mut seen = vec![0usize; workers];
     // When each worker was last seen to finish a job or to get one while idle.
     let mut busy_since = vec![0.0f64; workers];
+    // When each worker's running job ends, as its progress said at the last refresh.
+    let mut running_ends = vec![0.0f64; workers];
     let mut next_refresh = 0.0;
     let mut waits = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -98,12 +114,19 @@ fn backlog(jobs: &[Job], workers: usize, refresh: f64, rng: &mut StdRng) -> Vec<
                     busy_since[w] = next_refresh;
                 }
                 seen[w] = q.len();
+                running_ends[w] = q.front().copied().unwrap_or(next_refresh);
             }
             next_refresh += refresh;
         }
+        let expected =
+            |w: usize| (running_ends[w] - job.arrival).max(0.0) + seen[w].saturating_sub(1) as f64;
         let least = *seen.iter().min().expect("workers > 0");
         let ties: Vec<usize> = (0..workers).filter(|&w| seen[w] == least).collect();
-        let w = if least == 0 {
+        let w = if least > 0 && rank == Rank::Expected {
+            (0..workers)
+                .min_by(|&a, &b| expected(a).total_cmp(&expected(b)))
+                .expect("workers > 0")
+        } else if least == 0 {
             ties[rng.random_range(0..ties.len())]
         } else {
             let oldest = ties.iter().map(|&w| busy_since[w]).fold(f64::MAX, f64::min);
@@ -115,6 +138,7 @@ fn backlog(jobs: &[Job], workers: usize, refresh: f64, rng: &mut StdRng) -> Vec<
         };
         if seen[w] == 0 {
             busy_since[w] = job.arrival;
+            running_ends[w] = job.arrival + 1.0; // a mean job, until its progress is seen
         }
         seen[w] += 1; // the submitter counts its own placements until the next refresh
         let start = free_at[w].max(job.arrival);
@@ -165,12 +189,18 @@ fn main() {
     println!(
         "queue wait in units of T (mean job time); lognormal σ={SIGMA}, P={PARTITIONS}, {n} jobs per cell, seed {seed}"
     );
-    println!("backlog Δ: the refresher's period (Δ=T/240: 250 ms against 60 s jobs; Δ=T/8: 250 ms against the e2e test's 2 s jobs)");
+    println!("Δ: the refresher's period (Δ=T/240: 250 ms against 60 s jobs; Δ=T/8: 250 ms against the e2e test's 2 s jobs)");
     println!(
-        "{:>3} {:>5} | {:>16} | {:>16} | {:>16} | {:>16}",
-        "W", "load", "hash mean / p99", "backlog Δ=T/240", "backlog Δ=T/8", "shared mean/p99"
+        "{:>3} {:>5} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
+        "W",
+        "load",
+        "hash mean / p99",
+        "count Δ=T/240",
+        "expected Δ=T/240",
+        "expected Δ=T/8",
+        "shared mean/p99"
     );
-    println!("{}", "-".repeat(3 + 1 + 5 + 4 * 19 + 1));
+    println!("{}", "-".repeat(3 + 1 + 5 + 5 * 19 + 1));
     for workers in [4usize, 8, 32] {
         for load in [0.5, 0.8, 0.9] {
             let mut rng =
@@ -178,18 +208,20 @@ fn main() {
             let jobs = workload(&mut rng, n, workers, load);
             let cells = [
                 stats(hash(&jobs, workers, &mut rng)),
-                stats(backlog(&jobs, workers, fast, &mut rng)),
-                stats(backlog(&jobs, workers, slow, &mut rng)),
+                stats(backlog(&jobs, workers, fast, Rank::Count, &mut rng)),
+                stats(backlog(&jobs, workers, fast, Rank::Expected, &mut rng)),
+                stats(backlog(&jobs, workers, slow, Rank::Expected, &mut rng)),
                 stats(shared(&jobs, workers)),
             ];
             let cell = |(m, p): (f64, f64)| format!("{m:>7.3} / {p:>6.2}");
             println!(
-                "{workers:>3} {:>4}% | {} | {} | {} | {}",
+                "{workers:>3} {:>4}% | {} | {} | {} | {} | {}",
                 (load * 100.0).round(),
                 cell(cells[0]),
                 cell(cells[1]),
                 cell(cells[2]),
                 cell(cells[3]),
+                cell(cells[4]),
             );
         }
     }

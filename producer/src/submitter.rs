@@ -318,7 +318,7 @@ impl Submitter {
         &self,
         req: &GenerationRequest,
         trace: &TraceContext,
-    ) -> Result<DeliveryFuture, SubmitError> {
+    ) -> Result<(&str, DeliveryFuture), SubmitError> {
         let topic = self.cfg.request_topic(req)?;
         let fresh = self.fresh_ids().remove(&req.job_id);
         let partition = if fresh {
@@ -333,21 +333,29 @@ impl Submitter {
             payload: req.encode_to_vec(),
             partition,
         };
-        self.enqueue(&out, trace)
+        Ok((topic, self.enqueue(&out, trace)?))
     }
 
+    /// Waits for the brokers' acknowledgement of a record of `topic` (and tells placement
+    /// where it landed).
     async fn acknowledged(
+        &self,
+        topic: &str,
         job_id: String,
         trace: TraceContext,
         delivery: DeliveryFuture,
     ) -> Result<Submitted, SubmitError> {
         match delivery.await {
-            Ok(Ok(delivered)) => Ok(Submitted {
-                job_id,
-                partition: delivered.partition,
-                offset: delivered.offset,
-                trace,
-            }),
+            Ok(Ok(delivered)) => {
+                self.placer
+                    .landed(topic, delivered.partition, delivered.offset);
+                Ok(Submitted {
+                    job_id,
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                    trace,
+                })
+            }
             Ok(Err((source, _))) => Err(SubmitError::Delivery { job_id, source }),
             Err(_canceled) => Err(SubmitError::Delivery {
                 job_id,
@@ -368,8 +376,8 @@ impl Submitter {
         trace: TraceContext,
     ) -> Result<Submitted, SubmitError> {
         let req = self.prepare(req)?;
-        let delivery = self.enqueue_request(&req, &trace).await?;
-        Self::acknowledged(req.job_id, trace, delivery).await
+        let (topic, delivery) = self.enqueue_request(&req, &trace).await?;
+        self.acknowledged(topic, req.job_id, trace, delivery).await
     }
 
     /// Validates every request first (nothing is produced when one is invalid), then publishes all
@@ -385,8 +393,8 @@ impl Submitter {
         let mut pending = Vec::with_capacity(prepared.len());
         for req in prepared {
             let trace = TraceContext::new_root();
-            let delivery = self.enqueue_request(&req, &trace).await?;
-            pending.push(Self::acknowledged(req.job_id, trace, delivery));
+            let (topic, delivery) = self.enqueue_request(&req, &trace).await?;
+            pending.push(self.acknowledged(topic, req.job_id, trace, delivery));
         }
         try_join_all(pending).await
     }
@@ -408,9 +416,9 @@ impl Submitter {
             let trace = TraceContext::new_root();
             let job_id = req.job_id.clone();
             let outcome = match self.enqueue_request(&req, &trace).await {
-                Ok(delivery) => {
-                    futures::future::Either::Left(Self::acknowledged(req.job_id, trace, delivery))
-                }
+                Ok((topic, delivery)) => futures::future::Either::Left(
+                    self.acknowledged(topic, req.job_id, trace, delivery),
+                ),
                 Err(e) => futures::future::Either::Right(futures::future::ready(Err(e))),
             };
             pending.push(async move { (job_id, outcome.await) });
@@ -437,7 +445,7 @@ impl Submitter {
         };
         let trace = TraceContext::new_root();
         let delivery = self.enqueue(&out, &trace)?;
-        Self::acknowledged(job_id.to_string(), trace, delivery)
+        self.acknowledged(&self.cfg.control_topic, job_id.to_string(), trace, delivery)
             .await
             .map(|_| ())
     }

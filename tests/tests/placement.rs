@@ -3,9 +3,10 @@
 //! hashed by job id and once placed by the shortest backlog; each job's queue wait is its
 //! Accepted's `queue_wait_ms`. The ideal is a shared FIFO queue (M/G/4) over the same arrivals
 //! and the job times the run measured (Accepted → terminal event). Backlog placement must come
-//! within 1.5× the ideal (plus 0.25 s of slack: with 40 jobs one unlucky placement behind a
-//! long job moves the mean by ~0.05 s, and the refresher reads the group every 250 ms) and beat
-//! hashing.
+//! within 1.5× the ideal (plus 0.1 s of slack for a loaded CI machine: with 40 jobs one unlucky
+//! placement behind a long job moves the mean by ~0.05 s) and beat hashing. Placement follows
+//! the jobs' events (Accepted names the request partition, Progress the time left), so after
+//! the first job ends it ranks busy workers by when they are expected to free.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -245,10 +246,15 @@ async fn backlog_placement_waits_close_to_a_shared_queue_and_less_than_hashing()
     let (hash_wait, hash_ideal) = report("hash", &hash);
     let (backlog_wait, backlog_ideal) = report("backlog", &backlog);
     println!("fallbacks to hashing: hash run {hash_fallbacks}, backlog run {backlog_fallbacks}");
+    println!(
+        "backlog / ideal: {:.2}×; hash / ideal: {:.2}×",
+        backlog_wait / backlog_ideal,
+        hash_wait / hash_ideal
+    );
 
     assert_eq!(hash_fallbacks, 0, "Placement::Hash is not a fallback");
     assert_eq!(backlog_fallbacks, 0, "the group was readable throughout");
-    let slack = 0.25;
+    let slack = 0.1;
     assert!(
         backlog_wait <= 1.5 * backlog_ideal + slack,
         "backlog mean wait {backlog_wait:.2} s vs ideal {backlog_ideal:.2} s"

@@ -1,28 +1,32 @@
-//! Queue-aware placement: send a request to a partition of the worker with the shortest backlog,
+//! Queue-aware placement: send a request to a partition of the worker expected to free first,
 //! instead of the partition its key hashes to.
 //!
 //! Keyed by job id alone, a request lands on a hash-chosen partition and waits behind that
 //! partition's busy worker while other GPUs idle (`make sim` shows how much: at 8 workers and
-//! 80 % load the mean wait is ≈ 2.2 T under hashing and ≈ 0.2 T with this placement, against
-//! ≈ 0.17 T for one ideal shared queue).
+//! 80 % load the mean wait is ≈ 2.2 T under hashing, against ≈ 0.165 T for one ideal shared
+//! queue and for this placement).
 //!
 //! A background refresher, one per [`Submitter`](crate::Submitter) and started with it, reads
 //! every 250 ms:
 //! - the consumer group's members and the partitions of the request topics (every lane of every
 //!   routed model, [`crate::routes`]) each was assigned
-//!   (`DescribeGroups`, [`parse_assignment`] over each member's assignment bytes);
+//!   (`DescribeGroups`, [`parse_assignment`] over each member's assignment bytes; module `group`);
 //! - the group's committed offsets (a consumer with the group's `group.id` that never
 //!   subscribes, so it never joins the group);
-//! - the partitions' log-end offsets (and log-start, for a partition nothing was committed on).
+//! - the partitions' log-end offsets (and log-start, for a partition nothing was committed on);
+//! - the events that arrived since the last read (module `running`): when each worker's running job
+//!   is expected to end, and the fleet's mean job.
 //!
 //! A worker's backlog is Σ over its partitions of every request topic of (end − committed): its
 //! queued jobs in all lanes plus the one running, since workers store an offset only after the
-//! job's terminal event. A submit to topic T picks, among the workers holding a partition of T,
-//! the one with the smallest backlog and a random partition of T it holds, and counts the job
-//! against that worker until the next refresh, so a burst spreads out. Ties between idle workers
-//! go at random; ties between busy ones go to the worker busy the longest (last seen finishing
-//! a job, or getting one while idle, the earliest): its job is the likeliest to end first
-//! (`make sim`: at 8 workers and 80 % load this takes the mean wait from 1.5× to 1.2× the ideal).
+//! job's terminal event. This submitter's own placements that a read has not seen yet are added
+//! on top (until the read's log end passes the offset they were acknowledged at), so a burst
+//! spreads out. A submit to topic T picks, among the workers holding a partition of T, the one
+//! expected to take a new job first (`ExpectedWait`) and a random partition of T it holds:
+//! an idle worker (ties at random); else, once a job was seen end to end, the soonest expected
+//! end of the running job plus a mean job per queued one — what a shared queue does, where the
+//! next job goes to whoever frees first (`make sim`: equal to the shared queue to the third
+//! decimal at 4–32 workers); before that, the fewest jobs, then the worker busy the longest.
 //! When there is no usable view — no member holds a partition of T, the group cannot be
 //! read, the view is older than [`STALE_AFTER`] — the request is hashed by its key exactly as
 //! before, and the fallback is logged and counted ([`Placer::fallbacks`]).
@@ -32,15 +36,22 @@
 //! another worker (the manifest, written create-only, still keeps exactly one result; the GPU
 //! time of the losing run is wasted).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 
 use crate::SubmitterConfig;
+
+mod group;
+mod running;
+
+pub use group::{parse_assignment, AssignmentError};
+use group::{read_backlogs, GroupRead};
+use running::{EventsReader, RunningJobs};
 
 /// How requests are spread over the requests topic's partitions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,18 +88,75 @@ pub struct WorkerBacklog {
     /// When the worker was last seen finishing a job, or getting one while idle: the start of
     /// its current job, as near as the refresher can tell.
     pub busy_since: Instant,
+    /// When its running job is expected to end, from the jobs' events ([`RunningJobs`]).
+    pub running_ends_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct View {
     workers: Vec<WorkerBacklog>,
     taken_at: Instant,
+    /// The fleet's mean job, once the events showed one end to end.
+    mean_job: Option<Duration>,
+}
+
+/// How soon a worker is expected to take a new job; smaller is sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ExpectedWait {
+    Idle,
+    /// The rest of its running job plus a mean job per queued one.
+    Estimated(Duration),
+    /// No job was seen end to end yet: the fewest jobs, then the one busy the longest (its job
+    /// is the likeliest to end first).
+    Counted {
+        backlog: i64,
+        busy_since: Instant,
+    },
+}
+
+impl View {
+    fn expected_wait(&self, w: &WorkerBacklog, now: Instant) -> ExpectedWait {
+        if w.backlog <= 0 {
+            return ExpectedWait::Idle;
+        }
+        let Some(mean) = self.mean_job else {
+            return ExpectedWait::Counted {
+                backlog: w.backlog,
+                busy_since: w.busy_since,
+            };
+        };
+        let running_ends_at = w.running_ends_at.unwrap_or(w.busy_since + mean);
+        let queued = u32::try_from(w.backlog - 1).unwrap_or(u32::MAX);
+        ExpectedWait::Estimated(running_ends_at.saturating_duration_since(now) + mean * queued)
+    }
+}
+
+/// This submitter's placements not yet seen in a read of the log-end offsets, counted on top of
+/// each read: a read that began before a record landed would otherwise forget it and send the
+/// next request to the same, no longer idle, worker.
+#[derive(Debug)]
+struct PendingPlacement {
+    topic: String,
+    partition: i32,
+    placed_at: Instant,
+    /// Its offset once the brokers acknowledged it.
+    offset: Option<i64>,
+}
+
+/// A placement never acknowledged (its send failed) is forgotten after this.
+const PENDING_FOR: Duration = Duration::from_secs(10);
+
+/// What submits and the refresher share, under one lock.
+#[derive(Debug, Default)]
+struct State {
+    /// `None` until the first refresh, and after a refresh that found no usable member.
+    view: Option<View>,
+    pending: Vec<PendingPlacement>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// `None` until the first refresh, and after a refresh that found no usable member.
-    view: Mutex<Option<View>>,
+    state: Mutex<State>,
     /// Refreshes done (successful or not); the first one ends a submit's wait.
     refreshes: tokio::sync::watch::Sender<u64>,
     fallbacks: AtomicU64,
@@ -133,7 +201,8 @@ impl Placer {
 
     /// The workers and backlogs of the latest view (empty when there is none).
     pub fn snapshot(&self) -> Vec<WorkerBacklog> {
-        lock(&self.shared.view)
+        lock(&self.shared.state)
+            .view
             .as_ref()
             .map(|v| v.workers.clone())
             .unwrap_or_default()
@@ -150,12 +219,36 @@ impl Placer {
         if *refreshes.borrow_and_update() == 0 {
             let _ = tokio::time::timeout(FIRST_VIEW_WAIT, refreshes.changed()).await;
         }
-        let chosen = choose(&mut lock(&self.shared.view), topic, &mut rand::rng());
+        let now = Instant::now();
+        let mut state = lock(&self.shared.state);
+        let chosen = choose(&mut state.view, topic, now, &mut rand::rng());
+        if let Some(partition) = chosen {
+            state.pending.push(PendingPlacement {
+                topic: topic.to_string(),
+                partition,
+                placed_at: now,
+                offset: None,
+            });
+        }
+        drop(state);
         if chosen.is_none() {
             self.shared.fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(job_id, group = %self.cfg.group_id, "placement: no usable view of the group; hashing by job id");
         }
         chosen
+    }
+
+    /// The brokers acknowledged a request at `offset` of `topic`/`partition`: the next read of
+    /// the log end that passes it counts it, and this submitter stops counting it itself.
+    pub fn landed(&self, topic: &str, partition: i32, offset: i64) {
+        let mut state = lock(&self.shared.state);
+        if let Some(p) = state
+            .pending
+            .iter_mut()
+            .find(|p| p.offset.is_none() && p.partition == partition && p.topic == topic)
+        {
+            p.offset = Some(offset);
+        }
     }
 
     fn start(&self) {
@@ -184,13 +277,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Picks, among the workers holding a partition of `topic`, the least-backlogged one (ties at
-/// random) and a random partition of `topic` it holds, and counts the request against it.
-/// `None` when the view is missing or stale, or no worker holds a partition of `topic`.
-fn choose(view: &mut Option<View>, topic: &str, rng: &mut impl Rng) -> Option<i32> {
+/// Picks, among the workers holding a partition of `topic`, the one expected to free first
+/// ([`View::expected_wait`]; ties at random) and a random partition of `topic` it holds, and
+/// counts the request against it. `None` when the view is missing or stale, or no worker holds
+/// a partition of `topic`.
+fn choose(view: &mut Option<View>, topic: &str, now: Instant, rng: &mut impl Rng) -> Option<i32> {
     let view = view
         .as_mut()
-        .filter(|v| v.taken_at.elapsed() < STALE_AFTER)?;
+        .filter(|v| now.saturating_duration_since(v.taken_at) < STALE_AFTER)?;
     let of_topic = |w: &WorkerBacklog| -> Vec<i32> {
         w.partitions
             .iter()
@@ -198,23 +292,20 @@ fn choose(view: &mut Option<View>, topic: &str, rng: &mut impl Rng) -> Option<i3
             .map(|(_, p)| *p)
             .collect()
     };
-    let least = view
-        .workers
-        .iter()
-        .filter(|w| !of_topic(w).is_empty())
-        .map(|w| w.backlog)
-        .min()?;
-    let mut ties: Vec<usize> = (0..view.workers.len())
-        .filter(|&i| !of_topic(&view.workers[i]).is_empty() && view.workers[i].backlog == least)
+    let candidates: Vec<usize> = (0..view.workers.len())
+        .filter(|&i| !of_topic(&view.workers[i]).is_empty())
         .collect();
-    if least > 0 {
-        // Every candidate is busy: the one busy the longest is likely to free up first.
-        let oldest = ties.iter().map(|&i| view.workers[i].busy_since).min()?;
-        ties.retain(|&i| view.workers[i].busy_since == oldest);
-    }
+    let rank = |i: usize| view.expected_wait(&view.workers[i], now);
+    let least = candidates.iter().map(|&i| rank(i)).min()?;
+    let ties: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| rank(i) == least)
+        .collect();
+    let mean_job = view.mean_job;
     let worker = &mut view.workers[ties[rng.random_range(0..ties.len())]];
     if worker.backlog == 0 {
-        worker.busy_since = Instant::now();
+        worker.busy_since = now;
+        worker.running_ends_at = mean_job.map(|m| now + m);
     }
     worker.backlog += 1;
     let partitions = of_topic(worker);
@@ -239,39 +330,123 @@ fn refresher(cfg: SubmitterConfig, topics: Vec<String>, shared: Arc<Shared>) {
         }
     };
     let timeout = cfg.connect_timeout.min(Duration::from_secs(5));
+    let mut events = events_reader(&cfg);
+    let mut running = RunningJobs::default();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let workers = read_backlogs(&consumer, &cfg.group_id, &topics, timeout).map(|mut w| {
-            carry_busy_since(lock(&shared.view).as_ref(), &mut w);
-            w
-        });
-        let usable = matches!(&workers, Ok(w) if w.iter().any(|w| !w.partitions.is_empty()));
-        if usable != shared.usable.swap(usable, Ordering::Relaxed) || n == 0 {
-            match (&workers, usable) {
-                (Ok(w), true) => {
-                    tracing::info!(group = %cfg.group_id, members = w.len(), "placement: placing by backlog")
-                }
-                (Ok(_), false) => {
-                    tracing::info!(group = %cfg.group_id, "placement: the group has no member on the requests topic; hashing by job id")
-                }
-                (Err(e), _) => {
-                    tracing::warn!(group = %cfg.group_id, error = %e, "placement: group unreadable; hashing by job id")
-                }
+        if let Some(reader) = events.as_mut() {
+            if let Err(e) = reader.read_into(&mut running, timeout) {
+                tracing::debug!(error = %e, "placement: job progress unread; counting jobs only");
             }
         }
-        *lock(&shared.view) = match workers {
-            Ok(workers) if usable => Some(View {
-                workers,
-                taken_at: Instant::now(),
-            }),
-            _ => None,
-        };
+        let read = read_backlogs(&consumer, &cfg.group_id, &topics, timeout);
+        let usable = matches!(&read, Ok(r) if r.workers.iter().any(|w| !w.partitions.is_empty()));
+        if usable != shared.usable.swap(usable, Ordering::Relaxed) || n == 0 {
+            log_usable(&cfg.group_id, &read, usable);
+        }
+        install(&shared, read.ok().filter(|_| usable), &running);
         n += 1;
         shared.refreshes.send_replace(n);
         let next = started + REFRESH_EVERY;
         while !shared.stop.load(Ordering::Relaxed) && Instant::now() < next {
             std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
+        }
+    }
+}
+
+fn log_usable(group: &str, read: &Result<GroupRead, String>, usable: bool) {
+    match (read, usable) {
+        (Ok(r), true) => {
+            tracing::info!(
+                group,
+                members = r.workers.len(),
+                "placement: placing by backlog"
+            )
+        }
+        (Ok(_), false) => {
+            tracing::info!(
+                group,
+                "placement: the group has no member on the requests topic; hashing by job id"
+            )
+        }
+        (Err(e), _) => {
+            tracing::warn!(group, error = %e, "placement: group unreadable; hashing by job id")
+        }
+    }
+}
+
+/// Makes a read the view submits choose from: busy-since times carried over, the running
+/// jobs' expected ends, and this submitter's placements the read has not seen yet.
+fn install(shared: &Shared, read: Option<GroupRead>, running: &RunningJobs) {
+    let mut state = lock(&shared.state);
+    let State { view, pending } = &mut *state;
+    let now = Instant::now();
+    *view = read.map(
+        |GroupRead {
+             mut workers,
+             log_end,
+         }| {
+            carry_busy_since(view.as_ref(), &mut workers);
+            for worker in &mut workers {
+                worker.running_ends_at = running.expected_end(&worker.partitions);
+            }
+            count_pending(pending, &mut workers, &log_end, now);
+            View {
+                workers,
+                taken_at: now,
+                mean_job: running.mean_job(),
+            }
+        },
+    );
+}
+
+/// Adds to their workers this submitter's placements that the read did not include (not yet
+/// acknowledged, or acknowledged at or past the log end read), and forgets the others.
+fn count_pending(
+    pending: &mut Vec<PendingPlacement>,
+    workers: &mut [WorkerBacklog],
+    log_end: &HashMap<(String, i32), i64>,
+    now: Instant,
+) {
+    pending.retain(|p| {
+        let end = log_end.get(&(p.topic.clone(), p.partition));
+        let seen = matches!((p.offset, end), (Some(offset), Some(&end)) if end > offset);
+        !seen && now.saturating_duration_since(p.placed_at) < PENDING_FOR
+    });
+    for p in pending.iter() {
+        let holder = workers.iter_mut().find(|w| {
+            w.partitions
+                .iter()
+                .any(|(t, q)| *q == p.partition && *t == p.topic)
+        });
+        if let Some(worker) = holder {
+            if worker.backlog == 0 {
+                worker.busy_since = p.placed_at;
+            }
+            worker.backlog += 1;
+        }
+    }
+}
+
+/// The reader of the events topic that tells how far the running jobs are; `None` (placement
+/// then counts jobs only) when no consumer can be made.
+fn events_reader(cfg: &SubmitterConfig) -> Option<EventsReader> {
+    // librdkafka refuses `assign` without a group id; this one is never joined (no subscribe)
+    // and nothing is committed under it.
+    let group = format!("{}.placement-events", cfg.group_id);
+    let consumer: Result<BaseConsumer, _> = cfg
+        .client_config_with(&[
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+        ])
+        .create();
+    match consumer {
+        Ok(c) => Some(EventsReader::new(c, cfg.events_topic.clone())),
+        Err(e) => {
+            tracing::warn!(error = %e, "placement: no events reader; placing by job counts only");
+            None
         }
     }
 }
@@ -297,247 +472,11 @@ fn carry_busy_since(previous: Option<&View>, workers: &mut [WorkerBacklog]) {
     }
 }
 
-/// Every member of `group` with its partitions of `topics` and their backlog.
-fn read_backlogs(
-    consumer: &BaseConsumer,
-    group: &str,
-    topics: &[String],
-    timeout: Duration,
-) -> Result<Vec<WorkerBacklog>, String> {
-    let groups = consumer
-        .fetch_group_list(Some(group), timeout)
-        .map_err(|e| format!("describing the group: {e}"))?;
-    let mut workers = Vec::new();
-    for info in groups.groups().iter().filter(|g| g.name() == group) {
-        if info.protocol_type() != "consumer" && !info.protocol_type().is_empty() {
-            return Err(format!("protocol type {:?}", info.protocol_type()));
-        }
-        for member in info.members() {
-            let assigned = parse_assignment(member.assignment().unwrap_or_default())
-                .map_err(|e| format!("member {}: {e}", member.id()))?;
-            let partitions: Vec<(String, i32)> = assigned
-                .into_iter()
-                .filter(|(t, _)| topics.contains(t))
-                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
-                .collect();
-            workers.push(WorkerBacklog {
-                member_id: member.id().to_string(),
-                partitions,
-                backlog: 0,
-                committed: 0,
-                busy_since: Instant::now(),
-            });
-        }
-    }
-    let all: Vec<(String, i32)> = workers.iter().flat_map(|w| w.partitions.clone()).collect();
-    if all.is_empty() {
-        return Ok(workers);
-    }
-    let committed = consumer
-        .committed_offsets(partition_list(&all, Offset::Invalid), timeout)
-        .map_err(|e| format!("committed offsets: {e}"))?;
-    let log_end = list_offsets(consumer, &all, Offset::End, timeout)?;
-    // A partition nothing was committed on counts from its log start (records deleted by
-    // retention are not waiting for anyone).
-    let uncommitted: Vec<(String, i32)> = all
-        .iter()
-        .filter(|(t, p)| {
-            !matches!(
-                committed.find_partition(t, *p).map(|e| e.offset()),
-                Some(Offset::Offset(_))
-            )
-        })
-        .cloned()
-        .collect();
-    let log_start = if uncommitted.is_empty() {
-        TopicPartitionList::new()
-    } else {
-        list_offsets(consumer, &uncommitted, Offset::Beginning, timeout)?
-    };
-    let offset_of = |list: &TopicPartitionList, topic: &str, p: i32| match list
-        .find_partition(topic, p)
-        .map(|e| e.offset())
-    {
-        Some(Offset::Offset(o)) => Some(o),
-        _ => None,
-    };
-    for worker in &mut workers {
-        for (topic, p) in &worker.partitions {
-            let (topic, p) = (topic.as_str(), *p);
-            let high = offset_of(&log_end, topic, p)
-                .ok_or_else(|| format!("no log-end offset for {topic}/{p}"))?;
-            let done = offset_of(&committed, topic, p)
-                .or_else(|| offset_of(&log_start, topic, p))
-                .unwrap_or(0);
-            worker.backlog += (high - done.min(high)).max(0);
-            worker.committed += done;
-        }
-    }
-    Ok(workers)
-}
-
-fn partition_list(partitions: &[(String, i32)], offset: Offset) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, p) in partitions {
-        // Infallible for Invalid/End/Beginning: only a negative `Offset::Offset` is refused.
-        let _ = tpl.add_partition_offset(topic, *p, offset);
-    }
-    tpl
-}
-
-/// The log-end (`Offset::End`) or log-start (`Offset::Beginning`) offsets of `partitions`, in
-/// one ListOffsets request per broker rather than two round trips per partition.
-fn list_offsets(
-    consumer: &BaseConsumer,
-    partitions: &[(String, i32)],
-    which: Offset,
-    timeout: Duration,
-) -> Result<TopicPartitionList, String> {
-    let what = if which == Offset::End {
-        "log-end"
-    } else {
-        "log-start"
-    };
-    let listed = consumer
-        .offsets_for_times(partition_list(partitions, which), timeout)
-        .map_err(|e| format!("{what} offsets: {e}"))?;
-    if let Some(failed) = listed.elements().iter().find(|e| e.error().is_err()) {
-        return Err(format!(
-            "{what} offset of {}/{}: {:?}",
-            failed.topic(),
-            failed.partition(),
-            failed.error()
-        ));
-    }
-    Ok(listed)
-}
-
-/// Why assignment bytes could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed member assignment: {0}")]
-pub struct AssignmentError(&'static str);
-
-/// The topics and partitions of a Kafka consumer-protocol member assignment
-/// (`ConsumerProtocolAssignment`, every version): i16 version, i32 topic count, per topic an
-/// i16-length string and an i32 count of i32 partitions, then user data (ignored). Empty bytes —
-/// a member not assigned anything yet — are an empty assignment.
-pub fn parse_assignment(bytes: &[u8]) -> Result<Vec<(String, Vec<i32>)>, AssignmentError> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut r = Reader(bytes);
-    let version = r.i16()?;
-    if version < 0 {
-        return Err(AssignmentError("negative version"));
-    }
-    let topics = r.i32()?;
-    if topics < 0 {
-        return Ok(Vec::new()); // a null array
-    }
-    let mut out = Vec::new();
-    for _ in 0..topics {
-        let len = r.i16()?;
-        let len = usize::try_from(len).map_err(|_| AssignmentError("null topic name"))?;
-        let name = std::str::from_utf8(r.take(len)?)
-            .map_err(|_| AssignmentError("topic name is not UTF-8"))?
-            .to_string();
-        let count = r.i32()?;
-        let count = usize::try_from(count.max(0)).unwrap_or(0);
-        if count > r.0.len() / 4 {
-            return Err(AssignmentError("partition count past the end"));
-        }
-        let partitions = (0..count).map(|_| r.i32()).collect::<Result<Vec<_>, _>>()?;
-        out.push((name, partitions));
-    }
-    Ok(out)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], AssignmentError> {
-        if self.0.len() < n {
-            return Err(AssignmentError("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn i16(&mut self) -> Result<i16, AssignmentError> {
-        Ok(i16::from_be_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-    fn i32(&mut self) -> Result<i32, AssignmentError> {
-        Ok(i32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-
-    fn assignment(version: i16, topics: &[(&str, &[i32])], user_data: &[u8]) -> Vec<u8> {
-        let mut b = version.to_be_bytes().to_vec();
-        b.extend((topics.len() as i32).to_be_bytes());
-        for (name, parts) in topics {
-            b.extend((name.len() as i16).to_be_bytes());
-            b.extend(name.as_bytes());
-            b.extend((parts.len() as i32).to_be_bytes());
-            for p in *parts {
-                b.extend(p.to_be_bytes());
-            }
-        }
-        b.extend((user_data.len() as i32).to_be_bytes());
-        b.extend(user_data);
-        b
-    }
-
-    #[test]
-    fn parses_topics_and_partitions_and_ignores_user_data() {
-        let bytes = assignment(
-            1,
-            &[("t2v.requests.v1", &[0, 5, 31]), ("other", &[2])],
-            b"sticky",
-        );
-        assert_eq!(
-            parse_assignment(&bytes).unwrap(),
-            vec![
-                ("t2v.requests.v1".to_string(), vec![0, 5, 31]),
-                ("other".to_string(), vec![2]),
-            ]
-        );
-        let v0 = assignment(0, &[("a", &[])], &[]);
-        assert_eq!(parse_assignment(&v0).unwrap(), vec![("a".into(), vec![])]);
-    }
-
-    #[test]
-    fn empty_and_null_are_no_assignment() {
-        assert_eq!(parse_assignment(&[]).unwrap(), vec![]);
-        let mut null = 3i16.to_be_bytes().to_vec();
-        null.extend((-1i32).to_be_bytes());
-        assert_eq!(parse_assignment(&null).unwrap(), vec![]);
-    }
-
-    #[test]
-    fn malformed_bytes_are_errors_not_panics() {
-        let bytes = assignment(1, &[("topic", &[1, 2, 3])], b"x");
-        // Every cut inside the topic array is an error.
-        for cut in 1..bytes.len() - 5 {
-            assert!(parse_assignment(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut huge = assignment(1, &[("t", &[])], &[]);
-        huge[9..13].copy_from_slice(&i32::MAX.to_be_bytes()); // partition count
-        assert!(parse_assignment(&huge).is_err());
-        let mut bad_name = assignment(1, &[("t", &[1])], &[]);
-        bad_name[8] = 0xff;
-        assert!(parse_assignment(&bad_name).is_err());
-        assert!(parse_assignment(&(-1i16).to_be_bytes()).is_err());
-    }
 
     fn worker(id: &str, partitions: &[i32], backlog: i64) -> WorkerBacklog {
         WorkerBacklog {
@@ -546,6 +485,7 @@ mod tests {
             backlog,
             committed: 0,
             busy_since: Instant::now(),
+            running_ends_at: None,
         }
     }
 
@@ -566,12 +506,16 @@ mod tests {
                 lanes("less-busy", &[1, 2], &[2], 1),
             ],
             taken_at: Instant::now(),
+            mean_job: None,
         });
         let mut rng = StdRng::seed_from_u64(3);
-        let high = choose(&mut view, "high", &mut rng).unwrap();
+        let high = choose(&mut view, "high", Instant::now(), &mut rng).unwrap();
         assert!([1, 2].contains(&high), "{high}");
-        assert_eq!(choose(&mut view, "normal", &mut rng), Some(0));
-        assert_eq!(choose(&mut view, "batch", &mut rng), None);
+        assert_eq!(
+            choose(&mut view, "normal", Instant::now(), &mut rng),
+            Some(0)
+        );
+        assert_eq!(choose(&mut view, "batch", Instant::now(), &mut rng), None);
     }
 
     #[test]
@@ -589,11 +533,12 @@ mod tests {
                 busy("middle", 2, 40),
             ],
             taken_at: now,
+            mean_job: None,
         });
         let mut rng = StdRng::seed_from_u64(11);
-        assert_eq!(choose(&mut view, "t", &mut rng), Some(1));
+        assert_eq!(choose(&mut view, "t", Instant::now(), &mut rng), Some(1));
         // "longest" now has 2 queued: the next goes to the longest-busy of the two left.
-        assert_eq!(choose(&mut view, "t", &mut rng), Some(2));
+        assert_eq!(choose(&mut view, "t", Instant::now(), &mut rng), Some(2));
     }
 
     #[test]
@@ -608,6 +553,7 @@ mod tests {
         let previous = View {
             workers: vec![at(2, 10)],
             taken_at: long_ago,
+            mean_job: None,
         };
         let carried = |mut now: WorkerBacklog| {
             now.busy_since = Instant::now();
@@ -627,6 +573,7 @@ mod tests {
         let idle = View {
             workers: vec![at(0, 10)],
             taken_at: long_ago,
+            mean_job: None,
         };
         let mut got_work = at(1, 10);
         got_work.busy_since = Instant::now();
@@ -644,14 +591,15 @@ mod tests {
                 worker("c", &[4], 1),
             ],
             taken_at: Instant::now(),
+            mean_job: None,
         });
         let mut rng = StdRng::seed_from_u64(7);
-        let first = choose(&mut view, "t", &mut rng).unwrap();
+        let first = choose(&mut view, "t", Instant::now(), &mut rng).unwrap();
         assert!([2, 3].contains(&first), "{first}");
         // b now counts 1, tied with c: the next two go one to each.
         let mut next = [
-            choose(&mut view, "t", &mut rng).unwrap(),
-            choose(&mut view, "t", &mut rng).unwrap(),
+            choose(&mut view, "t", Instant::now(), &mut rng).unwrap(),
+            choose(&mut view, "t", Instant::now(), &mut rng).unwrap(),
         ];
         next.sort();
         assert!(next[1] == 4 && [2, 3].contains(&next[0]), "{next:?}");
@@ -666,6 +614,107 @@ mod tests {
     }
 
     #[test]
+    fn once_jobs_were_seen_end_to_end_the_worker_expected_to_free_first_gets_the_job() {
+        let now = Instant::now();
+        let running = |id: &str, p: i32, backlog, ends_in_ms: Option<u64>| {
+            let mut w = worker(id, &[p], backlog);
+            w.busy_since = now - Duration::from_secs(1);
+            w.running_ends_at = ends_in_ms.map(|ms| now + Duration::from_millis(ms));
+            w
+        };
+        let mut view = Some(View {
+            workers: vec![
+                running("ends-in-5s", 0, 1, Some(5_000)),
+                running("ends-in-1s", 1, 1, Some(1_000)),
+                running("ends-in-0.5s-then-one-queued", 2, 2, Some(500)),
+                // No progress seen: its start plus the mean job, 1 s from now.
+                running("no-progress-yet", 3, 3, None),
+            ],
+            taken_at: now,
+            mean_job: Some(Duration::from_secs(2)),
+        });
+        let mut rng = StdRng::seed_from_u64(5);
+        let picks: Vec<i32> = (0..4)
+            .map(|_| choose(&mut view, "t", now, &mut rng).unwrap())
+            .collect();
+        // Expected waits 5 / 1 / 2.5 / 5 s; each job placed adds the 2 s mean to its worker:
+        // 1 s (then 3), 2.5 s (then 4.5), 3 s (then 5), 4.5 s. Counting jobs would have sent
+        // the first to "ends-in-5s".
+        assert_eq!(picks, [1, 2, 1, 2]);
+
+        let mut idle_first = Some(View {
+            workers: vec![running("busy", 0, 1, Some(10)), worker("idle", &[1], 0)],
+            taken_at: now,
+            mean_job: Some(Duration::from_secs(2)),
+        });
+        assert_eq!(choose(&mut idle_first, "t", now, &mut rng), Some(1));
+        // The idle one now has a job of the mean length; the busy one ends in 10 ms.
+        assert_eq!(choose(&mut idle_first, "t", now, &mut rng), Some(0));
+    }
+
+    #[test]
+    fn a_read_counts_this_submitters_placements_it_did_not_see_yet() {
+        let now = Instant::now();
+        let pending = |partition, offset, secs_ago| PendingPlacement {
+            topic: "t".into(),
+            partition,
+            placed_at: now - Duration::from_secs(secs_ago),
+            offset,
+        };
+        let mut pending = vec![
+            pending(0, None, 0),    // not acknowledged yet: counted
+            pending(1, Some(5), 0), // the read's log end is 6: already in its backlog
+            pending(2, Some(7), 0), // landed at the log end the read saw (7): counted
+            pending(2, None, 11),   // never acknowledged, too old: forgotten
+        ];
+        let mut workers = vec![
+            worker("a", &[0], 0),
+            worker("b", &[1], 3),
+            worker("c", &[2], 1),
+        ];
+        let log_end = [(0, 0), (1, 6), (2, 7)]
+            .into_iter()
+            .map(|(p, end)| (("t".to_string(), p), end))
+            .collect();
+        count_pending(&mut pending, &mut workers, &log_end, now);
+        let backlogs: Vec<i64> = workers.iter().map(|w| w.backlog).collect();
+        assert_eq!(backlogs, [1, 3, 2]);
+        assert_eq!(
+            workers[0].busy_since, now,
+            "an idle worker given a job is busy from then"
+        );
+        assert_eq!(pending.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_gives_the_oldest_unacknowledged_placement_its_offset() {
+        let placer = Placer::new(&SubmitterConfig {
+            placement: Placement::Hash,
+            ..Default::default()
+        });
+        {
+            let mut state = lock(&placer.shared.state);
+            for partition in [3, 3, 4] {
+                state.pending.push(PendingPlacement {
+                    topic: "t".into(),
+                    partition,
+                    placed_at: Instant::now(),
+                    offset: None,
+                });
+            }
+        }
+        placer.landed("t", 3, 41);
+        placer.landed("t", 3, 42);
+        placer.landed("other", 4, 9);
+        let offsets: Vec<_> = lock(&placer.shared.state)
+            .pending
+            .iter()
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(offsets, [Some(41), Some(42), None]);
+    }
+
+    #[test]
     fn ties_are_broken_at_random() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut seen = std::collections::BTreeSet::new();
@@ -677,8 +726,9 @@ mod tests {
                     worker("c", &[2], 0),
                 ],
                 taken_at: Instant::now(),
+                mean_job: None,
             });
-            seen.insert(choose(&mut view, "t", &mut rng).unwrap());
+            seen.insert(choose(&mut view, "t", Instant::now(), &mut rng).unwrap());
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
     }
@@ -686,18 +736,20 @@ mod tests {
     #[test]
     fn no_view_a_stale_view_or_no_partitions_mean_hashing() {
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(choose(&mut None, "t", &mut rng), None);
+        assert_eq!(choose(&mut None, "t", Instant::now(), &mut rng), None);
         let mut empty = Some(View {
             workers: vec![worker("a", &[], 0)],
             taken_at: Instant::now(),
+            mean_job: None,
         });
-        assert_eq!(choose(&mut empty, "t", &mut rng), None);
+        assert_eq!(choose(&mut empty, "t", Instant::now(), &mut rng), None);
         if let Some(old) = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1)) {
             let mut stale = Some(View {
                 workers: vec![worker("a", &[0], 0)],
                 taken_at: old,
+                mean_job: None,
             });
-            assert_eq!(choose(&mut stale, "t", &mut rng), None);
+            assert_eq!(choose(&mut stale, "t", Instant::now(), &mut rng), None);
         }
     }
 

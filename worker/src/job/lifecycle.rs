@@ -271,6 +271,8 @@ impl Job<'_> {
         }
         self.emit(Kind::Accepted(Accepted {
             queue_wait_ms: self.timings.queue_wait,
+            request_topic: self.record.topic.clone(),
+            request_partition: self.record.partition,
         }))
         .await
     }
