@@ -1,5 +1,6 @@
 //! Prometheus metrics at `/metrics`: requests by route and status, request latency, and
-//! rejections by the rate limit and the daily quota, webhook attempts by outcome.
+//! rejections by the rate limit and the daily quota, webhook attempts by outcome, placement's
+//! fallbacks to hashing.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +35,9 @@ pub struct Metrics {
     pub rejections: Family<RejectLabels, Counter>,
     pub events_applied: Counter,
     pub webhook_attempts: Family<WebhookLabels, Counter>,
+    /// Requests hashed by job id because the consumer group could not be read (the
+    /// Submitter's count, brought over at each scrape).
+    placement_fallbacks: Counter,
 }
 
 impl Metrics {
@@ -74,7 +78,14 @@ impl Metrics {
             "Webhook delivery attempts by outcome",
             webhook_attempts.clone(),
         );
+        let placement_fallbacks = Counter::default();
+        registry.register(
+            "placement_fallbacks",
+            "Requests placed by their job id's hash because the workers' consumer group could not be read",
+            placement_fallbacks.clone(),
+        );
         Self {
+            placement_fallbacks,
             registry,
             requests,
             latency,
@@ -100,6 +111,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Brings the counter up to the Submitter's `total` (which only grows).
+    pub fn set_placement_fallbacks(&self, total: u64) {
+        let seen = self.placement_fallbacks.get();
+        self.placement_fallbacks.inc_by(total.saturating_sub(seen));
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -111,5 +128,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_fallbacks_follow_the_submitters_count() {
+        let metrics = Metrics::new();
+        let line = |m: &Metrics| {
+            m.encode()
+                .lines()
+                .find(|l| l.starts_with("t2v_gateway_placement_fallbacks_total "))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line(&metrics).as_deref(),
+            Some("t2v_gateway_placement_fallbacks_total 0")
+        );
+        for (total, shown) in [(3, "3"), (3, "3"), (5, "5")] {
+            metrics.set_placement_fallbacks(total);
+            assert_eq!(
+                line(&metrics),
+                Some(format!("t2v_gateway_placement_fallbacks_total {shown}"))
+            );
+        }
     }
 }

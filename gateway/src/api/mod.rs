@@ -94,6 +94,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .set_placement_fallbacks(state.submitter.placement_fallbacks());
     (
         [(
             header::CONTENT_TYPE,
