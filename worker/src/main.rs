@@ -126,8 +126,19 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: setting the environment races with them.
+    t2v_pipeline::parallel::nccl_group::keep_nvlink_multicast_off();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run_command()),
+        Err(e) => {
+            eprintln!("error: the async runtime did not start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Schema => {

@@ -149,7 +149,11 @@ impl NcclGroup {
 /// NVLink multicast (NVLS) stays off unless the user asked for it: the machines this runs on
 /// keep it disabled, and NCCL would otherwise try to set it up for every communicator (a
 /// failure there fails the init). An explicit `NCCL_NVLS_ENABLE` is left as it is.
-fn keep_nvlink_multicast_off() {
+///
+/// Setting a variable races with threads reading the environment, so the worker calls this at
+/// the top of `main`, before any thread starts; the call before each communicator is created
+/// then finds it set and changes nothing.
+pub fn keep_nvlink_multicast_off() {
     if std::env::var_os("NCCL_NVLS_ENABLE").is_none() {
         std::env::set_var("NCCL_NVLS_ENABLE", "0");
     }
