@@ -25,9 +25,7 @@ Usage: python pipeline/parity/i2v_pipeline.py --out ROOT
 """
 
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -38,10 +36,15 @@ from diffusers.utils import load_image
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from text_encoder import D_MODEL, make_tiny_text_encoder  # noqa: E402
-from transformer import make_tiny_transformer  # noqa: E402
-from vae import Z_DIM, make_tiny_vae  # noqa: E402
-from wan_pipeline import NUM_STEPS, split_boundary, wan_scheduler  # noqa: E402
+from text_encoder import D_MODEL  # noqa: E402
+from tiny_pipelines import (  # noqa: E402
+    NUM_STEPS,
+    load_pipeline,
+    run_reference,
+    write_reference,
+    write_tiny_pipeline,
+)
+from vae import Z_DIM  # noqa: E402
 
 # Input: noise (z) + mask (4) + image latents (z); output: the flow of the noise (z).
 TRANSFORMER = dict(in_channels=2 * Z_DIM + 4, out_channels=Z_DIM, text_dim=D_MODEL)
@@ -101,72 +104,18 @@ def write_test_image(root):
 
 def write_tiny_i2v_model(model_dir, seed=0):
     """A complete tiny Wan2.2 I2V-A14B-shaped directory (two experts, 36 input channels)."""
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.makedirs(model_dir)
-    tokenizer, text_encoder = make_tiny_text_encoder(model_dir, seed=seed)
-    vae = make_tiny_vae(model_dir, seed=seed + 10)
-    transformer = make_tiny_transformer(os.path.join(model_dir, "transformer"), seed=seed + 20, **TRANSFORMER)
-    transformer_2 = make_tiny_transformer(os.path.join(model_dir, "transformer_2"), seed=seed + 30, **TRANSFORMER)
-    boundary_ratio, _ = split_boundary()
-    pipe = WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=wan_scheduler(),
-        transformer=transformer,
-        transformer_2=transformer_2,
-        boundary_ratio=boundary_ratio,
-    )
-    pipe.save_pretrained(model_dir)
+    write_tiny_pipeline(model_dir, WanImageToVideoPipeline, TRANSFORMER, seed=seed, two_experts=True)
 
 
 def run_image_pipeline(pipe_class, model_dir, case, image, name="reference"):
     """Runs `pipe_class` from `model_dir` on `case` (with `image` when not None) and writes
     model_dir/<name>.safetensors (noise, condition when any, latents, frames) and
     model_dir/<name>.json (the settings)."""
-    pipe = pipe_class.from_pretrained(model_dir, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    captured = {}
-    prepare_latents = pipe.prepare_latents
-
-    def keep_noise(*args, **kwargs):
-        out = prepare_latents(*args, **kwargs)
-        if isinstance(out, tuple):
-            captured["noise"] = out[0].clone()
-            captured["condition"] = out[1].clone()
-        else:
-            captured["noise"] = out.clone()
-        return out
-
-    def on_step_end(_pipe, i, t, cb):
-        captured["latents"] = cb["latents"].clone()
-        return {}
-
-    pipe.prepare_latents = keep_noise
-    kwargs = dict(
-        prompt=case["prompt"],
-        negative_prompt=case["negative_prompt"],
-        height=case["height"],
-        width=case["width"],
-        num_frames=case["num_frames"],
-        num_inference_steps=NUM_STEPS,
-        guidance_scale=case["guidance_scale"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="np",
-        callback_on_step_end=on_step_end,
-    )
-    if case.get("guidance_scale_2") is not None:
-        kwargs["guidance_scale_2"] = case["guidance_scale_2"]
-    if image is not None:
-        kwargs["image"] = image
-    with torch.no_grad():
-        frames = pipe(**kwargs).frames[0]
-    tensors = {k: v.contiguous() for k, v in captured.items()}
-    tensors["frames"] = torch.from_numpy(frames.copy()).contiguous()
-    save_file(tensors, os.path.join(model_dir, f"{name}.safetensors"))
+    tensors, frames = run_reference(load_pipeline(pipe_class, model_dir), case, image)
     settings = dict(case, num_inference_steps=NUM_STEPS, num_frames_used=int(frames.shape[0]))
-    with open(os.path.join(model_dir, f"{name}.json"), "w") as f:
-        json.dump(settings, f, indent=1)
+    write_reference(
+        os.path.join(model_dir, f"{name}.safetensors"), tensors, os.path.join(model_dir, f"{name}.json"), settings
+    )
     print(f"  {model_dir} {name}: frames {tuple(frames.shape)}")
 
 

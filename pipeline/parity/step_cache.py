@@ -23,7 +23,6 @@ Usage: python pipeline/parity/step_cache.py --out ROOT
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,9 +32,9 @@ import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, WanPipeline
 from diffusers.hooks import HookRegistry
 from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
-from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_pipelines import load_pipeline, write_reference  # noqa: E402
 from wan_pipeline import write_tiny_wan_model  # noqa: E402
 
 STEPS = 12
@@ -113,8 +112,7 @@ def calibration_of(model):
 
 def run_case(root, name, case):
     model_dir = os.path.join(root, case["model"])
-    pipe = WanPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(WanPipeline, model_dir)
     experts = [n for n in ("transformer", "transformer_2") if getattr(pipe, n) is not None]
     for expert in experts:
         getattr(pipe, expert).enable_cache(cache_config(case))
@@ -154,14 +152,12 @@ def run_case(root, name, case):
 
     out_dir = os.path.join(root, name)
     os.makedirs(out_dir)
-    save_file(
-        {"latents": captured["latents"].contiguous(), "frames": torch.from_numpy(frames.copy()).contiguous()},
-        os.path.join(out_dir, "reference.safetensors"),
-    )
+    tensors = {"latents": captured["latents"].contiguous(), "frames": torch.from_numpy(frames.copy()).contiguous()}
     settings = dict(call, guidance_scale_2=guidance_2, model=case["model"], cache=case_cache(case),
                     forwards=forwards, calibration=calibration)
-    with open(os.path.join(out_dir, "settings.json"), "w") as f:
-        json.dump(settings, f, indent=1)
+    write_reference(
+        os.path.join(out_dir, "reference.safetensors"), tensors, os.path.join(out_dir, "settings.json"), settings
+    )
     skipped = sum(1 for f in forwards if f["skipped"])
     print(f"  {name}: {skipped} of {len(forwards)} forwards skipped")
 

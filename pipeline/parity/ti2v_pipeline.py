@@ -21,7 +21,6 @@ Usage: python pipeline/parity/ti2v_pipeline.py --out ROOT
 
 import argparse
 import os
-import shutil
 import sys
 
 import torch
@@ -29,10 +28,9 @@ from diffusers import WanImageToVideoPipeline, WanPipeline
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from i2v_pipeline import run_image_pipeline, write_test_image  # noqa: E402
-from text_encoder import D_MODEL, make_tiny_text_encoder  # noqa: E402
-from transformer import make_tiny_transformer  # noqa: E402
+from text_encoder import D_MODEL  # noqa: E402
+from tiny_pipelines import write_tiny_pipeline  # noqa: E402
 from vae_encode import tiny_wan22  # noqa: E402
-from wan_pipeline import wan_scheduler  # noqa: E402
 
 Z_DIM_22 = 48
 TRANSFORMER = dict(in_channels=Z_DIM_22, out_channels=Z_DIM_22, text_dim=D_MODEL)
@@ -62,22 +60,7 @@ CASES = {
 
 def write_tiny_ti2v_model(model_dir, seed=0):
     """A complete tiny TI2V-5B-shaped WanPipeline directory (expand_timesteps, Wan2.2 VAE)."""
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.makedirs(model_dir)
-    tokenizer, text_encoder = make_tiny_text_encoder(model_dir, seed=seed)
-    vae = tiny_wan22(model_dir, seed=seed + 10)
-    transformer = make_tiny_transformer(os.path.join(model_dir, "transformer"), seed=seed + 20, **TRANSFORMER)
-    pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=wan_scheduler(),
-        transformer=transformer,
-        transformer_2=None,
-        boundary_ratio=None,
-        expand_timesteps=True,
-    )
-    pipe.save_pretrained(model_dir)
+    write_tiny_pipeline(model_dir, WanPipeline, TRANSFORMER, seed=seed, write_vae=tiny_wan22, expand_timesteps=True)
 
 
 def main():

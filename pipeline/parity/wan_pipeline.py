@@ -26,25 +26,28 @@ Usage: python pipeline/parity/wan_pipeline.py --out ROOT
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
 
 import diffusers.pipelines.wan.pipeline_wan as pipeline_wan
 import torch
-from diffusers import UniPCMultistepScheduler, WanPipeline
-from safetensors.torch import save_file
+from diffusers import WanPipeline
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from text_encoder import D_MODEL, make_tiny_text_encoder  # noqa: E402
-from transformer import make_tiny_transformer  # noqa: E402
-from vae import Z_DIM, make_tiny_vae  # noqa: E402
+from text_encoder import D_MODEL  # noqa: E402
+from tiny_pipelines import (  # noqa: E402
+    NUM_STEPS,
+    load_pipeline,
+    run_reference,
+    split_boundary,
+    write_reference,
+    write_tiny_pipeline,
+)
+from vae import Z_DIM  # noqa: E402
 
 # A tiny expert whose text width is the tiny umT5's and whose channels are the VAE's latents.
 TRANSFORMER = dict(in_channels=Z_DIM, out_channels=Z_DIM, text_dim=D_MODEL)
-NUM_STEPS = 4
-FLOW_SHIFT = 3.0
 
 CASES = {
     "two_experts": dict(
@@ -73,24 +76,6 @@ CASES = {
 }
 
 
-def wan_scheduler():
-    """UniPCMultistepScheduler as diffusers' Wan conversion configures it."""
-    return UniPCMultistepScheduler(
-        num_train_timesteps=1000,
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        flow_shift=FLOW_SHIFT,
-    )
-
-
-def split_boundary():
-    """A boundary_ratio between the 2nd and 3rd timestep of the NUM_STEPS schedule."""
-    scheduler = wan_scheduler()
-    scheduler.set_timesteps(NUM_STEPS)
-    ts = [int(t) for t in scheduler.timesteps]
-    return (ts[1] + ts[2]) / 2 / 1000, ts
-
-
 def write_tiny_wan_model(model_dir, two_experts=True, seed=0):
     """Writes a complete tiny WanPipeline directory to model_dir and returns its pipeline (f32).
 
@@ -98,78 +83,14 @@ def write_tiny_wan_model(model_dir, two_experts=True, seed=0):
     transformer/ (+ transformer_2/ with a boundary_ratio splitting a 4-step schedule 2 + 2),
     scheduler/ (UniPC, flow_shift 3.0), model_index.json.
     """
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.makedirs(model_dir)
-    tokenizer, text_encoder = make_tiny_text_encoder(model_dir, seed=seed)
-    vae = make_tiny_vae(model_dir, seed=seed + 10)
-    transformer = make_tiny_transformer(os.path.join(model_dir, "transformer"), seed=seed + 20, **TRANSFORMER)
-    transformer_2, boundary_ratio = None, None
-    if two_experts:
-        transformer_2 = make_tiny_transformer(
-            os.path.join(model_dir, "transformer_2"), seed=seed + 30, **TRANSFORMER
-        )
-        boundary_ratio, _ = split_boundary()
-    pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=wan_scheduler(),
-        transformer=transformer,
-        transformer_2=transformer_2,
-        boundary_ratio=boundary_ratio,
-    )
-    pipe.save_pretrained(model_dir)
-    return pipe
+    return write_tiny_pipeline(model_dir, WanPipeline, TRANSFORMER, seed=seed, two_experts=two_experts)
 
 
 def run_case(root, name, case):
     model_dir = os.path.join(root, name)
     write_tiny_wan_model(model_dir, two_experts=case["two_experts"], seed=0)
-    # Load it back the way users do, so the reference reads exactly the files the Rust side reads.
-    pipe = WanPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-
-    captured = {}
-    prepare_latents = pipe.prepare_latents
-    encode_prompt = pipe.encode_prompt
-
-    def keep_noise(*args, **kwargs):
-        latents = prepare_latents(*args, **kwargs)
-        captured["noise"] = latents.clone()
-        return latents
-
-    def keep_embeds(*args, **kwargs):
-        embeds, negative = encode_prompt(*args, **kwargs)
-        captured["prompt_embeds"] = embeds.clone()
-        captured["negative_prompt_embeds"] = negative.clone()
-        return embeds, negative
-
-    def on_step_end(_pipe, i, t, cb):
-        captured["latents"] = cb["latents"].clone()
-        return {}
-
-    pipe.prepare_latents = keep_noise
-    pipe.encode_prompt = keep_embeds
-    kwargs = dict(
-        prompt=case["prompt"],
-        negative_prompt=case["negative_prompt"],
-        height=case["height"],
-        width=case["width"],
-        num_frames=case["num_frames"],
-        num_inference_steps=NUM_STEPS,
-        guidance_scale=case["guidance_scale"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="np",
-        callback_on_step_end=on_step_end,
-    )
-    if case["guidance_scale_2"] is not None:
-        kwargs["guidance_scale_2"] = case["guidance_scale_2"]
-    with torch.no_grad():
-        frames = pipe(**kwargs).frames[0]
-
-    tensors = {k: v.contiguous() for k, v in captured.items()}
-    tensors["frames"] = torch.from_numpy(frames.copy()).contiguous()
-    save_file(tensors, os.path.join(model_dir, "reference.safetensors"))
+    pipe = load_pipeline(WanPipeline, model_dir)
+    tensors, frames = run_reference(pipe, case, keep_embeds=True)
     _, timesteps = split_boundary()
     settings = dict(case)
     settings.update(
@@ -179,8 +100,9 @@ def run_case(root, name, case):
         boundary_ratio=pipe.config.boundary_ratio,
         timesteps=timesteps,
     )
-    with open(os.path.join(model_dir, "settings.json"), "w") as f:
-        json.dump(settings, f, indent=1)
+    write_reference(
+        os.path.join(model_dir, "reference.safetensors"), tensors, os.path.join(model_dir, "settings.json"), settings
+    )
     print(f"  {name}: frames {tuple(frames.shape)}, boundary {pipe.config.boundary_ratio}, timesteps {timesteps}")
 
 
