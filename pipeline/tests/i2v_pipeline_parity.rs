@@ -10,20 +10,17 @@
 
 mod common;
 
-use std::sync::Mutex;
-
-use common::{assert_close, fixture, load_tensors};
-use t2v_pipeline::denoise::StepControl;
+use common::{
+    assert_close, fixture, generation_params, load_pipeline, load_tensors, max_abs, read_json, run,
+    FRAMES_ATOL,
+};
 use t2v_pipeline::image::{decode_condition_image, ConditionImage};
+use t2v_pipeline::memory::MemoryPolicy;
 use t2v_pipeline::model_dir::ModelKind;
 use t2v_pipeline::text_to_video::conditioning::{LatentCondition, VideoSize};
-use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
+use t2v_pipeline::text_to_video::{GenerationParams, WanT2V};
 use t2v_pipeline::PipelineError;
 use tch::{Device, Kind, Tensor};
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
-
-const FRAMES_ATOL: f64 = 1e-3;
 
 fn images() -> std::collections::HashMap<String, Tensor> {
     load_tensors(&fixture("i2v_pipeline").join("images.safetensors"))
@@ -42,13 +39,6 @@ fn from_pillow(pixels: &Tensor) -> ConditionImage {
 
 fn as_tensor(image: &ConditionImage) -> Tensor {
     Tensor::from_slice(image.rgb()).view([image.height() as i64, image.width() as i64, 3])
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 #[test]
@@ -128,31 +118,20 @@ fn case() -> (
     std::collections::HashMap<String, Tensor>,
 ) {
     let dir = fixture("i2v_pipeline").join("two_experts");
-    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    let settings = read_json(&dir.join("reference.json"));
     let reference = load_tensors(&dir.join("reference.safetensors"));
-    (dir, serde_json::from_str(&text).unwrap(), reference)
+    (dir, settings, reference)
 }
 
 fn params(s: &serde_json::Value, image: Option<ConditionImage>) -> GenerationParams {
-    let int = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("settings.{k}"));
     GenerationParams {
-        prompt: s["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: s["negative_prompt"].as_str().map(str::to_string),
-        width: int("width"),
-        height: int("height"),
-        num_frames: int("num_frames"),
-        num_inference_steps: int("num_inference_steps") as usize,
-        guidance_scale: s["guidance_scale"].as_f64().unwrap(),
-        guidance_scale_2: s["guidance_scale_2"].as_f64(),
-        seed: Some(int("seed") as u64),
         image,
-        ..GenerationParams::default()
+        ..generation_params(s)
     }
 }
 
 fn load(dir: &std::path::Path) -> WanT2V {
-    WanT2V::load(dir, LoadOptions::new(Device::Cpu, Kind::Float))
-        .unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
+    load_pipeline(dir, MemoryPolicy::all_resident())
 }
 
 #[test]
@@ -184,17 +163,15 @@ fn i2v_matches_diffusers() {
         other => panic!("expected a concatenated condition, got {other:?}"),
     }
 
-    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut last_latents = None;
-    let output = pipe
-        .generate(&params, &mut |step| {
-            last_latents = Some(step.latents.copy());
-            StepControl::Continue
-        })
-        .unwrap_or_else(|e| panic!("generate: {e}"));
-    let latents = last_latents.unwrap();
-    assert_close("latents", &latents, &reference["latents"], 1e-4, 1e-4);
-    let diff = max_abs(&output.frames, &reference["frames"]);
+    let run = run(&mut pipe, &params);
+    assert_close(
+        "latents",
+        &run.last_latents,
+        &reference["latents"],
+        1e-4,
+        1e-4,
+    );
+    let diff = max_abs(&run.output.frames, &reference["frames"]);
     println!("I2V frames: max |ours − diffusers| = {diff:.3e}");
     assert!(diff <= FRAMES_ATOL, "frames differ by {diff}");
 }

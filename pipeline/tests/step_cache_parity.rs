@@ -4,24 +4,23 @@
 //! 1e-3 (the acceptance bar), final latents within 1e-4, MagCache calibration ratios within
 //! 1e-4 relative. Plus what the cache refuses: step-distilled runs and several ranks.
 //!
-//! Runs draw noise through libtorch's global generator: they hold `SEED_LOCK`.
+//! Runs draw noise through libtorch's global generator: they hold `common::seed_lock`.
 
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
-use common::{assert_close, fixture, load_tensors};
-use t2v_pipeline::denoise::{Expert, StepControl};
+use common::{
+    assert_close, fixture, generation_params, load_pipeline, load_tensors, max_abs, read_json,
+    try_run, Run, FRAMES_ATOL,
+};
+use t2v_pipeline::denoise::Expert;
+use t2v_pipeline::memory::MemoryPolicy;
 use t2v_pipeline::parallel::{ParallelLayout, ParallelPlan};
 use t2v_pipeline::step_cache::{Branch, CachePolicy, MagSettings, StepCacheConfig};
-use t2v_pipeline::text_to_video::{GenerationOutput, GenerationParams, LoadOptions, WanT2V};
+use t2v_pipeline::text_to_video::{GenerationOutput, GenerationParams, WanT2V};
 use t2v_pipeline::PipelineError;
-use tch::{Device, Kind, Tensor};
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
-
-const FRAMES_ATOL: f64 = 1e-3;
+use tch::{Device, Tensor};
 
 struct Case {
     model: PathBuf,
@@ -32,8 +31,7 @@ struct Case {
 fn case(name: &str) -> Case {
     let root = fixture("step_cache");
     let dir = root.join(name);
-    let text = std::fs::read_to_string(dir.join("settings.json")).expect("settings.json");
-    let settings: serde_json::Value = serde_json::from_str(&text).expect("settings.json parses");
+    let settings = read_json(&dir.join("settings.json"));
     Case {
         model: root.join(settings["model"].as_str().expect("settings.model")),
         reference: load_tensors(&dir.join("reference.safetensors")),
@@ -61,20 +59,9 @@ impl Case {
     }
 
     fn params(&self) -> GenerationParams {
-        let s = &self.settings;
-        let int = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("settings.{k}"));
         GenerationParams {
-            prompt: s["prompt"].as_str().unwrap().to_string(),
-            negative_prompt: s["negative_prompt"].as_str().map(str::to_string),
-            width: int("width"),
-            height: int("height"),
-            num_frames: int("num_frames"),
-            num_inference_steps: int("num_inference_steps") as usize,
-            guidance_scale: s["guidance_scale"].as_f64().unwrap(),
-            guidance_scale_2: s["guidance_scale_2"].as_f64(),
-            seed: Some(int("seed") as u64),
             step_cache: Some(self.cache()),
-            ..GenerationParams::default()
+            ..generation_params(&self.settings)
         }
     }
 
@@ -99,7 +86,7 @@ impl Case {
 }
 
 fn load(model: &std::path::Path) -> WanT2V {
-    WanT2V::load(model, LoadOptions::new(Device::Cpu, Kind::Float)).expect("tiny model loads")
+    load_pipeline(model, MemoryPolicy::all_resident())
 }
 
 /// Runs `params` and returns the output with the latents after the last step.
@@ -107,15 +94,12 @@ fn run(
     pipe: &mut WanT2V,
     params: &GenerationParams,
 ) -> Result<(GenerationOutput, Tensor), PipelineError> {
-    let _seed = SEED_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut last = None;
-    let out = pipe.generate(params, &mut |e| {
-        last = Some(e.latents.copy());
-        StepControl::Continue
-    })?;
-    Ok((out, last.expect("at least one step")))
+    let Run {
+        output,
+        last_latents,
+        ..
+    } = try_run(pipe, params)?;
+    Ok((output, last_latents))
 }
 
 /// The case's run matches diffusers: decisions, frames, latents.
@@ -140,13 +124,12 @@ fn check(name: &str) -> GenerationOutput {
         1e-4,
         1e-4,
     );
-    let max_diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
     eprintln!(
         "{name}: {} of {} forwards skipped; max |diff| frames {:.2e}, latents {:.2e}",
         report.skipped(),
         report.forwards.len(),
-        max_diff(&out.frames, &c.reference["frames"]),
-        max_diff(&latents, &c.reference["latents"])
+        max_abs(&out.frames, &c.reference["frames"]),
+        max_abs(&latents, &c.reference["latents"])
     );
     assert_close(
         &format!("{name} frames"),

@@ -9,21 +9,19 @@
 
 mod common;
 
-use std::sync::Mutex;
-
-use common::{assert_close, fixture, load_tensors};
+use common::{
+    assert_close, fixture, generation_params, load_pipeline, load_tensors, max_abs, read_json, run,
+    seed_lock, FRAMES_ATOL,
+};
 use t2v_pipeline::checkpoint::DenoiseState;
 use t2v_pipeline::denoise::StepControl;
 use t2v_pipeline::image::decode_condition_image;
+use t2v_pipeline::memory::MemoryPolicy;
 use t2v_pipeline::model_dir::ModelKind;
 use t2v_pipeline::parallel::{ParallelLayout, ParallelPlan};
 use t2v_pipeline::text_to_video::conditioning::{LatentCondition, VideoSize};
-use t2v_pipeline::text_to_video::{GenerationParams, LoadOptions, WanT2V};
-use tch::{Device, Kind, Tensor};
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
-
-const FRAMES_ATOL: f64 = 1e-3;
+use t2v_pipeline::text_to_video::{GenerationParams, WanT2V};
+use tch::{Device, Tensor};
 
 fn model_dir() -> std::path::PathBuf {
     fixture("ti2v_pipeline").join("model")
@@ -31,39 +29,22 @@ fn model_dir() -> std::path::PathBuf {
 
 fn reference(name: &str) -> (serde_json::Value, std::collections::HashMap<String, Tensor>) {
     let dir = model_dir();
-    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("settings");
+    let settings = read_json(&dir.join(format!("{name}.json")));
     let tensors = load_tensors(&dir.join(format!("{name}.safetensors")));
-    (serde_json::from_str(&text).unwrap(), tensors)
+    (settings, tensors)
 }
 
 fn params(s: &serde_json::Value) -> GenerationParams {
-    let int = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("settings.{k}"));
     GenerationParams {
-        prompt: s["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: s["negative_prompt"].as_str().map(str::to_string),
-        width: int("width"),
-        height: int("height"),
-        num_frames: int("num_frames"),
-        num_inference_steps: int("num_inference_steps") as usize,
-        guidance_scale: s["guidance_scale"].as_f64().unwrap(),
         guidance_scale_2: None,
-        seed: Some(int("seed") as u64),
-        ..GenerationParams::default()
+        ..generation_params(s)
     }
 }
 
 fn load() -> WanT2V {
-    let pipe = WanT2V::load(model_dir(), LoadOptions::new(Device::Cpu, Kind::Float))
-        .unwrap_or_else(|e| panic!("load: {e}"));
+    let pipe = load_pipeline(&model_dir(), MemoryPolicy::all_resident());
     assert_eq!(pipe.kind(), ModelKind::TextImageToVideo);
     pipe
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 /// Runs `params` and compares the final latents and the frames with `reference`.
@@ -73,22 +54,15 @@ fn check_run(
     params: &GenerationParams,
     reference: &std::collections::HashMap<String, Tensor>,
 ) {
-    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut last_latents = None;
-    let output = pipe
-        .generate(params, &mut |step| {
-            last_latents = Some(step.latents.copy());
-            StepControl::Continue
-        })
-        .unwrap_or_else(|e| panic!("generate: {e}"));
+    let run = run(pipe, params);
     assert_close(
         &format!("{mode} latents"),
-        &last_latents.unwrap(),
+        &run.last_latents,
         &reference["latents"],
         1e-4,
         1e-4,
     );
-    let diff = max_abs(&output.frames, &reference["frames"]);
+    let diff = max_abs(&run.output.frames, &reference["frames"]);
     println!("TI2V {mode} frames: max |ours − diffusers| = {diff:.3e}");
     assert!(diff <= FRAMES_ATOL, "{mode} frames differ by {diff}");
 }
@@ -157,7 +131,7 @@ fn text_and_image_to_video_on_ranks_matches_diffusers() {
         let layout = ParallelLayout { cfg, ulysses };
         pipe.set_parallel(Some(ParallelPlan::on_one_device(layout, Device::Cpu)))
             .unwrap();
-        let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _seed = seed_lock();
         let frames = pipe
             .generate(&params, &mut |_| StepControl::Continue)
             .unwrap()
@@ -177,7 +151,7 @@ fn text_and_image_to_video_on_ranks_matches_diffusers() {
 fn text_and_image_to_video_resumes_bit_identically() {
     let (params, _) = image_params();
     let mut pipe = load();
-    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _seed = seed_lock();
     let full = pipe
         .generate(&params, &mut |_| StepControl::Continue)
         .unwrap()

@@ -4,26 +4,22 @@
 //!
 //! Tolerances: frames (in [0, 1]) within 1e-3 absolute, the acceptance bar; the final latents
 //! within 1e-4 absolute + 1e-4 relative; the initial noise and the prompt embeddings exactly / within
-//! 1e-5. Runs that draw noise hold `SEED_LOCK`: the seed goes through libtorch's global generator.
+//! 1e-5. Runs that draw noise hold `common::seed_lock`: the seed goes through libtorch's global
+//! generator.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use common::{assert_close, fixture, load_tensors};
+use common::{
+    assert_close, fixture, generation_params, load_pipeline, load_tensors, max_abs, read_json, run,
+    seed_lock, FRAMES_ATOL,
+};
 use t2v_pipeline::denoise::{Expert, StepControl};
 use t2v_pipeline::memory::{ExpertPlacement, MemoryPolicy};
-use t2v_pipeline::text_to_video::{
-    initial_noise, GenerationOutput, GenerationParams, LoadOptions, WanT2V,
-};
+use t2v_pipeline::text_to_video::{initial_noise, GenerationParams, LoadOptions, WanT2V};
 use t2v_pipeline::PipelineError;
 use tch::{Device, Kind, Tensor};
-
-static SEED_LOCK: Mutex<()> = Mutex::new(());
-
-/// Frames are compared with this absolute tolerance (values in [0, 1]).
-const FRAMES_ATOL: f64 = 1e-3;
 
 struct Case {
     dir: PathBuf,
@@ -33,73 +29,27 @@ struct Case {
 
 fn case(name: &str) -> Case {
     let dir = fixture("wan_pipeline").join(name);
-    let text = std::fs::read_to_string(dir.join("settings.json")).expect("settings.json");
     Case {
         reference: load_tensors(&dir.join("reference.safetensors")),
-        settings: serde_json::from_str(&text).expect("settings.json parses"),
+        settings: read_json(&dir.join("settings.json")),
         dir,
     }
 }
 
 impl Case {
     fn params(&self) -> GenerationParams {
-        let s = &self.settings;
-        let int = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("settings.{k}"));
+        let max_sequence_length = self.settings["max_sequence_length"]
+            .as_u64()
+            .expect("settings.max_sequence_length");
         GenerationParams {
-            prompt: s["prompt"].as_str().unwrap().to_string(),
-            negative_prompt: s["negative_prompt"].as_str().map(str::to_string),
-            width: int("width"),
-            height: int("height"),
-            num_frames: int("num_frames"),
-            num_inference_steps: int("num_inference_steps") as usize,
-            guidance_scale: s["guidance_scale"].as_f64().unwrap(),
-            guidance_scale_2: s["guidance_scale_2"].as_f64(),
-            seed: Some(int("seed") as u64),
-            max_sequence_length: int("max_sequence_length") as usize,
-            ..GenerationParams::default()
+            max_sequence_length: max_sequence_length as usize,
+            ..generation_params(&self.settings)
         }
     }
 
     fn load(&self, memory: MemoryPolicy) -> WanT2V {
-        let options = LoadOptions {
-            memory,
-            ..LoadOptions::new(Device::Cpu, Kind::Float)
-        };
-        WanT2V::load(&self.dir, options)
-            .unwrap_or_else(|e| panic!("load {}: {e}", self.dir.display()))
+        load_pipeline(&self.dir, memory)
     }
-}
-
-/// What the step callback saw.
-struct Run {
-    output: GenerationOutput,
-    experts: Vec<Expert>,
-    last_latents: Tensor,
-}
-
-fn run(pipe: &mut WanT2V, params: &GenerationParams) -> Run {
-    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut experts = Vec::new();
-    let mut last_latents = None;
-    let output = pipe
-        .generate(params, &mut |step| {
-            experts.push(step.expert);
-            last_latents = Some(step.latents.copy());
-            StepControl::Continue
-        })
-        .unwrap_or_else(|e| panic!("generate: {e}"));
-    Run {
-        output,
-        experts,
-        last_latents: last_latents.expect("no step reported"),
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 /// Runs `name` and checks every stage against the reference; returns the frames.
@@ -174,7 +124,7 @@ fn seed_gives_the_reference_initial_noise() {
         let c = case(name);
         let reference = &c.reference["noise"];
         let shape: [i64; 5] = reference.size().try_into().unwrap();
-        let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _seed = seed_lock();
         let noise = initial_noise(c.params().seed.unwrap(), shape).unwrap();
         assert!(
             noise.equal(reference),
@@ -238,7 +188,7 @@ fn swapping_and_offloading_give_the_same_frames() {
 fn the_callback_cancels() {
     let c = case("two_experts");
     let mut pipe = c.load(MemoryPolicy::all_resident());
-    let _seed = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _seed = seed_lock();
     let mut seen = 0;
     let result = pipe.generate(&c.params(), &mut |step| {
         seen += 1;
