@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 FIXTURES := $(CURDIR)/build/fixtures
 
-.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check bench-ti2v bench-vae
+.PHONY: help deps up down build lint unit fixtures test chart-test demo bench bench-gateway bench-worker bench-gpu bench-fast chaos soak checkpoint-write sim schemas gpu-check bench-ti2v bench-vae bench-parallel
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -100,6 +100,14 @@ bench-vae: deps ## on a GPU host: the Wan VAEs alone (random bf16 weights): Wan2
 	    set -- $$case; \
 	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so T2V_PEAK_MEMORY_PROGRAMS=bench_vae \
 	      "$$CARGO_TARGET_DIR/release/examples/bench_vae" --vae $$1 --op $$2 --size $$3 --frames $$4 --tiling $$5; \
+	  done
+
+bench-parallel: deps ## on a GPU host with several GPUs: NCCL vs in-process exchanges (nccl_check: the all-to-all time per layer, bit-equal results) and one A14B denoising step on 1 GPU vs all visible GPUs (parallel_overhead, CFG × Ulysses from the count), 480p then 720p; GPUS=0,1 picks the GPUs (default all)
+	@$(ENV) cargo build -q --release -p t2v-pipeline --example nccl_check --example parallel_overhead && \
+	  gpus=$${GPUS:-$$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)} && \
+	  "$$CARGO_TARGET_DIR/release/examples/nccl_check" --gpus $$gpus && \
+	  for size in "--height 480 --width 832" "--height 720 --width 1280"; do \
+	    "$$CARGO_TARGET_DIR/release/examples/parallel_overhead" --gpus $$gpus --collectives nccl --steps 3 --warmup 1 $$size; \
 	  done
 
 gpu-check: deps fixtures ## on a GPU host: doctor on device=cuda, a preflight refusal, a genuine CUDA OOM (one line with settings that fit), a normal generate with the NVML peak
