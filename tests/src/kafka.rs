@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent};
+use t2v_proto::v1::{generation_event::Kind, Completed, GenerationEvent, Started};
 
 use crate::stack::{brokers, unique_name};
 use crate::worker::WorkerProcess;
@@ -266,6 +266,15 @@ pub fn wait_events(
     out
 }
 
+/// Decoded events of `topic` until the first Completed or Failed (`timeout` at most): how a job
+/// ends that no one cancels.
+pub fn wait_job_end(topic: &str, timeout: Duration) -> Vec<GenerationEvent> {
+    wait_events(topic, timeout, |e| {
+        e.iter()
+            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
+    })
+}
+
 /// A record of an events topic, decoded.
 pub fn decode_event(record: &impl Message) -> GenerationEvent {
     GenerationEvent::decode(record.payload().unwrap_or_default()).expect("events decode")
@@ -313,6 +322,17 @@ pub fn completed(events: &[GenerationEvent]) -> Vec<(&GenerationEvent, &Complete
         .collect()
 }
 
+/// The Started events of `events` with what they carry, in topic order.
+pub fn started_events(events: &[GenerationEvent]) -> Vec<(&GenerationEvent, &Started)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Started(s)) => Some((e, s)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Every Started of `events`: the worker that sent it and the step it resumed from.
 pub fn starts(events: &[GenerationEvent]) -> Vec<(String, u32)> {
     events
@@ -322,6 +342,21 @@ pub fn starts(events: &[GenerationEvent]) -> Vec<(String, u32)> {
             _ => None,
         })
         .collect()
+}
+
+/// Reads `events_topic` until the job ends (`timeout` at most) after `worker` took it over from
+/// an interrupted one; asserts two Started, the first from step 0, and returns the events and
+/// those starts (see [`starts`]). Panics with `worker`'s logs otherwise.
+pub fn wait_taken_over(
+    events_topic: &str,
+    worker: &WorkerProcess,
+    timeout: Duration,
+) -> (Vec<GenerationEvent>, Vec<(String, u32)>) {
+    let events = wait_job_end(events_topic, timeout);
+    let starts = starts(&events);
+    assert_eq!(starts.len(), 2, "{starts:?}\nlogs:\n{}", worker.logs());
+    assert_eq!(starts[0].1, 0, "the first run started from step 0");
+    (events, starts)
 }
 
 /// Waits (60 s at most) for the first Started on `events_topic`; returns its

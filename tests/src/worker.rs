@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use t2v_proto::v1::GenerationRequest;
 
 use crate::kafka::{create_topics_with, submitter, DLQ_MAX_MESSAGE_BYTES};
+use crate::s3::{list_keys, wait_for_keys};
 use crate::stack::{
     assert_success, aws_env, binary, brokers, free_port, stack_env, unique_name, workspace_root,
 };
@@ -214,6 +215,50 @@ impl WorkerSetup {
         ];
         env.extend_from_slice(extra_env);
         self.start_worker(&env)
+    }
+}
+
+/// A tiny-model job whose worker was SIGTERMed once it had stored a periodic checkpoint
+/// ([`WorkerSetup::interrupt_tiny_model_job`]).
+pub struct InterruptedJob {
+    /// The stopped worker; its logs stay readable.
+    pub worker: WorkerProcess,
+    /// The job's checkpoint prefix, `<prefix>/<job>/checkpoint`.
+    pub checkpoints: String,
+    /// The checkpoint keys it left: one, the older ones deleted.
+    pub left: Vec<String>,
+}
+
+impl WorkerSetup {
+    /// Starts a tiny-model worker with `env` (which should checkpoint every step), submits
+    /// `job_id` with `steps` steps, and SIGTERMs the worker once a periodic checkpoint is stored;
+    /// asserts that it left exactly one checkpoint.
+    pub async fn interrupt_tiny_model_job(
+        &self,
+        env: &[(&str, &str)],
+        job_id: &str,
+        steps: u32,
+    ) -> InterruptedJob {
+        let mut worker = self.start_tiny_model_worker(env);
+        worker.wait_ready(Duration::from_secs(120));
+        self.submitter()
+            .submit(tiny_model_request(job_id, steps))
+            .await
+            .unwrap();
+        let checkpoints = format!("{}/{job_id}/checkpoint", self.prefix);
+        wait_for_keys(&checkpoints, Duration::from_secs(120), || worker.logs()).await;
+        worker.stop(Duration::from_secs(30));
+        let left = list_keys(&checkpoints).await;
+        assert_eq!(
+            left.len(),
+            1,
+            "one checkpoint left (older ones deleted): {left:?}"
+        );
+        InterruptedJob {
+            worker,
+            checkpoints,
+            left,
+        }
     }
 }
 

@@ -11,10 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    completed, copy_dir, list_keys, starts, tiny_model_dir, tiny_model_request, wait_events,
-    wait_for_keys, WorkerSetup,
+    completed, copy_dir, list_keys, started_events, tiny_model_dir, wait_events, wait_taken_over,
+    WorkerSetup,
 };
 
 /// Enough steps that the SIGTERM lands mid-run on the tiny model.
@@ -64,56 +63,39 @@ async fn changed_weights_with_the_same_configs_do_not_resume_old_checkpoints() {
         ("T2V_CHECKPOINT__EVERY_STEPS", "1"),
         ("T2V_MODEL__DIR", dir.as_str()),
     ];
-    let mut first = setup.start_tiny_model_worker(&env);
-    first.wait_ready(Duration::from_secs(120));
-    setup
-        .submitter()
-        .submit(tiny_model_request("revision-1", STEPS))
-        .await
-        .unwrap();
 
     // 1. SIGTERM once a periodic checkpoint is stored.
-    let checkpoints = format!("{}/revision-1/checkpoint", setup.prefix);
-    wait_for_keys(&checkpoints, Duration::from_secs(120), || first.logs()).await;
-    first.stop(Duration::from_secs(30));
-    let left = list_keys(&checkpoints).await;
-    assert_eq!(left.len(), 1, "one checkpoint left: {left:?}");
-    let first_revision = wait_events(&setup.events, Duration::from_secs(30), |e| {
-        e.iter().any(|e| matches!(e.kind, Some(Kind::Started(_))))
-    })
-    .iter()
-    .find_map(|e| match &e.kind {
-        Some(Kind::Started(s)) => Some(s.model_revision.clone()),
-        _ => None,
-    })
-    .expect("the first worker's Started");
+    let first = setup
+        .interrupt_tiny_model_job(&env, "revision-1", STEPS)
+        .await;
+    let first_events = wait_events(&setup.events, Duration::from_secs(30), |e| {
+        !started_events(e).is_empty()
+    });
+    let first_revision = started_events(&first_events)
+        .first()
+        .map(|(_, s)| s.model_revision.clone())
+        .expect("the first worker's Started");
 
     // 2. A "fine-tune": one tensor re-trained, configs untouched.
     let tensor = retrain_one_tensor(&model.path().join(WEIGHTS));
-    eprintln!("rewrote {WEIGHTS} tensor {tensor}; checkpoint left: {left:?}");
+    eprintln!(
+        "rewrote {WEIGHTS} tensor {tensor}; checkpoint left: {:?}",
+        first.left
+    );
 
     // 3. A worker on the changed weights starts over and stamps another revision.
     let second = setup.start_tiny_model_worker(&env);
-    let events = wait_events(&setup.events, Duration::from_secs(240), |e| {
-        e.iter()
-            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
-    });
-    let starts = starts(&events);
-    assert_eq!(starts.len(), 2, "{starts:?}\nlogs:\n{}", second.logs());
-    assert_eq!(starts[0].1, 0, "the first run started from step 0");
+    let (events, starts) = wait_taken_over(&setup.events, &second, Duration::from_secs(240));
     assert_eq!(
         starts[1].1,
         0,
         "the changed weights must not resume the old checkpoint; logs:\n{}",
         second.logs()
     );
-    let second_started_revision = events
-        .iter()
-        .filter(|e| e.worker_id == starts[1].0)
-        .find_map(|e| match &e.kind {
-            Some(Kind::Started(s)) => Some(s.model_revision.clone()),
-            _ => None,
-        })
+    let second_started_revision = started_events(&events)
+        .into_iter()
+        .find(|(e, _)| e.worker_id == starts[1].0)
+        .map(|(_, s)| s.model_revision.clone())
         .unwrap();
     let completed = completed(&events)
         .first()
@@ -125,7 +107,7 @@ async fn changed_weights_with_the_same_configs_do_not_resume_old_checkpoints() {
     );
     assert_eq!(completed.model_revision, second_started_revision);
     assert!(
-        list_keys(&checkpoints).await.is_empty(),
+        list_keys(&first.checkpoints).await.is_empty(),
         "checkpoints deleted after the manifest"
     );
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    completed, get_object, list_keys, starts, tiny_model_generate_mp4, tiny_model_request,
-    wait_events, wait_for_keys, WorkerSetup,
+    completed, get_object, list_keys, tiny_model_generate_mp4, wait_taken_over, WorkerSetup,
 };
 
 /// Enough steps that the SIGTERM lands mid-run on the tiny model.
@@ -31,26 +30,16 @@ fn step_of(key: &str) -> u32 {
 async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
     let setup = WorkerSetup::new("resume", 1).await;
     let env = [("T2V_CHECKPOINT__EVERY_STEPS", "1")];
-    let mut first = setup.start_tiny_model_worker(&env);
-    first.wait_ready(Duration::from_secs(120));
-    let request = tiny_model_request("resume-1", STEPS);
-    setup.submitter().submit(request).await.unwrap();
 
     // 1. SIGTERM once a periodic checkpoint is stored.
-    let checkpoints = format!("{}/resume-1/checkpoint", setup.prefix);
-    wait_for_keys(&checkpoints, Duration::from_secs(120), || first.logs()).await;
-    first.stop(Duration::from_secs(30));
-    let left = list_keys(&checkpoints).await;
-    assert_eq!(
-        left.len(),
-        1,
-        "one checkpoint (older ones deleted): {left:?}"
-    );
-    let saved = step_of(&left[0]);
+    let first = setup
+        .interrupt_tiny_model_job(&env, "resume-1", STEPS)
+        .await;
+    let saved = step_of(&first.left[0]);
     assert!(
         saved > 0 && saved < STEPS,
         "stopped mid-run at {saved}; logs:\n{}",
-        first.logs()
+        first.worker.logs()
     );
     eprintln!("SIGTERM left a checkpoint at step {saved} of {STEPS}");
     assert!(
@@ -62,13 +51,7 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
 
     // 2. Another worker process resumes and completes.
     let second = setup.start_tiny_model_worker(&env);
-    let events = wait_events(&setup.events, Duration::from_secs(180), |e| {
-        e.iter()
-            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
-    });
-    let starts = starts(&events);
-    assert_eq!(starts.len(), 2, "{starts:?}\nlogs:\n{}", second.logs());
-    assert_eq!(starts[0].1, 0, "the first run started from step 0");
+    let (events, starts) = wait_taken_over(&setup.events, &second, Duration::from_secs(180));
     assert_eq!(
         starts[1].1,
         saved,
@@ -96,7 +79,7 @@ async fn a_sigtermed_job_resumes_on_another_worker_with_identical_bytes() {
         .map(|(_, c)| (*c).clone())
         .unwrap_or_else(|| panic!("Completed; events {events:?}\n{}", second.logs()));
     assert!(
-        list_keys(&checkpoints).await.is_empty(),
+        list_keys(&first.checkpoints).await.is_empty(),
         "checkpoints deleted after the manifest"
     );
     let video = get_object(&completed.video.as_ref().unwrap().uri).await;

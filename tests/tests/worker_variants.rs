@@ -163,8 +163,7 @@ async fn a_missing_lora_file_stops_the_start_in_one_line() {
 /// 4 steps, and its revision is the variant's, not the base directory's.
 #[tokio::test]
 async fn a_variant_worker_renders_a_job_with_the_presets_steps() {
-    use t2v_proto::v1::generation_event::Kind;
-    use t2v_tests::{completed, tiny_model_request, wait_events};
+    use t2v_tests::{completed, started_events, tiny_model_request, wait_job_end};
 
     let setup = WorkerSetup::new("variants.render", 1).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -181,10 +180,7 @@ async fn a_variant_worker_renders_a_job_with_the_presets_steps() {
         ..tiny_model_request("variant-1", 0)
     };
     setup.submitter().submit(request).await.unwrap();
-    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
-        e.iter()
-            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
-    });
+    let events = wait_job_end(&setup.events, Duration::from_secs(120));
     let done = completed(&events);
     assert_eq!(
         done.len(),
@@ -192,13 +188,7 @@ async fn a_variant_worker_renders_a_job_with_the_presets_steps() {
         "events: {events:?}\nlogs:\n{}",
         worker.logs()
     );
-    let started = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::Started(s)) => Some(s),
-            _ => None,
-        })
-        .expect("a Started event");
+    let (_, started) = *started_events(&events).first().expect("a Started event");
     assert_eq!(started.total_steps, 4, "the preset's steps: {started:?}");
     assert_eq!(started.model, "tiny-lightning");
     let c = done[0].1;

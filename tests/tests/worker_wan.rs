@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use t2v_proto::v1::generation_event::Kind;
 use t2v_tests::{
-    completed, get_object, tiny_model_generate_mp4, tiny_model_request, wait_events, WorkerSetup,
+    completed, get_object, tiny_model_generate_mp4, tiny_model_request, wait_job_end, WorkerSetup,
 };
 
 #[tokio::test]
@@ -19,10 +18,7 @@ async fn the_wan_backend_completes_a_job_with_the_pipelines_video() {
     let request = tiny_model_request("wan-1", 4);
     setup.submitter().submit(request).await.unwrap();
 
-    let events = wait_events(&setup.events, Duration::from_secs(120), |e| {
-        e.iter()
-            .any(|e| matches!(e.kind, Some(Kind::Completed(_)) | Some(Kind::Failed(_))))
-    });
+    let events = wait_job_end(&setup.events, Duration::from_secs(120));
     let done = completed(&events);
     assert_eq!(
         done.len(),
