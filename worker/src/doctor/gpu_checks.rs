@@ -18,9 +18,9 @@ use tch::{Device, Kind};
 use super::{finding, warning, Finding};
 use crate::config::{Backend, DeviceChoice, DtypeChoice, WorkerConfig};
 use crate::generate::preflight::{check_dtype, fit_hint, MemoryLimit};
-use crate::generate::wan::{memory_policy, resolve_dtype};
+use crate::generate::wan::{memory_policy, published_defaults, resolve_dtype};
 use crate::gpu::{human, CudaVersion, Gpu, GpuError, GpuMemory, TorchCuda};
-use t2v_contract::defaults::WAN22_T2V_A14B as WAN_DEFAULTS;
+use t2v_contract::defaults::ModelDefaults;
 
 mod devices;
 
@@ -199,14 +199,16 @@ fn no_cuda_device(device: DeviceChoice, cause: &str) -> Finding {
 /// A job size: width × height × frames.
 pub type JobSize = (i64, i64, i64);
 
-/// The default job size (the model's defaults) and the largest request the fleet accepts.
-pub fn checked_sizes() -> [JobSize; 2] {
+/// The default job size of a model with these published `defaults` (a TI2V-5B fleet's default
+/// job is 1280x704 with 121 frames, a T2V-A14B fleet's 1280x720 with 81) and the largest request
+/// the fleet accepts.
+pub fn checked_sizes(defaults: &ModelDefaults) -> [JobSize; 2] {
     use t2v_contract::validate::{MAX_FRAMES, MAX_SIDE};
     [
         (
-            i64::from(WAN_DEFAULTS.width),
-            i64::from(WAN_DEFAULTS.height),
-            i64::from(WAN_DEFAULTS.num_frames),
+            i64::from(defaults.width),
+            i64::from(defaults.height),
+            i64::from(defaults.num_frames),
         ),
         (
             i64::from(MAX_SIDE),
@@ -376,7 +378,7 @@ pub(super) fn gpu(cfg: &WorkerConfig) -> Vec<Finding> {
         &base,
         limit,
         gpu_total,
-        checked_sizes(),
+        checked_sizes(&published_defaults(std::path::Path::new(&cfg.model.dir))),
     ));
     out
 }
@@ -574,6 +576,28 @@ mod tests {
     }
 
     #[test]
+    fn the_default_job_checked_is_the_models_own() {
+        use t2v_contract::defaults::{WAN22_T2V_A14B, WAN22_TI2V_5B};
+        assert_eq!(checked_sizes(&WAN22_TI2V_5B)[0], (1280, 704, 121));
+        let a14b = &WAN22_T2V_A14B;
+        assert_eq!(
+            checked_sizes(a14b)[0],
+            (
+                i64::from(a14b.width),
+                i64::from(a14b.height),
+                i64::from(a14b.num_frames)
+            )
+        );
+        assert_eq!(checked_sizes(&WAN22_TI2V_5B)[1], checked_sizes(a14b)[1]);
+        // A directory whose kind cannot be read is checked at T2V-A14B's size (its load
+        // fails with the reason).
+        assert_eq!(
+            published_defaults(std::path::Path::new("/nonexistent")),
+            WAN22_T2V_A14B
+        );
+    }
+
+    #[test]
     fn a14b_memory_on_an_h100_and_on_a_40gb_gpu() {
         let h100 = 81_559u64 << 20;
         let limit = MemoryLimit::new(0.0, Device::Cuda(0), Some(h100)).unwrap();
@@ -583,7 +607,7 @@ mod tests {
             &resident,
             limit,
             Some(h100),
-            checked_sizes(),
+            checked_sizes(&t2v_contract::defaults::WAN22_T2V_A14B),
         );
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].ok && !found[0].warning, "{found:?}");
@@ -616,7 +640,7 @@ mod tests {
             &resident,
             limit,
             Some(a100),
-            checked_sizes(),
+            checked_sizes(&t2v_contract::defaults::WAN22_T2V_A14B),
         );
         assert!(!found[0].ok, "{found:?}");
         assert!(found[0].message.contains("more than the GPU's 40.00 GiB — settings that fit: 832×480×81 with [model] memory_policy = \"low-memory\""), "{found:?}");
@@ -625,7 +649,7 @@ mod tests {
             &base(MemoryPolicy::low_memory()),
             limit,
             Some(a100),
-            checked_sizes(),
+            checked_sizes(&t2v_contract::defaults::WAN22_T2V_A14B),
         );
         assert!(low[0].ok, "{low:?}");
     }
@@ -647,7 +671,7 @@ mod tests {
             &base(MemoryPolicy::low_memory()),
             limit,
             Some(gpu),
-            checked_sizes(),
+            checked_sizes(&t2v_contract::defaults::WAN22_T2V_A14B),
         );
         assert!(
             found[0].warning

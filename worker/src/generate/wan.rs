@@ -117,7 +117,7 @@ fn model_kind(kind: t2v_pipeline::model_dir::ModelKind) -> ModelKind {
 /// The published defaults (size, frames, fps, steps, guidance) of the model in `dir`, by its
 /// kind: a TI2V-5B fleet's requests with zeros get 1280x704, 121 frames at 24 fps. A directory
 /// whose kind cannot be read gets T2V-A14B's; its load then fails with the reason.
-fn published_defaults(dir: &Path) -> ModelDefaults {
+pub(crate) fn published_defaults(dir: &Path) -> ModelDefaults {
     t2v_pipeline::model_dir::ModelDir::open(dir)
         .and_then(|d| d.kind())
         .map(|kind| kind.defaults())
