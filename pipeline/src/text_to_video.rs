@@ -213,10 +213,37 @@ pub struct GenerationOutput {
     pub step_cache: Option<crate::step_cache::CacheReport>,
 }
 
+/// Step 2's output of [`WanT2V::generate_with`]: the prompt embeddings and, with CFG, the
+/// negative ones, on the device.
+struct PromptEmbeds {
+    positive: Tensor,
+    negative: Option<Tensor>,
+}
+
+/// What the denoising loop starts from (steps 3 and 4 of [`WanT2V::generate_with`]).
+struct PreparedRun {
+    scheduler: Box<dyn Scheduler>,
+    /// On the device.
+    latents: Tensor,
+    start_step: usize,
+    /// The image's latents and mask, for image-to-video requests.
+    condition: Option<LatentCondition>,
+}
+
 /// One expert and, when the policy parks it, its host copy.
 struct Expert {
     model: WanTransformer3DModel,
     weights: Option<ParkedWeights>,
+}
+
+impl Expert {
+    /// Moves its weights to the host copy, when the policy parks it.
+    fn park(&self) -> Result<()> {
+        match &self.weights {
+            Some(weights) => weights.park(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// An expert as the denoising loop sees it: fetched onto the device (and the other one parked)
@@ -323,44 +350,19 @@ impl WanT2V {
         if !loras.transformer_2.is_empty() && !model_dir.has(Component::Transformer2) {
             return Err(crate::lora::LoraError::NoSecondExpert.into());
         }
-        let (device, dtype) = (options.device, options.dtype);
-        if dtype == fp8::FP8 && device.is_cuda() {
-            fp8::probe_scaled_mm(device).map_err(fp8_unsupported)?;
+        if options.dtype == fp8::FP8 && options.device.is_cuda() {
+            fp8::probe_scaled_mm(options.device).map_err(fp8_unsupported)?;
         }
-        let policy = options.memory;
-        let swap = policy.experts == ExpertPlacement::SwapExperts;
         let scheduler = SchedulerConfig::from_file(
             &model_dir
                 .path(Component::Scheduler)?
                 .join("scheduler_config.json"),
         )?;
-        let load_expert = |component: Component| -> Result<Expert> {
-            let dir = model_dir.path(component)?;
-            let (model, vs) = WanTransformer3DModel::load(&dir, fp8::compute_kind(dtype), device)?;
-            let expert_loras = match component {
-                Component::Transformer2 => &loras.transformer_2,
-                _ => &loras.transformer,
-            };
-            crate::lora::fuse_loras(&vs, expert_loras)?;
-            // FP8 after the LoRAs, so that they apply; before parking, so the FP8 form is parked.
-            let model = if dtype == fp8::FP8 {
-                fp8::quantize_blocks(model, &vs)?
-            } else {
-                model
-            };
-            let weights = if swap {
-                let parked = ParkedWeights::new(vs.variables().into_iter().collect(), device)?;
-                Some(parked)
-            } else {
-                None
-            };
-            Ok(Expert { model, weights })
-        };
+        // Each parkable component is parked as soon as it is loaded, so that under SwapExperts
+        // the device never holds both experts: transformer_2, the text encoder, then transformer.
         let low = if model_dir.has(Component::Transformer2) {
-            let low = load_expert(Component::Transformer2)?;
-            if let Some(weights) = &low.weights {
-                weights.park()?;
-            }
+            let low = load_expert(&model_dir, Component::Transformer2, options, loras)?;
+            low.park()?;
             Some(low)
         } else {
             None
@@ -369,7 +371,7 @@ impl WanT2V {
         if let Some(weights) = &text_weights {
             weights.park()?;
         }
-        let high = load_expert(Component::Transformer)?;
+        let high = load_expert(&model_dir, Component::Transformer, options, loras)?;
         if let Some(low) = &low {
             if low.model.kind() != high.model.kind() {
                 return Err(PipelineError::invalid(
@@ -378,11 +380,7 @@ impl WanT2V {
                 ));
             }
         }
-        let mut vae =
-            AutoencoderKLWan::load(&model_dir.path(Component::Vae)?, device, options.vae_dtype)?;
-        if let Some(tiling) = policy.vae_tiling {
-            vae.enable_tiling(tiling)?;
-        }
+        let vae = load_vae(&model_dir, options)?;
         Ok(Self {
             model_dir,
             kind,
@@ -675,7 +673,6 @@ impl WanT2V {
         on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
     ) -> Result<GenerationOutput> {
         let _no_grad = tch::no_grad_guard();
-        let device = self.options.device;
         let start = Instant::now();
 
         // 1. inputs
@@ -686,58 +683,17 @@ impl WanT2V {
 
         // 2. prompt embeddings
         let do_cfg = resolved.guidance_scale > 1.0;
-        let (prompt_embeds, negative_embeds) = self
-            .encode_prompt(
-                &params.prompt,
-                params.negative_prompt.as_deref(),
-                do_cfg,
-                params.max_sequence_length,
-            )
-            .map_err(out_of_memory)?;
-        synchronize(device);
+        let embeds = self.encode_request_prompts(params, do_cfg)?;
         let text_encode = start.elapsed();
 
-        // 3. timesteps
-        let mut scheduler = self.scheduler.build(params.sampler);
-        scheduler.set_timesteps(params.num_inference_steps, params.shift)?;
-
-        // 4. initial noise from the seed, or the saved latents and scheduler state
-        let (latents, start_step) = initial_latents(scheduler.as_mut(), params, &resolved, resume)?;
-        let latents = latents.f_to_device(device)?;
-        // 4b. the image's latents and mask (image-to-video models)
-        let condition = self
-            .prepare_condition(params, &resolved)
-            .map_err(out_of_memory)?;
+        // 3. timesteps; 4. the initial latents and the image's condition
+        let prepared = self.prepare_run(params, &resolved, resume)?;
 
         // 5. denoising loop
         let denoise_start = Instant::now();
-        let input = DenoiseInput {
-            latents,
-            prompt_embeds: &prompt_embeds,
-            negative_prompt_embeds: negative_embeds.as_ref(),
-            start_step,
-        };
-        let cache = crate::step_cache::run_cache(
-            params.step_cache.as_ref(),
-            params.num_inference_steps,
-            do_cfg,
-            self.parallel.is_some(),
-        )?;
-        let latents = self.denoise_latents(
-            scheduler.as_mut(),
-            &resolved,
-            input,
-            condition.as_ref(),
-            cache.as_ref(),
-            on_step,
-        )?;
-        let latents = match &condition {
-            Some(condition) => condition.final_latents(latents)?,
-            None => latents,
-        };
-        let step_cache = cache.map(crate::step_cache::finish_run);
-        drop((prompt_embeds, negative_embeds));
-        synchronize(device);
+        let (latents, step_cache) =
+            self.denoise_request(params, &resolved, prepared, embeds, do_cfg, on_step)?;
+        synchronize(self.options.device);
         let denoise_time = denoise_start.elapsed();
 
         // 6. de-normalise, decode, frames in [0, 1]
@@ -759,6 +715,94 @@ impl WanT2V {
             warnings: resolved.warnings,
             step_cache,
         })
+    }
+
+    /// Step 2 of [`Self::generate_with`]: the prompt's embeddings and, with `do_cfg`, the
+    /// negative prompt's; the device is synchronised so that the phase's time is its own.
+    fn encode_request_prompts(
+        &mut self,
+        params: &GenerationParams,
+        do_cfg: bool,
+    ) -> Result<PromptEmbeds> {
+        let (positive, negative) = self
+            .encode_prompt(
+                &params.prompt,
+                params.negative_prompt.as_deref(),
+                do_cfg,
+                params.max_sequence_length,
+            )
+            .map_err(out_of_memory)?;
+        synchronize(self.options.device);
+        Ok(PromptEmbeds { positive, negative })
+    }
+
+    /// Steps 3 and 4 of [`Self::generate_with`]: the schedule, the initial latents on the device
+    /// (drawn from the seed, or restored with the scheduler from `resume`) and, with an image,
+    /// its condition (4b).
+    fn prepare_run(
+        &self,
+        params: &GenerationParams,
+        resolved: &ResolvedParams,
+        resume: Option<&DenoiseState>,
+    ) -> Result<PreparedRun> {
+        let mut scheduler = self.scheduler.build(params.sampler);
+        scheduler.set_timesteps(params.num_inference_steps, params.shift)?;
+        let (latents, start_step) = initial_latents(scheduler.as_mut(), params, resolved, resume)?;
+        let latents = latents.f_to_device(self.options.device)?;
+        let condition = self
+            .prepare_condition(params, resolved)
+            .map_err(out_of_memory)?;
+        Ok(PreparedRun {
+            scheduler,
+            latents,
+            start_step,
+            condition,
+        })
+    }
+
+    /// Step 5 of [`Self::generate_with`]: the denoising loop from `prepared` with the request's
+    /// step cache; returns the final latents (the image's condition taken off) and the cache's
+    /// report. The prompt embeddings are dropped before the decode needs their memory.
+    fn denoise_request(
+        &self,
+        params: &GenerationParams,
+        resolved: &ResolvedParams,
+        prepared: PreparedRun,
+        embeds: PromptEmbeds,
+        do_cfg: bool,
+        on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
+    ) -> Result<(Tensor, Option<crate::step_cache::CacheReport>)> {
+        let PreparedRun {
+            mut scheduler,
+            latents,
+            start_step,
+            condition,
+        } = prepared;
+        let input = DenoiseInput {
+            latents,
+            prompt_embeds: &embeds.positive,
+            negative_prompt_embeds: embeds.negative.as_ref(),
+            start_step,
+        };
+        let cache = crate::step_cache::run_cache(
+            params.step_cache.as_ref(),
+            params.num_inference_steps,
+            do_cfg,
+            self.parallel.is_some(),
+        )?;
+        let latents = self.denoise_latents(
+            scheduler.as_mut(),
+            resolved,
+            input,
+            condition.as_ref(),
+            cache.as_ref(),
+            on_step,
+        )?;
+        let latents = match &condition {
+            Some(condition) => condition.final_latents(latents)?,
+            None => latents,
+        };
+        Ok((latents, cache.map(crate::step_cache::finish_run)))
     }
 
     /// Step 4b of [`Self::generate_with`]: `prepare_latents`' image conditioning, when the
@@ -829,9 +873,7 @@ impl WanT2V {
         // Swapping keeps no expert on the device outside the loop, even after a failure.
         if self.options.memory.experts == ExpertPlacement::SwapExperts {
             for expert in std::iter::once(&self.high).chain(self.low.as_ref()) {
-                if let Some(weights) = &expert.weights {
-                    weights.park()?;
-                }
+                expert.park()?;
             }
         }
         denoised.map_err(out_of_memory)
@@ -987,6 +1029,53 @@ fn fp8_unsupported(probe: PipelineError) -> PipelineError {
         "dtype fp8",
         format!("this GPU does not run FP8 matrix products (needs compute capability 8.9 or later: Ada, Hopper) — {probe}; load in bf16"),
     )
+}
+
+/// The expert `component` (`transformer` or `transformer_2`) with its LoRAs of `loras` fused in,
+/// its blocks in FP8 when `options` ask for it (after the LoRAs, so that they apply; before
+/// parking, so the FP8 form is parked) and, under [`ExpertPlacement::SwapExperts`], a host copy
+/// of its weights to park it with; resident on the device.
+fn load_expert(
+    model_dir: &ModelDir,
+    component: Component,
+    options: LoadOptions,
+    loras: &crate::lora::ExpertLoras,
+) -> Result<Expert> {
+    let (device, dtype) = (options.device, options.dtype);
+    let dir = model_dir.path(component)?;
+    let (model, vs) = WanTransformer3DModel::load(&dir, fp8::compute_kind(dtype), device)?;
+    let expert_loras = match component {
+        Component::Transformer2 => &loras.transformer_2,
+        _ => &loras.transformer,
+    };
+    crate::lora::fuse_loras(&vs, expert_loras)?;
+    let model = if dtype == fp8::FP8 {
+        fp8::quantize_blocks(model, &vs)?
+    } else {
+        model
+    };
+    let weights = if options.memory.experts == ExpertPlacement::SwapExperts {
+        Some(ParkedWeights::new(
+            vs.variables().into_iter().collect(),
+            device,
+        )?)
+    } else {
+        None
+    };
+    Ok(Expert { model, weights })
+}
+
+/// The VAE in `options.vae_dtype`, tiled when the memory policy says so.
+fn load_vae(model_dir: &ModelDir, options: LoadOptions) -> Result<AutoencoderKLWan> {
+    let mut vae = AutoencoderKLWan::load(
+        &model_dir.path(Component::Vae)?,
+        options.device,
+        options.vae_dtype,
+    )?;
+    if let Some(tiling) = options.memory.vae_tiling {
+        vae.enable_tiling(tiling)?;
+    }
+    Ok(vae)
 }
 
 /// Tokenizer + umT5 encoder; with `offload_text_encoder` the encoder is built in a VarStore of
