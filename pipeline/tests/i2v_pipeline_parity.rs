@@ -74,42 +74,36 @@ fn lossless_webp_decodes_to_pillows_pixels() {
     assert_eq!(as_tensor(&decoded), images()["webp_lossless"]);
 }
 
-/// Lossy WebP: the `image` crate's VP8 decoder against libwebp's (with its YUV → RGB
-/// upsampling); this bounds (and prints) the difference on the fixture's WebP.
-#[test]
-fn lossy_webp_decodes_close_to_pillow() {
-    let decoded = decode_condition_image(&image_bytes("image.webp")).unwrap();
-    let expected = &images()["webp"];
+/// Decodes the fixture's `file` and bounds (and prints) how far it lands from Pillow's pixels
+/// `key`: at most 8 levels anywhere and 1 level on average.
+fn assert_decodes_close_to_pillow(format: &str, file: &str, key: &str) {
+    let decoded = decode_condition_image(&image_bytes(file)).unwrap();
+    let expected = &images()[key];
     let actual = as_tensor(&decoded);
     let diff = max_abs(&actual, expected);
     let mean = (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double))
         .abs()
         .mean(Kind::Double)
         .double_value(&[]);
-    println!("lossy WebP vs Pillow: max {diff} levels, mean {mean:.4} levels");
+    println!("{format} vs Pillow: max {diff} levels, mean {mean:.4} levels");
     assert!(
         diff <= 8.0 && mean <= 1.0,
-        "WebP differs from Pillow by max {diff}, mean {mean}"
+        "{format} differs from Pillow by max {diff}, mean {mean}"
     );
+}
+
+/// Lossy WebP: the `image` crate's VP8 decoder against libwebp's (with its YUV → RGB
+/// upsampling); this bounds (and prints) the difference on the fixture's WebP.
+#[test]
+fn lossy_webp_decodes_close_to_pillow() {
+    assert_decodes_close_to_pillow("lossy WebP", "image.webp", "webp");
 }
 
 /// The `image` crate's JPEG decoder is not libjpeg-turbo: pixels may differ by IDCT and chroma
 /// upsampling rounding. This bounds (and prints) the difference on the fixture's JPEG.
 #[test]
 fn jpeg_decodes_close_to_pillow() {
-    let decoded = decode_condition_image(&image_bytes("image.jpg")).unwrap();
-    let expected = &images()["jpeg"];
-    let actual = as_tensor(&decoded);
-    let diff = max_abs(&actual, expected);
-    let mean = (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double))
-        .abs()
-        .mean(Kind::Double)
-        .double_value(&[]);
-    println!("JPEG vs Pillow: max {diff} levels, mean {mean:.4} levels");
-    assert!(
-        diff <= 8.0 && mean <= 1.0,
-        "JPEG differs from Pillow by max {diff}, mean {mean}"
-    );
+    assert_decodes_close_to_pillow("JPEG", "image.jpg", "jpeg");
 }
 
 fn case() -> (
