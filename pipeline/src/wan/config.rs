@@ -64,6 +64,22 @@ pub struct TransformerConfig {
     pub pos_embed_seq_len: Option<i64>,
 }
 
+/// Checks the `_class_name` of a component's config, when it has one, against `expected`; the
+/// error says the folder holds another `component` (shared by the transformer and VAE configs).
+pub(crate) fn check_class_name(
+    class_name: Option<&str>,
+    expected: &str,
+    component: &str,
+) -> std::result::Result<(), ConfigProblem> {
+    match class_name {
+        Some(class) if class != expected => Err(format!(
+            "_class_name is {class:?}, expected {expected:?} — this folder holds another {component}"
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 impl Default for TransformerConfig {
     /// diffusers' `WanTransformer3DModel.__init__` defaults (these equal the 14B T2V models).
     fn default() -> Self {
@@ -140,13 +156,7 @@ impl TransformerConfig {
 
     /// Checks the values this implementation supports; the message names the key and why.
     pub fn validate(&self) -> std::result::Result<(), ConfigProblem> {
-        if let Some(class) = &self.class_name {
-            if class != CLASS_NAME {
-                return Err(format!(
-                    "_class_name is {class:?}, expected {CLASS_NAME:?} — this folder holds another model"
-                ).into());
-            }
-        }
+        check_class_name(self.class_name.as_deref(), CLASS_NAME, "model")?;
         if let Some(dim) = self.image_dim {
             return Err(format!(
                 "image_dim = {dim} (Wan2.1 I2V, CLIP image embeddings) is not supported; use Wan2.2 T2V-A14B, I2V-A14B or TI2V-5B"

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{ConfigProblem, Result};
 use crate::loader::read_json;
+use crate::wan::config::check_class_name;
 
 /// Latent channel means of the Wan2.1 VAE (diffusers `AutoencoderKLWan` default `latents_mean`).
 const WAN2_1_LATENTS_MEAN: [f64; 16] = [
@@ -179,13 +180,7 @@ impl VaeConfig {
 
     /// Checks that the fields agree and that this decoder supports them; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), ConfigProblem> {
-        if let Some(class) = &self.class_name {
-            if class != "AutoencoderKLWan" {
-                return Err(format!(
-                    "_class_name is {class:?}, expected \"AutoencoderKLWan\" — this folder holds another VAE"
-                ).into());
-            }
-        }
+        check_class_name(self.class_name.as_deref(), "AutoencoderKLWan", "VAE")?;
         if self.dim_mult.is_empty() || self.dim_mult.len() != self.temperal_downsample.len() + 1 {
             return Err(format!(
                 "dim_mult has {} entries and temperal_downsample {}; expected one more dim_mult than temperal_downsample",
