@@ -9,7 +9,8 @@
 //! - [`kafka`]: topics, reading records and headers back, committed offsets, the worker's events
 //!   (waiting for them, Completed, Started, terminal kinds).
 //! - [`worker`]: [`WorkerSetup`] and [`WorkerProcess`] (`t2v-worker run` on fresh topics),
-//!   [`synthetic_request`], and the tiny model of `make fixtures` with its `generate` output.
+//!   [`synthetic_request`], the tiny model of `make fixtures` with its `generate` output, and a
+//!   tiny-model job SIGTERMed after a checkpoint ([`InterruptedJob`]).
 //! - [`s3`]: the stack's bucket — listing and getting objects — and [`S3Outage`].
 //! - [`images`]: conditioning images for requests (PNGs of known colours, a GIF), putting them
 //!   in the bucket, and the first frame of a stored video.
