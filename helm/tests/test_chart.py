@@ -381,6 +381,13 @@ def test_telemetry_settings_reach_worker_toml():
     assert "otlpEndpoint" in err
 
 
+def test_collectives_reach_worker_toml_and_only_known_ones():
+    assert worker_toml(render("defaults"))["model"]["collectives"] == "auto"
+    toml = worker_toml(render("defaults", extra=("--set", "gpu.count=2", "--set", "worker.model.collectives=nccl")))
+    assert toml["model"]["collectives"] == "nccl"
+    assert "collectives" in render_error("defaults", "--set", "worker.model.collectives=mpi")
+
+
 def test_memory_budget_takes_a_decimal_from_set():
     # `helm --set` hands decimals over as strings; the schema accepts numeric strings only.
     toml = worker_toml(render("defaults", extra=("--set", "worker.model.memoryBudgetGib=70.5")))
