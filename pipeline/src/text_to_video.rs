@@ -22,36 +22,42 @@
 //!
 //! The seed goes through libtorch's global generator, so two pipelines must not generate at
 //! the same time in one process.
+//!
+//! This file holds the public types and the run's main flow; beside it, `load` reads the
+//! components, `resolve` checks and rounds a request (step 1), `steps` holds steps 2–5, `oom`
+//! classifies allocation failures, `parallel` spreads a run over several ranks and `random`
+//! builds a pipeline with random weights.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use t2v_contract::defaults::WAN22_T2V_A14B;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::DenoiseState;
-use crate::denoise::{
-    denoise, DenoiseInput, DenoiseSettings, Experts, NoisePredictor, StepControl, StepEnd,
-};
+use crate::denoise::{NoisePredictor, StepControl, StepEnd};
 use crate::error::{PipelineError, Result};
-use crate::loader;
 use crate::memory::{
-    estimate, EstimateRequest, ExpertPlacement, ImageEncode, MemoryEstimate, MemoryPolicy,
-    ModelConfigs, ParkedWeights,
+    estimate, EstimateRequest, ImageEncode, MemoryEstimate, MemoryPolicy, ModelConfigs,
+    ParkedWeights,
 };
-use crate::model_dir::{Component, ModelDir, ModelKind};
-use crate::scheduler::{SamplerKind, Scheduler, SchedulerConfig};
-use crate::wan::prompt::{T5Tokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
-use crate::wan::text_encoder::{EmbeddingKey, UMT5Config, UMT5EncoderModel};
+use crate::model_dir::{ModelDir, ModelKind};
+use crate::scheduler::{SamplerKind, SchedulerConfig};
+use crate::wan::prompt::{TextEncoder, MAX_SEQUENCE_LENGTH};
 use crate::wan::vae::{denormalize_latents, to_frames_f32, AutoencoderKLWan};
-use crate::wan::{fp8, WanTransformer3DModel};
+use crate::wan::WanTransformer3DModel;
 
 pub mod conditioning;
+mod load;
+mod oom;
 mod parallel;
 mod random;
+mod resolve;
+mod steps;
 
-use conditioning::{Conditioned, LatentCondition, VideoSize};
+use conditioning::{Conditioned, LatentCondition};
 
+use oom::out_of_memory;
+pub use oom::torch_oom_summary;
 pub use parallel::ParallelRun;
 
 /// `height` and `width` must be multiples of this (`WanPipeline.check_inputs`).
@@ -62,8 +68,8 @@ pub const SIZE_MULTIPLE: i64 = 16;
 pub struct LoadOptions {
     pub device: Device,
     /// Transformer and text encoder weights (f32 on the CPU, bf16 or f16 on CUDA).
-    /// [`fp8::FP8`] (`Kind::Float8e4m3fn`): the transformer blocks' linear weights in FP8, the
-    /// rest in bf16 (see [`crate::wan::fp8`]).
+    /// [`fp8::FP8`](crate::wan::fp8::FP8) (`Kind::Float8e4m3fn`): the transformer blocks' linear
+    /// weights in FP8, the rest in bf16 (see [`crate::wan::fp8`]).
     pub dtype: Kind,
     /// VAE weights (diffusers' examples keep the VAE in f32).
     pub vae_dtype: Kind,
@@ -213,23 +219,6 @@ pub struct GenerationOutput {
     pub step_cache: Option<crate::step_cache::CacheReport>,
 }
 
-/// Step 2's output of [`WanT2V::generate_with`]: the prompt embeddings and, with CFG, the
-/// negative ones, on the device.
-struct PromptEmbeds {
-    positive: Tensor,
-    negative: Option<Tensor>,
-}
-
-/// What the denoising loop starts from (steps 3 and 4 of [`WanT2V::generate_with`]).
-struct PreparedRun {
-    scheduler: Box<dyn Scheduler>,
-    /// On the device.
-    latents: Tensor,
-    start_step: usize,
-    /// The image's latents and mask, for image-to-video requests.
-    condition: Option<LatentCondition>,
-}
-
 /// One expert and, when the policy parks it, its host copy.
 struct Expert {
     model: WanTransformer3DModel,
@@ -329,72 +318,6 @@ pub struct WanT2V {
 }
 
 impl WanT2V {
-    /// Checks that the directory is complete, then loads every component. Under
-    /// [`ExpertPlacement::SwapExperts`] `transformer_2` is loaded first and parked, so the
-    /// device never holds both experts.
-    pub fn load(model_dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
-        Self::load_with_loras(model_dir, options, &crate::lora::ExpertLoras::default())
-    }
-
-    /// [`Self::load`], with LoRA files fused into each expert's weights as it loads (before it is
-    /// parked under [`ExpertPlacement::SwapExperts`]); see [`crate::lora`]. A LoRA for
-    /// `transformer_2` on a single-expert model, or one that does not fit, is refused here.
-    pub fn load_with_loras(
-        model_dir: impl AsRef<Path>,
-        options: LoadOptions,
-        loras: &crate::lora::ExpertLoras,
-    ) -> Result<Self> {
-        let model_dir = ModelDir::open(model_dir)?;
-        model_dir.check_complete()?;
-        let kind = model_dir.kind()?;
-        if !loras.transformer_2.is_empty() && !model_dir.has(Component::Transformer2) {
-            return Err(crate::lora::LoraError::NoSecondExpert.into());
-        }
-        if options.dtype == fp8::FP8 && options.device.is_cuda() {
-            fp8::probe_scaled_mm(options.device).map_err(fp8_unsupported)?;
-        }
-        let scheduler = SchedulerConfig::from_file(
-            &model_dir
-                .path(Component::Scheduler)?
-                .join("scheduler_config.json"),
-        )?;
-        // Each parkable component is parked as soon as it is loaded, so that under SwapExperts
-        // the device never holds both experts: transformer_2, the text encoder, then transformer.
-        let low = if model_dir.has(Component::Transformer2) {
-            let low = load_expert(&model_dir, Component::Transformer2, options, loras)?;
-            low.park()?;
-            Some(low)
-        } else {
-            None
-        };
-        let (text, text_weights) = load_text_encoder(&model_dir, options)?;
-        if let Some(weights) = &text_weights {
-            weights.park()?;
-        }
-        let high = load_expert(&model_dir, Component::Transformer, options, loras)?;
-        if let Some(low) = &low {
-            if low.model.kind() != high.model.kind() {
-                return Err(PipelineError::invalid(
-                    "transformer_2",
-                    "dtype differs from transformer's",
-                ));
-            }
-        }
-        let vae = load_vae(&model_dir, options)?;
-        Ok(Self {
-            model_dir,
-            kind,
-            options,
-            text: Some(text),
-            text_weights,
-            high,
-            low,
-            vae,
-            scheduler,
-            parallel: None,
-        })
-    }
-
     pub fn model_dir(&self) -> &ModelDir {
         &self.model_dir
     }
@@ -459,163 +382,6 @@ impl WanT2V {
                 "unavailable after an earlier failure; reload the pipeline",
             )
         })
-    }
-
-    /// `WanPipeline.check_inputs` and the adjustments `__call__` makes before encoding.
-    pub fn resolve(&self, params: &GenerationParams) -> Result<ResolvedParams> {
-        let mut warnings = Vec::new();
-        // 1. check_inputs: sizes divisible by 16; guidance_scale_2 only with a boundary; an
-        //    image exactly when the model takes one
-        self.kind.check_request(params.image.is_some())?;
-        self.check_inputs(params)?;
-        // 2. frames: `num_frames − 1` divisible by the VAE's temporal factor
-        let num_frames = self.round_num_frames(params.num_frames, &mut warnings);
-        // 3. size: whole patches of the latent
-        let (height, width) = self.round_size(params, &mut warnings)?;
-        // The reference's default for the low-noise expert: the high-noise scale.
-        let guidance_scale_2 = self
-            .model_dir
-            .boundary_ratio()
-            .map(|_| params.guidance_scale_2.unwrap_or(params.guidance_scale));
-        let (temporal, spatial) = self.vae_scale_factors();
-        Ok(ResolvedParams {
-            width,
-            height,
-            num_frames,
-            latent_shape: [
-                1,
-                // the noise's channels: the transformer's output (its input adds the image's)
-                self.high.model.config().out_channels(),
-                (num_frames - 1) / temporal + 1,
-                height / spatial,
-                width / spatial,
-            ],
-            guidance_scale: params.guidance_scale,
-            guidance_scale_2,
-            seed: params.seed.unwrap_or_else(random_seed),
-            warnings,
-        })
-    }
-
-    /// Step 1 of [`Self::resolve`]: the reference's `check_inputs`, plus the ranges it leaves to
-    /// later failures (finite guidance, at least one step, frame and token).
-    fn check_inputs(&self, params: &GenerationParams) -> Result<()> {
-        for (field, value) in [("height", params.height), ("width", params.width)] {
-            if value <= 0 || value % SIZE_MULTIPLE != 0 {
-                return Err(PipelineError::invalid(
-                    field,
-                    format!("{value} must be a positive multiple of {SIZE_MULTIPLE} (e.g. 480×832 or 720×1280)"),
-                ));
-            }
-        }
-        if self.model_dir.boundary_ratio().is_none() && params.guidance_scale_2.is_some() {
-            return Err(PipelineError::invalid(
-                "guidance_scale_2",
-                "only supported by two-expert models (boundary_ratio in model_index.json); leave it unset",
-            ));
-        }
-        for (field, value) in [
-            ("guidance_scale", Some(params.guidance_scale)),
-            ("guidance_scale_2", params.guidance_scale_2),
-            ("shift", params.shift),
-        ] {
-            if value.is_some_and(|v| !v.is_finite()) {
-                return Err(PipelineError::invalid(field, "must be a finite number"));
-            }
-        }
-        if params.num_inference_steps == 0 {
-            return Err(PipelineError::invalid(
-                "num_inference_steps",
-                "must be at least 1",
-            ));
-        }
-        if params.max_sequence_length == 0 {
-            return Err(PipelineError::invalid(
-                "max_sequence_length",
-                "must be at least 1",
-            ));
-        }
-        if params.num_frames < 1 {
-            return Err(PipelineError::invalid(
-                "num_frames",
-                format!("{} must be at least 1", params.num_frames),
-            ));
-        }
-        if params.reject_long_prompts {
-            self.check_prompt_lengths(params)?;
-        }
-        Ok(())
-    }
-
-    /// The VAE's (temporal, spatial) compression: frames and pixels per latent.
-    fn vae_scale_factors(&self) -> (i64, i64) {
-        let vae = self.vae.config();
-        let temporal = vae.scale_factor_temporal.unwrap_or(vae.temporal_ratio());
-        (temporal, vae.spatial_ratio())
-    }
-
-    /// Step 2 of [`Self::resolve`]: `num_frames` rounded down to `temporal·k + 1`, with the
-    /// reference's warning.
-    fn round_num_frames(&self, num_frames: i64, warnings: &mut Vec<String>) -> i64 {
-        let (temporal, _) = self.vae_scale_factors();
-        let mut num_frames = num_frames;
-        if num_frames % temporal != 1 {
-            warnings.push(format!(
-                "`num_frames - 1` has to be divisible by {temporal}. Rounding to the nearest number."
-            ));
-            num_frames = num_frames / temporal * temporal + 1;
-        }
-        num_frames.max(1)
-    }
-
-    /// Step 3 of [`Self::resolve`]: `(height, width)` rounded down to whole latent patches, with
-    /// the reference's warning; an error when nothing is left.
-    fn round_size(
-        &self,
-        params: &GenerationParams,
-        warnings: &mut Vec<String>,
-    ) -> Result<(i64, i64)> {
-        let (_, spatial) = self.vae_scale_factors();
-        let [_, p_h, p_w] = self.high.model.config().patch_size;
-        let (h_multiple, w_multiple) = (spatial * p_h, spatial * p_w);
-        let height = params.height / h_multiple * h_multiple;
-        let width = params.width / w_multiple * w_multiple;
-        if (height, width) != (params.height, params.width) {
-            if height == 0 || width == 0 {
-                return Err(PipelineError::invalid(
-                    if height == 0 { "height" } else { "width" },
-                    format!("must be at least ({h_multiple}, {w_multiple}) pixels for this model"),
-                ));
-            }
-            warnings.push(format!(
-                "`height` and `width` must be multiples of ({h_multiple}, {w_multiple}) for proper patchification. \
-                 Adjusting ({}, {}) -> ({height}, {width}).",
-                params.height, params.width
-            ));
-        }
-        Ok((height, width))
-    }
-
-    fn check_prompt_lengths(&self, params: &GenerationParams) -> Result<()> {
-        let limit = params
-            .max_prompt_tokens
-            .unwrap_or(params.max_sequence_length);
-        let text = self.text_encoder()?;
-        let prompts = [
-            ("prompt", Some(&params.prompt)),
-            ("negative_prompt", params.negative_prompt.as_ref()),
-        ];
-        for (field, prompt) in prompts {
-            let Some(prompt) = prompt else { continue };
-            let tokens = text.count_tokens(prompt)?;
-            if tokens > limit {
-                return Err(PipelineError::invalid(
-                    field,
-                    format!("{tokens} tokens (with </s>) exceed the limit of {limit}; shorten it"),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// `encode_prompt`: the prompt embeddings `(1, max_sequence_length, d_model)` and, with
@@ -717,168 +483,6 @@ impl WanT2V {
         })
     }
 
-    /// Step 2 of [`Self::generate_with`]: the prompt's embeddings and, with `do_cfg`, the
-    /// negative prompt's; the device is synchronised so that the phase's time is its own.
-    fn encode_request_prompts(
-        &mut self,
-        params: &GenerationParams,
-        do_cfg: bool,
-    ) -> Result<PromptEmbeds> {
-        let (positive, negative) = self
-            .encode_prompt(
-                &params.prompt,
-                params.negative_prompt.as_deref(),
-                do_cfg,
-                params.max_sequence_length,
-            )
-            .map_err(out_of_memory)?;
-        synchronize(self.options.device);
-        Ok(PromptEmbeds { positive, negative })
-    }
-
-    /// Steps 3 and 4 of [`Self::generate_with`]: the schedule, the initial latents on the device
-    /// (drawn from the seed, or restored with the scheduler from `resume`) and, with an image,
-    /// its condition (4b).
-    fn prepare_run(
-        &self,
-        params: &GenerationParams,
-        resolved: &ResolvedParams,
-        resume: Option<&DenoiseState>,
-    ) -> Result<PreparedRun> {
-        let mut scheduler = self.scheduler.build(params.sampler);
-        scheduler.set_timesteps(params.num_inference_steps, params.shift)?;
-        let (latents, start_step) = initial_latents(scheduler.as_mut(), params, resolved, resume)?;
-        let latents = latents.f_to_device(self.options.device)?;
-        let condition = self
-            .prepare_condition(params, resolved)
-            .map_err(out_of_memory)?;
-        Ok(PreparedRun {
-            scheduler,
-            latents,
-            start_step,
-            condition,
-        })
-    }
-
-    /// Step 5 of [`Self::generate_with`]: the denoising loop from `prepared` with the request's
-    /// step cache; returns the final latents (the image's condition taken off) and the cache's
-    /// report. The prompt embeddings are dropped before the decode needs their memory.
-    fn denoise_request(
-        &self,
-        params: &GenerationParams,
-        resolved: &ResolvedParams,
-        prepared: PreparedRun,
-        embeds: PromptEmbeds,
-        do_cfg: bool,
-        on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
-    ) -> Result<(Tensor, Option<crate::step_cache::CacheReport>)> {
-        let PreparedRun {
-            mut scheduler,
-            latents,
-            start_step,
-            condition,
-        } = prepared;
-        let input = DenoiseInput {
-            latents,
-            prompt_embeds: &embeds.positive,
-            negative_prompt_embeds: embeds.negative.as_ref(),
-            start_step,
-        };
-        let cache = crate::step_cache::run_cache(
-            params.step_cache.as_ref(),
-            params.num_inference_steps,
-            do_cfg,
-            self.parallel.is_some(),
-        )?;
-        let latents = self.denoise_latents(
-            scheduler.as_mut(),
-            resolved,
-            input,
-            condition.as_ref(),
-            cache.as_ref(),
-            on_step,
-        )?;
-        let latents = match &condition {
-            Some(condition) => condition.final_latents(latents)?,
-            None => latents,
-        };
-        Ok((latents, cache.map(crate::step_cache::finish_run)))
-    }
-
-    /// Step 4b of [`Self::generate_with`]: `prepare_latents`' image conditioning, when the
-    /// request has an image ([`Self::resolve`] checked that the model takes one).
-    fn prepare_condition(
-        &self,
-        params: &GenerationParams,
-        resolved: &ResolvedParams,
-    ) -> Result<Option<LatentCondition>> {
-        let Some(image) = &params.image else {
-            return Ok(None);
-        };
-        let size = VideoSize {
-            width: resolved.width,
-            height: resolved.height,
-            num_frames: resolved.num_frames,
-        };
-        LatentCondition::prepare(self.kind, &self.vae, image, size, self.options.device)
-    }
-
-    /// Step 5 of [`Self::generate_with`]: the denoising loop over the experts (fetched on
-    /// demand), then — even after a failure — no expert left on the device when swapping.
-    fn denoise_latents(
-        &self,
-        scheduler: &mut dyn Scheduler,
-        resolved: &ResolvedParams,
-        input: DenoiseInput<'_>,
-        condition: Option<&LatentCondition>,
-        cache: Option<&std::cell::RefCell<crate::step_cache::StepCache>>,
-        on_step: &mut dyn FnMut(&StepEnd<'_>) -> StepControl,
-    ) -> Result<Tensor> {
-        let high = OnDemand {
-            expert: &self.high,
-            other: self.low.as_ref(),
-            condition,
-        };
-        let low = self.low.as_ref().map(|low| OnDemand {
-            expert: low,
-            other: Some(&self.high),
-            condition,
-        });
-        let experts = Experts {
-            high: &high,
-            low: low.as_ref(),
-        };
-        let settings = DenoiseSettings {
-            guidance_scale: resolved.guidance_scale,
-            guidance_scale_2: resolved.guidance_scale_2,
-            boundary_ratio: self.model_dir.boundary_ratio(),
-            expand_timesteps: self.model_dir.expand_timesteps(),
-        };
-        let denoised = match &self.parallel {
-            None => match cache {
-                None => denoise(&experts, scheduler, &settings, input, on_step),
-                Some(cache) => crate::step_cache::denoise_cached(
-                    &experts, cache, scheduler, &settings, input, on_step,
-                ),
-            },
-            Some(run) => self.denoise_on_ranks(
-                run,
-                (&high, low.as_ref()),
-                scheduler,
-                &settings,
-                input,
-                on_step,
-            ),
-        };
-        // Swapping keeps no expert on the device outside the loop, even after a failure.
-        if self.options.memory.experts == ExpertPlacement::SwapExperts {
-            for expert in std::iter::once(&self.high).chain(self.low.as_ref()) {
-                expert.park()?;
-            }
-        }
-        denoised.map_err(out_of_memory)
-    }
-
     /// Final latents → `(F, H, W, 3)` f32 frames on the CPU.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let vae_latents = latents
@@ -892,63 +496,6 @@ impl WanT2V {
             _ => self.vae.decode(&denormalized)?,
         };
         to_frames_f32(&video)
-    }
-}
-
-/// Step 4 of [`WanT2V::generate_with`]: the initial noise from the seed and step 0, or the
-/// saved latents and step with the scheduler restored from `resume`; on the CPU.
-fn initial_latents(
-    scheduler: &mut dyn Scheduler,
-    params: &GenerationParams,
-    resolved: &ResolvedParams,
-    resume: Option<&DenoiseState>,
-) -> Result<(Tensor, usize)> {
-    match resume {
-        None => Ok((initial_noise(resolved.seed, resolved.latent_shape)?, 0)),
-        Some(state) => {
-            check_resume(state, params, resolved)?;
-            scheduler.restore(&state.scheduler)?;
-            Ok((state.latents.to_tensor()?, state.step))
-        }
-    }
-}
-
-/// Whether `state` can continue a run of `params`: same schedule length and seed, a step inside
-/// the schedule and latents of the request's shape.
-fn check_resume(
-    state: &DenoiseState,
-    params: &GenerationParams,
-    resolved: &ResolvedParams,
-) -> Result<()> {
-    let problem = if state.total_steps != params.num_inference_steps {
-        Some(format!(
-            "saved for {} steps, the request has {}",
-            state.total_steps, params.num_inference_steps
-        ))
-    } else if state.seed != resolved.seed {
-        Some(format!(
-            "saved for seed {}, the request has {}",
-            state.seed, resolved.seed
-        ))
-    } else if state.step == 0 || state.step >= state.total_steps {
-        Some(format!(
-            "step {} is not inside the schedule of {}",
-            state.step, state.total_steps
-        ))
-    } else if state.latents.shape != resolved.latent_shape {
-        Some(format!(
-            "latents of shape {:?}, the request needs {:?}",
-            state.latents.shape, resolved.latent_shape
-        ))
-    } else {
-        None
-    };
-    match problem {
-        Some(message) => Err(PipelineError::invalid(
-            "checkpoint",
-            format!("{message} — it belongs to another request; start from step 0"),
-        )),
-        None => Ok(()),
     }
 }
 
@@ -980,174 +527,5 @@ fn random_seed() -> u64 {
 fn synchronize(device: Device) {
     if let Device::Cuda(ordinal) = device {
         tch::Cuda::synchronize(ordinal as i64);
-    }
-}
-
-/// libtorch's allocation failure as [`PipelineError::OutOfMemory`], with what to try.
-fn out_of_memory(error: PipelineError) -> PipelineError {
-    match error {
-        PipelineError::Torch(e) if is_out_of_memory(&e.to_string()) => PipelineError::OutOfMemory {
-            message: format!(
-                "{} — try a smaller size or fewer frames, or the low-memory policy (swap experts, offload the text encoder, tiled VAE)",
-                torch_oom_summary(&e.to_string())
-            ),
-        },
-        other => other,
-    }
-}
-
-/// Whether libtorch's error is an allocation failure: CUDA's caching allocator says "out of
-/// memory", the CPU allocator "DefaultCPUAllocator: can't allocate memory" (or "not enough
-/// memory").
-fn is_out_of_memory(message: &str) -> bool {
-    message.contains("out of memory")
-        || (message.contains("DefaultCPUAllocator")
-            && (message.contains("can't allocate memory") || message.contains("not enough memory")))
-}
-
-/// The part of libtorch's out-of-memory text a user acts on: what was asked for, what was free,
-/// what this and other processes hold — without the allocator breakdown and the documentation
-/// link that follow (`PYTORCH_CUDA_ALLOC_CONF` does not apply to this binary).
-pub fn torch_oom_summary(message: &str) -> &str {
-    let first = message.lines().next().unwrap_or_default();
-    let first = first
-        .strip_prefix("Internal torch error: ")
-        .unwrap_or(first);
-    // The CPU allocator's text follows an "[enforce fail at alloc_cpu.cpp:N] err == 0." prefix.
-    let first = first
-        .find("DefaultCPUAllocator")
-        .map_or(first, |start| &first[start..]);
-    first
-        .find(" Of the allocated memory")
-        .map_or(first, |end| &first[..end])
-        .trim_end()
-}
-
-/// The load error of `dtype = fp8` on a device whose `_scaled_mm` probe failed.
-fn fp8_unsupported(probe: PipelineError) -> PipelineError {
-    PipelineError::invalid(
-        "dtype fp8",
-        format!("this GPU does not run FP8 matrix products (needs compute capability 8.9 or later: Ada, Hopper) — {probe}; load in bf16"),
-    )
-}
-
-/// The expert `component` (`transformer` or `transformer_2`) with its LoRAs of `loras` fused in,
-/// its blocks in FP8 when `options` ask for it (after the LoRAs, so that they apply; before
-/// parking, so the FP8 form is parked) and, under [`ExpertPlacement::SwapExperts`], a host copy
-/// of its weights to park it with; resident on the device.
-fn load_expert(
-    model_dir: &ModelDir,
-    component: Component,
-    options: LoadOptions,
-    loras: &crate::lora::ExpertLoras,
-) -> Result<Expert> {
-    let (device, dtype) = (options.device, options.dtype);
-    let dir = model_dir.path(component)?;
-    let (model, vs) = WanTransformer3DModel::load(&dir, fp8::compute_kind(dtype), device)?;
-    let expert_loras = match component {
-        Component::Transformer2 => &loras.transformer_2,
-        _ => &loras.transformer,
-    };
-    crate::lora::fuse_loras(&vs, expert_loras)?;
-    let model = if dtype == fp8::FP8 {
-        fp8::quantize_blocks(model, &vs)?
-    } else {
-        model
-    };
-    let weights = if options.memory.experts == ExpertPlacement::SwapExperts {
-        Some(ParkedWeights::new(
-            vs.variables().into_iter().collect(),
-            device,
-        )?)
-    } else {
-        None
-    };
-    Ok(Expert { model, weights })
-}
-
-/// The VAE in `options.vae_dtype`, tiled when the memory policy says so.
-fn load_vae(model_dir: &ModelDir, options: LoadOptions) -> Result<AutoencoderKLWan> {
-    let mut vae = AutoencoderKLWan::load(
-        &model_dir.path(Component::Vae)?,
-        options.device,
-        options.vae_dtype,
-    )?;
-    if let Some(tiling) = options.memory.vae_tiling {
-        vae.enable_tiling(tiling)?;
-    }
-    Ok(vae)
-}
-
-/// Tokenizer + umT5 encoder; with `offload_text_encoder` the encoder is built in a VarStore of
-/// our own so its weights can be parked (as `UMT5EncoderModel::load` otherwise does).
-fn load_text_encoder(
-    model_dir: &ModelDir,
-    options: LoadOptions,
-) -> Result<(TextEncoder, Option<ParkedWeights>)> {
-    if !options.memory.offload_text_encoder {
-        let text = TextEncoder::load(
-            model_dir.root(),
-            fp8::compute_kind(options.dtype),
-            options.device,
-        )?;
-        return Ok((text, None));
-    }
-    let tokenizer = T5Tokenizer::from_dir(&model_dir.path(Component::Tokenizer)?)?;
-    let dir = model_dir.path(Component::TextEncoder)?;
-    let cfg = UMT5Config::from_file(&dir.join("config.json"))?;
-    let names = loader::tensor_names(&dir)?;
-    let embedding =
-        if !names.contains("shared.weight") && names.contains("encoder.embed_tokens.weight") {
-            EmbeddingKey::EncoderEmbedTokens
-        } else {
-            EmbeddingKey::Shared
-        };
-    let mut vs = nn::VarStore::new(options.device);
-    vs.set_kind(fp8::compute_kind(options.dtype));
-    let model = UMT5EncoderModel::with_embedding(&cfg, vs.root(), embedding)?;
-    loader::load_weights(&vs, &dir)?;
-    vs.freeze();
-    let weights = ParkedWeights::new(vs.variables().into_iter().collect(), options.device)?;
-    Ok((TextEncoder::new(tokenizer, model), Some(weights)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn torch_oom_messages_keep_what_a_user_acts_on() {
-        // As libtorch 2.11 printed it on an H100 (another process held most of the memory).
-        let cuda = "Internal torch error: CUDA out of memory. Tried to allocate 256.00 MiB. GPU 0 has a total capacity of 79.18 GiB of which 110.62 MiB is free. Process 613 has 76.17 GiB memory in use. Including non-PyTorch memory, this process has 2.88 GiB memory in use. Of the allocated memory 2.11 GiB is allocated by PyTorch, and 102.84 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://docs.pytorch.org/docs/stable/notes/cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf)\nException raised from malloc at …";
-        assert_eq!(
-            torch_oom_summary(cuda),
-            "CUDA out of memory. Tried to allocate 256.00 MiB. GPU 0 has a total capacity of 79.18 GiB of which 110.62 MiB is free. Process 613 has 76.17 GiB memory in use. Including non-PyTorch memory, this process has 2.88 GiB memory in use."
-        );
-        let cpu = "Internal torch error: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 4503599627370496 bytes. Error code 12 (Cannot allocate memory)";
-        assert_eq!(
-            torch_oom_summary(cpu),
-            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4503599627370496 bytes. Error code 12 (Cannot allocate memory)"
-        );
-        assert!(is_out_of_memory(cuda) && is_out_of_memory(cpu));
-        assert!(!is_out_of_memory(
-            "shape '[2, 3]' is invalid for input of size 5"
-        ));
-    }
-
-    #[test]
-    fn a_real_cpu_allocation_failure_is_out_of_memory() {
-        // 2^50 f32 elements (4 PiB): libtorch's CPU allocator refuses it at once.
-        let error = tch::Tensor::f_zeros([1i64 << 50], (tch::Kind::Float, tch::Device::Cpu))
-            .map_err(PipelineError::from)
-            .map(|_| ())
-            .unwrap_err();
-        match out_of_memory(error) {
-            PipelineError::OutOfMemory { message } => assert!(
-                message.starts_with("DefaultCPUAllocator: can't allocate memory")
-                    && message.contains("low-memory policy"),
-                "{message}"
-            ),
-            other => panic!("not classified as out of memory: {other}"),
-        }
     }
 }
