@@ -35,14 +35,27 @@ DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 def write_model(root, tokenizer):
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import UMT5Config
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     os.makedirs(root, exist_ok=True)
     with torch.device("meta"):
         for name in ("transformer", "transformer_2"):
             WanTransformer3DModel().save_config(os.path.join(root, name))
         AutoencoderKLWan().save_config(os.path.join(root, "vae"))
+    write_shared_components(root, tokenizer, flow_shift=3.0, index={
+        "boundary_ratio": BOUNDARY_RATIO,
+        "expand_timesteps": False,
+        "transformer_2": ["diffusers", "WanTransformer3DModel"],
+    })
+
+
+def write_shared_components(root, tokenizer, flow_shift, index):
+    """What every Wan model directory here shares: umT5-XXL, UniPC (flow prediction, flow sigmas,
+    `flow_shift`), the tokenizer copied from `tokenizer`, and `model_index.json` (a `WanPipeline`
+    with the entries of `index` on top of the shared ones)."""
+    from diffusers import UniPCMultistepScheduler
+    from transformers import UMT5Config
+
     UMT5Config(
         vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_decoder_layers=24,
         num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -50,23 +63,21 @@ def write_model(root, tokenizer):
         architectures=["UMT5EncoderModel"],
     ).save_pretrained(os.path.join(root, "text_encoder"))
     UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
     ).save_config(os.path.join(root, "scheduler"))
     shutil.copytree(tokenizer, os.path.join(root, "tokenizer"), dirs_exist_ok=True)
-    index = {
+    full = {
         "_class_name": "WanPipeline",
         "_diffusers_version": "0.42.1",
-        "boundary_ratio": BOUNDARY_RATIO,
-        "expand_timesteps": False,
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
         "text_encoder": ["transformers", "UMT5EncoderModel"],
         "tokenizer": ["transformers", "T5Tokenizer"],
         "transformer": ["diffusers", "WanTransformer3DModel"],
-        "transformer_2": ["diffusers", "WanTransformer3DModel"],
         "vae": ["diffusers", "AutoencoderKLWan"],
+        **index,
     }
     with open(os.path.join(root, "model_index.json"), "w") as f:
-        json.dump(index, f, indent=2)
+        json.dump(full, f, indent=2)
     print(f"wrote {root}")
 
 

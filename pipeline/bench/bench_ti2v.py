@@ -22,22 +22,19 @@ Usage: python pipeline/bench/bench_ti2v.py --write-model /tmp/ti2v5b --tokenizer
 Given --out (the fixtures convention of pipeline/parity/) it writes nothing and returns at once.
 """
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipeline import DTYPES, PROMPT, randomize  # noqa: E402
+from bench_pipeline import DTYPES, PROMPT, randomize, write_shared_components  # noqa: E402
 
 Z_DIM = 48
 
 
 def write_model(root, tokenizer):
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import UMT5Config
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     os.makedirs(root, exist_ok=True)
     with torch.device("meta"):
@@ -49,31 +46,11 @@ def write_model(root, tokenizer):
             out_channels=12, patch_size=2, scale_factor_spatial=16,
             latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM,
         ).save_config(os.path.join(root, "vae"))
-    UMT5Config(
-        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_decoder_layers=24,
-        num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, tie_word_embeddings=False,
-        architectures=["UMT5EncoderModel"],
-    ).save_pretrained(os.path.join(root, "text_encoder"))
-    UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
-    ).save_config(os.path.join(root, "scheduler"))
-    shutil.copytree(tokenizer, os.path.join(root, "tokenizer"), dirs_exist_ok=True)
-    index = {
-        "_class_name": "WanPipeline",
-        "_diffusers_version": "0.42.1",
+    write_shared_components(root, tokenizer, flow_shift=5.0, index={
         "boundary_ratio": None,
         "expand_timesteps": True,
-        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-        "text_encoder": ["transformers", "UMT5EncoderModel"],
-        "tokenizer": ["transformers", "T5Tokenizer"],
-        "transformer": ["diffusers", "WanTransformer3DModel"],
         "transformer_2": [None, None],
-        "vae": ["diffusers", "AutoencoderKLWan"],
-    }
-    with open(os.path.join(root, "model_index.json"), "w") as f:
-        json.dump(index, f, indent=2)
-    print(f"wrote {root}")
+    })
 
 
 def build(args):
