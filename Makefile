@@ -83,7 +83,7 @@ bench-fast: deps ## on a GPU host: FP8 vs bf16 forward, 4-step distilled end to 
 bench-step-cache: deps ## on a GPU host (H200: one A14B-shaped expert, 720p 81 frames): one forward computed vs skipped by First-Block-Cache / MagCache, and a 6-step CFG loop without and with First-Block-Cache (forwards skipped)
 	@$(ENV) cargo run -q --release -p t2v-pipeline --example bench_step_cache -- --runs 3 --steps 6
 
-bench-ti2v: deps fixtures ## on a GPU host: Wan2.2 TI2V-5B (random 5B-shaped weights) text+image-to-video at 1280x704, 121 frames, 10 steps — diffusers then ours, resident then low memory (must peak under 24 GiB): s/step, VAE decode, end to end, peak memory
+bench-ti2v: deps fixtures ## on a GPU host: Wan2.2 TI2V-5B (random 5B-shaped weights) text+image-to-video at 1280x704, 121 frames, 10 steps — diffusers then ours, resident then low memory (must peak under 24 GiB), then low memory again with only an L4's 23,034 MiB of the card free: s/step, VAE decode, end to end, peak memory
 	@$(ENV) cargo build -q --release -p t2v-pipeline --example bench_ti2v && \
 	  python pipeline/bench/cuda_peak_memory.py --build build/gpu && \
 	  python pipeline/bench/bench_ti2v.py --write-model build/bench-ti2v/model --tokenizer $(FIXTURES)/wan_pipeline/two_experts/tokenizer && \
@@ -91,7 +91,9 @@ bench-ti2v: deps fixtures ## on a GPU host: Wan2.2 TI2V-5B (random 5B-shaped wei
 	    python pipeline/bench/bench_ti2v.py --model build/bench-ti2v/model $$([ $$policy = low ] && echo --low-memory); \
 	    LD_PRELOAD=$(CURDIR)/build/gpu/libt2v_peak_memory.so T2V_PEAK_MEMORY_PROGRAMS=bench_ti2v \
 	      "$$CARGO_TARGET_DIR/release/examples/bench_ti2v" --model build/bench-ti2v/model --policy $$policy; \
-	  done
+	  done && \
+	  python pipeline/bench/gpu_memory_cap.py --leave-mib 23034 -- \
+	    "$$CARGO_TARGET_DIR/release/examples/bench_ti2v" --model build/bench-ti2v/model --policy low
 
 bench-vae: deps ## on a GPU host: the Wan VAEs alone (random bf16 weights): Wan2.2 decode 1280x704x121 tiled and not, encode of 1 and 121 frames, Wan2.1 decode 1280x720x81 — time, the estimate, and the allocator's peak (one process per case)
 	@$(ENV) cargo build -q --release -p t2v-pipeline --example bench_vae && \

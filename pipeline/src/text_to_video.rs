@@ -384,6 +384,21 @@ impl WanT2V {
         })
     }
 
+    /// How many experts the device holds now: every one unless the policy swaps them; under
+    /// [`crate::memory::ExpertPlacement::SwapExperts`] none between jobs (from the load on) and
+    /// at most one while the denoising loop runs.
+    pub fn experts_on_device(&self) -> usize {
+        std::iter::once(&self.high)
+            .chain(self.low.as_ref())
+            .filter(|expert| {
+                expert
+                    .weights
+                    .as_ref()
+                    .is_none_or(ParkedWeights::is_on_device)
+            })
+            .count()
+    }
+
     /// `encode_prompt`: the prompt embeddings `(1, max_sequence_length, d_model)` and, with
     /// `do_cfg`, the negative ones, on the device in the text encoder's dtype. Fetches and (by
     /// policy) parks the text encoder.

@@ -177,7 +177,11 @@ fn swapping_and_offloading_give_the_same_frames() {
         vae_tiling: None,
     };
     let mut pipe = c.load(policy);
+    // No expert on the device from the load on, so the first job's text encoding peaks no
+    // higher than a later job's.
+    assert_eq!(pipe.experts_on_device(), 0);
     let swapped = run(&mut pipe, &params);
+    assert_eq!(pipe.experts_on_device(), 0);
     assert!(swapped.output.frames.equal(&resident.output.frames));
     // A second request on the same pipeline (experts and encoder fetched again) is unchanged.
     let again = run(&mut pipe, &params);

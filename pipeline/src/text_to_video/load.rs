@@ -18,8 +18,9 @@ use crate::wan::{fp8, WanTransformer3DModel};
 
 impl WanT2V {
     /// Checks that the directory is complete, then loads every component. Under
-    /// [`ExpertPlacement::SwapExperts`] `transformer_2` is loaded first and parked, so the
-    /// device never holds both experts.
+    /// [`ExpertPlacement::SwapExperts`] each expert is parked as soon as it is loaded
+    /// (`transformer_2` first), so the device never holds both experts and holds none until
+    /// the denoising loop fetches one.
     pub fn load(model_dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         Self::load_with_loras(model_dir, options, &crate::lora::ExpertLoras::default())
     }
@@ -60,6 +61,10 @@ impl WanT2V {
             weights.park()?;
         }
         let high = load_expert(&model_dir, Component::Transformer, options, loras)?;
+        // Parked too, so that the first job's text encoding runs with no expert on the device,
+        // as every later job's does (the loop fetches the expert it needs): otherwise the first
+        // job alone peaks at the text encoder plus an expert, above the memory estimate.
+        high.park()?;
         if let Some(low) = &low {
             if low.model.kind() != high.model.kind() {
                 return Err(PipelineError::invalid(
