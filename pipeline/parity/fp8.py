@@ -2,7 +2,8 @@
 pipeline/tests/fp8_quant.rs.
 
 The quantisation (`pipeline/src/wan/fp8.rs`): per row (a weight's output channel, an activation's
-token) `s = max(amax|r|, 1e-12) / 448`, `q = (r / s).clamp(-448, 448).to(torch.float8_e4m3fn)`;
+token) `s` = the smallest power of two at least `max(amax|r|, 1e-12) / 448`,
+`q = (r / s).clamp(-448, 448).to(torch.float8_e4m3fn)`;
 the layer is `(q_x @ q_w.T) * (s_x * s_w.T) + bias`, accumulated in f32. On CUDA that product is
 `torch._scaled_mm` with row-wise scales; torch 2.11 has no row-wise `_scaled_mm` on the CPU, so
 the reference (like the Rust CPU path) computes it from the dequantised operands.
@@ -41,7 +42,11 @@ MIN_AMAX = 1e-12
 
 
 def quantize_rows(x):
-    scale = x.float().abs().amax(-1, keepdim=True).clamp_min(MIN_AMAX) / E4M3_MAX
+    """Per row: the smallest power of two at least amax / 448 as the scale (so the division is
+    exact), then e4m3's round to nearest."""
+    amax = x.float().abs().amax(-1, keepdim=True).clamp_min(MIN_AMAX)
+    scale = torch.exp2(torch.ceil(torch.log2(amax / E4M3_MAX)))
+    assert bool((amax / scale <= E4M3_MAX).all()), "the scale keeps every row within e4m3's range"
     q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scale
 

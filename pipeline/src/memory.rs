@@ -23,8 +23,8 @@
 //!   `P32` = the `_keep_in_fp32_modules` (`time_embedder`, every `scale_shift_table`, `norm2`).
 //! - under `dtype` [`fp8::FP8`]: the block linear weights `Q` = [`fp8::fp8_parameters`] at 1 byte
 //!   plus one f32 scale per output channel ([`fp8::fp8_scale_parameters`]), everything else and
-//!   the activations as bf16 (`b` = 2), plus `N·F` for the e4m3 copy of the FFN hidden that its
-//!   output projection multiplies.
+//!   the activations as bf16 (`b` = 2), plus `3·N·F` for the quantisation of the FFN hidden that
+//!   its output projection multiplies (its scaled bf16 copy while it is cast to e4m3).
 //! - transformer activations of one forward (CFG runs its two forwards one after the other) at
 //!   `N` tokens: `6·N·D·b` (residual stream, normed input, q, k, v, attention output; flash SDPA
 //!   keeps no N² scores) + `3·N·D·4` (f32 norm/modulation and RoPE temporaries) + `2·N·F·b`

@@ -52,9 +52,10 @@ pub(super) fn transformer_activation_bytes(
     let hidden = 6 * m * d * b + 3 * m * d * 4;
     let exchange = if ulysses > 1 { 6 * m * d * b } else { 0 };
     let ffn = 2 * m * cfg.ffn_dim as u64 * b;
-    // FP8: the FFN hidden's e4m3 copy for its output projection, beside the bf16 one.
+    // FP8: the quantisation of the FFN hidden for its output projection, beside the bf16 hidden:
+    // its scaled bf16 copy (2 bytes) while it is cast to the e4m3 one (1 byte).
     let quantise = if dtype == fp8::FP8 {
-        m * cfg.ffn_dim as u64
+        3 * m * cfg.ffn_dim as u64
     } else {
         0
     };
