@@ -29,7 +29,9 @@
 //!   `N` tokens: `6·N·D·b` (residual stream, normed input, q, k, v, attention output; flash SDPA
 //!   keeps no N² scores) + `3·N·D·4` (f32 norm/modulation and RoPE temporaries) + `2·N·F·b`
 //!   (FFN up-projection and its GELU) + `2·N·head_dim·4` (RoPE tables) + `3·L·D·b` (text
-//!   context, cross-attention K and V) + `4·latents·4` (latents, cond, uncond, guided output).
+//!   context, cross-attention K and V) + `4·latents·4` (latents, cond, uncond, guided output);
+//!   with one timestep per token (`expand_timesteps`, TI2V-5B) also `6·N·D·(b + 4)` for the
+//!   per-token `timestep_proj` and each block's f32 modulation made from it.
 //! - umT5 weights: `vocab·d + layers·(4·d·h·d_kv + buckets·h + 2·d + (2 or 3)·d·d_ff) + d`;
 //!   activations `L·(4·d + 3·d_ff)·4 + 2·h·L²·4`.
 //! - VAE (Wan2.1 or Wan2.2): weights of the encoder and decoder counted from their module trees;
@@ -147,6 +149,9 @@ pub struct ModelConfigs {
     pub transformer_2: Option<TransformerConfig>,
     pub text_encoder: UMT5Config,
     pub vae: VaeConfig,
+    /// One timestep per latent token (`model_index.json`'s `expand_timesteps`, TI2V-5B): the
+    /// transformer's modulation is then a per-token tensor rather than one row per sample.
+    pub per_token_timesteps: bool,
 }
 
 impl ModelConfigs {
@@ -166,6 +171,7 @@ impl ModelConfigs {
             transformer_2,
             text_encoder: UMT5Config::from_file(&config(Component::TextEncoder)?)?,
             vae: VaeConfig::load(&model.path(Component::Vae)?)?,
+            per_token_timesteps: model.expand_timesteps(),
         })
     }
 
@@ -184,6 +190,7 @@ impl ModelConfigs {
             transformer_2: Some(TransformerConfig::wan22_t2v_a14b()),
             text_encoder: UMT5Config::umt5_xxl(),
             vae: VaeConfig::default(),
+            per_token_timesteps: false,
         }
     }
 }
@@ -304,7 +311,7 @@ pub fn estimate(models: &ModelConfigs, request: &EstimateRequest) -> Result<Memo
     let embeds = 2 * request.text_len as u64 * models.text_encoder.d_model as u64 * b;
     let transformer_act = experts
         .iter()
-        .map(|c| transformer_activation_bytes(c, latent, request.text_len, request.dtype, 1))
+        .map(|c| transformer_activation_bytes(c, latent, request, models.per_token_timesteps, 1))
         .max()
         .unwrap_or(0);
     let vae_act = vae_decode_bytes(&models.vae, request, policy.vae_tiling);
@@ -386,7 +393,7 @@ pub fn estimate_per_gpu(
             experts
                 .clone()
                 .map(|c| {
-                    transformer_activation_bytes(c, latent, request.text_len, request.dtype, u)
+                    transformer_activation_bytes(c, latent, &request, models.per_token_timesteps, u)
                 })
                 .max()
                 .unwrap_or(0)

@@ -354,6 +354,7 @@ impl WanT2V {
             transformer_2: self.low.as_ref().map(|l| l.model.config().clone()),
             text_encoder: self.text_encoder()?.model().config().clone(),
             vae: self.vae.config().clone(),
+            per_token_timesteps: self.model_dir.expand_timesteps(),
         })
     }
 

@@ -3,6 +3,7 @@
 
 use tch::Kind;
 
+use super::EstimateRequest;
 use crate::wan::{fp8, TransformerConfig};
 
 /// Parameters kept in f32 whatever the model dtype (`_keep_in_fp32_modules`).
@@ -35,15 +36,17 @@ pub fn transformer_weight_bytes_in(cfg: &TransformerConfig, dtype: Kind) -> u64 
     dense - quantised * compute_bytes(dtype) + quantised + fp8::fp8_scale_parameters(cfg) as u64 * 4
 }
 
-/// Activation bytes of one transformer forward over `latent` ([C, F, H, W]) with `text_len`
-/// text tokens, on one rank of `ulysses` (1: the whole sequence on one device), in `dtype`.
+/// Activation bytes of one transformer forward over `latent` ([C, F, H, W]) with the
+/// request's text tokens, on one rank of `ulysses` (1: the whole sequence on one device), in
+/// the request's dtype; `per_token_timesteps` for models with one timestep per latent token.
 pub(super) fn transformer_activation_bytes(
     cfg: &TransformerConfig,
     [c, f, h, w]: [i64; 4],
-    text_len: i64,
-    dtype: Kind,
+    request: &EstimateRequest,
+    per_token_timesteps: bool,
     ulysses: u64,
 ) -> u64 {
+    let (text_len, dtype) = (request.text_len, request.dtype);
     let b = compute_bytes(dtype);
     let [pt, ph, pw] = cfg.patch_size;
     let n = ((f / pt) * (h / ph) * (w / pw)) as u64;
@@ -59,8 +62,15 @@ pub(super) fn transformer_activation_bytes(
     } else {
         0
     };
+    // Per-token timesteps: `timestep_proj` ([tokens, 6, D] in the model dtype) lives through the
+    // forward, and each block adds it to its table in f32 (TI2V-5B at 1280×704×121: 2.9 GiB).
+    let modulation = if per_token_timesteps {
+        6 * m * d * (b + 4)
+    } else {
+        0
+    };
     let rope = 2 * m * cfg.attention_head_dim as u64 * 4;
     let text = 3 * text_len as u64 * d * b;
     let latents = 4 * (c * f * h * w) as u64 * 4;
-    hidden + exchange + ffn + quantise + rope + text + latents
+    hidden + exchange + ffn + quantise + modulation + rope + text + latents
 }

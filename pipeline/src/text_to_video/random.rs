@@ -77,10 +77,8 @@ impl WanT2V {
         } else {
             None
         };
+        // Swapped experts stay parked until the denoising loop fetches one, as `load` leaves them.
         let high = build_expert(Component::Transformer)?;
-        if let Some(weights) = &high.weights {
-            weights.fetch()?;
-        }
         let vae_cfg = VaeConfig::load(&model_dir.path(Component::Vae)?)?;
         let vae_vs = random_store(options.vae_dtype);
         let mut vae = AutoencoderKLWan::new(&vae_cfg, vae_vs.root())?;
