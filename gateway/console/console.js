@@ -6,6 +6,8 @@ const TOKEN_KEY = "t2v.token";
 const OIDC_KEY = "t2v.oidc";
 const TERMINAL = ["completed", "failed", "canceled"];
 const $ = (id) => document.getElementById(id);
+/** The contract's bound on an inline image (`MAX_INLINE_IMAGE_BYTES`); larger ones go by URI. */
+const MAX_INLINE_IMAGE_BYTES = 48 * 1024;
 
 /** The job the "Video" panel shows, and the stream that follows it. */
 let current = { id: null, stream: null };
@@ -58,10 +60,14 @@ async function artifactUrl(link) {
 
 // ---- signing in ----
 
-function base64url(bytes) {
+function base64(bytes) {
   let text = "";
   for (const b of new Uint8Array(bytes)) text += String.fromCharCode(b);
-  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return btoa(text);
+}
+
+function base64url(bytes) {
+  return base64(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 function randomString(n) {
@@ -145,12 +151,71 @@ function requestBody(form) {
   return body;
 }
 
+// ---- the conditioning image ----
+
+/** A size as people read it: bytes below 1 KiB, else KiB with one decimal. */
+function sizeText(bytes) {
+  return bytes < 1024 ? `${bytes} bytes` : `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
+/** The image format `bytes` start with (what the workers decode), whatever the file is named. */
+function imageFormat(bytes) {
+  const text = String.fromCharCode(...bytes.slice(0, 12));
+  if (text.startsWith("\x89PNG\r\n\x1a\n")) return "PNG";
+  if (text.startsWith("\xff\xd8\xff")) return "JPEG";
+  if (text.startsWith("RIFF") && text.slice(8, 12) === "WEBP") return "WebP";
+  return null;
+}
+
+/** A picked file as `{inline}`, refused here with the cause and the fix before anything is sent. */
+async function inlineImage(file) {
+  const limit = `${MAX_INLINE_IMAGE_BYTES / 1024} KiB (${MAX_INLINE_IMAGE_BYTES} bytes)`;
+  if (file.size > MAX_INLINE_IMAGE_BYTES) {
+    throw new Error(`The image file ${file.name} is ${sizeText(file.size)} (${file.size} bytes), ` +
+      `over the ${limit} limit for an uploaded image — put it in a bucket and give its URI ` +
+      `(s3://, gs:// or az://) in the image URI field instead, or pick a smaller file`);
+  }
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  if (!imageFormat(bytes)) {
+    throw new Error(`The image file ${file.name} is not a PNG, JPEG or WebP image — ` +
+      `convert it to one of those, or pick another file`);
+  }
+  return { inline: base64(bytes) };
+}
+
+/** The form's `image` (a file sent inline, or a URI the gateway checks), or null for none. */
+async function requestImage(form) {
+  const file = form.elements.imageFile.files[0];
+  const uri = form.elements.imageUri.value.trim();
+  if (file && uri) {
+    throw new Error("Both an image file and an image URI are given — the video takes one image: " +
+      "clear the URI field or the file (the \"Clear image\" button clears both)");
+  }
+  if (uri) return { uri };
+  return file ? inlineImage(file) : null;
+}
+
+function clearImage() {
+  $("image-file").value = "";
+  $("image-uri").value = "";
+}
+
+/** What the job resource says of its image: a URI as sent, an inline one by size and digest. */
+function describeImage(image) {
+  if (!image) return "";
+  if (image.uri) return `Image: ${image.uri}`;
+  return `Image: ${sizeText(Number(image.sizeBytes))}, sha256 ${String(image.sha256).slice(0, 12)}…`;
+}
+
 async function submitVideo(form) {
+  const body = requestBody(form);
+  const image = await requestImage(form);
+  if (image) body.image = image;
   const response = await api("/v1/videos", {
     method: "POST",
     // A retried click is the same request, not a second video.
     headers: { "Content-Type": "application/json", "Idempotency-Key": randomString(18) },
-    body: JSON.stringify(requestBody(form)),
+    body: JSON.stringify(body),
   });
   const job = await response.json();
   follow(job);
@@ -214,10 +279,18 @@ function follow(job) {
   current = { id: job.id, stream: new AbortController() };
   $("job").hidden = false;
   $("job-id").textContent = job.id;
+  showJobImage(job.settings && job.settings.image);
   $("player").hidden = true;
   $("player").removeAttribute("src");
   render(job).catch(showError);
   if (!TERMINAL.includes(job.state)) streamEvents(job.id, current.stream.signal).catch(showError);
+}
+
+function showJobImage(image) {
+  const line = $("job-image");
+  line.textContent = describeImage(image);
+  line.title = image && image.sha256 ? `sha256 ${image.sha256}` : "";
+  line.hidden = !image;
 }
 
 /**
@@ -292,6 +365,7 @@ async function galleryItem(job) {
   text(job.settings.prompt);
   text(job.state, `state state-${job.state}`);
   text(`Submitted ${new Date(job.createdAtUnixMs).toLocaleString()}`);
+  if (job.settings.image) text(describeImage(job.settings.image));
   if (job.timings) {
     text(`Queued ${seconds(job.timings.queueWaitMs)}, total ${seconds(job.timings.totalMs)}`);
   }
@@ -322,6 +396,7 @@ async function start() {
     showError(null);
     submitVideo(event.target).catch(showError).finally(() => { button.disabled = false; });
   });
+  $("clear-image").addEventListener("click", clearImage);
   $("cancel").addEventListener("click", () => cancelCurrent().catch(showError));
   $("refresh").addEventListener("click", () => refreshGallery().catch(showError));
   $("sign-out").addEventListener("click", () => signOut());
