@@ -5,7 +5,9 @@
 //! the job with its thumbnail. A bad token and a bad request show the API's own words. The page
 //! is saved to build/console/console.png for people to look at. The queue position moves up
 //! live and a running job is canceled from its panel; sign-in through an issuer (a fake one
-//! here) goes through authorization code + PKCE.
+//! here) goes through authorization code + PKCE. A conditioning image picked in the form reaches
+//! Kafka byte for byte and is shown by size and SHA-256 only; a file over the 48 KiB inline limit,
+//! a file that is not an image, and a file with a URI are refused in the page, sending nothing.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,9 +17,15 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use prost::Message;
 use serde_json::{json, Value};
-use t2v_tests::gateway::{fresh_database, GatewayProcess, SigningKey};
-use t2v_tests::{free_port, workspace_root, WorkerSetup, MODEL};
+use t2v_contract::sha256_hex;
+use t2v_contract::validate::MAX_INLINE_IMAGE_BYTES;
+use t2v_proto::v1::{condition_image::Source, GenerationRequest};
+use t2v_tests::gateway::{fresh_database, psql, GatewayProcess, SigningKey};
+use t2v_tests::{
+    free_port, gif, read_topic, record_count, stack_env, workspace_root, WorkerSetup, MODEL,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -738,5 +746,280 @@ async fn signing_in_through_the_issuer_uses_pkce_and_lands_signed_in() {
     let error = shown_error(&browser, &gateway).await;
     assert!(error.contains("does not match"), "{error}");
     assert_eq!(idp.exchanges.lock().unwrap().len(), 1);
+    browser.close().await.unwrap();
+}
+
+/// A PNG of pseudo-random pixels (xorshift, fixed seed): noise barely compresses, so its size
+/// follows its pixel count.
+fn noise_png(width: u32, height: u32) -> Vec<u8> {
+    let mut state: u32 = 0x2545_f491 ^ (width << 16) ^ height;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state.to_le_bytes()
+    };
+    let pixels = image::RgbImage::from_fn(width, height, |_, _| {
+        let [r, g, b, _] = next();
+        image::Rgb([r, g, b])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(pixels)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("encode a test PNG");
+    out
+}
+
+/// Writes `bytes` to `dir/name`: the absolute path a file input is given.
+fn write_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Picks `path` in the form's image file input, as a user choosing a file does.
+async fn pick_image_file(browser: &Client, path: &str) {
+    let input = browser.find(Locator::Id("image-file")).await.unwrap();
+    input.send_keys(path).await.unwrap();
+}
+
+/// The form, filled for a small synthetic video (no image yet).
+async fn fill_video_form(browser: &Client, prompt: &str) {
+    fill(browser, "prompt", prompt).await;
+    fill(browser, "model", MODEL).await;
+    browser
+        .find(Locator::Id("size"))
+        .await
+        .unwrap()
+        .select_by_value("64x64")
+        .await
+        .unwrap();
+    fill(browser, "frames", &FRAMES.to_string()).await;
+    fill(browser, "fps", &FPS.to_string()).await;
+    fill(browser, "steps", &STEPS.to_string()).await;
+}
+
+/// Submits the form and returns the error the page shows instead of a job.
+async fn submit_refused(browser: &Client, gateway: &GatewayProcess) -> String {
+    click(browser, "submit").await;
+    shown_error(browser, gateway).await
+}
+
+/// Submits the form and waits for the job panel to show a job other than `previous`: its id.
+async fn submit_accepted(browser: &Client, gateway: &GatewayProcess, previous: &str) -> String {
+    click(browser, "submit").await;
+    let id = wait_until(
+        browser,
+        gateway,
+        "the job panel shows the new job",
+        &format!(
+            "!document.getElementById('job').hidden \
+             && document.getElementById('job-id').textContent !== '{previous}' \
+             && document.getElementById('job-id').textContent"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    id.as_str().unwrap().to_string()
+}
+
+/// The job panel's image line once it reads `expected`.
+async fn assert_job_image_line(browser: &Client, gateway: &GatewayProcess, expected: &str) {
+    let check = format!(
+        "(() => {{ const line = document.getElementById('job-image'); \
+           return !line.hidden && line.textContent === {}; }})()",
+        json!(expected)
+    );
+    wait_until(
+        browser,
+        gateway,
+        &format!("the job panel shows {expected:?}"),
+        &check,
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// How the console writes an image's size: bytes below 1 KiB, else KiB with one decimal.
+fn shown_size(len: usize) -> String {
+    if len < 1024 {
+        format!("{len} bytes")
+    } else {
+        format!("{:.1} KiB", len as f64 / 1024.0)
+    }
+}
+
+/// The requests on the topic, by job id.
+fn queued_requests(topic: &str, count: usize) -> Vec<GenerationRequest> {
+    use rdkafka::Message as _;
+    let records = read_topic(topic, count, Duration::from_secs(20));
+    assert_eq!(records.len(), count, "{count} requests on {topic}");
+    records
+        .iter()
+        .map(|r| GenerationRequest::decode(r.payload().unwrap_or_default()).expect("a request"))
+        .collect()
+}
+
+/// Refusals in the browser: a file over the inline limit, a file that is not an image, and a
+/// file with a URI. None of them sends anything.
+async fn assert_bad_images_refused_in_the_browser(
+    browser: &Client,
+    gateway: &GatewayProcess,
+    files: &std::path::Path,
+    small_png: &str,
+) {
+    let large = noise_png(160, 120);
+    assert!(
+        large.len() > MAX_INLINE_IMAGE_BYTES,
+        "{} bytes",
+        large.len()
+    );
+    pick_image_file(browser, &write_file(files, "large.png", &large)).await;
+    let error = submit_refused(browser, gateway).await;
+    for part in [
+        "large.png".to_string(),
+        format!("({} bytes)", large.len()),
+        format!("48 KiB ({MAX_INLINE_IMAGE_BYTES} bytes) limit"),
+        "image URI field".to_string(),
+    ] {
+        assert!(error.contains(&part), "{part:?} missing from: {error}");
+    }
+
+    pick_image_file(browser, &write_file(files, "still.gif", &gif())).await;
+    let error = submit_refused(browser, gateway).await;
+    assert!(
+        error.contains("still.gif is not a PNG, JPEG or WebP image"),
+        "{error}"
+    );
+
+    pick_image_file(browser, small_png).await;
+    fill(browser, "image-uri", "s3://inputs/cat.png").await;
+    let error = submit_refused(browser, gateway).await;
+    assert!(
+        error.contains("Both an image file and an image URI") && error.contains("clear"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_picked_in_the_console_reaches_kafka_and_shows_only_as_its_digest() {
+    // No worker: the requests stay on the topic to be read back.
+    let setup = WorkerSetup::new("gw-console-image", 1).await;
+    let key = SigningKey::generate("k1");
+    let db = fresh_database();
+    let gateway = GatewayProcess::start(&setup, &db, &key, &[]).await;
+    let acme = key.token("acme", json!({}));
+    let files = tempfile::tempdir().unwrap();
+    let png = noise_png(32, 24);
+    assert!(png.len() <= MAX_INLINE_IMAGE_BYTES);
+    let small_png = write_file(files.path(), "first-frame.png", &png);
+
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&gateway.url("/")).await.unwrap();
+    let ready = "document.body.dataset.ready === 'true'";
+    wait_until(
+        &browser,
+        &gateway,
+        "the console starts",
+        ready,
+        Duration::from_secs(20),
+    )
+    .await;
+    sign_in(&browser, &gateway, &acme).await;
+    let prompt = "a paper boat on a pond";
+    fill_video_form(&browser, prompt).await;
+
+    assert_bad_images_refused_in_the_browser(&browser, &gateway, files.path(), &small_png).await;
+    assert_eq!(record_count(&setup.requests), 0, "nothing was queued");
+    let listed = gateway.get(&acme, "/v1/videos").await.json::<Value>().await;
+    assert_eq!(listed.unwrap()["videos"], json!([]), "no job was made");
+
+    // A URI the gateway refuses: its words, as they are.
+    click(&browser, "clear-image").await;
+    let bad_uri = "https://example.com/cat.png";
+    fill(&browser, "image-uri", bad_uri).await;
+    let body = json!({
+        "model": MODEL, "prompt": prompt, "width": 64, "height": 64,
+        "numFrames": FRAMES, "fps": FPS, "numInferenceSteps": STEPS,
+        "image": {"uri": bad_uri},
+    });
+    let refused = submit_refused(&browser, &gateway).await;
+    assert_eq!(refused, api_error(&gateway, &acme, &body).await);
+
+    // A good URI: sent as it is, shown as it is.
+    let uri = format!(
+        "s3://{}/inputs/console-cat.png",
+        stack_env()["T2V_S3_BUCKET"]
+    );
+    fill(&browser, "image-uri", &uri).await;
+    let by_uri = submit_accepted(&browser, &gateway, "").await;
+    assert_job_image_line(&browser, &gateway, &format!("Image: {uri}")).await;
+
+    // The file, inline: its size and digest are shown, never its bytes.
+    click(&browser, "clear-image").await;
+    pick_image_file(&browser, &small_png).await;
+    let inline = submit_accepted(&browser, &gateway, &by_uri).await;
+    let digest = sha256_hex(&png);
+    let expected = format!(
+        "Image: {}, sha256 {}…",
+        shown_size(png.len()),
+        &digest[..12]
+    );
+    assert_job_image_line(&browser, &gateway, &expected).await;
+    let error_hidden = browser
+        .execute("return document.getElementById('error').hidden", vec![])
+        .await
+        .unwrap();
+    assert_eq!(error_hidden, json!(true), "the earlier error is cleared");
+
+    // Kafka carries exactly the picked file's bytes and the URI as typed.
+    let requests = queued_requests(&setup.requests, 2);
+    let source = |id: &str| {
+        let request = requests.iter().find(|r| r.job_id == id).expect(id);
+        request.image.as_ref().and_then(|i| i.source.clone())
+    };
+    assert_eq!(source(&inline), Some(Source::Inline(png.clone())));
+    assert_eq!(source(&by_uri), Some(Source::Uri(uri.clone())));
+
+    // The job resource and its row name the image by digest and size.
+    let named = json!({"sha256": digest, "sizeBytes": png.len()});
+    assert_eq!(
+        gateway.job(&acme, &inline).await["settings"]["image"],
+        named
+    );
+    let row = psql(
+        &db,
+        &format!("SELECT request->'image' FROM jobs WHERE job_id = '{inline}'"),
+    );
+    assert_eq!(serde_json::from_str::<Value>(&row).unwrap(), named);
+
+    // The gallery names it too, and nowhere does the page hold the bytes as base64.
+    wait_until(
+        &browser,
+        &gateway,
+        "the gallery names the image",
+        &format!(
+            "(() => {{ const li = document.querySelector(\"#gallery li[data-id='{inline}']\"); \
+               return li && li.textContent.includes({}); }})()",
+            json!(expected)
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&png);
+    let page_holds_bytes = browser
+        .execute(
+            "const page = document.documentElement.outerHTML + document.body.innerText; \
+             return page.includes(arguments[0]) || page.includes(arguments[0].slice(64, 128));",
+            vec![json!(encoded)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page_holds_bytes,
+        json!(false),
+        "the page holds the image's base64"
+    );
     browser.close().await.unwrap();
 }
