@@ -193,6 +193,19 @@ impl ModelConfigs {
             per_token_timesteps: false,
         }
     }
+
+    /// Wan2.2 TI2V-5B as `Wan-AI/Wan2.2-TI2V-5B-Diffusers` ships it: one expert of
+    /// [`TransformerConfig::wan22_ti2v_5b`] with one timestep per token, umT5-XXL and the
+    /// Wan2.2 VAE ([`VaeConfig::wan2_2`]).
+    pub fn wan22_ti2v_5b() -> Self {
+        Self {
+            transformer: TransformerConfig::wan22_ti2v_5b(),
+            transformer_2: None,
+            text_encoder: UMT5Config::umt5_xxl(),
+            vae: VaeConfig::wan2_2(),
+            per_token_timesteps: true,
+        }
+    }
 }
 
 /// What the VAE encodes for a request's conditioning image before the denoising loop

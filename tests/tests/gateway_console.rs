@@ -212,6 +212,19 @@ async fn sign_in(browser: &Client, gateway: &GatewayProcess, token: &str) {
     );
 }
 
+/// Loads the console's page and waits until its script has started.
+async fn open_console(browser: &Client, gateway: &GatewayProcess) {
+    browser.goto(&gateway.url("/")).await.unwrap();
+    wait_until(
+        browser,
+        gateway,
+        "the console starts",
+        "document.body.dataset.ready === 'true'",
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
 /// What the API itself says to `POST /v1/videos` with `body` as `token`: its error message.
 async fn api_error(gateway: &GatewayProcess, token: &str, body: &Value) -> String {
     let r = gateway.submit(token, body, None).await;
@@ -354,16 +367,7 @@ async fn a_video_submitted_in_the_console_shows_progress_plays_and_joins_the_gal
 
     let driver = ChromeDriver::start().await;
     let browser = driver.browser().await;
-    browser.goto(&gateway.url("/")).await.unwrap();
-    let ready = "document.body.dataset.ready === 'true'";
-    wait_until(
-        &browser,
-        &gateway,
-        "the console starts",
-        ready,
-        Duration::from_secs(20),
-    )
-    .await;
+    open_console(&browser, &gateway).await;
 
     // A token the API refuses: the page says what the API says.
     fill(&browser, "token", "not-a-jwt").await;
@@ -501,16 +505,7 @@ async fn the_console_shows_the_queue_position_live_and_cancels_a_running_job() {
 
     let driver = ChromeDriver::start().await;
     let browser = driver.browser().await;
-    browser.goto(&gateway.url("/")).await.unwrap();
-    let ready = "document.body.dataset.ready === 'true'";
-    wait_until(
-        &browser,
-        &gateway,
-        "the console starts",
-        ready,
-        Duration::from_secs(20),
-    )
-    .await;
+    open_console(&browser, &gateway).await;
     sign_in(&browser, &gateway, &acme).await;
 
     show_in_gallery(&browser, &gateway, second).await;
@@ -916,16 +911,7 @@ async fn an_image_picked_in_the_console_reaches_kafka_and_shows_only_as_its_dige
 
     let driver = ChromeDriver::start().await;
     let browser = driver.browser().await;
-    browser.goto(&gateway.url("/")).await.unwrap();
-    let ready = "document.body.dataset.ready === 'true'";
-    wait_until(
-        &browser,
-        &gateway,
-        "the console starts",
-        ready,
-        Duration::from_secs(20),
-    )
-    .await;
+    open_console(&browser, &gateway).await;
     sign_in(&browser, &gateway, &acme).await;
     let prompt = "a paper boat on a pond";
     fill_video_form(&browser, prompt).await;

@@ -271,13 +271,7 @@ fn with_and_without_image(
 
 #[test]
 fn the_image_encode_is_counted_but_the_published_models_peak_elsewhere() {
-    let ti2v = ModelConfigs {
-        transformer: TransformerConfig::wan22_ti2v_5b(),
-        transformer_2: None,
-        text_encoder: UMT5Config::umt5_xxl(),
-        vae: VaeConfig::wan2_2(),
-        per_token_timesteps: true,
-    };
+    let ti2v = ModelConfigs::wan22_ti2v_5b();
     let i2v_expert = TransformerConfig {
         in_channels: 36,
         ..TransformerConfig::wan22_t2v_a14b()
@@ -395,13 +389,7 @@ fn ti2v_5b_low_memory_covers_the_measured_peak_and_fits_an_l4() {
     // the low-memory policy, peaked at 16,280 MiB allocated (15.9 GiB), and ran with only an
     // L4's 23,034 MiB of the card free. Without the per-token modulation the estimate was
     // 14.1 GiB, below what ran.
-    let ti2v = ModelConfigs {
-        transformer: TransformerConfig::wan22_ti2v_5b(),
-        transformer_2: None,
-        text_encoder: UMT5Config::umt5_xxl(),
-        vae: VaeConfig::wan2_2(),
-        per_token_timesteps: true,
-    };
+    let ti2v = ModelConfigs::wan22_ti2v_5b();
     let request = EstimateRequest {
         num_frames: 121,
         image: ImageEncode::FirstFrame,

@@ -356,23 +356,13 @@ mod tests {
         assert_eq!(generator.memory_limit(), None, "the CPU without a budget");
         generator = generator.with_memory_budget(0.05);
         let job = |width: u32, height: u32, num_frames: u32| JobSpec {
-            job_id: "j".into(),
             prompt: "a cat".into(),
-            negative_prompt: String::new(),
             width,
             height,
             num_frames,
-            fps: 8,
             steps: 2,
-            guidance_scale: None,
-            guidance_scale_2: None,
-            shift: None,
             sampler: Sampler::FlowEuler,
-            seed: 1,
-            cache_threshold: None,
-            image_reference: None,
-            size_from_image: false,
-            image: None,
+            ..crate::generate::tests::spec(1)
         };
         let mut steps = 0;
         let refused = generator.generate(&job(512, 512, 81), None, &mut |_: StepInfo| {

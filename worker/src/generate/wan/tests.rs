@@ -91,23 +91,12 @@ fn steps_are_reported_and_a_break_stops_the_run() {
         "VAE stride 8 × patch 2"
     );
     let job = JobSpec {
-        job_id: "j".into(),
         prompt: "a cat".into(),
-        negative_prompt: String::new(),
         width: 32,
         height: 32,
-        num_frames: 5,
-        fps: 8,
         steps: 3,
-        guidance_scale: None,
-        guidance_scale_2: None,
-        shift: None,
         sampler: Sampler::FlowEuler,
-        seed: 1,
-        cache_threshold: None,
-        image_reference: None,
-        size_from_image: false,
-        image: None,
+        ..crate::generate::tests::spec(1)
     };
     let params = generator.params(&job);
     assert_eq!(params.guidance_scale, 4.0, "two-expert default");
@@ -196,23 +185,11 @@ fn a_variant_fuses_its_loras_and_its_preset_fills_unset_fields() {
     );
 
     let job = JobSpec {
-        job_id: "j".into(),
         prompt: "a cat".into(),
-        negative_prompt: String::new(),
         width: 32,
         height: 32,
-        num_frames: 5,
-        fps: 8,
         steps: info.defaults.steps,
-        guidance_scale: None,
-        guidance_scale_2: None,
-        shift: None,
-        sampler: Sampler::Unspecified,
-        seed: 3,
-        cache_threshold: None,
-        image_reference: None,
-        size_from_image: false,
-        image: None,
+        ..crate::generate::tests::spec(3)
     };
     let params = variant.params(&job);
     assert_eq!(
