@@ -509,7 +509,15 @@ async fn the_console_shows_the_queue_position_live_and_cancels_a_running_job() {
     sign_in(&browser, &gateway, &acme).await;
 
     show_in_gallery(&browser, &gateway, second).await;
-    let line = wait_job_state(&browser, &gateway, "second in line", "data === 'queued'").await;
+    // The gallery's row carries no place in line; the panel shows plain "Queued" until the
+    // job's event stream delivers its first resource, which does.
+    let line = wait_job_state(
+        &browser,
+        &gateway,
+        "second in line",
+        "data === 'queued' && state.includes('position')",
+    )
+    .await;
     assert_eq!(line, "Queued — position 2 in the queue");
 
     // A worker takes the first job: the stream moves the second one up.
