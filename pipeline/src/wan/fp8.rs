@@ -114,9 +114,15 @@ pub fn quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
         .f_log2()?
         .f_ceil()?
         .f_exp2()?;
-    // A power of two: its reciprocal, and the product below, are exact in `x`'s dtype.
-    let inverse = scale.f_reciprocal()?.f_to_kind(x.kind())?;
-    let q = x.f_mul(&inverse)?.f_to_kind(FP8)?;
+    // A power of two: its reciprocal, and the product below, are exact in any dtype with f32's
+    // exponent range (bf16, f32, f64). f16's ends at 65504, below the reciprocal of a small
+    // row's scale (2⁴⁸ for a zero row), so f16 multiplies in f32.
+    let product_kind = match x.kind() {
+        Kind::Half => Kind::Float,
+        kind => kind,
+    };
+    let inverse = scale.f_reciprocal()?.f_to_kind(product_kind)?;
+    let q = x.f_to_kind(product_kind)?.f_mul(&inverse)?.f_to_kind(FP8)?;
     Ok((q, scale))
 }
 
@@ -277,5 +283,19 @@ mod tests {
         // -2 is the amax: -256 in e4m3; 1 → 128 and 0.5 → 64 are exact too.
         let expected = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 0.0, 0.0, 0.0]).reshape([2, 3]);
         assert!(back.allclose(&expected, 1e-6, 0.0, false));
+    }
+
+    #[test]
+    fn f16_rows_with_scales_beyond_f16s_range_quantise_exactly() {
+        // Row 0's amax 2⁻²⁰ gives the scale 2⁻²⁸ (2⁻²⁰ / 448 lies in (2⁻²⁹, 2⁻²⁸]), whose
+        // reciprocal f16 cannot hold; row 1 is zero (scale 2⁻⁴⁸).
+        let tiny = 2f32.powi(-20);
+        let values = [tiny, -tiny / 2.0, tiny / 4.0, 0.0, 0.0, 0.0];
+        let x = Tensor::from_slice(&values).reshape([2, 3]);
+        let (q, scale) = quantize_rows(&x.to_kind(Kind::Half)).unwrap();
+        assert_eq!(scale.double_value(&[0, 0]), 2f64.powi(-28));
+        let back = dequantize_rows(&q, &scale).unwrap();
+        assert!(back.isfinite().all().int64_value(&[]) == 1, "{back}");
+        assert!(back.allclose(&x, 0.0, 0.0, false), "{back}");
     }
 }
